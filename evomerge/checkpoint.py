@@ -1,0 +1,437 @@
+"""Hugging Face checkpoints as merge sources and outputs.
+
+Sources are read lazily through ``safe_open`` (memory-mapped) so a merge touches one tensor name
+at a time, never whole models. Layer structure is discovered from tensor names (the ``layers.N``
+/ ``h.N`` / ``blocks.N`` families) instead of per-architecture tables, so new architectures
+usually work unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from evomerge.errors import CheckpointError, IncompatibleSourcesError, OutputExistsError
+
+SAFETENSORS_SINGLE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_SINGLE = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+# Config keys that must agree for tensors of the same name to mean the same thing.
+_KEY_CONFIG_FIELDS = (
+    "model_type",
+    "hidden_size",
+    "n_embd",
+    "d_model",
+    "num_attention_heads",
+    "n_head",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "n_inner",
+    "vocab_size",
+    "tie_word_embeddings",
+)
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
+_LAYER_RE = re.compile(r"(^|\.)(layers|h|blocks|layer)\.(\d+)\.")
+
+
+class ModuleKind(str, Enum):
+    """What a tensor is part of; search spaces and recipes give each kind its own parameters."""
+
+    attention = "attention"
+    mlp = "mlp"
+    norm = "norm"
+    embedding = "embedding"
+    head = "head"
+    other = "other"
+
+
+_NORM_HINTS = ("norm", "ln_", "ln1", "ln2", "layernorm")
+_EMBED_HINTS = ("embed_tokens", "wte", "wpe", "embed_in", "word_embeddings", "embed_positions")
+_HEAD_HINTS = ("lm_head", "embed_out", "output.weight")
+_ATTN_HINTS = ("attn", "attention", "q_proj", "k_proj", "v_proj", "o_proj", "query_key_value")
+_MLP_HINTS = ("mlp", "feed_forward", "ffn", "gate_proj", "up_proj", "down_proj", "c_fc", "fc1",
+              "fc2", "dense_h_to_4h", "dense_4h_to_h", "experts")
+
+
+def module_kind(name: str) -> ModuleKind:
+    """Classify a tensor by its HF name. Norms are checked first: ``post_attention_layernorm``
+    is a norm, not attention."""
+    leaf = name.lower()
+    parts = leaf.split(".")
+    if any(h in p for p in parts for h in _NORM_HINTS):
+        return ModuleKind.norm
+    if any(h in leaf for h in _EMBED_HINTS):
+        return ModuleKind.embedding
+    if any(h in leaf for h in _HEAD_HINTS):
+        return ModuleKind.head
+    if any(h in leaf for h in _ATTN_HINTS):
+        return ModuleKind.attention
+    if any(h in leaf for h in _MLP_HINTS):
+        return ModuleKind.mlp
+    return ModuleKind.other
+
+
+def layer_index(name: str) -> int | None:
+    """The transformer block a tensor belongs to, or None for embeddings, final norm and head."""
+    m = _LAYER_RE.search(name)
+    return int(m.group(3)) if m else None
+
+
+def rename_layer(name: str, new_index: int) -> str:
+    """The same tensor moved to block ``new_index`` (routing renumbers output layers)."""
+    m = _LAYER_RE.search(name)
+    if m is None:
+        raise ValueError(f"tensor {name!r} belongs to no layer")
+    return f"{name[: m.start(3)]}{new_index}{name[m.end(3) :]}"
+
+
+def layer_count_key(config: Mapping[str, Any]) -> str | None:
+    """The config key that holds the depth (it differs across families)."""
+    return next((k for k in _LAYER_COUNT_KEYS if k in config), None)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    file: str
+    layer: int | None
+    kind: ModuleKind
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+class ModelSource:
+    """One checkpoint directory opened for lazy, per-tensor reads.
+
+    Pickle checkpoints (``.bin``) can execute code when loaded, so they are refused unless
+    ``allow_pickle`` is set; even then they are read with ``weights_only=True``.
+    """
+
+    def __init__(self, path: str | Path, *, name: str | None = None, allow_pickle: bool = False):
+        self.path = Path(path)
+        self.name = name or self.path.name
+        if not self.path.is_dir():
+            raise CheckpointError(f"source {self.name!r}: {self.path} is not a directory")
+        self.config = self._read_config()
+        self._handles: dict[str, Any] = {}
+        self._pickled: dict[str, torch.Tensor] | None = None
+        self._expected: set[str] = set()
+        self.tensors: dict[str, TensorInfo] = {}
+        files = self._weight_files(allow_pickle)
+        if self._pickled is None:
+            for file in files:
+                self._index_safetensors(file)
+        missing = self._expected - set(self.tensors)
+        if missing:
+            raise CheckpointError(
+                f"source {self.name!r}: tensor {sorted(missing)[0]!r} is named in "
+                f"{SAFETENSORS_INDEX} but absent from its shard ({len(missing)} missing)"
+            )
+        if not self.tensors:
+            raise CheckpointError(f"source {self.name!r}: no tensors found in {self.path}")
+        layers = {t.layer for t in self.tensors.values() if t.layer is not None}
+        self.num_layers = max(layers) + 1 if layers else 0
+        key = layer_count_key(self.config)
+        if key is not None and layers and int(self.config[key]) != self.num_layers:
+            raise CheckpointError(
+                f"source {self.name!r}: config.json says {key}={self.config[key]} but the "
+                f"weights hold {self.num_layers} layers ({self.path})"
+            )
+
+    # -- discovery --------------------------------------------------------------------------
+    def _read_config(self) -> dict[str, Any]:
+        cfg = self.path / "config.json"
+        if not cfg.exists():
+            raise CheckpointError(f"source {self.name!r}: {cfg} is missing")
+        try:
+            return json.loads(cfg.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"source {self.name!r}: {cfg} is not valid JSON: {e}") from e
+
+    def _weight_files(self, allow_pickle: bool) -> list[Path]:
+        index = self.path / SAFETENSORS_INDEX
+        if index.exists():
+            return self._files_from_index(index)
+        single = self.path / SAFETENSORS_SINGLE
+        if single.exists():
+            return [single]
+        loose = sorted(self.path.glob("*.safetensors"))
+        if loose:
+            return loose
+        pickles = [self.path / PICKLE_SINGLE, self.path / PICKLE_INDEX]
+        if any(p.exists() for p in pickles):
+            if not allow_pickle:
+                raise CheckpointError(
+                    f"source {self.name!r}: {self.path} holds only pickle weights (.bin), which "
+                    "can run code when loaded; convert to safetensors or opt in with allow_pickle"
+                )
+            self._load_pickle(pickles)
+            return []
+        raise CheckpointError(f"source {self.name!r}: no safetensors weights in {self.path}")
+
+    def _files_from_index(self, index: Path) -> list[Path]:
+        try:
+            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"source {self.name!r}: malformed index {index}: {e}") from e
+        files = sorted(set(weight_map.values()))
+        for f in files:
+            if not (self.path / f).exists():
+                raise CheckpointError(
+                    f"source {self.name!r}: shard {f} named in {index} is missing"
+                )
+        self._expected = set(weight_map)
+        return [self.path / f for f in files]
+
+    def _index_safetensors(self, file: Path) -> None:
+        try:
+            handle = safe_open(str(file), framework="pt", device="cpu")
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"source {self.name!r}: cannot read {file}: {e}") from e
+        self._handles[file.name] = handle
+        for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
+            sl = handle.get_slice(key)
+            self.tensors[key] = TensorInfo(
+                name=key,
+                shape=tuple(sl.get_shape()),
+                dtype=str(sl.get_dtype()),
+                file=file.name,
+                layer=layer_index(key),
+                kind=module_kind(key),
+            )
+
+    def _load_pickle(self, candidates: list[Path]) -> None:
+        state: dict[str, torch.Tensor] = {}
+        if candidates[1].exists():
+            weight_map = json.loads(candidates[1].read_text())["weight_map"]
+            files = sorted(set(weight_map.values()))
+        else:
+            files = [candidates[0].name]
+        for f in files:
+            state.update(torch.load(self.path / f, map_location="cpu", weights_only=True))
+        self._pickled = state
+        for key, t in state.items():
+            self.tensors[key] = TensorInfo(
+                key, tuple(t.shape), str(t.dtype), "pickle", layer_index(key), module_kind(key)
+            )
+
+    # -- reads ------------------------------------------------------------------------------
+    def get(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Read one tensor (a copy out of the memory map)."""
+        info = self.tensors.get(name)
+        if info is None:
+            raise CheckpointError(f"source {self.name!r}: tensor {name!r} is absent ({self.path})")
+        t = self._pickled[name] if self._pickled is not None else self._handles[info.file].get_tensor(name)
+        return t.to(device) if str(device) != "cpu" else t
+
+    def layer_tensors(self, layer: int) -> list[str]:
+        return [n for n, t in self.tensors.items() if t.layer == layer]
+
+    def non_layer_tensors(self) -> list[str]:
+        return [n for n, t in self.tensors.items() if t.layer is None]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.numel * _dtype_size(t.dtype) for t in self.tensors.values())
+
+    def close(self) -> None:
+        self._handles.clear()
+        self._pickled = None
+
+    def __enter__(self) -> ModelSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ModelSource({self.name!r}, {str(self.path)!r}, layers={self.num_layers})"
+
+
+def _dtype_size(dtype: str) -> int:
+    d = dtype.upper().replace("TORCH.", "")
+    return {"F64": 8, "FLOAT64": 8, "F32": 4, "FLOAT32": 4, "F16": 2, "FLOAT16": 2, "BF16": 2,
+            "BFLOAT16": 2, "I64": 8, "INT64": 8, "I32": 4, "INT32": 4, "I8": 1, "U8": 1,
+            "BOOL": 1}.get(d, 4)
+
+
+def check_compatible(sources: Mapping[str, ModelSource], tensors: Iterable[str] | None = None) -> None:
+    """Fail before any compute if the sources cannot be merged tensor by tensor.
+
+    ``tensors`` restricts the name/shape check (routing may only touch some layers); the
+    architecture check always runs.
+    """
+    items = list(sources.items())
+    if not items:
+        raise IncompatibleSourcesError("no sources given")
+    ref_name, ref = items[0]
+    ref_arch = ref.config.get("architectures")
+    for name, src in items[1:]:
+        arch = src.config.get("architectures")
+        if ref_arch and arch and ref_arch != arch:
+            raise IncompatibleSourcesError(
+                f"source {name!r} ({src.path}) is {arch} but source {ref_name!r} is {ref_arch}"
+            )
+        for key in _KEY_CONFIG_FIELDS:
+            a, b = ref.config.get(key), src.config.get(key)
+            if a is not None and b is not None and a != b:
+                raise IncompatibleSourcesError(
+                    f"config.json field {key!r} differs: source {ref_name!r} has {a}, "
+                    f"source {name!r} has {b} ({src.path})"
+                )
+    names = list(tensors) if tensors is not None else sorted(ref.tensors)
+    wanted = set(names)
+    for name, src in items:
+        if tensors is None and src is not ref:
+            extra = set(src.tensors) - wanted
+            if extra:
+                raise IncompatibleSourcesError(
+                    f"tensor {sorted(extra)[0]!r} is in source {name!r} ({src.path}) but absent "
+                    f"from source {ref_name!r} ({len(extra)} such tensors)"
+                )
+        for t in names:
+            info = src.tensors.get(t)
+            if info is None:
+                raise IncompatibleSourcesError(
+                    f"tensor {t!r} is absent from source {name!r} ({src.path})"
+                )
+            ref_info = ref.tensors.get(t)
+            if ref_info is not None and ref_info.shape != info.shape:
+                raise IncompatibleSourcesError(
+                    f"tensor {t!r}: source {ref_name!r} has shape {list(ref_info.shape)}, "
+                    f"source {name!r} has shape {list(info.shape)}"
+                )
+
+
+class CheckpointWriter:
+    """Write a Hugging Face checkpoint shard by shard, atomically.
+
+    Everything goes to a temporary sibling directory that is renamed onto ``out_dir`` only in
+    :meth:`finish`, so a crash never leaves a half-written checkpoint under the final name.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        *,
+        config: Mapping[str, Any],
+        max_shard_size: int = 5 * 1024**3,
+        overwrite: bool = False,
+    ):
+        self.out_dir = Path(out_dir)
+        if self.out_dir.exists() and not overwrite:
+            raise OutputExistsError(
+                f"output directory {self.out_dir} exists; choose another or pass overwrite"
+            )
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent))
+        self._config = dict(config)
+        self._max = max_shard_size
+        self._pending: dict[str, torch.Tensor] = {}
+        self._pending_bytes = 0
+        self._shards: list[list[str]] = []
+        self._total = 0
+        self._done = False
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        t = tensor.detach().to("cpu").contiguous()
+        size = t.numel() * t.element_size()
+        if self._pending and self._pending_bytes + size > self._max:
+            self._flush()
+        self._pending[name] = t
+        self._pending_bytes += size
+        self._total += size
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        idx = len(self._shards)
+        save_file(self._pending, str(self._tmp / f"shard-{idx:05d}.part"), metadata={"format": "pt"})
+        self._shards.append(list(self._pending))
+        self._pending = {}
+        self._pending_bytes = 0
+
+    def finish(
+        self,
+        *,
+        num_layers: int | None = None,
+        tokenizer_from: Path | None = None,
+        model_card: str | None = None,
+    ) -> Path:
+        """Write index, config, tokenizer and card, then move the checkpoint into place."""
+        self._flush()
+        n = len(self._shards)
+        weight_map: dict[str, str] = {}
+        for i, names in enumerate(self._shards):
+            final = SAFETENSORS_SINGLE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
+            os.replace(self._tmp / f"shard-{i:05d}.part", self._tmp / final)
+            weight_map.update(dict.fromkeys(names, final))
+        if n > 1:
+            index = {"metadata": {"total_size": self._total}, "weight_map": weight_map}
+            (self._tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2))
+        config = dict(self._config)
+        if num_layers is not None:
+            config[layer_count_key(config) or "num_hidden_layers"] = num_layers
+            for key in ("layer_types", "block_types"):  # per-layer lists must follow the depth
+                if isinstance(config.get(key), list) and config[key]:
+                    config[key] = (config[key] * num_layers)[:num_layers]
+        (self._tmp / "config.json").write_text(json.dumps(config, indent=2))
+        if tokenizer_from is not None:
+            for f in (*TOKENIZER_FILES, "generation_config.json"):
+                if (Path(tokenizer_from) / f).exists():
+                    shutil.copy2(Path(tokenizer_from) / f, self._tmp / f)
+        if model_card is not None:
+            (self._tmp / "README.md").write_text(model_card)
+        if self.out_dir.exists():  # overwrite was allowed
+            shutil.rmtree(self.out_dir)
+        os.replace(self._tmp, self.out_dir)
+        self._done = True
+        return self.out_dir
+
+    def abort(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._done = True
+
+    def __enter__(self) -> CheckpointWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if not self._done:
+            self.abort()
+
+
+def iter_state(source: ModelSource) -> Iterator[tuple[str, torch.Tensor]]:
+    """All tensors of a source, one at a time (tests and tools compare whole checkpoints)."""
+    for name in source.tensors:
+        yield name, source.get(name)

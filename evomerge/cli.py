@@ -1,0 +1,134 @@
+"""`evomerge …` — the command line. Errors evomerge raises on purpose print as one clear line."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from evomerge.errors import EvomergeError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Evolutionary and black-box optimization of LLM merge recipes.")
+zoo_app = typer.Typer(no_args_is_help=True, help="The tiny synthetic model zoo.")
+app.add_typer(zoo_app, name="zoo")
+console = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ZOO = Path(os.environ.get("EVOMERGE_ZOO", Path.home() / ".cache" / "evomerge" / "zoo"))
+
+
+def _friendly(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EvomergeError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@zoo_app.command("build")
+@_friendly
+def zoo_build(
+    out_dir: Annotated[Path, typer.Argument(help="Where to build: DIR/base, DIR/experts/<skill>")],
+    preset: Annotated[str, typer.Option(help="default (≈3 min) or unit (seconds, for tests)")] = "default",
+    seed: int = 0,
+    force: Annotated[bool, typer.Option(help="Rebuild even if a matching zoo is there")] = False,
+) -> None:
+    """Build the tiny zoo: a base model and one expert per synthetic skill, as HF checkpoints."""
+    from evomerge.zoo import build_zoo
+
+    report = build_zoo(out_dir, preset=preset, seed=seed, force=force, log=console.print)
+    console.print(report.table())
+
+
+@app.command()
+@_friendly
+def merge(
+    config: Annotated[Path, typer.Argument(help="An evomerge recipe or a mergekit YAML")],
+    out_dir: Annotated[Path, typer.Argument(help="New checkpoint directory (must not exist)")],
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
+    overwrite: bool = False,
+    zoo: Annotated[Path, typer.Option(help="Where zoo: paths point")] = DEFAULT_ZOO,
+    allow_pickle: Annotated[bool, typer.Option(help="Read .bin pickle weights (unsafe)")] = False,
+    max_shard_size: Annotated[str, typer.Option(help="e.g. 5GB, 500MB")] = "5GB",
+) -> None:
+    """Materialize a recipe into a Hugging Face checkpoint."""
+    from evomerge.merge.materialize import merge_to_dir
+    from evomerge.mergekit_yaml import load_any
+
+    recipe = load_any(config).with_zoo(zoo)
+    t0 = time.perf_counter()
+    out = merge_to_dir(recipe, out_dir, device=device, overwrite=overwrite,
+                       allow_pickle=allow_pickle, max_shard_size=_parse_size(max_shard_size))
+    console.print(f"merged {config} → {out} in {time.perf_counter() - t0:.1f}s "
+                  f"(recipe {recipe.content_hash()})")
+
+
+@app.command()
+@_friendly
+def convert(
+    config: Annotated[Path, typer.Argument(help="An evomerge recipe or a mergekit YAML")],
+    to: Annotated[str, typer.Option(help="recipe or mergekit")] = "mergekit",
+    zoo: Annotated[Path, typer.Option(help="Where zoo: paths point")] = DEFAULT_ZOO,
+) -> None:
+    """Print a recipe as a mergekit YAML, or a mergekit YAML as an evomerge recipe."""
+    from evomerge import mergekit_yaml
+
+    recipe = mergekit_yaml.load_any(config)
+    if to == "recipe":
+        console.print(recipe.to_yaml(), end="", highlight=False, markup=False)
+    elif to == "mergekit":
+        data = mergekit_yaml.to_mergekit(recipe.with_zoo(zoo))
+        console.print(mergekit_yaml.dump(data), end="", highlight=False, markup=False)
+    else:
+        raise typer.BadParameter("--to must be recipe or mergekit")
+
+
+@app.command()
+@_friendly
+def demo(
+    zoo: Annotated[Path, typer.Option(help="Zoo directory (built if missing)")] = DEFAULT_ZOO,
+    out: Annotated[Path, typer.Option(help="Where to write the merged model")] = Path("out/demo"),
+    preset: str = "default",
+) -> None:
+    """The main job: build the tiny zoo (cached), merge its experts, score the merge."""
+    from evomerge.merge.materialize import merge_to_dir
+    from evomerge.mergekit_yaml import load_any
+    from evomerge.zoo import build_zoo, score_model
+
+    t0 = time.perf_counter()
+    report = build_zoo(zoo, preset=preset, seed=0, log=console.print)
+    console.print(report.table())
+    recipe_file = REPO_ROOT / "experiments" / "zoo-dare-ties.yaml"
+    recipe = load_any(recipe_file).with_zoo(zoo)
+    merged = merge_to_dir(recipe, out, overwrite=True)
+    console.print(f"\nmerged {recipe_file.name} → {merged}")
+    scores = score_model(merged, zoo)
+    for skill, s in scores.items():
+        console.print(f"  {skill:>10}: exact {s['exact']:.2f}  token {s['token']:.2f}")
+    console.print(f"demo finished in {time.perf_counter() - t0:.0f}s")
+
+
+def _parse_size(text: str) -> int:
+    units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "B": 1}
+    t = text.strip().upper()
+    for u, mult in units.items():
+        if t.endswith(u):
+            return int(float(t[: -len(u)]) * mult)
+    return int(t)
+
+
+if __name__ == "__main__":
+    app()

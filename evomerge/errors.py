@@ -1,0 +1,27 @@
+"""Errors users see. Each names the file, key or tensor at fault, so a fix needs no debugger."""
+
+from __future__ import annotations
+
+
+class EvomergeError(Exception):
+    """Base of every error evomerge raises on purpose (the CLI prints these without a trace)."""
+
+
+class CheckpointError(EvomergeError):
+    """A checkpoint directory cannot be read as asked (missing shard, pickle refused, bad index)."""
+
+
+class IncompatibleSourcesError(EvomergeError):
+    """Sources cannot be merged together: different tensors, shapes or architectures."""
+
+
+class RecipeError(EvomergeError):
+    """A recipe (ours or mergekit's) is malformed or asks for something out of range."""
+
+
+class MergeError(EvomergeError):
+    """A merge failed on a particular tensor (non-finite values, unsupported dtype...)."""
+
+
+class OutputExistsError(EvomergeError):
+    """The output directory exists; we never overwrite a checkpoint unless told to."""

@@ -1,0 +1,314 @@
+"""Tensor merge operators, one registry, one signature.
+
+Names, parameters and defaults follow mergekit's methods of the same name, so a recipe means the
+same thing in both tools. Adding a method is one decorated function here::
+
+    @register("name", params=(Param("weight", 1.0, per_source=True),), needs_base=False)
+    def name(tensors, base, p: Params) -> torch.Tensor: ...
+
+Tensors arrive in float32 (float64 stays float64); the caller casts the result.
+Random methods draw from ``p.generator``, seeded per tensor by the caller, so recipes are
+reproducible. Note mergekit's ``rescale`` matches the L1 norm of each sparsified task vector to
+the original's (not the 1/density of the DARE paper); we do the same.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from evomerge.errors import RecipeError
+
+
+@dataclass(frozen=True)
+class Param:
+    """A method parameter. ``default=None`` means required; bounds are inclusive unless
+    ``open_low`` (density lives in (0, 1])."""
+
+    name: str
+    default: float | bool | None
+    per_source: bool = False
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+
+    @property
+    def is_flag(self) -> bool:
+        return isinstance(self.default, bool)
+
+    def check(self, value: float, where: str) -> None:
+        lo_bad = self.low is not None and (value <= self.low if self.open_low else value < self.low)
+        hi_bad = self.high is not None and value > self.high
+        if lo_bad or hi_bad or not math.isfinite(value):
+            lo = "(" if self.open_low else "["
+            rng = f"{lo}{self.low if self.low is not None else '-inf'}, "
+            rng += f"{self.high if self.high is not None else 'inf'}]"
+            raise RecipeError(f"{where}: {self.name}={value} is outside {rng}")
+
+
+@dataclass
+class Params:
+    """Resolved parameters for one tensor: per-source lists align with ``tensors``."""
+
+    per_source: dict[str, list[float]]
+    shared: dict[str, float | bool]
+    generator: torch.Generator | None = None
+
+    def __getitem__(self, key: str) -> float | bool:
+        return self.shared[key]
+
+
+MergeFn = Callable[[Sequence[torch.Tensor], torch.Tensor | None, Params], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    fn: MergeFn
+    params: tuple[Param, ...]
+    needs_base: bool
+    min_models: int = 1
+    max_models: int | None = None
+    random: bool = False
+    negative_weights: bool = True
+    param_index: dict[str, Param] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "param_index", {p.name: p for p in self.params})
+
+    def __call__(self, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
+                 p: Params) -> torch.Tensor:
+        return self.fn(tensors, base, p)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, *, params: tuple[Param, ...], needs_base: bool, min_models: int = 1,
+             max_models: int | None = None, random: bool = False,
+             negative_weights: bool = True) -> Callable[[MergeFn], MergeFn]:
+    def deco(fn: MergeFn) -> MergeFn:
+        if name in METHODS:
+            raise ValueError(f"merge method {name!r} registered twice")
+        METHODS[name] = Method(name, fn, params, needs_base, min_models, max_models, random,
+                               negative_weights)
+        return fn
+
+    return deco
+
+
+def get_method(name: str) -> Method:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise RecipeError(f"method: unknown merge method {name!r}; known: {sorted(METHODS)}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Shared parameter declarations (mergekit's names and defaults)
+_WEIGHT = Param("weight", 1.0, per_source=True)
+_DENSITY = Param("density", 1.0, per_source=True, low=0.0, high=1.0, open_low=True)
+_LAMBDA = Param("lambda", 1.0)
+_GAMMA = Param("gamma", 0.01, per_source=True, low=0.0, high=1.0)
+_EPSILON = Param("epsilon", 0.15, per_source=True, low=0.0, high=1.0)
+
+
+def _flag(name: str, default: bool) -> Param:
+    return Param(name, default)
+
+
+# --------------------------------------------------------------------------------------------
+# Sparsifiers: each keeps part of a task vector; all return a new tensor.
+def _rescale_l1(delta: torch.Tensor, kept: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    before, after = delta.abs().sum(), kept.abs().sum()
+    if before < eps or after < eps:
+        return kept
+    return kept.mul_(before / after)
+
+
+def _magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
+    if density >= 1:
+        return delta
+    k = max(1, int(density * delta.numel()))
+    flat = delta.reshape(-1)
+    idx = torch.topk(flat.abs(), k, sorted=False).indices
+    kept = torch.zeros_like(flat)
+    kept[idx] = flat[idx]
+    kept = kept.reshape(delta.shape)
+    return _rescale_l1(delta, kept) if rescale else kept
+
+
+def _magnitude_outliers(delta: torch.Tensor, density: float, gamma: float,
+                        rescale: bool) -> torch.Tensor:
+    if density >= 1:
+        return delta
+    n = delta.numel()
+    target = int(density * n)
+    n_top = int(gamma * n)
+    n_bot = max(0, n - target - n_top)
+    flat = delta.reshape(-1)
+    order = torch.sort(flat.abs(), descending=False).indices
+    idx = order[n_bot: n_bot + target]
+    kept = torch.zeros_like(flat)
+    kept[idx] = flat[idx]
+    kept = kept.reshape(delta.shape)
+    return _rescale_l1(delta, kept) if rescale else kept
+
+
+def _bernoulli(delta: torch.Tensor, density: float, rescale: bool,
+               gen: torch.Generator | None) -> torch.Tensor:
+    if density >= 1:
+        return delta
+    keep = torch.rand(delta.shape, generator=gen, device=delta.device, dtype=delta.dtype) < density
+    kept = delta * keep
+    return _rescale_l1(delta, kept) if rescale else kept
+
+
+def _della(delta: torch.Tensor, density: float, epsilon: float, rescale: bool,
+           gen: torch.Generator | None) -> torch.Tensor:
+    if density >= 1:
+        return delta
+    if density + epsilon >= 1 or density - epsilon <= 0:
+        raise RecipeError(
+            f"della: density ± epsilon must lie in (0, 1); got density={density}, epsilon={epsilon}"
+        )
+    x = delta.unsqueeze(0) if delta.dim() < 2 else delta
+    ranks = x.abs().argsort(dim=1).argsort(dim=1).to(x.dtype) + 1
+    lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
+    rank_norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
+    probs = (density - epsilon) + rank_norm * 2 * epsilon
+    keep = torch.rand(probs.shape, generator=gen, device=x.device, dtype=x.dtype) < probs
+    kept = (x * keep).reshape(delta.shape)
+    return _rescale_l1(delta, kept) if rescale else kept
+
+
+# --------------------------------------------------------------------------------------------
+# Generalized task arithmetic: sparsify each task vector, weight, optionally elect signs (TIES).
+def _task_arithmetic_family(tensors: Sequence[torch.Tensor], base: torch.Tensor, p: Params, *,
+                            sparsify: str | None, consensus: bool) -> torch.Tensor:
+    assert base is not None
+    if not tensors:
+        return base
+    weights = p.per_source["weight"]
+    densities = p.per_source.get("density")
+    rescale = bool(p.shared.get("rescale", False))
+    deltas = torch.empty((len(tensors), *base.shape), dtype=base.dtype, device=base.device)
+    for i, t in enumerate(tensors):
+        d = torch.sub(t, base, out=deltas[i])
+        if sparsify == "magnitude":
+            deltas[i] = _magnitude(d, densities[i], rescale)
+        elif sparsify == "random":
+            deltas[i] = _bernoulli(d, densities[i], rescale, p.generator)
+        elif sparsify == "outliers":
+            deltas[i] = _magnitude_outliers(d, densities[i], p.per_source["gamma"][i], rescale)
+        elif sparsify == "della":
+            deltas[i] = _della(d, densities[i], p.per_source["epsilon"][i], rescale, p.generator)
+    w = torch.tensor(weights, dtype=base.dtype, device=base.device).view(-1, *([1] * base.dim()))
+    deltas.mul_(w)
+    if consensus:
+        majority = deltas.sum(dim=0) >= 0
+        agree = (deltas.sign() == (majority.to(base.dtype) * 2 - 1)).to(base.dtype)
+        mixed = (deltas * agree).sum(dim=0)
+        divisor = (w * agree).sum(dim=0)
+        divisor[divisor == 0] = 1
+    else:
+        mixed = deltas.sum(dim=0)
+        divisor = w.sum(dim=0).expand_as(mixed).clone()
+        divisor[divisor.abs() < 1e-8] = 1
+    if p.shared.get("normalize", False):
+        mixed /= divisor
+    lam = float(p.shared.get("lambda", 1.0))
+    if lam != 1:
+        mixed *= lam
+    return base + mixed
+
+
+def _gta(name: str, *, sparsify: str | None, consensus: bool, normalize: bool, rescale: bool,
+         extra: tuple[Param, ...] = (), random: bool = False) -> None:
+    def fn(tensors: Sequence[torch.Tensor], base: torch.Tensor | None, p: Params) -> torch.Tensor:
+        return _task_arithmetic_family(tensors, base, p, sparsify=sparsify, consensus=consensus)
+
+    fn.__name__ = name
+    params = (_WEIGHT, _DENSITY, _LAMBDA, _flag("normalize", normalize),
+              _flag("rescale", rescale), _flag("int8_mask", False), *extra)
+    register(name, params=params, needs_base=True, random=random)(fn)
+
+
+_gta("task_arithmetic", sparsify=None, consensus=False, normalize=False, rescale=False)
+_gta("ties", sparsify="magnitude", consensus=True, normalize=True, rescale=False)
+_gta("dare_linear", sparsify="random", consensus=False, normalize=False, rescale=True, random=True)
+_gta("dare_ties", sparsify="random", consensus=True, normalize=False, rescale=True, random=True)
+_gta("breadcrumbs", sparsify="outliers", consensus=False, normalize=False, rescale=False,
+     extra=(_GAMMA,))
+_gta("breadcrumbs_ties", sparsify="outliers", consensus=True, normalize=False, rescale=False,
+     extra=(_GAMMA,))
+_gta("della", sparsify="della", consensus=True, normalize=True, rescale=True, extra=(_EPSILON,),
+     random=True)
+_gta("della_linear", sparsify="della", consensus=False, normalize=False, rescale=True,
+     extra=(_EPSILON,), random=True)
+
+
+# --------------------------------------------------------------------------------------------
+@register("linear", params=(_WEIGHT, _flag("normalize", True)), needs_base=False,
+          negative_weights=False)
+def linear(tensors: Sequence[torch.Tensor], base: torch.Tensor | None, p: Params) -> torch.Tensor:
+    """Model soup: Σ wᵢθᵢ, divided by Σ wᵢ when normalizing. Every source is an input."""
+    weights = p.per_source["weight"]
+    out = torch.mul(tensors[0], float(weights[0]))
+    for t, w in zip(tensors[1:], weights[1:], strict=True):
+        out.add_(t, alpha=float(w))
+    if p.shared.get("normalize", True):
+        total = float(sum(weights))
+        if abs(total) < 1e-12:
+            raise RecipeError("linear: weights sum to 0, cannot normalize")
+        out.div_(total)
+    return out
+
+
+@register("slerp", params=(Param("t", None, low=0.0, high=1.0),), needs_base=True,
+          min_models=1, max_models=1)
+def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor | None, p: Params) -> torch.Tensor:
+    """Spherical interpolation from the base (t=0) to the other model (t=1), over the whole
+    tensor; nearly parallel tensors fall back to linear interpolation."""
+    assert base is not None
+    t = float(p.shared["t"])
+    a, b = base.reshape(-1), tensors[0].reshape(-1)
+    na, nb = a.norm(), b.norm()
+    na = na if na > 1e-8 else torch.ones_like(na)
+    nb = nb if nb > 1e-8 else torch.ones_like(nb)
+    dot = torch.dot(a / na, b / nb).clamp(-1, 1)
+    if dot.abs() > 0.9995:
+        return torch.lerp(base, tensors[0], t)
+    theta = torch.acos(dot)
+    s = torch.sin(theta)
+    return (torch.sin((1 - t) * theta) / s) * base + (torch.sin(t * theta) / s) * tensors[0]
+
+
+@register("model_stock", params=(_flag("filter_wise", False),), needs_base=True, min_models=2)
+def model_stock(tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
+                p: Params) -> torch.Tensor:
+    """t = k·cos φ / (1 + (k−1)·cos φ) from the mean pairwise cosine of the task vectors;
+    θ = t·mean(θᵢ) + (1−t)·θ₀. A singular denominator keeps the base."""
+    assert base is not None
+    shape = base.shape
+    if p.shared.get("filter_wise", False):
+        w0 = base.unsqueeze(0) if base.dim() == 1 else base
+        ws = [t.unsqueeze(0) if t.dim() == 1 else t for t in tensors]
+    else:
+        w0, ws = base.reshape(-1), [t.reshape(-1) for t in tensors]
+    offsets = [w - w0 for w in ws]
+    cos = []
+    for i, a in enumerate(offsets):
+        for b in offsets[i + 1:]:
+            norms = (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=1e-6)
+            cos.append(((a * b).sum(dim=-1) / norms).clamp(-1, 1))
+    c = torch.stack(cos).mean(dim=0).unsqueeze(-1)
+    k = len(ws)
+    denom = 1 + (k - 1) * c
+    singular = denom.abs() < 1e-6
+    t = torch.where(singular, torch.zeros_like(c), k * c / torch.where(singular, 1, denom))
+    avg = sum(ws) / k
+    return (t * avg + (1 - t) * w0).reshape(shape)

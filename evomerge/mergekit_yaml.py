@@ -1,0 +1,219 @@
+"""Read and write mergekit merge configs, so users keep the configs they already have.
+
+Both directions are checked, not assumed: :func:`to_mergekit` re-reads what it wrote and compares
+every tensor's resolved parameters against the recipe's, raising instead of exporting a config
+that would make different weights in mergekit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from evomerge.checkpoint import ModelSource
+from evomerge.errors import RecipeError
+from evomerge.recipe import (
+    ByModule,
+    Conditional,
+    Gradient,
+    ParamSpec,
+    PerLayer,
+    Recipe,
+    load_yaml,
+    resolve,
+)
+
+_MERGEKIT_KEYS = {"merge_method", "models", "slices", "base_model", "modules"}
+# Substrings mergekit filters can use for our module kinds, tried in this order; the export is
+# verified against the real tensor names, so a wrong guess raises instead of exporting silently.
+_KIND_FILTERS = {
+    "norm": ("norm", "ln_"),
+    "embedding": ("embed_tokens", "wte", "embed_in", "word_embeddings"),
+    "head": ("lm_head", "embed_out"),
+    "attention": ("self_attn", "attn", "attention"),
+    "mlp": ("mlp", "feed_forward"),
+}
+
+
+def is_mergekit_config(data: Any) -> bool:
+    return isinstance(data, dict) and "merge_method" in data and "method" not in data
+
+
+def load_any(path: str | Path) -> Recipe:
+    """An evomerge recipe or a mergekit YAML, told apart by their keys."""
+    path = Path(path)
+    data = load_yaml(path)
+    if is_mergekit_config(data):
+        return from_mergekit(data, origin=str(path), base_dir=path.parent)
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping (an evomerge recipe or a mergekit config)")
+    return Recipe.from_dict(data, origin=str(path), base_dir=path.parent)
+
+
+# -- import ------------------------------------------------------------------------------------
+def from_mergekit(data: dict[str, Any], *, origin: str = "mergekit config",
+                  base_dir: Path | None = None) -> Recipe:
+    unknown = set(data) - _MERGEKIT_KEYS - {"parameters", "dtype", "out_dtype",
+                                            "tokenizer_source", "tokenizer", "chat_template"}
+    if unknown:
+        raise RecipeError(f"{origin}: unsupported mergekit key(s) {sorted(unknown)}")
+    if data.get("modules"):
+        raise RecipeError(f"{origin}: modules: multi-module mergekit configs are not supported")
+    names: dict[str, str] = {}  # path -> source name
+
+    def name_of(ref: Any, where: str) -> str:
+        if not isinstance(ref, str):
+            raise RecipeError(f"{origin}: {where}: expected a model path, got {ref!r}")
+        if "+" in ref:
+            raise RecipeError(f"{origin}: {where}: LoRA references ({ref!r}) are not supported")
+        if ref not in names:
+            stem = Path(ref).name or "model"
+            n, i = stem, 1
+            while n in names.values():
+                i += 1
+                n = f"{stem}_{i}"
+            names[ref] = n
+        return names[ref]
+
+    sources: dict[str, dict[str, Any]] = {}
+    base = name_of(data["base_model"], "base_model") if data.get("base_model") else None
+    if base:
+        sources[base] = {"path": data["base_model"], "parameters": {}}
+    routing: list[dict[str, Any]] | None = None
+    if data.get("models") and data.get("slices"):
+        raise RecipeError(f"{origin}: give either models or slices, not both")
+    if data.get("models"):
+        for i, m in enumerate(data["models"]):
+            n = name_of(m.get("model"), f"models.{i}.model")
+            params = {k: _import_spec(v, f"{origin}: models.{i}.parameters.{k}")
+                      for k, v in (m.get("parameters") or {}).items()}
+            sources.setdefault(n, {"path": m["model"], "parameters": {}})["parameters"].update(params)
+    elif data.get("slices"):
+        routing = []
+        for i, sl in enumerate(data["slices"]):
+            if sl.get("parameters") or any(s.get("parameters") for s in sl.get("sources", [])):
+                raise RecipeError(f"{origin}: slices.{i}: per-slice parameters are not supported;"
+                                  " give parameters at the top level")
+            ranges = {tuple(s["layer_range"]) for s in sl["sources"]}
+            if len(ranges) != 1:
+                raise RecipeError(f"{origin}: slices.{i}: sources must share one layer_range")
+            lo, hi = ranges.pop()
+            srcs = [name_of(s["model"], f"slices.{i}.sources") for s in sl["sources"]]
+            for s in sl["sources"]:
+                sources.setdefault(names[s["model"]], {"path": s["model"], "parameters": {}})
+            for layer in range(lo, hi):
+                routing.append({"layer": layer, "source": srcs[0] if len(srcs) == 1 else None})
+    else:
+        raise RecipeError(f"{origin}: neither models nor slices given")
+    tok = data.get("tokenizer_source")
+    if tok == "union" or data.get("tokenizer"):
+        raise RecipeError(f"{origin}: tokenizer_source: union tokenizers are not supported")
+    recipe = {
+        "sources": sources,
+        "method": data["merge_method"],
+        "base": base,
+        "parameters": {k: v if isinstance(v, bool) else _import_spec(v, f"{origin}: parameters.{k}")
+                       for k, v in (data.get("parameters") or {}).items()},
+        "routing": routing,
+        "dtype": data.get("out_dtype") or data.get("dtype"),
+        "tokenizer_source": (base if tok == "base" else name_of(tok, "tokenizer_source"))
+        if tok else None,
+    }
+    return Recipe.from_dict(recipe, origin=origin, base_dir=base_dir)
+
+
+def _import_spec(v: Any, where: str) -> Any:
+    if isinstance(v, dict):
+        v = [v]
+    if isinstance(v, list) and v and isinstance(v[0], dict):
+        for c in v:
+            if set(c) - {"filter", "value"}:
+                raise RecipeError(f"{where}: conditional entries take filter and value")
+    return v
+
+
+# -- export ------------------------------------------------------------------------------------
+def to_mergekit(recipe: Recipe, sources: dict[str, ModelSource] | None = None) -> dict[str, Any]:
+    """The mergekit config that makes the same weights; sources (opened from the recipe's paths
+    when not given) let module-kind parameters become verified name filters."""
+    if recipe.routing is not None:
+        raise RecipeError("routing: mergekit export of routed recipes is not supported; export "
+                          "the recipe (--format recipe) or a checkpoint (--format hf)")
+    srcs = sources or {n: ModelSource(s.path, name=n) for n, s in recipe.sources.items()}
+    ref = srcs[recipe.base or sorted(srcs)[0]]
+    names = list(ref.tensors)
+    out: dict[str, Any] = {"merge_method": recipe.method}
+    if recipe.base:
+        out["base_model"] = recipe.sources[recipe.base].path
+    models = []
+    for n in sorted(recipe.sources):
+        src = recipe.sources[n]
+        if n == recipe.base and not src.parameters:
+            continue
+        entry: dict[str, Any] = {"model": src.path}
+        if src.parameters:
+            entry["parameters"] = {k: _export_spec(v, ref, names) for k, v in src.parameters.items()}
+        models.append(entry)
+    out["models"] = models
+    if recipe.parameters:
+        out["parameters"] = {k: v if isinstance(v, bool) else _export_spec(v, ref, names)
+                             for k, v in recipe.parameters.items()}
+    if recipe.dtype:
+        out["dtype"] = recipe.dtype
+    tok = recipe.tokenizer_source
+    out["tokenizer_source"] = "base" if (tok is None and recipe.base) or tok == recipe.base else (
+        recipe.sources[tok].path if tok else None)
+    if out["tokenizer_source"] is None:
+        del out["tokenizer_source"]
+    _verify(recipe, from_mergekit(out), ref)
+    return out
+
+
+def _export_spec(spec: ParamSpec, ref: ModelSource, names: list[str]) -> Any:
+    if isinstance(spec, int | float):
+        return float(spec)
+    if isinstance(spec, Gradient):
+        return list(spec.gradient)
+    if isinstance(spec, PerLayer):
+        # n values over n layers: mergekit's gradient hits each exactly (t·(n−1) = i).
+        return list(spec.per_layer)
+    if isinstance(spec, ByModule):
+        conds = []
+        for kind, candidates in _KIND_FILTERS.items():
+            sub = getattr(spec, kind)
+            if sub is None:
+                continue
+            members = [n for n in names if ref.tensors[n].kind.value == kind]
+            filt = next((c for c in candidates if all(c in n for n in members)), None)
+            if filt is None:
+                raise RecipeError(f"no mergekit filter selects the {kind} tensors of {ref.path}")
+            conds.append({"filter": filt, "value": _export_spec(sub, ref, names)})
+        if spec.default is not None:
+            conds.append({"value": _export_spec(spec.default, ref, names)})
+        return conds
+    if isinstance(spec, list) and spec and isinstance(spec[0], Conditional):
+        return [{**({"filter": c.filter} if c.filter else {}),
+                 "value": _export_spec(c.value, ref, names)} for c in spec]
+    return [float(v) for v in spec]  # type: ignore[union-attr]
+
+
+def _verify(ours: Recipe, theirs: Recipe, ref: ModelSource) -> None:
+    """Every tensor must resolve to the same parameters under mergekit's reading."""
+    by_path = {s.path: n for n, s in theirs.sources.items()}
+    for name, info in ref.tensors.items():
+        where = dict(tensor=name, kind=info.kind.value, layer=info.layer,
+                     num_layers=ref.num_layers)
+        for n, src in ours.sources.items():
+            other = theirs.sources[by_path[src.path]]
+            for key, spec in src.parameters.items():
+                a = resolve(spec, **where)
+                b = resolve(other.parameters[key], **where)
+                if abs(a - b) > 1e-9:
+                    raise RecipeError(f"sources.{n}.parameters.{key}: mergekit would read {b} "
+                                      f"for tensor {name!r} where the recipe means {a}")
+
+
+def dump(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False)

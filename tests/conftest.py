@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from models import make_family  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def family(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny Llama base and three fine-tunes of it (random task vectors)."""
+    return make_family(tmp_path_factory.mktemp("family"))
+
+
+@pytest.fixture(scope="session")
+def unit_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from evomerge.zoo import build_zoo
+
+    d = tmp_path_factory.mktemp("zoo")
+    build_zoo(d / "zoo", preset="unit", seed=0)
+    return d / "zoo"
