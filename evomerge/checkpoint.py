@@ -73,8 +73,20 @@ _NORM_HINTS = ("norm", "ln_", "ln1", "ln2", "layernorm")
 _EMBED_HINTS = ("embed_tokens", "wte", "wpe", "embed_in", "word_embeddings", "embed_positions")
 _HEAD_HINTS = ("lm_head", "embed_out", "output.weight")
 _ATTN_HINTS = ("attn", "attention", "q_proj", "k_proj", "v_proj", "o_proj", "query_key_value")
-_MLP_HINTS = ("mlp", "feed_forward", "ffn", "gate_proj", "up_proj", "down_proj", "c_fc", "fc1",
-              "fc2", "dense_h_to_4h", "dense_4h_to_h", "experts")
+_MLP_HINTS = (
+    "mlp",
+    "feed_forward",
+    "ffn",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "c_fc",
+    "fc1",
+    "fc2",
+    "dense_h_to_4h",
+    "dense_4h_to_h",
+    "experts",
+)
 
 
 def module_kind(name: str) -> ModuleKind:
@@ -252,7 +264,11 @@ class ModelSource:
         info = self.tensors.get(name)
         if info is None:
             raise CheckpointError(f"source {self.name!r}: tensor {name!r} is absent ({self.path})")
-        t = self._pickled[name] if self._pickled is not None else self._handles[info.file].get_tensor(name)
+        t = (
+            self._pickled[name]
+            if self._pickled is not None
+            else self._handles[info.file].get_tensor(name)
+        )
         return t.to(device) if str(device) != "cpu" else t
 
     def layer_tensors(self, layer: int) -> list[str]:
@@ -281,12 +297,28 @@ class ModelSource:
 
 def _dtype_size(dtype: str) -> int:
     d = dtype.upper().replace("TORCH.", "")
-    return {"F64": 8, "FLOAT64": 8, "F32": 4, "FLOAT32": 4, "F16": 2, "FLOAT16": 2, "BF16": 2,
-            "BFLOAT16": 2, "I64": 8, "INT64": 8, "I32": 4, "INT32": 4, "I8": 1, "U8": 1,
-            "BOOL": 1}.get(d, 4)
+    return {
+        "F64": 8,
+        "FLOAT64": 8,
+        "F32": 4,
+        "FLOAT32": 4,
+        "F16": 2,
+        "FLOAT16": 2,
+        "BF16": 2,
+        "BFLOAT16": 2,
+        "I64": 8,
+        "INT64": 8,
+        "I32": 4,
+        "INT32": 4,
+        "I8": 1,
+        "U8": 1,
+        "BOOL": 1,
+    }.get(d, 4)
 
 
-def check_compatible(sources: Mapping[str, ModelSource], tensors: Iterable[str] | None = None) -> None:
+def check_compatible(
+    sources: Mapping[str, ModelSource], tensors: Iterable[str] | None = None
+) -> None:
     """Fail before any compute if the sources cannot be merged tensor by tensor.
 
     ``tensors`` restricts the name/shape check (routing may only touch some layers); the
@@ -355,7 +387,9 @@ class CheckpointWriter:
                 f"output directory {self.out_dir} exists; choose another or pass overwrite"
             )
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent))
+        self._tmp = Path(
+            tempfile.mkdtemp(prefix=f".{self.out_dir.name}.tmp-", dir=self.out_dir.parent)
+        )
         self._config = dict(config)
         self._max = max_shard_size
         self._pending: dict[str, torch.Tensor] = {}
@@ -377,7 +411,9 @@ class CheckpointWriter:
         if not self._pending:
             return
         idx = len(self._shards)
-        save_file(self._pending, str(self._tmp / f"shard-{idx:05d}.part"), metadata={"format": "pt"})
+        save_file(
+            self._pending, str(self._tmp / f"shard-{idx:05d}.part"), metadata={"format": "pt"}
+        )
         self._shards.append(list(self._pending))
         self._pending = {}
         self._pending_bytes = 0

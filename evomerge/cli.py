@@ -14,8 +14,11 @@ from rich.console import Console
 
 from evomerge.errors import EvomergeError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Evolutionary and black-box optimization of LLM merge recipes.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Evolutionary and black-box optimization of LLM merge recipes.",
+)
 zoo_app = typer.Typer(no_args_is_help=True, help="The tiny synthetic model zoo.")
 app.add_typer(zoo_app, name="zoo")
 console = Console()
@@ -42,7 +45,9 @@ def _friendly(fn: F) -> F:
 @_friendly
 def zoo_build(
     out_dir: Annotated[Path, typer.Argument(help="Where to build: DIR/base, DIR/experts/<skill>")],
-    preset: Annotated[str, typer.Option(help="default (≈3 min) or unit (seconds, for tests)")] = "default",
+    preset: Annotated[
+        str, typer.Option(help="default (≈3 min) or unit (seconds, for tests)")
+    ] = "default",
     seed: int = 0,
     force: Annotated[bool, typer.Option(help="Rebuild even if a matching zoo is there")] = False,
 ) -> None:
@@ -70,10 +75,18 @@ def merge(
 
     recipe = load_any(config).with_zoo(zoo)
     t0 = time.perf_counter()
-    out = merge_to_dir(recipe, out_dir, device=device, overwrite=overwrite,
-                       allow_pickle=allow_pickle, max_shard_size=_parse_size(max_shard_size))
-    console.print(f"merged {config} → {out} in {time.perf_counter() - t0:.1f}s "
-                  f"(recipe {recipe.content_hash()})")
+    out = merge_to_dir(
+        recipe,
+        out_dir,
+        device=device,
+        overwrite=overwrite,
+        allow_pickle=allow_pickle,
+        max_shard_size=_parse_size(max_shard_size),
+    )
+    console.print(
+        f"merged {config} → {out} in {time.perf_counter() - t0:.1f}s "
+        f"(recipe {recipe.content_hash()})"
+    )
 
 
 @app.command()

@@ -53,10 +53,14 @@ def load_any(path: str | Path) -> Recipe:
 
 
 # -- import ------------------------------------------------------------------------------------
-def from_mergekit(data: dict[str, Any], *, origin: str = "mergekit config",
-                  base_dir: Path | None = None) -> Recipe:
-    unknown = set(data) - _MERGEKIT_KEYS - {"parameters", "dtype", "out_dtype",
-                                            "tokenizer_source", "tokenizer", "chat_template"}
+def from_mergekit(
+    data: dict[str, Any], *, origin: str = "mergekit config", base_dir: Path | None = None
+) -> Recipe:
+    unknown = (
+        set(data)
+        - _MERGEKIT_KEYS
+        - {"parameters", "dtype", "out_dtype", "tokenizer_source", "tokenizer", "chat_template"}
+    )
     if unknown:
         raise RecipeError(f"{origin}: unsupported mergekit key(s) {sorted(unknown)}")
     if data.get("modules"):
@@ -87,15 +91,21 @@ def from_mergekit(data: dict[str, Any], *, origin: str = "mergekit config",
     if data.get("models"):
         for i, m in enumerate(data["models"]):
             n = name_of(m.get("model"), f"models.{i}.model")
-            params = {k: _import_spec(v, f"{origin}: models.{i}.parameters.{k}")
-                      for k, v in (m.get("parameters") or {}).items()}
-            sources.setdefault(n, {"path": m["model"], "parameters": {}})["parameters"].update(params)
+            params = {
+                k: _import_spec(v, f"{origin}: models.{i}.parameters.{k}")
+                for k, v in (m.get("parameters") or {}).items()
+            }
+            sources.setdefault(n, {"path": m["model"], "parameters": {}})["parameters"].update(
+                params
+            )
     elif data.get("slices"):
         routing = []
         for i, sl in enumerate(data["slices"]):
             if sl.get("parameters") or any(s.get("parameters") for s in sl.get("sources", [])):
-                raise RecipeError(f"{origin}: slices.{i}: per-slice parameters are not supported;"
-                                  " give parameters at the top level")
+                raise RecipeError(
+                    f"{origin}: slices.{i}: per-slice parameters are not supported;"
+                    " give parameters at the top level"
+                )
             ranges = {tuple(s["layer_range"]) for s in sl["sources"]}
             if len(ranges) != 1:
                 raise RecipeError(f"{origin}: slices.{i}: sources must share one layer_range")
@@ -114,12 +124,15 @@ def from_mergekit(data: dict[str, Any], *, origin: str = "mergekit config",
         "sources": sources,
         "method": data["merge_method"],
         "base": base,
-        "parameters": {k: v if isinstance(v, bool) else _import_spec(v, f"{origin}: parameters.{k}")
-                       for k, v in (data.get("parameters") or {}).items()},
+        "parameters": {
+            k: v if isinstance(v, bool) else _import_spec(v, f"{origin}: parameters.{k}")
+            for k, v in (data.get("parameters") or {}).items()
+        },
         "routing": routing,
         "dtype": data.get("out_dtype") or data.get("dtype"),
         "tokenizer_source": (base if tok == "base" else name_of(tok, "tokenizer_source"))
-        if tok else None,
+        if tok
+        else None,
     }
     return Recipe.from_dict(recipe, origin=origin, base_dir=base_dir)
 
@@ -139,8 +152,10 @@ def to_mergekit(recipe: Recipe, sources: dict[str, ModelSource] | None = None) -
     """The mergekit config that makes the same weights; sources (opened from the recipe's paths
     when not given) let module-kind parameters become verified name filters."""
     if recipe.routing is not None:
-        raise RecipeError("routing: mergekit export of routed recipes is not supported; export "
-                          "the recipe (--format recipe) or a checkpoint (--format hf)")
+        raise RecipeError(
+            "routing: mergekit export of routed recipes is not supported; export "
+            "the recipe (--format recipe) or a checkpoint (--format hf)"
+        )
     srcs = sources or {n: ModelSource(s.path, name=n) for n, s in recipe.sources.items()}
     ref = srcs[recipe.base or sorted(srcs)[0]]
     names = list(ref.tensors)
@@ -154,17 +169,24 @@ def to_mergekit(recipe: Recipe, sources: dict[str, ModelSource] | None = None) -
             continue
         entry: dict[str, Any] = {"model": src.path}
         if src.parameters:
-            entry["parameters"] = {k: _export_spec(v, ref, names) for k, v in src.parameters.items()}
+            entry["parameters"] = {
+                k: _export_spec(v, ref, names) for k, v in src.parameters.items()
+            }
         models.append(entry)
     out["models"] = models
     if recipe.parameters:
-        out["parameters"] = {k: v if isinstance(v, bool) else _export_spec(v, ref, names)
-                             for k, v in recipe.parameters.items()}
+        out["parameters"] = {
+            k: v if isinstance(v, bool) else _export_spec(v, ref, names)
+            for k, v in recipe.parameters.items()
+        }
     if recipe.dtype:
         out["dtype"] = recipe.dtype
     tok = recipe.tokenizer_source
-    out["tokenizer_source"] = "base" if (tok is None and recipe.base) or tok == recipe.base else (
-        recipe.sources[tok].path if tok else None)
+    out["tokenizer_source"] = (
+        "base"
+        if (tok is None and recipe.base) or tok == recipe.base
+        else (recipe.sources[tok].path if tok else None)
+    )
     if out["tokenizer_source"] is None:
         del out["tokenizer_source"]
     _verify(recipe, from_mergekit(out), ref)
@@ -194,8 +216,13 @@ def _export_spec(spec: ParamSpec, ref: ModelSource, names: list[str]) -> Any:
             conds.append({"value": _export_spec(spec.default, ref, names)})
         return conds
     if isinstance(spec, list) and spec and isinstance(spec[0], Conditional):
-        return [{**({"filter": c.filter} if c.filter else {}),
-                 "value": _export_spec(c.value, ref, names)} for c in spec]
+        return [
+            {
+                **({"filter": c.filter} if c.filter else {}),
+                "value": _export_spec(c.value, ref, names),
+            }
+            for c in spec
+        ]
     return [float(v) for v in spec]  # type: ignore[union-attr]
 
 
@@ -203,16 +230,17 @@ def _verify(ours: Recipe, theirs: Recipe, ref: ModelSource) -> None:
     """Every tensor must resolve to the same parameters under mergekit's reading."""
     by_path = {s.path: n for n, s in theirs.sources.items()}
     for name, info in ref.tensors.items():
-        where = dict(tensor=name, kind=info.kind.value, layer=info.layer,
-                     num_layers=ref.num_layers)
+        where = dict(tensor=name, kind=info.kind.value, layer=info.layer, num_layers=ref.num_layers)
         for n, src in ours.sources.items():
             other = theirs.sources[by_path[src.path]]
             for key, spec in src.parameters.items():
                 a = resolve(spec, **where)
                 b = resolve(other.parameters[key], **where)
                 if abs(a - b) > 1e-9:
-                    raise RecipeError(f"sources.{n}.parameters.{key}: mergekit would read {b} "
-                                      f"for tensor {name!r} where the recipe means {a}")
+                    raise RecipeError(
+                        f"sources.{n}.parameters.{key}: mergekit would read {b} "
+                        f"for tensor {name!r} where the recipe means {a}"
+                    )
 
 
 def dump(data: dict[str, Any]) -> str:

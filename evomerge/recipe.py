@@ -70,7 +70,9 @@ ByModule.model_rebuild()
 Conditional.model_rebuild()
 
 
-def resolve(spec: ParamSpec, *, tensor: str, kind: str, layer: int | None, num_layers: int) -> float:
+def resolve(
+    spec: ParamSpec, *, tensor: str, kind: str, layer: int | None, num_layers: int
+) -> float:
     """The number a spec gives one tensor. ``layer`` is None outside transformer blocks."""
     if isinstance(spec, bool):
         raise TypeError("booleans are flags, not numeric parameters")
@@ -81,7 +83,9 @@ def resolve(spec: ParamSpec, *, tensor: str, kind: str, layer: int | None, num_l
         if sub is None:
             sub = spec.default
         if sub is None:
-            raise RecipeError(f"no value for module kind {kind!r} (tensor {tensor!r}) and no default")
+            raise RecipeError(
+                f"no value for module kind {kind!r} (tensor {tensor!r}) and no default"
+            )
         return resolve(sub, tensor=tensor, kind=kind, layer=layer, num_layers=num_layers)
     if isinstance(spec, PerLayer):
         values = spec.per_layer
@@ -95,8 +99,9 @@ def resolve(spec: ParamSpec, *, tensor: str, kind: str, layer: int | None, num_l
     if isinstance(spec, list) and spec and isinstance(spec[0], Conditional):
         for cond in spec:
             if cond.filter in (None, "*") or cond.filter in tensor:
-                return resolve(cond.value, tensor=tensor, kind=kind, layer=layer,
-                               num_layers=num_layers)
+                return resolve(
+                    cond.value, tensor=tensor, kind=kind, layer=layer, num_layers=num_layers
+                )
         raise RecipeError(f"no conditional entry matches tensor {tensor!r} and none is a default")
     if isinstance(spec, list):
         return _interpolate([float(v) for v in spec], layer, num_layers)  # type: ignore[arg-type]
@@ -127,8 +132,12 @@ def spec_values(spec: GlobalValue) -> list[float]:
     if isinstance(spec, PerLayer):
         return list(spec.per_layer)
     if isinstance(spec, ByModule):
-        return [v for k in (*MODULE_KINDS, "default") if (s := getattr(spec, k)) is not None
-                for v in spec_values(s)]
+        return [
+            v
+            for k in (*MODULE_KINDS, "default")
+            if (s := getattr(spec, k)) is not None
+            for v in spec_values(s)
+        ]
     if isinstance(spec, list):
         out: list[float] = []
         for e in spec:
@@ -174,7 +183,9 @@ class Recipe(_Frozen):
         for key in ("base", "tokenizer_source"):
             name = getattr(self, key)
             if name is not None and name not in self.sources:
-                raise ValueError(f"{key}: {name!r} is not one of the sources {sorted(self.sources)}")
+                raise ValueError(
+                    f"{key}: {name!r} is not one of the sources {sorted(self.sources)}"
+                )
         for i, slot in enumerate(self.routing or []):
             if slot.source is not None and slot.source not in self.sources:
                 raise ValueError(f"routing.{i}.source: {slot.source!r} is not a source")
@@ -185,8 +196,11 @@ class Recipe(_Frozen):
     # -- identity ---------------------------------------------------------------------------
     def content_hash(self) -> str:
         """Same merge, same hash: keys are sorted, defaults and formatting don't matter."""
-        canon = json.dumps(self.model_dump(mode="json", exclude_defaults=True), sort_keys=True,
-                           separators=(",", ":"))
+        canon = json.dumps(
+            self.model_dump(mode="json", exclude_defaults=True),
+            sort_keys=True,
+            separators=(",", ":"),
+        )
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
     @property
@@ -201,8 +215,12 @@ class Recipe(_Frozen):
 
     def with_zoo(self, zoo_dir: str | Path) -> Recipe:
         """Resolve ``zoo:NAME`` source paths (e.g. ``zoo:experts/rev9``) against a built zoo."""
-        fixed = {k: s.model_copy(update={"path": str(Path(zoo_dir) / s.path[4:])})
-                 if s.path.startswith("zoo:") else s for k, s in self.sources.items()}
+        fixed = {
+            k: s.model_copy(update={"path": str(Path(zoo_dir) / s.path[4:])})
+            if s.path.startswith("zoo:")
+            else s
+            for k, s in self.sources.items()
+        }
         return self.model_copy(update={"sources": fixed})
 
     # -- files ------------------------------------------------------------------------------
@@ -217,7 +235,9 @@ class Recipe(_Frozen):
         Path(path).write_text(self.to_yaml())
 
     @classmethod
-    def from_dict(cls, data: Any, *, origin: str = "recipe", base_dir: Path | None = None) -> Recipe:
+    def from_dict(
+        cls, data: Any, *, origin: str = "recipe", base_dir: Path | None = None
+    ) -> Recipe:
         """Validate, naming the key path at fault; relative source paths resolve against
         ``base_dir`` (the recipe file's folder) so recipes can travel with their models."""
         try:
@@ -226,8 +246,9 @@ class Recipe(_Frozen):
             raise RecipeError(_explain(e, origin)) from None
         if base_dir is not None:
             fixed = {
-                k: s.model_copy(update={"path": str((base_dir / s.path))})
-                if not Path(s.path).is_absolute() and not s.path.startswith("zoo:") else s
+                k: s.model_copy(update={"path": str(base_dir / s.path)})
+                if not Path(s.path).is_absolute() and not s.path.startswith("zoo:")
+                else s
                 for k, s in recipe.sources.items()
             }
             recipe = recipe.model_copy(update={"sources": fixed})
@@ -250,9 +271,25 @@ def load_yaml(path: Path) -> Any:
         raise RecipeError(f"{path}: malformed YAML: {e}") from None
 
 
+_SPEC_HELP = (
+    "expected a number, a list of numbers (a gradient), {gradient: [...]}, "
+    "{per_layer: [...]}, {attention: ..., mlp: ..., default: ...} or "
+    "[{filter: ..., value: ...}]"
+)
+_UNION_MEMBERS = {"float", "bool", "int", "str", "Gradient", "PerLayer", "ByModule", "Conditional"}
+
+
 def _explain(e: ValidationError, origin: str) -> str:
+    """One line per key: pydantic reports each union member's failure, we report the key."""
+    by_loc: dict[str, list[str]] = {}
+    for err in e.errors():
+        parts: list[str] = []
+        for p in err["loc"]:
+            if str(p) in _UNION_MEMBERS or str(p).startswith(("list[", "function-", "dict[")):
+                break
+            parts.append(str(p))
+        by_loc.setdefault(".".join(parts) or "<top>", []).append(err["msg"])
     lines = [f"{origin}: invalid recipe"]
-    for err in e.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "list[")))
-        lines.append(f"  {loc or '<top>'}: {err['msg']}")
+    for loc, msgs in list(by_loc.items())[:6]:
+        lines.append(f"  {loc}: {msgs[0] if len(msgs) == 1 else _SPEC_HELP}")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from models import make_family  # noqa: E402
+from models import make_family
 
 
 @pytest.fixture(scope="session")

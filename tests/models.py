@@ -7,13 +7,22 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
 
-LLAMA = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-             num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
-             max_position_embeddings=64, tie_word_embeddings=False)
+LLAMA = dict(
+    model_type="llama",
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=64,
+    max_position_embeddings=64,
+    tie_word_embeddings=False,
+)
 
 
-def make_model(path: Path, seed: int, *, dtype: torch.dtype = torch.float32,
-               **overrides: object) -> Path:
+def make_model(
+    path: Path, seed: int, *, dtype: torch.dtype = torch.float32, **overrides: object
+) -> Path:
     """Save a random model; ``seed`` picks the weights, ``overrides`` the config."""
     cfg = dict(LLAMA)
     cfg.update(overrides)
@@ -33,8 +42,11 @@ def make_model(path: Path, seed: int, *, dtype: torch.dtype = torch.float32,
 def _tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    vocab = {"<pad>": 0, "</s>": 1, **{chr(97 + i % 26) + str(i // 26): i + 2
-                                       for i in range(vocab_size - 2)}}
+    vocab = {
+        "<pad>": 0,
+        "</s>": 1,
+        **{chr(97 + i % 26) + str(i // 26): i + 2 for i in range(vocab_size - 2)},
+    }
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>")
@@ -54,8 +66,10 @@ def make_family(root: Path, n: int = 3, **overrides: object) -> dict[str, Path]:
                 (d / f.name).write_bytes(f.read_bytes())
         state = load_file(base / "model.safetensors")
         g = torch.Generator().manual_seed(100 + i)
-        state = {k: (v.float() + 0.05 * torch.randn(v.shape, generator=g)).to(v.dtype)
-                 for k, v in state.items()}
+        state = {
+            k: (v.float() + 0.05 * torch.randn(v.shape, generator=g)).to(v.dtype)
+            for k, v in state.items()
+        }
         save_file(state, d / "model.safetensors", metadata={"format": "pt"})
         out[f"ft{i}"] = d
     return out

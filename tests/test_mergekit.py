@@ -20,9 +20,11 @@ def _run_mergekit(config: dict, out: Path) -> dict[str, torch.Tensor]:
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
 
-    run_merge(MergeConfiguration.model_validate(config), str(out),
-              MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True,
-                           random_seed=0))
+    run_merge(
+        MergeConfiguration.model_validate(config),
+        str(out),
+        MergeOptions(copy_tokenizer=False, write_model_card=False, quiet=True, random_seed=0),
+    )
     state: dict[str, torch.Tensor] = {}
     for f in sorted(out.glob("*.safetensors")):
         state.update(load_file(f))
@@ -38,56 +40,106 @@ def _ours(recipe: Recipe, out: Path) -> dict[str, torch.Tensor]:
 
 
 def _fam(family: dict[str, Path], models: dict[str, dict]) -> dict:
-    return {"base": str(family["base"]),
-            **{k: {"path": str(family[k]), "parameters": v} for k, v in models.items()}}
+    return {
+        "base": str(family["base"]),
+        **{k: {"path": str(family[k]), "parameters": v} for k, v in models.items()},
+    }
 
 
 CASES = {
-    "linear": dict(method="linear", base=None,
-                   models={"ft0": {"weight": 0.5}, "ft1": {"weight": [0.2, 0.9]},
-                           "ft2": {"weight": 1.3}}, parameters={}),
-    "slerp": dict(method="slerp", base="base", models={"ft0": {}},
-                  parameters={"t": [0.1, 0.7, 0.4]}),
-    "task_arithmetic": dict(method="task_arithmetic", base="base",
-                            models={"ft0": {"weight": 0.7}, "ft1": {"weight": [0.3, -0.2]},
-                                    "ft2": {"weight": {"attention": 0.4, "mlp": 0.9,
-                                                       "default": 0.5}}},
-                            parameters={"lambda": 0.8}),
-    "ties": dict(method="ties", base="base",
-                 models={"ft0": {"weight": 0.7, "density": 0.4},
-                         "ft1": {"weight": 0.5, "density": [0.2, 0.9]},
-                         "ft2": {"weight": 1.0, "density": 0.6}}, parameters={"lambda": 1.1}),
-    "breadcrumbs": dict(method="breadcrumbs", base="base",
-                        models={"ft0": {"weight": 0.7, "density": 0.5, "gamma": 0.05},
-                                "ft1": {"weight": 0.5, "density": 0.8}}, parameters={}),
-    "breadcrumbs_ties": dict(method="breadcrumbs_ties", base="base",
-                             models={"ft0": {"weight": 0.7, "density": 0.5},
-                                     "ft1": {"weight": 0.5, "density": 0.8, "gamma": 0.1}},
-                             parameters={}),
-    "dare_ties": dict(method="dare_ties", base="base",
-                      models={"ft0": {"weight": 0.7, "density": 1.0},
-                              "ft1": {"weight": 0.5, "density": 1.0}}, parameters={}),
-    "dare_linear": dict(method="dare_linear", base="base",
-                        models={"ft0": {"weight": 0.7}, "ft1": {"weight": 0.5}}, parameters={}),
-    "della": dict(method="della", base="base",
-                  models={"ft0": {"weight": 0.7, "density": 1.0},
-                          "ft1": {"weight": 0.5, "density": 1.0}}, parameters={"lambda": 0.9}),
-    "della_linear": dict(method="della_linear", base="base",
-                         models={"ft0": {"weight": 0.7}, "ft1": {"weight": 0.5}}, parameters={}),
-    "model_stock": dict(method="model_stock", base="base",
-                        models={"ft0": {}, "ft1": {}, "ft2": {}}, parameters={}),
+    "linear": dict(
+        method="linear",
+        base=None,
+        models={"ft0": {"weight": 0.5}, "ft1": {"weight": [0.2, 0.9]}, "ft2": {"weight": 1.3}},
+        parameters={},
+    ),
+    "slerp": dict(
+        method="slerp", base="base", models={"ft0": {}}, parameters={"t": [0.1, 0.7, 0.4]}
+    ),
+    "task_arithmetic": dict(
+        method="task_arithmetic",
+        base="base",
+        models={
+            "ft0": {"weight": 0.7},
+            "ft1": {"weight": [0.3, -0.2]},
+            "ft2": {"weight": {"attention": 0.4, "mlp": 0.9, "default": 0.5}},
+        },
+        parameters={"lambda": 0.8},
+    ),
+    "ties": dict(
+        method="ties",
+        base="base",
+        models={
+            "ft0": {"weight": 0.7, "density": 0.4},
+            "ft1": {"weight": 0.5, "density": [0.2, 0.9]},
+            "ft2": {"weight": 1.0, "density": 0.6},
+        },
+        parameters={"lambda": 1.1},
+    ),
+    "breadcrumbs": dict(
+        method="breadcrumbs",
+        base="base",
+        models={
+            "ft0": {"weight": 0.7, "density": 0.5, "gamma": 0.05},
+            "ft1": {"weight": 0.5, "density": 0.8},
+        },
+        parameters={},
+    ),
+    "breadcrumbs_ties": dict(
+        method="breadcrumbs_ties",
+        base="base",
+        models={
+            "ft0": {"weight": 0.7, "density": 0.5},
+            "ft1": {"weight": 0.5, "density": 0.8, "gamma": 0.1},
+        },
+        parameters={},
+    ),
+    "dare_ties": dict(
+        method="dare_ties",
+        base="base",
+        models={"ft0": {"weight": 0.7, "density": 1.0}, "ft1": {"weight": 0.5, "density": 1.0}},
+        parameters={},
+    ),
+    "dare_linear": dict(
+        method="dare_linear",
+        base="base",
+        models={"ft0": {"weight": 0.7}, "ft1": {"weight": 0.5}},
+        parameters={},
+    ),
+    "della": dict(
+        method="della",
+        base="base",
+        models={"ft0": {"weight": 0.7, "density": 1.0}, "ft1": {"weight": 0.5, "density": 1.0}},
+        parameters={"lambda": 0.9},
+    ),
+    "della_linear": dict(
+        method="della_linear",
+        base="base",
+        models={"ft0": {"weight": 0.7}, "ft1": {"weight": 0.5}},
+        parameters={},
+    ),
+    "model_stock": dict(
+        method="model_stock", base="base", models={"ft0": {}, "ft1": {}, "ft2": {}}, parameters={}
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_same_tensors_as_mergekit(case: str, family: dict[str, Path], tmp_path: Path) -> None:
     c = CASES[case]
-    recipe = Recipe.from_dict({"sources": _fam(family, c["models"]), "method": c["method"],
-                               "base": c["base"], "parameters": c["parameters"],
-                               "dtype": "float32"})
+    recipe = Recipe.from_dict(
+        {
+            "sources": _fam(family, c["models"]),
+            "method": c["method"],
+            "base": c["base"],
+            "parameters": c["parameters"],
+            "dtype": "float32",
+        }
+    )
     if c["base"] is None:  # linear has no base: drop it from the sources
-        recipe = recipe.model_copy(update={"sources": {k: v for k, v in recipe.sources.items()
-                                                       if k != "base"}})
+        recipe = recipe.model_copy(
+            update={"sources": {k: v for k, v in recipe.sources.items() if k != "base"}}
+        )
     config = to_mergekit(recipe)
     theirs = _run_mergekit(config, tmp_path / "mk")
     ours = _ours(recipe, tmp_path / "ours")
@@ -99,8 +151,14 @@ def test_same_tensors_as_mergekit(case: str, family: dict[str, Path], tmp_path: 
 
 def test_import_roundtrip(family: dict[str, Path]) -> None:
     c = CASES["ties"]
-    recipe = Recipe.from_dict({"sources": _fam(family, c["models"]), "method": "ties",
-                               "base": "base", "parameters": c["parameters"]})
+    recipe = Recipe.from_dict(
+        {
+            "sources": _fam(family, c["models"]),
+            "method": "ties",
+            "base": "base",
+            "parameters": c["parameters"],
+        }
+    )
     back = from_mergekit(to_mergekit(recipe))
     assert back.method == "ties" and back.base == "base"
     assert {s.path for s in back.sources.values()} == {s.path for s in recipe.sources.values()}

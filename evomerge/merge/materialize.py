@@ -26,8 +26,12 @@ from evomerge.errors import MergeError, RecipeError
 from evomerge.merge.methods import Method, Params, get_method
 from evomerge.recipe import Recipe, resolve, spec_values
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
-           "float64": torch.float64}
+_DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
 
 
 @dataclass(frozen=True)
@@ -72,17 +76,24 @@ class MergePlan:
 
 
 def _torch_dtype(st_dtype: str) -> torch.dtype:
-    return {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
-            "F64": torch.float64}.get(st_dtype.upper(), torch.float32)
+    return {
+        "F32": torch.float32,
+        "BF16": torch.bfloat16,
+        "F16": torch.float16,
+        "F64": torch.float64,
+    }.get(st_dtype.upper(), torch.float32)
 
 
 def open_sources(recipe: Recipe, *, allow_pickle: bool = False) -> dict[str, ModelSource]:
-    return {name: ModelSource(src.path, name=name, allow_pickle=allow_pickle)
-            for name, src in recipe.sources.items()}
+    return {
+        name: ModelSource(src.path, name=name, allow_pickle=allow_pickle)
+        for name, src in recipe.sources.items()
+    }
 
 
-def plan(recipe: Recipe, sources: Mapping[str, ModelSource] | None = None, *,
-         allow_pickle: bool = False) -> MergePlan:
+def plan(
+    recipe: Recipe, sources: Mapping[str, ModelSource] | None = None, *, allow_pickle: bool = False
+) -> MergePlan:
     """Validate a recipe against its sources and resolve every tensor's parameters."""
     method = get_method(recipe.method)
     srcs = dict(sources) if sources is not None else open_sources(recipe, allow_pickle=allow_pickle)
@@ -95,8 +106,11 @@ def plan(recipe: Recipe, sources: Mapping[str, ModelSource] | None = None, *,
     if len(models) < method.min_models or (
         method.max_models is not None and len(models) > method.max_models
     ):
-        want = (f"exactly {method.min_models}" if method.min_models == method.max_models
-                else f"at least {method.min_models}")
+        want = (
+            f"exactly {method.min_models}"
+            if method.min_models == method.max_models
+            else f"at least {method.min_models}"
+        )
         raise RecipeError(
             f"sources: method {method.name!r} takes {want} model(s) besides the base, got {models}"
         )
@@ -123,8 +137,18 @@ def plan(recipe: Recipe, sources: Mapping[str, ModelSource] | None = None, *,
             jobs.append(_job(recipe, method, models, ref, name, name, None, n_layers))
         for i, slot in enumerate(route):
             for name in layer_names[slot.layer]:
-                jobs.append(_job(recipe, method, models, ref, name, rename_layer(name, i),
-                                 slot.source, n_layers))
+                jobs.append(
+                    _job(
+                        recipe,
+                        method,
+                        models,
+                        ref,
+                        name,
+                        rename_layer(name, i),
+                        slot.source,
+                        n_layers,
+                    )
+                )
         out_layers = len(route)
     out_dtype = _DTYPES[recipe.dtype] if recipe.dtype else None
     config = dict(ref.config)
@@ -134,10 +158,18 @@ def plan(recipe: Recipe, sources: Mapping[str, ModelSource] | None = None, *,
     return MergePlan(recipe, method, ordered, jobs, out_layers, out_dtype, config)
 
 
-def _job(recipe: Recipe, method: Method, models: list[str], ref: ModelSource, src_name: str,
-         out_name: str, copy_from: str | None, n_layers: int) -> TensorJob:
+def _job(
+    recipe: Recipe,
+    method: Method,
+    models: list[str],
+    ref: ModelSource,
+    src_name: str,
+    out_name: str,
+    copy_from: str | None,
+    n_layers: int,
+) -> TensorJob:
     info = ref.tensors[src_name]
-    seed = int.from_bytes(hashlib.sha256(f"{recipe.seed}/{src_name}".encode()).digest()[:7], "big")
+    seed = int.from_bytes(hashlib.sha256(f"{recipe.seed}/{src_name}".encode()).digest()[:4], "big")
     if copy_from is not None:
         return TensorJob(out_name, src_name, copy_from, info.layer, None, seed)
     where = dict(tensor=src_name, kind=info.kind.value, layer=info.layer, num_layers=n_layers)
@@ -165,7 +197,7 @@ def _job(recipe: Recipe, method: Method, models: list[str], ref: ModelSource, sr
                     f"tensor {src_name!r}: della needs density ± epsilon inside (0, 1); "
                     f"got density={d}, epsilon={e}"
                 )
-    return TensorJob(out_name, src_name, None, info.layer, Params(per_source, shared), seed)
+    return TensorJob(out_name, src_name, None, info.layer, Params(per_source, shared, seed), seed)
 
 
 def _check_parameters(recipe: Recipe, method: Method, models: list[str]) -> None:
@@ -174,22 +206,28 @@ def _check_parameters(recipe: Recipe, method: Method, models: list[str]) -> None
     for key, spec in recipe.parameters.items():
         p = known.get(key)
         if p is None:
-            raise RecipeError(f"parameters.{key}: not a parameter of {method.name!r} "
-                              f"(known: {sorted(known)})")
+            raise RecipeError(
+                f"parameters.{key}: not a parameter of {method.name!r} (known: {sorted(known)})"
+            )
         _check_value(p, spec, f"parameters.{key}", method)
     for name, src in recipe.sources.items():
         for key, spec in src.parameters.items():
             p = known.get(key)
             if p is None or not p.per_source:
-                raise RecipeError(f"sources.{name}.parameters.{key}: not a per-model parameter "
-                                  f"of {method.name!r}")
+                raise RecipeError(
+                    f"sources.{name}.parameters.{key}: not a per-model parameter of {method.name!r}"
+                )
             if name not in models:
-                raise RecipeError(f"sources.{name}.parameters.{key}: {name!r} is the base; "
-                                  f"{method.name!r} gives the base no parameters")
+                raise RecipeError(
+                    f"sources.{name}.parameters.{key}: {name!r} is the base; "
+                    f"{method.name!r} gives the base no parameters"
+                )
             _check_value(p, spec, f"sources.{name}.parameters.{key}", method)
     for p in method.params:
-        if p.default is None and p.name not in recipe.parameters and not (
-            p.per_source and all(p.name in recipe.sources[m].parameters for m in models)
+        if (
+            p.default is None
+            and p.name not in recipe.parameters
+            and not (p.per_source and all(p.name in recipe.sources[m].parameters for m in models))
         ):
             raise RecipeError(f"parameters.{p.name}: required by {method.name!r}")
 
@@ -207,11 +245,12 @@ def _check_value(p: Any, spec: Any, where: str, method: Method) -> None:
             raise RecipeError(f"{where}: negative weight {v} is not allowed for {method.name!r}")
 
 
-def materialize(mp: MergePlan, device: str | torch.device = "cpu") -> Iterator[tuple[str, torch.Tensor]]:
+def materialize(
+    mp: MergePlan, device: str | torch.device = "cpu"
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Yield the merged tensors in the sources' order. Computation runs in float32 (float64 stays
     float64) on ``device``; outputs take the recipe's dtype, else the sources'."""
     device = torch.device(device)
-    gen = torch.Generator(device=device) if mp.method.random else None
     base = mp.recipe.base if mp.method.needs_base else None
     for job in mp.jobs:
         if job.copy_from is not None:
@@ -227,13 +266,7 @@ def materialize(mp: MergePlan, device: str | torch.device = "cpu") -> Iterator[t
         del raw
         base_t = mp.sources[base].get(job.src_name, device).to(work) if base else None
         assert job.params is not None
-        if gen is not None:
-            gen.manual_seed(job.seed)
-            job.params.generator = gen
-        try:
-            out = mp.method(tensors, base_t, job.params)
-        finally:
-            job.params.generator = None
+        out = mp.method(tensors, base_t, job.params)
         out = out.to(mp.out_dtype or dtype)
         _check_finite(mp, job, out, mp.models + ([base] if base else []))
         yield job.out_name, out
@@ -245,32 +278,49 @@ def _check_finite(mp: MergePlan, job: TensorJob, out: torch.Tensor, inputs: list
         return
     for name in inputs:
         if not bool(torch.isfinite(mp.sources[name].get(job.src_name).float()).all()):
-            raise MergeError(f"tensor {job.src_name!r} of source {name!r} "
-                             f"({mp.sources[name].path}) holds NaN or inf")
-    raise MergeError(f"output tensor {job.out_name!r} is not finite (overflow in "
-                     f"{mp.out_dtype or 'the source dtype'}?)")
+            raise MergeError(
+                f"tensor {job.src_name!r} of source {name!r} "
+                f"({mp.sources[name].path}) holds NaN or inf"
+            )
+    raise MergeError(
+        f"output tensor {job.out_name!r} is not finite (overflow in "
+        f"{mp.out_dtype or 'the source dtype'}?)"
+    )
 
 
 def model_card(recipe: Recipe) -> str:
-    return ("---\ntags: [merge, evomerge]\n---\n# Merged model\n\nMade by evomerge from this "
-            f"recipe (hash `{recipe.content_hash()}`):\n\n```yaml\n{recipe.to_yaml()}```\n")
+    return (
+        "---\ntags: [merge, evomerge]\n---\n# Merged model\n\nMade by evomerge from this "
+        f"recipe (hash `{recipe.content_hash()}`):\n\n```yaml\n{recipe.to_yaml()}```\n"
+    )
 
 
-def merge_to_dir(recipe: Recipe, out_dir: str | Path, *, device: str = "cpu",
-                 max_shard_size: int = 5 * 1024**3, overwrite: bool = False,
-                 allow_pickle: bool = False) -> Path:
+def merge_to_dir(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    device: str = "cpu",
+    max_shard_size: int = 5 * 1024**3,
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+) -> Path:
     """Materialize a recipe into a Hugging Face checkpoint directory, atomically."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         from evomerge.errors import OutputExistsError
 
-        raise OutputExistsError(f"output directory {out_dir} exists; choose another or pass "
-                                "--overwrite")
+        raise OutputExistsError(
+            f"output directory {out_dir} exists; choose another or pass --overwrite"
+        )
     mp = plan(recipe, allow_pickle=allow_pickle)
-    with CheckpointWriter(out_dir, config=mp.config, max_shard_size=max_shard_size,
-                          overwrite=overwrite) as writer:
+    with CheckpointWriter(
+        out_dir, config=mp.config, max_shard_size=max_shard_size, overwrite=overwrite
+    ) as writer:
         for name, tensor in materialize(mp, device):
             writer.add(name, tensor)
         tok = mp.sources[recipe.tokenizer_name].path
-        return writer.finish(num_layers=mp.num_layers if recipe.routing else None,
-                             tokenizer_from=tok, model_card=model_card(recipe))
+        return writer.finish(
+            num_layers=mp.num_layers if recipe.routing else None,
+            tokenizer_from=tok,
+            model_card=model_card(recipe),
+        )

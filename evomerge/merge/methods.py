@@ -7,8 +7,11 @@ same thing in both tools. Adding a method is one decorated function here::
     def name(tensors, base, p: Params) -> torch.Tensor: ...
 
 Tensors arrive in float32 (float64 stays float64); the caller casts the result.
-Random methods draw from ``p.generator``, seeded per tensor by the caller, so recipes are
-reproducible. Note mergekit's ``rescale`` matches the L1 norm of each sparsified task vector to
+Random methods draw from :func:`uniform`, a counter-based hash of (seed, element index) in
+exact integer arithmetic: the same recipe gives the same weights on the CPU and on any GPU, so
+the model a search scored on its GPU is the model exported on a laptop.
+
+Note mergekit's ``rescale`` matches the L1 norm of each sparsified task vector to
 the original's (not the 1/density of the DARE paper); we do the same.
 """
 
@@ -55,7 +58,7 @@ class Params:
 
     per_source: dict[str, list[float]]
     shared: dict[str, float | bool]
-    generator: torch.Generator | None = None
+    seed: int = 0
 
     def __getitem__(self, key: str) -> float | bool:
         return self.shared[key]
@@ -79,22 +82,31 @@ class Method:
     def __post_init__(self) -> None:
         object.__setattr__(self, "param_index", {p.name: p for p in self.params})
 
-    def __call__(self, tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
-                 p: Params) -> torch.Tensor:
+    def __call__(
+        self, tensors: Sequence[torch.Tensor], base: torch.Tensor | None, p: Params
+    ) -> torch.Tensor:
         return self.fn(tensors, base, p)
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, *, params: tuple[Param, ...], needs_base: bool, min_models: int = 1,
-             max_models: int | None = None, random: bool = False,
-             negative_weights: bool = True) -> Callable[[MergeFn], MergeFn]:
+def register(
+    name: str,
+    *,
+    params: tuple[Param, ...],
+    needs_base: bool,
+    min_models: int = 1,
+    max_models: int | None = None,
+    random: bool = False,
+    negative_weights: bool = True,
+) -> Callable[[MergeFn], MergeFn]:
     def deco(fn: MergeFn) -> MergeFn:
         if name in METHODS:
             raise ValueError(f"merge method {name!r} registered twice")
-        METHODS[name] = Method(name, fn, params, needs_base, min_models, max_models, random,
-                               negative_weights)
+        METHODS[name] = Method(
+            name, fn, params, needs_base, min_models, max_models, random, negative_weights
+        )
         return fn
 
     return deco
@@ -104,7 +116,9 @@ def get_method(name: str) -> Method:
     try:
         return METHODS[name]
     except KeyError:
-        raise RecipeError(f"method: unknown merge method {name!r}; known: {sorted(METHODS)}") from None
+        raise RecipeError(
+            f"method: unknown merge method {name!r}; known: {sorted(METHODS)}"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,8 +155,9 @@ def _magnitude(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tens
     return _rescale_l1(delta, kept) if rescale else kept
 
 
-def _magnitude_outliers(delta: torch.Tensor, density: float, gamma: float,
-                        rescale: bool) -> torch.Tensor:
+def _magnitude_outliers(
+    delta: torch.Tensor, density: float, gamma: float, rescale: bool
+) -> torch.Tensor:
     if density >= 1:
         return delta
     n = delta.numel()
@@ -151,24 +166,47 @@ def _magnitude_outliers(delta: torch.Tensor, density: float, gamma: float,
     n_bot = max(0, n - target - n_top)
     flat = delta.reshape(-1)
     order = torch.sort(flat.abs(), descending=False).indices
-    idx = order[n_bot: n_bot + target]
+    idx = order[n_bot : n_bot + target]
     kept = torch.zeros_like(flat)
     kept[idx] = flat[idx]
     kept = kept.reshape(delta.shape)
     return _rescale_l1(delta, kept) if rescale else kept
 
 
-def _bernoulli(delta: torch.Tensor, density: float, rescale: bool,
-               gen: torch.Generator | None) -> torch.Tensor:
+def uniform(shape: torch.Size | tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
+    """Uniform [0, 1) floats from a 32-bit integer hash (lowbias32) of each element's index.
+
+    int32 products wrap identically on every device, so the draw is device independent, unlike
+    torch.rand whose CPU and CUDA streams differ. 24 bits of each hash make the float exactly.
+    """
+    n = math.prod(shape)
+    idx_dtype = torch.int32 if n < 2**31 else torch.int64
+    x = torch.arange(n, dtype=idx_dtype, device=device)
+    x.mul_(-1640531535).add_(_i32(seed * 2654435761 + 0x5BD1E995))  # 0x9E3779B1 as int32
+    x.bitwise_xor_(x.bitwise_right_shift(16).bitwise_and_(0xFFFF))
+    x.mul_(0x7FEB352D)
+    x.bitwise_xor_(x.bitwise_right_shift(15).bitwise_and_(0x1FFFF))
+    x.mul_(-2073188725)  # 0x846CA68B as int32
+    x.bitwise_xor_(x.bitwise_right_shift(16).bitwise_and_(0xFFFF))
+    return x.bitwise_and_(0xFFFFFF).to(torch.float32).mul_(1.0 / 2**24).reshape(shape)
+
+
+def _i32(v: int) -> int:
+    v &= 0xFFFFFFFF
+    return v - 2**32 if v >= 2**31 else v
+
+
+def _bernoulli(delta: torch.Tensor, density: float, rescale: bool, seed: int) -> torch.Tensor:
     if density >= 1:
         return delta
-    keep = torch.rand(delta.shape, generator=gen, device=delta.device, dtype=delta.dtype) < density
+    keep = uniform(delta.shape, seed, delta.device) < density
     kept = delta * keep
     return _rescale_l1(delta, kept) if rescale else kept
 
 
-def _della(delta: torch.Tensor, density: float, epsilon: float, rescale: bool,
-           gen: torch.Generator | None) -> torch.Tensor:
+def _della(
+    delta: torch.Tensor, density: float, epsilon: float, rescale: bool, seed: int
+) -> torch.Tensor:
     if density >= 1:
         return delta
     if density + epsilon >= 1 or density - epsilon <= 0:
@@ -180,15 +218,21 @@ def _della(delta: torch.Tensor, density: float, epsilon: float, rescale: bool,
     lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
     rank_norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
     probs = (density - epsilon) + rank_norm * 2 * epsilon
-    keep = torch.rand(probs.shape, generator=gen, device=x.device, dtype=x.dtype) < probs
+    keep = uniform(probs.shape, seed, x.device) < probs
     kept = (x * keep).reshape(delta.shape)
     return _rescale_l1(delta, kept) if rescale else kept
 
 
 # --------------------------------------------------------------------------------------------
 # Generalized task arithmetic: sparsify each task vector, weight, optionally elect signs (TIES).
-def _task_arithmetic_family(tensors: Sequence[torch.Tensor], base: torch.Tensor, p: Params, *,
-                            sparsify: str | None, consensus: bool) -> torch.Tensor:
+def _task_arithmetic_family(
+    tensors: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    p: Params,
+    *,
+    sparsify: str | None,
+    consensus: bool,
+) -> torch.Tensor:
     assert base is not None
     if not tensors:
         return base
@@ -201,11 +245,13 @@ def _task_arithmetic_family(tensors: Sequence[torch.Tensor], base: torch.Tensor,
         if sparsify == "magnitude":
             deltas[i] = _magnitude(d, densities[i], rescale)
         elif sparsify == "random":
-            deltas[i] = _bernoulli(d, densities[i], rescale, p.generator)
+            deltas[i] = _bernoulli(d, densities[i], rescale, p.seed * 1000003 + i)
         elif sparsify == "outliers":
             deltas[i] = _magnitude_outliers(d, densities[i], p.per_source["gamma"][i], rescale)
         elif sparsify == "della":
-            deltas[i] = _della(d, densities[i], p.per_source["epsilon"][i], rescale, p.generator)
+            deltas[i] = _della(
+                d, densities[i], p.per_source["epsilon"][i], rescale, p.seed * 1000003 + i
+            )
     w = torch.tensor(weights, dtype=base.dtype, device=base.device).view(-1, *([1] * base.dim()))
     deltas.mul_(w)
     if consensus:
@@ -226,14 +272,29 @@ def _task_arithmetic_family(tensors: Sequence[torch.Tensor], base: torch.Tensor,
     return base + mixed
 
 
-def _gta(name: str, *, sparsify: str | None, consensus: bool, normalize: bool, rescale: bool,
-         extra: tuple[Param, ...] = (), random: bool = False) -> None:
+def _gta(
+    name: str,
+    *,
+    sparsify: str | None,
+    consensus: bool,
+    normalize: bool,
+    rescale: bool,
+    extra: tuple[Param, ...] = (),
+    random: bool = False,
+) -> None:
     def fn(tensors: Sequence[torch.Tensor], base: torch.Tensor | None, p: Params) -> torch.Tensor:
         return _task_arithmetic_family(tensors, base, p, sparsify=sparsify, consensus=consensus)
 
     fn.__name__ = name
-    params = (_WEIGHT, _DENSITY, _LAMBDA, _flag("normalize", normalize),
-              _flag("rescale", rescale), _flag("int8_mask", False), *extra)
+    params = (
+        _WEIGHT,
+        _DENSITY,
+        _LAMBDA,
+        _flag("normalize", normalize),
+        _flag("rescale", rescale),
+        _flag("int8_mask", False),
+        *extra,
+    )
     register(name, params=params, needs_base=True, random=random)(fn)
 
 
@@ -241,19 +302,46 @@ _gta("task_arithmetic", sparsify=None, consensus=False, normalize=False, rescale
 _gta("ties", sparsify="magnitude", consensus=True, normalize=True, rescale=False)
 _gta("dare_linear", sparsify="random", consensus=False, normalize=False, rescale=True, random=True)
 _gta("dare_ties", sparsify="random", consensus=True, normalize=False, rescale=True, random=True)
-_gta("breadcrumbs", sparsify="outliers", consensus=False, normalize=False, rescale=False,
-     extra=(_GAMMA,))
-_gta("breadcrumbs_ties", sparsify="outliers", consensus=True, normalize=False, rescale=False,
-     extra=(_GAMMA,))
-_gta("della", sparsify="della", consensus=True, normalize=True, rescale=True, extra=(_EPSILON,),
-     random=True)
-_gta("della_linear", sparsify="della", consensus=False, normalize=False, rescale=True,
-     extra=(_EPSILON,), random=True)
+_gta(
+    "breadcrumbs",
+    sparsify="outliers",
+    consensus=False,
+    normalize=False,
+    rescale=False,
+    extra=(_GAMMA,),
+)
+_gta(
+    "breadcrumbs_ties",
+    sparsify="outliers",
+    consensus=True,
+    normalize=False,
+    rescale=False,
+    extra=(_GAMMA,),
+)
+_gta(
+    "della",
+    sparsify="della",
+    consensus=True,
+    normalize=True,
+    rescale=True,
+    extra=(_EPSILON,),
+    random=True,
+)
+_gta(
+    "della_linear",
+    sparsify="della",
+    consensus=False,
+    normalize=False,
+    rescale=True,
+    extra=(_EPSILON,),
+    random=True,
+)
 
 
 # --------------------------------------------------------------------------------------------
-@register("linear", params=(_WEIGHT, _flag("normalize", True)), needs_base=False,
-          negative_weights=False)
+@register(
+    "linear", params=(_WEIGHT, _flag("normalize", True)), needs_base=False, negative_weights=False
+)
 def linear(tensors: Sequence[torch.Tensor], base: torch.Tensor | None, p: Params) -> torch.Tensor:
     """Model soup: Σ wᵢθᵢ, divided by Σ wᵢ when normalizing. Every source is an input."""
     weights = p.per_source["weight"]
@@ -268,8 +356,13 @@ def linear(tensors: Sequence[torch.Tensor], base: torch.Tensor | None, p: Params
     return out
 
 
-@register("slerp", params=(Param("t", None, low=0.0, high=1.0),), needs_base=True,
-          min_models=1, max_models=1)
+@register(
+    "slerp",
+    params=(Param("t", None, low=0.0, high=1.0),),
+    needs_base=True,
+    min_models=1,
+    max_models=1,
+)
 def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor | None, p: Params) -> torch.Tensor:
     """Spherical interpolation from the base (t=0) to the other model (t=1), over the whole
     tensor; nearly parallel tensors fall back to linear interpolation."""
@@ -288,8 +381,9 @@ def slerp(tensors: Sequence[torch.Tensor], base: torch.Tensor | None, p: Params)
 
 
 @register("model_stock", params=(_flag("filter_wise", False),), needs_base=True, min_models=2)
-def model_stock(tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
-                p: Params) -> torch.Tensor:
+def model_stock(
+    tensors: Sequence[torch.Tensor], base: torch.Tensor | None, p: Params
+) -> torch.Tensor:
     """t = k·cos φ / (1 + (k−1)·cos φ) from the mean pairwise cosine of the task vectors;
     θ = t·mean(θᵢ) + (1−t)·θ₀. A singular denominator keeps the base."""
     assert base is not None
@@ -302,7 +396,7 @@ def model_stock(tensors: Sequence[torch.Tensor], base: torch.Tensor | None,
     offsets = [w - w0 for w in ws]
     cos = []
     for i, a in enumerate(offsets):
-        for b in offsets[i + 1:]:
+        for b in offsets[i + 1 :]:
             norms = (a.norm(dim=-1) * b.norm(dim=-1)).clamp(min=1e-6)
             cos.append(((a * b).sum(dim=-1) / norms).clamp(-1, 1))
     c = torch.stack(cos).mean(dim=0).unsqueeze(-1)
