@@ -1,0 +1,167 @@
+"""The transformers engine: one resident model per worker, weights swapped in place.
+
+Built once from a checkpoint's config and tokenizer; each candidate's tensors are copied into the
+existing parameters (``copy_``), so no model is re-instantiated and nothing touches the disk.
+Requests are sorted by length and batched; the same request set always forms the same batches,
+so scores are bit-identical whether weights came from a swap or from a saved checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from evomerge.errors import EvomergeError
+from evomerge.evaluate.tasks import GenerationRequest, LoglikelihoodRequest, LoglikelihoodResult
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(EvomergeError):
+    """Weights or requests do not fit the resident model."""
+
+
+class HFEngine:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        batch_size: int = 64,
+        load_weights: bool = True,
+    ):
+        self.model_dir = Path(model_dir)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        self.config = AutoConfig.from_pretrained(self.model_dir)
+        self.dtype = dtype or torch.float32
+        if load_weights:
+            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype)
+        else:
+            model = AutoModelForCausalLM.from_config(self.config, dtype=self.dtype)
+        self._set_model(model)
+        vocab = self.model.get_input_embeddings().weight.shape[0]
+        if len(self.tokenizer) > vocab:
+            raise EngineError(
+                f"{self.model_dir}: the tokenizer has {len(self.tokenizer)} tokens but the model's "
+                f"embedding has {vocab} rows; they do not belong together"
+            )
+        self.max_length = int(
+            getattr(self.config, "max_position_embeddings", None)
+            or getattr(self.config, "n_positions", 2048)
+        )
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id or 0
+
+    def _set_model(self, model: torch.nn.Module) -> None:
+        self.model = model.to(self.device).eval()
+        self._params = dict(self.model.state_dict(keep_vars=True))
+        # Tied weights appear under two names but share storage: one write sets both.
+        self._aliases = {
+            n: next(m for m, q in self._params.items() if q.data_ptr() == p.data_ptr())
+            for n, p in self._params.items()
+        }
+        self.num_layers = self.config.num_hidden_layers
+
+    # -- weights -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def load_weights(
+        self, tensors: Iterable[tuple[str, torch.Tensor]], *, num_layers: int | None = None
+    ) -> None:
+        """Copy a whole state into the model. A recipe that changes the depth needs a model of
+        another shape: only then is the model rebuilt (and the log says so)."""
+        if num_layers is not None and num_layers != self.num_layers:
+            log.info("rebuilding the engine: %d → %d layers", self.num_layers, num_layers)
+            self.config.num_hidden_layers = num_layers
+            self._set_model(AutoModelForCausalLM.from_config(self.config, dtype=self.dtype))
+        seen: set[str] = set()
+        for name, t in tensors:
+            p = self._params.get(name)
+            if p is None:
+                raise EngineError(f"tensor {name!r} is not a parameter of the resident model")
+            if tuple(p.shape) != tuple(t.shape):
+                raise EngineError(
+                    f"tensor {name!r}: shape {list(t.shape)} does not fit the resident model's "
+                    f"{list(p.shape)}"
+                )
+            p.data.copy_(t)
+            seen.add(self._aliases[name])
+        missing = {self._aliases[n] for n in self._params} - seen
+        missing = {n for n in missing if not n.endswith(("rotary_emb.inv_freq", "masked_bias"))}
+        if missing:
+            raise EngineError(f"the state lacks tensor {sorted(missing)[0]!r} ({len(missing)} "
+                              "missing): a partial swap would mix two models")
+
+    # -- scoring -------------------------------------------------------------------------------
+    def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    @torch.inference_mode()
+    def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
+        seqs = [list(r.context) + list(r.continuation) for r in requests]
+        for r, s in zip(requests, seqs, strict=True):
+            if not r.continuation or not r.context:
+                raise EngineError("a loglikelihood request needs a context and a continuation")
+            if len(s) > self.max_length:
+                raise EngineError(f"request of {len(s)} tokens exceeds the context {self.max_length}")
+        out: list[LoglikelihoodResult | None] = [None] * len(requests)
+        for batch in self._batches([len(s) for s in seqs]):
+            width = max(len(seqs[i]) for i in batch) - 1
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                s = seqs[i][:-1]
+                ids[row, : len(s)] = torch.tensor(s)
+                mask[row, : len(s)] = 1
+            logits = self.model(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
+            ).logits.float()
+            for row, i in enumerate(batch):
+                r = requests[i]
+                start = len(r.context) - 1
+                pos = logits[row, start : start + len(r.continuation)]
+                target = torch.tensor(r.continuation, device=pos.device)
+                lp = F.log_softmax(pos, dim=-1)
+                out[i] = LoglikelihoodResult(
+                    logprob=float(lp.gather(1, target[:, None]).sum()),
+                    n_tokens=len(r.continuation),
+                    n_greedy=int((pos.argmax(-1) == target).sum()),
+                )
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
+        """Greedy decoding with the KV cache. Prompts are grouped by length so no batch needs
+        padding, which keeps every completion independent of its batch mates."""
+        out: list[str] = [""] * len(requests)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault((len(r.prompt), r.max_new_tokens), []).append(i)
+        eos = self.tokenizer.eos_token_id
+        for (_, max_new), idx in sorted(groups.items()):
+            for k in range(0, len(idx), self.batch_size):
+                chunk = idx[k : k + self.batch_size]
+                ids = torch.tensor([requests[i].prompt for i in chunk], device=self.device)
+                gen = self.model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
+                    do_sample=False, eos_token_id=eos, pad_token_id=self.pad_id,
+                )
+                for row, i in enumerate(chunk):
+                    new = gen[row, ids.shape[1] :].tolist()
+                    if eos is not None and eos in new:
+                        new = new[: new.index(eos)]
+                    text = self.tokenizer.decode(new, skip_special_tokens=True)
+                    for s in requests[i].stop:
+                        if s and s in text:
+                            text = text[: text.index(s)]
+                    out[i] = text
+        return out

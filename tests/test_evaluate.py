@@ -1,0 +1,169 @@
+"""Tasks and the transformers engine on the unit zoo: hand-checked scores, in-place swaps that
+match checkpoints loaded from disk bit for bit, and clear errors for bad tasks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from evomerge.evaluate.engines import score_task
+from evomerge.evaluate.hf import EngineError, HFEngine
+from evomerge.evaluate.tasks import TaskError, available_tasks, load_task
+from evomerge.merge.materialize import materialize, merge_to_dir, plan
+from evomerge.recipe import Recipe
+
+
+@pytest.fixture(scope="module")
+def engine(unit_zoo: Path) -> HFEngine:
+    return HFEngine(unit_zoo / "base")
+
+
+def _zoo_report(zoo: Path) -> dict:
+    return json.loads((zoo / "zoo.json").read_text())
+
+
+def test_zoo_tasks_are_available() -> None:
+    names = available_tasks()
+    for skill in ("rev9", "shift3", "add1", "revshift"):
+        assert skill in names and f"{skill}-exact" in names
+
+
+def test_token_accuracy_by_hand(unit_zoo: Path, engine: HFEngine) -> None:
+    task = load_task("rev9", zoo=unit_zoo)
+    ids = task.item_ids[:5]
+    res = score_task(engine, task, ids)
+    model = AutoModelForCausalLM.from_pretrained(unit_zoo / "base").eval()
+    tok = engine.tokenizer
+    for item in task.subset(ids):
+        ctx = tok(item.fields()["prompt"], add_special_tokens=False)["input_ids"]
+        ans = tok(item.fields()["answer"], add_special_tokens=False)["input_ids"]
+        ans = [*ans, tok.eos_token_id]
+        with torch.no_grad():
+            logits = model(torch.tensor([ctx + ans[:-1]])).logits[0]
+        pred = logits[len(ctx) - 1 :].argmax(-1).tolist()
+        expected = sum(p == a for p, a in zip(pred, ans, strict=True)) / len(ans)
+        assert res.scores[item.id] == pytest.approx(expected)
+
+
+def test_expert_scores_what_the_zoo_recorded(unit_zoo: Path, engine: HFEngine) -> None:
+    """The engine's numbers on the zoo's held-out items equal those the zoo build measured."""
+    report = _zoo_report(unit_zoo)
+    skill = report["skills"][0]
+    expert = HFEngine(unit_zoo / "experts" / skill)
+    recorded = report["accuracies"][f"expert:{skill}"][skill]
+    n = report["eval_items"]
+    task = load_task(skill, zoo=unit_zoo)
+    tok_acc = score_task(expert, task, task.item_ids[:n]).value
+    exact = score_task(expert, load_task(f"{skill}-exact", zoo=unit_zoo), task.item_ids[:n]).value
+    assert tok_acc == pytest.approx(recorded["token_accuracy"], abs=1e-9)
+    assert exact == pytest.approx(recorded["exact_match"], abs=1e-9)
+
+
+def test_swap_in_place_is_bit_identical_to_loading(unit_zoo: Path, engine: HFEngine,
+                                                  tmp_path: Path) -> None:
+    skills = _zoo_report(unit_zoo)["skills"]
+    recipe = Recipe.from_dict({
+        "sources": {"base": str(unit_zoo / "base"),
+                    **{s: {"path": str(unit_zoo / "experts" / s),
+                           "parameters": {"weight": 0.5, "density": 0.6}} for s in skills}},
+        "method": "dare_ties", "base": "base"})
+    before = engine.model.get_input_embeddings().weight.data_ptr()
+    engine.load_weights(materialize(plan(recipe)))
+    assert engine.model.get_input_embeddings().weight.data_ptr() == before  # no new model
+    from_disk = HFEngine(merge_to_dir(recipe, tmp_path / "m"))
+    for name in ("rev9", "rev9-exact", "add1"):
+        task = load_task(name, zoo=unit_zoo)
+        ids = task.item_ids[:40]
+        assert score_task(engine, task, ids).scores == score_task(from_disk, task, ids).scores
+    lls_a = engine.loglikelihood(load_task("shift3", zoo=unit_zoo).loglikelihood_requests(
+        engine.tokenizer, load_task("shift3", zoo=unit_zoo).items[:20], 64)[0])
+    lls_b = from_disk.loglikelihood(load_task("shift3", zoo=unit_zoo).loglikelihood_requests(
+        engine.tokenizer, load_task("shift3", zoo=unit_zoo).items[:20], 64)[0])
+    assert lls_a == lls_b
+    engine.load_weights(materialize(plan(Recipe.from_dict(
+        {"sources": {"b": str(unit_zoo / "base")}, "method": "linear"}))))
+
+
+def test_loglikelihood_matches_log_softmax(unit_zoo: Path, engine: HFEngine) -> None:
+    from evomerge.evaluate.tasks import LoglikelihoodRequest
+
+    reqs = [LoglikelihoodRequest((5, 6, 7), (8, 9)), LoglikelihoodRequest((5,), (6, 7, 8, 9))]
+    got = engine.loglikelihood(reqs)
+    for r, g in zip(reqs, got, strict=True):
+        seq = torch.tensor([list(r.context) + list(r.continuation)])
+        with torch.no_grad():
+            lp = F.log_softmax(engine.model(seq).logits[0, :-1].float(), -1)
+        want = sum(lp[len(r.context) - 1 + j, t].item() for j, t in enumerate(r.continuation))
+        assert math.isclose(g.logprob, want, abs_tol=1e-4)
+
+
+def test_multiple_choice_task(unit_zoo: Path, engine: HFEngine, tmp_path: Path) -> None:
+    items = [{"id": f"q{i}", "q": "rev:abc=", "choices": ["cba", "abc", "zzz"], "gold": 0}
+             for i in range(3)]
+    (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps(i) for i in items))
+    (tmp_path / "mc.yaml").write_text(
+        "name: mc\nkind: multiple_choice\nitems: mc.jsonl\nprompt: '{q}'\nanswer: gold\n"
+        "choice_prefix: ''\nmetric: acc\n")
+    task = load_task(tmp_path / "mc.yaml")
+    res = score_task(engine, task)
+    lls = engine.loglikelihood([r for rs in task.loglikelihood_requests(
+        engine.tokenizer, task.items[:1], 64) for r in rs])
+    best = max(range(3), key=lambda i: lls[i].logprob)
+    assert res.value == float(best == 0)
+    assert task.higher_is_better
+
+
+# -- bad input --------------------------------------------------------------------------------
+def test_task_errors(unit_zoo: Path, engine: HFEngine, tmp_path: Path) -> None:
+    with pytest.raises(TaskError, match="unknown task 'nope'"):
+        load_task("nope")
+    (tmp_path / "t.yaml").write_text("name: t\nkind: generate\nitems: t.jsonl\n")
+    (tmp_path / "t.jsonl").write_text("")
+    with pytest.raises(TaskError, match="item set is empty"):
+        load_task(tmp_path / "t.yaml")
+    (tmp_path / "t.jsonl").write_text('{"id": "a", "prompt": "x"}\n')
+    with pytest.raises(TaskError, match=r"item 'a' lacks required field\(s\) \['answer'\]"):
+        load_task(tmp_path / "t.yaml")
+    (tmp_path / "t.jsonl").write_text('{"id": "a", "prompt": "x", "answer": "y"}\n{"id": 3')
+    with pytest.raises(TaskError, match=r"t\.jsonl:2: bad item"):
+        load_task(tmp_path / "t.yaml")
+    long = "a" * 200
+    (tmp_path / "t.jsonl").write_text(json.dumps({"id": "long", "prompt": long, "answer": "b"}))
+    with pytest.raises(TaskError, match="item 'long'.*exceeds the context"):
+        score_task(engine, load_task(tmp_path / "t.yaml"))
+    (tmp_path / "u.yaml").write_text("name: u\nkind: generate\nitems: t.jsonl\nmetric: acc\n")
+    with pytest.raises(TaskError, match="metric 'acc' does not apply to kind 'generate'"):
+        load_task(tmp_path / "u.yaml")
+    with pytest.raises(TaskError, match="live in the tiny zoo"):
+        load_task("rev9")
+
+
+def test_engine_errors(unit_zoo: Path, engine: HFEngine, tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match="not a parameter"):
+        engine.load_weights([("model.bogus.weight", torch.zeros(1))])
+    name, p = next(iter(engine.model.state_dict().items()))
+    with pytest.raises(EngineError, match="does not fit"):
+        engine.load_weights([(name, torch.zeros(p.shape[0] + 1))])
+    with pytest.raises(EngineError, match="lacks tensor"):
+        engine.load_weights([(name, p.clone())])
+    # a tokenizer from another (bigger) vocabulary
+    import shutil
+
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    bad = tmp_path / "bad"
+    shutil.copytree(unit_zoo / "base", bad)
+    for f in bad.glob("tokenizer*"):
+        f.unlink()
+    vocab = {f"w{i}": i for i in range(500)}
+    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="w0")),
+                            pad_token="w0").save_pretrained(bad)
+    with pytest.raises(EngineError, match="do not belong together"):
+        HFEngine(bad)
