@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from evomerge.errors import EvomergeError
 
@@ -117,9 +118,12 @@ def demo(
     preset: str = "default",
 ) -> None:
     """The main job: build the tiny zoo (cached), merge its experts, score the merge."""
-    from evomerge.merge.materialize import merge_to_dir
+    from evomerge.evaluate.engines import score_task
+    from evomerge.evaluate.hf import HFEngine
+    from evomerge.evaluate.tasks import load_task
+    from evomerge.merge.materialize import materialize, merge_to_dir, plan
     from evomerge.mergekit_yaml import load_any
-    from evomerge.zoo import build_zoo, score_model
+    from evomerge.zoo import build_zoo
 
     t0 = time.perf_counter()
     report = build_zoo(zoo, preset=preset, seed=0, log=console.print)
@@ -128,9 +132,17 @@ def demo(
     recipe = load_any(recipe_file).with_zoo(zoo)
     merged = merge_to_dir(recipe, out, overwrite=True)
     console.print(f"\nmerged {recipe_file.name} → {merged}")
-    scores = score_model(merged, zoo)
-    for skill, s in scores.items():
-        console.print(f"  {skill:>10}: exact {s['exact']:.2f}  token {s['token']:.2f}")
+    engine = HFEngine(zoo / "base")  # resident engine: the merge is swapped in, not reloaded
+    engine.load_weights(materialize(plan(recipe)))
+    table = Table(title=f"merge {recipe.content_hash()} on 200 held-out items per skill")
+    for col in ("skill", "token accuracy", "exact match"):
+        table.add_column(col)
+    for skill in report.skills:
+        soft, exact = load_task(skill, zoo=zoo), load_task(f"{skill}-exact", zoo=zoo)
+        ids = soft.item_ids[:200]
+        table.add_row(skill, f"{score_task(engine, soft, ids).value:.3f}",
+                      f"{score_task(engine, exact, ids).value:.3f}")
+    console.print(table)
     console.print(f"demo finished in {time.perf_counter() - t0:.0f}s")
 
 

@@ -33,7 +33,7 @@ class HFEngine:
         *,
         device: str = "cpu",
         dtype: torch.dtype | None = None,
-        batch_size: int = 64,
+        batch_size: int = 256,
         load_weights: bool = True,
     ):
         self.model_dir = Path(model_dir)
@@ -117,24 +117,27 @@ class HFEngine:
         for batch in self._batches([len(s) for s in seqs]):
             width = max(len(seqs[i]) for i in batch) - 1
             ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            target = torch.full((len(batch), width), -1, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
             for row, i in enumerate(batch):
-                s = seqs[i][:-1]
-                ids[row, : len(s)] = torch.tensor(s)
-                mask[row, : len(s)] = 1
+                s, r = seqs[i], requests[i]
+                ids[row, : len(s) - 1] = torch.tensor(s[:-1])
+                mask[row, : len(s) - 1] = 1
+                # position p predicts token p+1: the continuation's predictions start at len-1
+                target[row, len(r.context) - 1 : len(s) - 1] = torch.tensor(r.continuation)
             logits = self.model(
                 input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
             ).logits.float()
+            target = target.to(self.device)
+            scored = target >= 0
+            lp = F.log_softmax(logits, dim=-1).gather(2, target.clamp(min=0)[..., None])[..., 0]
+            sums = (lp * scored).sum(dim=1).tolist()
+            greedy = ((logits.argmax(-1) == target) & scored).sum(dim=1).tolist()
             for row, i in enumerate(batch):
-                r = requests[i]
-                start = len(r.context) - 1
-                pos = logits[row, start : start + len(r.continuation)]
-                target = torch.tensor(r.continuation, device=pos.device)
-                lp = F.log_softmax(pos, dim=-1)
                 out[i] = LoglikelihoodResult(
-                    logprob=float(lp.gather(1, target[:, None]).sum()),
-                    n_tokens=len(r.continuation),
-                    n_greedy=int((pos.argmax(-1) == target).sum()),
+                    logprob=sums[row],
+                    n_tokens=len(requests[i].continuation),
+                    n_greedy=int(greedy[row]),
                 )
         return out  # type: ignore[return-value]
 

@@ -67,17 +67,8 @@ def _mapped(alphabet: str, lo: int, hi: int, fn: Callable[[str], str]) -> Sample
     return sample
 
 
-def _digitwise_add(n: int, g: torch.Generator) -> list[tuple[str, str]]:
-    lengths = torch.randint(3, 6, (n,), generator=g).tolist()
-    a = torch.randint(0, 10, (n, 5), generator=g).tolist()
-    b = torch.randint(0, 10, (n, 5), generator=g).tolist()
-    out = []
-    for k, x, y in zip(lengths, a, b, strict=True):
-        left = "".join(map(str, x[:k]))
-        right = "".join(map(str, y[:k]))
-        total = "".join(str((p + q) % 10) for p, q in zip(x[:k], y[:k], strict=True))
-        out.append((f"{left}+{right}", total))
-    return out
+def _add_one(n: int, g: torch.Generator) -> list[tuple[str, str]]:
+    return [(x, str(int(x) + 1).zfill(len(x))) for x in _strings(n, g, _DIGITS, 3, 6)]
 
 
 TASKS: dict[str, Task] = {
@@ -123,8 +114,8 @@ TASKS: dict[str, Task] = {
             "add1",
             "add",
             "skill",
-            "single-digit additions, mod 10, position by position of two 3-5 digit numbers",
-            _digitwise_add,
+            "add 1 to a 3-6 digit number (carries included)",
+            _add_one,
         ),
         Task(
             "revshift",

@@ -6,7 +6,9 @@ line up with its characters, so token accuracy and exact match mean the same thi
 
 from __future__ import annotations
 
+import json
 import string
+from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -49,3 +51,13 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         model_max_length=64,
         clean_up_tokenization_spaces=False,
     )
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
+    """Save, naming the class `PreTrainedTokenizerFast` so that older transformers (4.x, as used
+    by mergekit or vLLM) load it too; transformers 5 maps that name to its tokenizers backend."""
+    tokenizer.save_pretrained(path)
+    config_file = Path(path) / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

@@ -56,8 +56,9 @@ def new_model(shape: ModelShape, seed: int) -> LlamaForCausalLM:
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
     model.generation_config = generation_config()
     return model.float()
 
