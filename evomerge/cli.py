@@ -140,8 +140,11 @@ def demo(
     for skill in report.skills:
         soft, exact = load_task(skill, zoo=zoo), load_task(f"{skill}-exact", zoo=zoo)
         ids = soft.item_ids[:200]
-        table.add_row(skill, f"{score_task(engine, soft, ids).value:.3f}",
-                      f"{score_task(engine, exact, ids).value:.3f}")
+        table.add_row(
+            skill,
+            f"{score_task(engine, soft, ids).value:.3f}",
+            f"{score_task(engine, exact, ids).value:.3f}",
+        )
     console.print(table)
     console.print(f"demo finished in {time.perf_counter() - t0:.0f}s")
 

@@ -55,8 +55,9 @@ def score_task(engine: Engine, task: Task, item_ids: Sequence[str] | None = None
     return TaskResult(task.name, task.metric, task.higher_is_better, scores)
 
 
-def timed_score(engine: Engine, task: Task, item_ids: Sequence[str] | None = None
-                ) -> tuple[TaskResult, float]:
+def timed_score(
+    engine: Engine, task: Task, item_ids: Sequence[str] | None = None
+) -> tuple[TaskResult, float]:
     t0 = time.perf_counter()
     res = score_task(engine, task, item_ids)
     return res, time.perf_counter() - t0

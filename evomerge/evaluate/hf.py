@@ -97,8 +97,10 @@ class HFEngine:
         missing = {self._aliases[n] for n in self._params} - seen
         missing = {n for n in missing if not n.endswith(("rotary_emb.inv_freq", "masked_bias"))}
         if missing:
-            raise EngineError(f"the state lacks tensor {sorted(missing)[0]!r} ({len(missing)} "
-                              "missing): a partial swap would mix two models")
+            raise EngineError(
+                f"the state lacks tensor {sorted(missing)[0]!r} ({len(missing)} "
+                "missing): a partial swap would mix two models"
+            )
 
     # -- scoring -------------------------------------------------------------------------------
     def _batches(self, lengths: Sequence[int]) -> list[list[int]]:
@@ -112,7 +114,9 @@ class HFEngine:
             if not r.continuation or not r.context:
                 raise EngineError("a loglikelihood request needs a context and a continuation")
             if len(s) > self.max_length:
-                raise EngineError(f"request of {len(s)} tokens exceeds the context {self.max_length}")
+                raise EngineError(
+                    f"request of {len(s)} tokens exceeds the context {self.max_length}"
+                )
         out: list[LoglikelihoodResult | None] = [None] * len(requests)
         for batch in self._batches([len(s) for s in seqs]):
             width = max(len(seqs[i]) for i in batch) - 1
@@ -155,8 +159,12 @@ class HFEngine:
                 chunk = idx[k : k + self.batch_size]
                 ids = torch.tensor([requests[i].prompt for i in chunk], device=self.device)
                 gen = self.model.generate(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
-                    do_sample=False, eos_token_id=eos, pad_token_id=self.pad_id,
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_new,
+                    do_sample=False,
+                    eos_token_id=eos,
+                    pad_token_id=self.pad_id,
                 )
                 for row, i in enumerate(chunk):
                     new = gen[row, ids.shape[1] :].tolist()

@@ -245,8 +245,9 @@ class Task:
                     f"{self.origin}: item {it.id!r}: prompt of {len(ids)} tokens plus "
                     f"{self.spec.max_new_tokens} new tokens exceeds the context of {max_length}"
                 )
-            out.append(GenerationRequest(tuple(ids), self.spec.max_new_tokens,
-                                         tuple(self.spec.stop)))
+            out.append(
+                GenerationRequest(tuple(ids), self.spec.max_new_tokens, tuple(self.spec.stop))
+            )
         return out
 
     def score_loglikelihood(
@@ -331,5 +332,7 @@ def load_task(name_or_path: str | Path, *, zoo: Path | None = None) -> Task:
             raise TaskError(f"{path}: items {spec.items!r} live in the tiny zoo; pass its dir")
         items_path = Path(zoo) / spec.items[4:]
     else:
-        items_path = Path(spec.items) if Path(spec.items).is_absolute() else path.parent / spec.items
+        items_path = (
+            Path(spec.items) if Path(spec.items).is_absolute() else path.parent / spec.items
+        )
     return Task(spec, read_items(items_path, str(path)), origin=str(path))
