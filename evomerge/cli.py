@@ -149,6 +149,51 @@ def demo(
     console.print(f"demo finished in {time.perf_counter() - t0:.0f}s")
 
 
+@app.command("eval")
+@_friendly
+def eval_(
+    model_dir: Annotated[Path, typer.Argument(help="A Hugging Face checkpoint directory")],
+    task: Annotated[list[str], typer.Option(help="Task name (fitness/NAME.yaml) or path")],
+    estimator: Annotated[str, typer.Option(help="full, subsample:K, anchor:K, irt:K")] = "full",
+    zoo: Annotated[Path, typer.Option(help="Where zoo: items live")] = DEFAULT_ZOO,
+    calibrate_with: Annotated[
+        list[Path] | None,
+        typer.Option(help="Models for anchor/irt calibration, base first (default: the zoo's)"),
+    ] = None,
+    calibration_merges: int = 8,
+    device: str = "cpu",
+    seed: int = 0,
+) -> None:
+    """Score one checkpoint on tasks, in full or with a cheap estimator."""
+    from evomerge.calibrate import build_calibration
+    from evomerge.evaluate.engines import score_task
+    from evomerge.evaluate.estimators import make_estimator
+    from evomerge.evaluate.hf import HFEngine
+    from evomerge.evaluate.tasks import load_task
+
+    tasks = [load_task(t, zoo=zoo) for t in task]  # every task checked before any scoring
+    est = make_estimator(estimator, seed)
+    engine = HFEngine(model_dir, device=device)
+    table = Table(title=f"{model_dir} · estimator {estimator}")
+    for col in ("task", "metric", "score", "± stderr", "items used", "time (s)"):
+        table.add_column(col)
+    for t in tasks:
+        if est.needs_calibration:
+            models = calibrate_with or [zoo / "base", *sorted((zoo / "experts").iterdir())]
+            calib_engine = HFEngine(models[0], device=device)
+            est.calibrate(build_calibration(calib_engine, t, models,
+                                            n_merges=calibration_merges, seed=seed,
+                                            log=console.print))
+        t0 = time.perf_counter()
+        ids = est.select(t.item_ids)
+        res = score_task(engine, t, ids)
+        e = est.estimate(res.scores, t.item_ids)
+        se = f"{e.stderr:.4f}" if e.stderr is not None else "-"
+        table.add_row(t.name, t.metric, f"{e.value:.4f}", se, f"{e.items_used}/{e.n_items}",
+                      f"{time.perf_counter() - t0:.1f}")
+    console.print(table)
+
+
 def _parse_size(text: str) -> int:
     units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "B": 1}
     t = text.strip().upper()

@@ -66,3 +66,22 @@ def test_errors_exit_cleanly(unit_zoo: Path, tmp_path: Path) -> None:
     bad.write_text("method: ties\nsources: {a: x}\nparameters: {density: [")
     res = runner.invoke(app, ["merge", str(bad), str(tmp_path / "o")])
     assert res.exit_code == 2 and "malformed YAML" in res.output
+
+
+def test_eval_full_and_estimated(unit_zoo: Path, tmp_path: Path, monkeypatch) -> None:
+    import evomerge.calibrate as cal
+
+    monkeypatch.setattr(cal, "CACHE_DIR", tmp_path / "cal")
+    model = str(unit_zoo / "experts" / "rev9")
+    res = runner.invoke(app, ["eval", model, "--task", "rev9", "--task", "add1-exact",
+                              "--zoo", str(unit_zoo)])
+    assert res.exit_code == 0, res.output
+    assert "200/200" in res.output and "exact_match" in res.output
+    args = ["eval", model, "--task", "rev9", "--zoo", str(unit_zoo), "--estimator", "anchor:20",
+            "--calibration-merges", "2"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "20/200" in res.output
+    assert list((tmp_path / "cal").glob("*.npz"))  # cached for the next run
+    res = runner.invoke(app, ["eval", model, "--task", "nope", "--zoo", str(unit_zoo)])
+    assert res.exit_code == 2 and "unknown task" in res.output

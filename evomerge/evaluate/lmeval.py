@@ -361,7 +361,8 @@ class LMEvalObjective:
     ``metric`` picks the score (``"acc"``, ``"acc_norm"``, ``"exact_match,strict-match"``; one
     name for all tasks or one per task); None takes each task's first metric. ``limit`` scores
     the first N documents. Few-shot examples are drawn with the same seed on every call, so
-    every candidate sees the same prompts; no global random state is touched.
+    every candidate sees the same prompts; unlike ``lm_eval.simple_evaluate``, no global random
+    seed (python, numpy, torch) is reset, so a search's own random streams are left alone.
     """
 
     def __init__(

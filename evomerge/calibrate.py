@@ -1,0 +1,67 @@
+"""Calibration response matrices for the anchor and IRT estimators.
+
+Rows are models scored in full on every item of a task: the sources themselves plus a small,
+seeded set of random merges of them (so the estimators see abilities between the sources, where
+the search's candidates live). Built once per (task, sources, size, seed) and cached on disk.
+This sits above ``merge`` and ``evaluate`` because it needs both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from evomerge.evaluate.engines import Engine, score_task
+from evomerge.evaluate.estimators import Calibration, calibration_cache
+from evomerge.evaluate.tasks import Task
+from evomerge.merge.materialize import materialize, plan
+from evomerge.recipe import Recipe
+
+CACHE_DIR = Path.home() / ".cache" / "evomerge" / "calibration"
+
+
+def calibration_recipes(models: Sequence[Path], n_merges: int, seed: int) -> list[Recipe]:
+    """The sources as they are, then ``n_merges`` random task-arithmetic merges onto the first
+    (the base) with per-model weights in [0, 1.2]."""
+    recipes = [Recipe.from_dict({"sources": {"m": str(m)}, "method": "linear"}) for m in models]
+    if len(models) < 2:
+        return recipes
+    rng = random.Random(seed)
+    base, others = models[0], models[1:]
+    for _ in range(n_merges):
+        sources: dict = {"base": str(base)}
+        for i, m in enumerate(others):
+            sources[f"m{i}"] = {"path": str(m), "parameters": {"weight": rng.uniform(0, 1.2)}}
+        recipes.append(Recipe.from_dict({"sources": sources, "method": "task_arithmetic",
+                                         "base": "base"}))
+    return recipes
+
+
+def calibration_key(task: Task, models: Sequence[Path], n_merges: int, seed: int) -> str:
+    items = hashlib.sha256("\n".join(task.item_ids).encode()).hexdigest()[:12]
+    ms = hashlib.sha256("\n".join(str(Path(m).resolve()) for m in models).encode()).hexdigest()
+    return f"{task.name}.{task.metric}.{items}.{ms[:12]}.m{n_merges}.s{seed}"
+
+
+def build_calibration(
+    engine: Engine, task: Task, models: Sequence[Path], *, n_merges: int = 8, seed: int = 0,
+    cache_dir: Path | None = None, log: Callable[[str], None] = lambda _: None,
+) -> Calibration:
+    """Score every calibration model in full (swapping each into ``engine``); cached in
+    ``cache_dir`` (default :data:`CACHE_DIR`)."""
+
+    def build() -> Calibration:
+        rows = []
+        for i, recipe in enumerate(calibration_recipes(models, n_merges, seed)):
+            log(f"calibrating {task.name}: model {i + 1}")
+            engine.load_weights(materialize(plan(recipe)))
+            scores = score_task(engine, task).scores
+            rows.append([scores[j] for j in task.item_ids])
+        return Calibration.fit(np.array(rows), task.item_ids, key=key, seed=seed)
+
+    key = calibration_key(task, models, n_merges, seed)
+    return calibration_cache(cache_dir or CACHE_DIR, key, build)
