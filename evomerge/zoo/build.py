@@ -60,6 +60,7 @@ class Preset:
     held_out: int  # items written per task file
     eval_items: int  # items per task scored for the report
     eval_batch_size: int = 256
+    threads: int | None = None  # torch threads while building; None: the cores we may use (<= 8)
 
 
 PRESETS: dict[str, Preset] = {
@@ -80,16 +81,19 @@ PRESETS: dict[str, Preset] = {
     # A few seconds, for tests: same layout and code paths, smaller model, figures not meaningful.
     "unit": Preset(
         shape=ModelShape(hidden_size=64, num_layers=4, num_heads=2, intermediate_size=128),
-        base_steps=250,
+        base_steps=160,
         base_lr=3e-3,
         skill_share=0.05,
-        expert_steps=60,
+        expert_steps=40,
         expert_lr=1e-3,
         replay=0.1,
         batch_size=32,
         warmup=10,
         held_out=200,
         eval_items=100,
+        # One thread: nearly as fast for this size, and immune to the spin-wait slowdown of
+        # OpenMP threads when tests or other jobs share the cores.
+        threads=1,
     ),
 }
 
@@ -217,19 +221,20 @@ def score_model(
 
 
 @contextlib.contextmanager
-def _quiet_and_threaded() -> Iterator[None]:
-    """Use the cores this process may run on (at most 8: more only adds overhead here), and hide
-    transformers' per-save progress bars, which would drown the build log."""
+def _quiet_and_threaded(threads: int | None) -> Iterator[None]:
+    """Use `threads` torch threads (default: the cores this process may use, at most 8: more only
+    adds overhead here), and hide transformers' per-save progress bars in the build log."""
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     before = torch.get_num_threads()
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    torch.set_num_threads(max(1, min(cores, 8)))
+    if threads is None:
+        try:
+            threads = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            threads = os.cpu_count() or 1
+    torch.set_num_threads(max(1, min(threads, 8)))
     try:
         yield
     finally:
@@ -397,7 +402,7 @@ def build_zoo(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = out_dir.parent / f".{out_dir.name}.building-{uuid.uuid4().hex[:8]}"
     try:
-        with _quiet_and_threaded():
+        with _quiet_and_threaded(PRESETS[preset].threads):
             report = _build_into(work, preset, seed, say)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
