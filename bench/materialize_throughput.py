@@ -2,25 +2,32 @@
 
 Builds (once, cached under ``--work-dir``) a synthetic bf16 Llama-shaped family: a random base
 and three "fine-tunes" (base + small random deltas), each a real Hugging Face checkpoint
-(safetensors, config.json, tokenizer) that mergekit can load. Then, in one run, with the source
-files warm in the OS page cache, it times:
+(safetensors, config.json, tokenizer) that mergekit can load; the default shape (hidden 1024,
+8 layers, intermediate 2816, vocab 32000, untied head) is 168M parameters, 337 MB per source.
+Then, with the source files warm in the OS page cache, it times:
 
-- the copy baseline: every tensor of the same source files read through safetensors'
-  ``safe_open(...).get_tensor`` and ``copy_``-ed into a preallocated buffer (the path evomerge
-  reads through, plus one copy); for context also ``get_tensor`` alone and a pure in-memory
-  ``copy_`` of tensors already in RAM;
+- the copy baseline: every tensor of the three fine-tunes read through safetensors'
+  ``safe_open(...).get_tensor`` (freshly opened, as each evomerge plan opens its sources) and
+  ``copy_``-ed into preallocated, already-touched buffers. safetensors' ``get_tensor`` returns a
+  view of the file's memory map, so the ``copy_`` is the one pass over the bytes. For context:
+  the same with the files kept open, and a ``copy_`` of tensors already in RAM;
 - evomerge ``linear`` over the three fine-tunes and ``dare_ties`` over them plus the base, both
-  to bf16: ``for name, t in materialize(plan(recipe), "cpu"): pass`` (the plan is built outside
-  the timed region; its cost is reported separately), and ``merge_to_dir`` (reads, merges and
-  writes a checkpoint, as mergekit does);
+  to bf16: ``for name, t in materialize(plan(recipe), "cpu"): pass`` (the plan is built in the
+  untimed setup: it opens the sources and takes milliseconds), and ``merge_to_dir`` (reads,
+  merges and writes a checkpoint, as mergekit does); for context, linear with sources opened
+  once and reused (``plan(recipe, sources)``), as a search loop can;
 - mergekit's ``run_merge`` on the configs ``to_mergekit`` exports for the same recipes (only the
-  merge call is timed, not the import).
+  merge call is timed; mergekit is imported before any timing).
 
-Each case runs ``--repeats`` times; the table reports the best (minimum) time and the median.
-Throughput is bytes read from the sources (``MergePlan.bytes_read``) per second, in GB/s
-(10^9 bytes).
+Cases run round robin, ``--repeats`` rounds (fewer if the next round would overrun
+``--time-budget``), so load from other processes on a shared machine spreads over all cases.
+The table gives the best (minimum) and the median wall time, the process CPU time (all threads)
+of the best run, GB/s = bytes read from the sources (``MergePlan.bytes_read``) / best time
+(1 GB = 10^9 bytes), and the ratio to the copy baseline. On a busy machine, ``--threads 1``
+gives far steadier figures than torch's default (two OpenMP threads fight other processes for
+the cores; CPU time close to wall time says the run was not starved).
 
-    .venv/bin/python bench/materialize_throughput.py --out-json .cache/bench/result.json
+    .venv/bin/python bench/materialize_throughput.py --threads 1 --out-json .cache/bench/r.json
 """
 
 from __future__ import annotations
@@ -503,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     lines, speedups = verdicts(by_row)
     note = (
         f"best (minimum) and median of {rounds} round(s), round robin over the cases; warm "
-        "page cache; plans built untimed; GB/s = source bytes read / best s (1 GB = 1e9 B)"
+        "page cache; plans built untimed; CPU s = process CPU time of the best run; GB/s = "
+        f"source bytes read / best s (1 GB = 1e9 B); torch threads {torch.get_num_threads()}"
     )
     print()
     print(table(rows))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import string
 from pathlib import Path
 
@@ -238,10 +239,14 @@ def test_failed_build_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
     def fail(*args: object, **kwargs: object) -> float:
         raise RuntimeError("interrupted")
 
+    abandoned = tmp_path / ".zoo.building-999999999-deadbeef"  # its process is gone
+    live = tmp_path / f".zoo.building-{os.getpid()}-cafecafe"  # a build still running
+    abandoned.mkdir()
+    live.mkdir()
     monkeypatch.setattr(zoo_build, "train", fail)
     with pytest.raises(RuntimeError, match="interrupted"):
         build_zoo(tmp_path / "zoo", preset="unit")
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == [live]
 
 
 @pytest.mark.slow

@@ -400,7 +400,8 @@ def build_zoo(
             raise OutputExistsError(f"{out_dir}: holds {what}; pass force=True to replace it")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = out_dir.parent / f".{out_dir.name}.building-{uuid.uuid4().hex[:8]}"
+    _remove_abandoned_builds(out_dir)
+    work = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         with _quiet_and_threaded(PRESETS[preset].threads):
             report = _build_into(work, preset, seed, say)
@@ -417,6 +418,18 @@ def build_zoo(
         return theirs  # another process finished the same zoo first
     say(f"zoo built at {out_dir} in {report.build_seconds:.1f}s")
     return report
+
+
+def _remove_abandoned_builds(out_dir: Path) -> None:
+    """Delete temporary build folders left by killed builds (their process no longer exists)."""
+    for stale in out_dir.parent.glob(f".{out_dir.name}.building-*"):
+        try:
+            pid = int(stale.name.rsplit("-", 2)[-2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except (ValueError, IndexError, OSError):
+            continue  # not ours to judge: unreadable name, or a live process of another user
 
 
 def _swap_into_place(work: Path, out_dir: Path) -> None:
