@@ -153,10 +153,13 @@ class Source(_Frozen):
 
 class Slot(_Frozen):
     """One output layer of a routed model: ``layer`` of ``source``, or, with no source, that
-    layer merged from all sources by the recipe's method."""
+    layer merged from all sources by the recipe's method. ``scale`` multiplies the residual
+    stream entering the layer (Sakana's data-flow scaling); it is folded into the weights of this
+    and every later layer's output projections, so the result is a standard checkpoint."""
 
     layer: Annotated[int, Field(ge=0)]
     source: str | None = None
+    scale: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
 
 
 class Recipe(_Frozen):

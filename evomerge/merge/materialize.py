@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,13 @@ from evomerge.checkpoint import (
 )
 from evomerge.errors import MergeError, RecipeError
 from evomerge.merge.methods import Method, Params, get_method
-from evomerge.recipe import Recipe, resolve, spec_values
+from evomerge.recipe import Recipe, Slot, resolve, spec_values
+
+# Families whose blocks read the residual stream only through scale-invariant (RMS/Layer) norms
+# and write back only through these projections: there, scaling the stream entering a block by s
+# equals dividing this block's and every later block's output projections by s.
+_FOLDABLE = {"llama", "mistral", "qwen2", "qwen3"}
+_OUTPUT_PROJECTIONS = (".self_attn.o_proj.", ".mlp.down_proj.")
 
 _DTYPES = {
     "float32": torch.float32,
@@ -44,6 +50,7 @@ class TensorJob:
     layer: int | None
     params: Params | None
     seed: int
+    scale: float = 1.0  # folded routing scale (output projections of routed layers)
 
 
 @dataclass
@@ -133,22 +140,17 @@ def plan(
                 raise RecipeError(
                     f"routing.{i}.layer: {slot.layer} but the sources have {n_layers} layers"
                 )
+        cumulative = _folded_scales(route, ref)
         for name in non_layer:
             jobs.append(_job(recipe, method, models, ref, name, name, None, n_layers))
         for i, slot in enumerate(route):
             for name in layer_names[slot.layer]:
-                jobs.append(
-                    _job(
-                        recipe,
-                        method,
-                        models,
-                        ref,
-                        name,
-                        rename_layer(name, i),
-                        slot.source,
-                        n_layers,
-                    )
+                job = _job(
+                    recipe, method, models, ref, name, rename_layer(name, i), slot.source, n_layers
                 )
+                if cumulative[i] != 1.0 and any(p in name for p in _OUTPUT_PROJECTIONS):
+                    job = replace(job, scale=1.0 / cumulative[i])
+                jobs.append(job)
         out_layers = len(route)
     out_dtype = _DTYPES[recipe.dtype] if recipe.dtype else None
     config = dict(ref.config)
@@ -156,6 +158,29 @@ def plan(
         config["torch_dtype"] = recipe.dtype
         config["dtype"] = recipe.dtype
     return MergePlan(recipe, method, ordered, jobs, out_layers, out_dtype, config)
+
+
+def _folded_scales(route: list[Slot], ref: ModelSource) -> list[float]:
+    """Cumulative input scale at each routed layer; checks that the fold is exact here."""
+    out, c = [], 1.0
+    for slot in route:
+        c *= slot.scale
+        out.append(c)
+    if any(v != 1.0 for v in out):
+        family = ref.config.get("model_type")
+        if family not in _FOLDABLE:
+            raise RecipeError(
+                f"routing: slot scales other than 1 fold exactly into the weights only for "
+                f"pre-norm families {sorted(_FOLDABLE)}; source {ref.name!r} ({ref.path}) has "
+                f"model_type {family!r}. Use scale 1 on every slot."
+            )
+        projections = [n for n in ref.layer_tensors(0) if any(p in n for p in _OUTPUT_PROJECTIONS)]
+        if len(projections) < 2:
+            raise RecipeError(
+                f"routing: source {ref.name!r} ({ref.path}) lacks the o_proj/down_proj tensors "
+                "that slot scales fold into"
+            )
+    return out
 
 
 def _job(
@@ -255,7 +280,11 @@ def materialize(
     for job in mp.jobs:
         if job.copy_from is not None:
             t = mp.sources[job.copy_from].get(job.src_name, device)
-            out = t if mp.out_dtype is None else t.to(mp.out_dtype)
+            if job.scale != 1.0:
+                work = torch.float64 if t.dtype == torch.float64 else torch.float32
+                out = (t.to(work) * job.scale).to(mp.out_dtype or t.dtype)
+            else:
+                out = t if mp.out_dtype is None else t.to(mp.out_dtype)
             _check_finite(mp, job, out, [job.copy_from])
             yield job.out_name, out
             continue
@@ -267,6 +296,8 @@ def materialize(
         base_t = mp.sources[base].get(job.src_name, device).to(work) if base else None
         assert job.params is not None
         out = mp.method(tensors, base_t, job.params)
+        if job.scale != 1.0:
+            out = out * job.scale
         out = out.to(mp.out_dtype or dtype)
         _check_finite(mp, job, out, mp.models + ([base] if base else []))
         yield job.out_name, out
