@@ -22,6 +22,8 @@ app = typer.Typer(
 )
 zoo_app = typer.Typer(no_args_is_help=True, help="The tiny synthetic model zoo.")
 app.add_typer(zoo_app, name="zoo")
+space_app = typer.Typer(no_args_is_help=True, help="Search spaces (search_spaces/*.yaml).")
+app.add_typer(space_app, name="space")
 console = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -114,39 +116,284 @@ def convert(
 @_friendly
 def demo(
     zoo: Annotated[Path, typer.Option(help="Zoo directory (built if missing)")] = DEFAULT_ZOO,
-    out: Annotated[Path, typer.Option(help="Where to write the merged model")] = Path("out/demo"),
+    run_dir: Annotated[Path, typer.Option(help="The search's run directory")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(help="Where to export the knee recipe")] = Path("out/demo"),
     preset: str = "default",
+    budget: Annotated[
+        int | None, typer.Option(help="Evaluations (default: the experiment's)")
+    ] = None,
+    fresh: Annotated[bool, typer.Option(help="Discard a previous demo run first")] = True,
 ) -> None:
-    """The main job: build the tiny zoo (cached), merge its experts, score the merge."""
-    from evomerge.evaluate.engines import score_task
-    from evomerge.evaluate.hf import HFEngine
-    from evomerge.evaluate.tasks import load_task
-    from evomerge.merge.materialize import materialize, merge_to_dir, plan
-    from evomerge.mergekit_yaml import load_any
+    """The main job: build the tiny zoo (cached), run a multi-objective search over per-layer
+    DARE-TIES merges of its experts, print the Pareto front and export the knee recipe."""
+    import shutil
+
+    from evomerge import search
     from evomerge.zoo import build_zoo
 
     t0 = time.perf_counter()
     report = build_zoo(zoo, preset=preset, seed=0, log=console.print)
     console.print(report.table())
-    recipe_file = REPO_ROOT / "experiments" / "zoo-dare-ties.yaml"
-    recipe = load_any(recipe_file).with_zoo(zoo)
-    merged = merge_to_dir(recipe, out, overwrite=True)
-    console.print(f"\nmerged {recipe_file.name} → {merged}")
-    engine = HFEngine(zoo / "base")  # resident engine: the merge is swapped in, not reloaded
-    engine.load_weights(materialize(plan(recipe)))
-    table = Table(title=f"merge {recipe.content_hash()} on 200 held-out items per skill")
-    for col in ("skill", "token accuracy", "exact match"):
-        table.add_column(col)
-    for skill in report.skills:
-        soft, exact = load_task(skill, zoo=zoo), load_task(f"{skill}-exact", zoo=zoo)
-        ids = soft.item_ids[:200]
-        table.add_row(
-            skill,
-            f"{score_task(engine, soft, ids).value:.3f}",
-            f"{score_task(engine, exact, ids).value:.3f}",
+    experiment = REPO_ROOT / "experiments" / "zoo-demo.yaml"
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    s, total = search.start(experiment, run_dir, zoo=zoo, budget=budget, log=console.print)
+    console.print(f"\nsearch: {experiment.name} → {run_dir} ({len(s.space.genes)} genes)")
+    outcome = _run_with_progress(s, total)
+    _print_front(run_dir)
+    knee = s.archive.knee()
+    if knee is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(knee.recipe)
+        console.print(
+            f"knee recipe (trial {knee.number}) → {out / 'recipe.yaml'}  "
+            f"(materialize: evomerge merge {out / 'recipe.yaml'} DIR --zoo {zoo})"
         )
-    console.print(table)
-    console.print(f"demo finished in {time.perf_counter() - t0:.0f}s")
+    console.print(f"demo {outcome.status} in {time.perf_counter() - t0:.0f}s")
+
+
+def _run_with_progress(s: Any, total: int, hours: float | None = None) -> Any:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("[bold]evaluations"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+    ) as bar:
+        task = bar.add_task("search", total=total, completed=len(s.archive), info="")
+
+        def show(p: Any) -> None:
+            best = " ".join(f"{k} {v:.3f}" for k, v in p.best.items())
+            bar.update(
+                task,
+                completed=p.done,
+                info=f"failed {p.failed} · cached {p.cached} · best {best} · "
+                f"HV {p.hypervolume:.4f}",
+            )
+
+        return s.run(total, hours=hours, on_progress=show)
+
+
+def _print_front(run_dir: Path) -> None:
+    from evomerge.report import front_table
+
+    s_archive = _open_archive(run_dir)
+    console.print(front_table(s_archive, title=f"Pareto front of {run_dir}"))
+
+
+def _open_archive(run_dir: Path) -> Any:
+    """The archive of a run, read from its storage alone (no models are opened)."""
+    import optuna
+
+    from evomerge.archive import STUDY_NAME, Archive
+    from evomerge.optimize.base import Gene
+    from evomerge.search import _read_run, storage_url
+
+    info = _read_run(run_dir)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir))
+    trials = study.get_trials(deepcopy=False)
+    genes = []
+    if trials:
+        for name, d in trials[0].distributions.items():
+            genes.append(
+                Gene(name, None if d.__class__.__name__ == "FloatDistribution" else int(d.high) + 1)
+            )
+    return Archive(
+        storage_url(run_dir),
+        objectives=study.user_attrs.get("objectives", []),
+        directions=[d.name.lower() for d in study.directions],
+        genes=genes,
+        experiment_hash=info["experiment_hash"],
+    )
+
+
+@app.command()
+@_friendly
+def run(
+    experiment: Annotated[Path, typer.Argument(help="An experiment YAML (see experiments/)")],
+    run_dir: Annotated[Path | None, typer.Option(help="Default: runs/<experiment name>")] = None,
+    budget: Annotated[int | None, typer.Option(help="Evaluations (default: the file's)")] = None,
+    hours: Annotated[float | None, typer.Option(help="Stop after this long (resumable)")] = None,
+    zoo: Annotated[Path, typer.Option(help="Where zoo: paths point")] = DEFAULT_ZOO,
+) -> None:
+    """Launch a search. Ctrl-C stops it cleanly; `evomerge resume RUN_DIR` continues it."""
+    from evomerge import search
+    from evomerge.experiment import Experiment
+
+    exp = Experiment.load(experiment)
+    run_dir = run_dir or Path("runs") / exp.name
+    s, total = search.start(experiment, run_dir, zoo=zoo, budget=budget, log=console.print)
+    outcome = _run_with_progress(s, total, hours)
+    _print_front(run_dir)
+    console.print(f"{outcome.status}: {outcome.evaluations} evaluations in {run_dir}")
+
+
+@app.command()
+@_friendly
+def resume(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory")],
+    budget: Annotated[int | None, typer.Option(help="A new total budget")] = None,
+    hours: Annotated[float | None, typer.Option(help="Stop after this long (resumable)")] = None,
+    experiment: Annotated[
+        Path | None, typer.Option(help="Check this experiment file is the run's")
+    ] = None,
+) -> None:
+    """Continue a run after Ctrl-C, a crash or a spent budget (with a larger --budget)."""
+    from evomerge import search
+
+    s, total = search.reopen(run_dir, budget=budget, experiment_file=experiment, log=console.print)
+    console.print(f"resuming {run_dir}: {len(s.archive)} of {total} evaluations done")
+    outcome = _run_with_progress(s, total, hours)
+    _print_front(run_dir)
+    console.print(f"{outcome.status}: {outcome.evaluations} evaluations in {run_dir}")
+
+
+@app.command()
+@_friendly
+def status(run_dir: Annotated[Path, typer.Argument(help="A run directory")]) -> None:
+    """Summarize a run (also while it runs)."""
+    from evomerge.search import _read_run
+
+    info = _read_run(run_dir)
+    archive = _open_archive(run_dir)
+    evs = archive.evaluations
+    t = Table(title=f"run {run_dir}", show_header=False)
+    t.add_row("experiment", str(info.get("experiment_file")))
+    t.add_row("status", str(info.get("status")))
+    t.add_row("evaluations", f"{len(evs)} of {info.get('budget')}")
+    t.add_row("failed", str(sum(not e.ok for e in evs)))
+    t.add_row("front size", str(len(archive.front())))
+    for name in archive.objectives:
+        b = archive.best(name)
+        if b is not None and b.values is not None:
+            t.add_row(
+                f"best {name}", f"{b.values[archive.objectives.index(name)]:.4f} (trial {b.number})"
+            )
+    secs = [e.timings.get("total", 0.0) for e in evs]
+    if secs:
+        t.add_row("time per evaluation", f"{sum(secs) / len(secs):.2f}s")
+    console.print(t)
+
+
+@app.command()
+@_friendly
+def front(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory")],
+    plot: Annotated[Path | None, typer.Option(help="Write a plot: FILE.png or FILE.html")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the front as JSON")] = False,
+) -> None:
+    """The Pareto front of a run (every recipe once, at the fidelity it was scored at)."""
+    from evomerge.report import front_json, front_table, plot_front
+
+    archive = _open_archive(run_dir)
+    if json_:
+        console.print(front_json(archive), highlight=False, markup=False)
+    else:
+        console.print(front_table(archive, title=f"Pareto front of {run_dir}"))
+    if plot is not None:
+        console.print(f"plot → {plot_front(archive, plot)}")
+
+
+@app.command()
+@_friendly
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory")],
+    out: Annotated[Path, typer.Option(help="Output: a file (recipe, mergekit) or a dir (hf)")],
+    trial: Annotated[int | None, typer.Option(help="Trial number")] = None,
+    best: Annotated[str | None, typer.Option(help="Best trial on this objective")] = None,
+    knee: Annotated[bool, typer.Option(help="The front's knee point")] = False,
+    format: Annotated[str, typer.Option(help="recipe, mergekit or hf")] = "recipe",
+) -> None:
+    """Export one evaluated recipe: our YAML, mergekit YAML, or a materialized HF checkpoint."""
+    from evomerge.recipe import Recipe
+    from evomerge.search import RunError
+
+    archive = _open_archive(run_dir)
+    if sum(x is not None and x is not False for x in (trial, best, knee)) != 1:
+        raise RunError("choose exactly one of --trial N, --best OBJECTIVE, --knee")
+    ev = (
+        archive.trial(trial)
+        if trial is not None
+        else archive.best(best)
+        if best is not None
+        else archive.knee()
+    )
+    if ev is None or not ev.recipe:
+        raise RunError(f"{run_dir}: no evaluated recipe to export yet")
+    recipe = Recipe.from_dict(__import__("yaml").safe_load(ev.recipe))
+    if format == "recipe":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(ev.recipe)
+    elif format == "mergekit":
+        from evomerge import mergekit_yaml
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(mergekit_yaml.dump(mergekit_yaml.to_mergekit(recipe)))
+    elif format == "hf":
+        from evomerge.merge.materialize import merge_to_dir
+
+        merge_to_dir(recipe, out)
+    else:
+        raise typer.BadParameter("--format must be recipe, mergekit or hf")
+    console.print(f"trial {ev.number} ({ev.recipe_hash}) → {out} [{format}]")
+
+
+@space_app.command("show")
+@_friendly
+def space_show(
+    name: Annotated[str, typer.Argument(help="A preset (search_spaces/NAME.yaml) or a path")],
+    source: Annotated[list[str], typer.Option(help="NAME=PATH (or zoo:…); repeat for every model")],
+    base: Annotated[str | None, typer.Option(help="The base model's NAME")] = None,
+    zoo: Annotated[Path, typer.Option(help="Where zoo: paths point")] = DEFAULT_ZOO,
+    option: Annotated[
+        list[str] | None, typer.Option(help="KEY=YAML override, e.g. granularity=2")
+    ] = None,
+    genes: Annotated[bool, typer.Option(help="List every gene")] = True,
+) -> None:
+    """Print a search space's genome size and genes for these sources."""
+    import yaml
+
+    from evomerge.search import _num_layers
+    from evomerge.space import SearchSpace, SpaceError, load_space
+
+    sources = {}
+    for item in source:
+        key, eq, path = item.partition("=")
+        if not eq:
+            raise SpaceError(f"--source {item!r}: write NAME=PATH")
+        sources[key] = str(zoo / path[4:]) if path.startswith("zoo:") else path
+    overrides = {}
+    for item in option or []:
+        key, _, val = item.partition("=")
+        overrides[key] = yaml.safe_load(val)
+    spec = load_space(name, overrides)
+    sp = SearchSpace(spec, sources=sources, base=base, num_layers=_num_layers(sources, base))
+    n_int = sum(g.choices is not None for g in sp.genes)
+    console.print(
+        f"{name}: {spec.kind} space, {len(sp.genes)} genes "
+        f"({len(sp.genes) - n_int} real, {n_int} integer) over {sp.num_layers} layers"
+    )
+    if spec.description:
+        console.print(spec.description)
+    if genes:
+        t = Table()
+        t.add_column("gene")
+        t.add_column("values")
+        for g, rng in sp.describe():
+            t.add_row(g, rng)
+        console.print(t)
 
 
 @app.command("eval")
@@ -181,16 +428,29 @@ def eval_(
         if est.needs_calibration:
             models = calibrate_with or [zoo / "base", *sorted((zoo / "experts").iterdir())]
             calib_engine = HFEngine(models[0], device=device)
-            est.calibrate(build_calibration(calib_engine, t, models,
-                                            n_merges=calibration_merges, seed=seed,
-                                            log=console.print))
+            est.calibrate(
+                build_calibration(
+                    calib_engine,
+                    t,
+                    models,
+                    n_merges=calibration_merges,
+                    seed=seed,
+                    log=console.print,
+                )
+            )
         t0 = time.perf_counter()
         ids = est.select(t.item_ids)
         res = score_task(engine, t, ids)
         e = est.estimate(res.scores, t.item_ids)
         se = f"{e.stderr:.4f}" if e.stderr is not None else "-"
-        table.add_row(t.name, t.metric, f"{e.value:.4f}", se, f"{e.items_used}/{e.n_items}",
-                      f"{time.perf_counter() - t0:.1f}")
+        table.add_row(
+            t.name,
+            t.metric,
+            f"{e.value:.4f}",
+            se,
+            f"{e.items_used}/{e.n_items}",
+            f"{time.perf_counter() - t0:.1f}",
+        )
     console.print(table)
 
 

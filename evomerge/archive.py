@@ -1,0 +1,216 @@
+"""Every evaluation of a run, kept as an Optuna study in RDB storage.
+
+One evaluated recipe is one Optuna trial: genes as params, objective values as values, and the
+rest (recipe YAML and hash, fidelity, estimator error, timings, worker, error) as user attrs.
+A failed candidate is a FAIL trial. So ``optuna.load_study`` and optuna-dashboard open a run as
+it is, SQLite by default and any SQLAlchemy URL (PostgreSQL…) for many machines.
+
+Each trial is committed before the optimizer hears of it; :meth:`Archive.lookup` serves recipes
+already evaluated (same hash), so a resumed run never evaluates one twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from evomerge.errors import EvomergeError
+from evomerge.optimize.base import Gene
+
+STUDY_NAME = "evomerge"
+
+
+class ArchiveError(EvomergeError):
+    """The run's storage cannot be opened or does not belong to this experiment."""
+
+
+@dataclass
+class Evaluation:
+    """One candidate's outcome. ``values`` follow the experiment's objective order."""
+
+    recipe_hash: str
+    recipe: str  # YAML
+    genome: list[float]
+    values: list[float] | None
+    status: str = "ok"  # ok | failed
+    error: str | None = None
+    fidelity: dict[str, float] = field(default_factory=dict)
+    stderr: dict[str, float | None] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    worker: str = "local"
+    number: int | None = None  # the Optuna trial number once recorded
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok" and self.values is not None
+
+
+def _distributions(genes: Sequence[Gene]) -> dict[str, BaseDistribution]:
+    return {
+        g.name: FloatDistribution(0.0, 1.0)
+        if g.choices is None
+        else IntDistribution(0, g.choices - 1)
+        for g in genes
+    }
+
+
+class Archive:
+    def __init__(
+        self,
+        storage: str,
+        *,
+        objectives: Sequence[str],
+        directions: Sequence[str],
+        genes: Sequence[Gene],
+        experiment_hash: str,
+    ) -> None:
+        optuna.logging.get_logger("optuna").setLevel(logging.WARNING)
+        self.objectives, self.directions = list(objectives), list(directions)
+        self.genes = list(genes)
+        self._dists = _distributions(genes)
+        try:
+            self.study = optuna.create_study(
+                storage=storage,
+                study_name=STUDY_NAME,
+                directions=self.directions,
+                load_if_exists=True,
+            )
+        except Exception as e:  # sqlalchemy / optuna errors name the URL
+            raise ArchiveError(f"cannot open the run's storage {storage}: {e}") from None
+        attrs = self.study.user_attrs
+        if not attrs:
+            self.study.set_user_attr("experiment_hash", experiment_hash)
+            self.study.set_user_attr("objectives", self.objectives)
+        elif attrs.get("experiment_hash") != experiment_hash:
+            raise ArchiveError(
+                f"storage {storage} holds a run of another experiment "
+                f"({attrs.get('experiment_hash')}, not {experiment_hash}); use another run dir"
+            )
+        self._evals: list[Evaluation] = [
+            self._from_trial(t) for t in self.study.get_trials(deepcopy=False)
+        ]
+        self._by_hash = {e.recipe_hash: e for e in self._evals}
+
+    # -- writing -----------------------------------------------------------------------------
+    def record(self, ev: Evaluation) -> Evaluation:
+        """Commit one evaluation (a transaction in the storage) and index it."""
+        params = {
+            g.name: (float(v) if g.choices is None else round(v))
+            for g, v in zip(self.genes, ev.genome, strict=True)
+        }
+        attrs: dict[str, Any] = {
+            "hash": ev.recipe_hash,
+            "recipe": ev.recipe,
+            "status": ev.status,
+            "fidelity": ev.fidelity,
+            "stderr": ev.stderr,
+            "timings": ev.timings,
+            "worker": ev.worker,
+            "genome": [float(v) for v in ev.genome],
+        }
+        if ev.error:
+            attrs["error"] = ev.error
+        ok = ev.ok and all(math.isfinite(v) for v in ev.values or [])
+        trial = optuna.trial.create_trial(
+            state=TrialState.COMPLETE if ok else TrialState.FAIL,
+            values=list(ev.values) if ok else None,
+            params=params,
+            distributions=self._dists,
+            user_attrs=attrs,
+        )
+        self.study.add_trial(trial)
+        ev.number = len(self._evals)
+        if not ok:
+            ev.status = "failed"
+        self._evals.append(ev)
+        self._by_hash[ev.recipe_hash] = ev
+        return ev
+
+    def _from_trial(self, t: FrozenTrial) -> Evaluation:
+        a = t.user_attrs
+        return Evaluation(
+            recipe_hash=a.get("hash", f"trial{t.number}"),
+            recipe=a.get("recipe", ""),
+            genome=list(a.get("genome", [])),
+            values=list(t.values) if t.state == TrialState.COMPLETE and t.values else None,
+            status="ok" if t.state == TrialState.COMPLETE else "failed",
+            error=a.get("error"),
+            fidelity=dict(a.get("fidelity", {})),
+            stderr=dict(a.get("stderr", {})),
+            timings=dict(a.get("timings", {})),
+            worker=a.get("worker", "?"),
+            number=t.number,
+        )
+
+    # -- reading -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._evals)
+
+    @property
+    def evaluations(self) -> list[Evaluation]:
+        return list(self._evals)
+
+    def lookup(self, recipe_hash: str) -> Evaluation | None:
+        return self._by_hash.get(recipe_hash)
+
+    def _losses(self, evs: Sequence[Evaluation]) -> np.ndarray:
+        sign = np.array([-1.0 if d == "maximize" else 1.0 for d in self.directions])
+        return np.array([e.values for e in evs], dtype=float).reshape(-1, len(sign)) * sign
+
+    def front(self) -> list[Evaluation]:
+        """The non-dominated evaluations (each recipe once, at the fidelity it was scored at)."""
+        ok = [e for e in self._evals if e.ok]
+        if not ok:
+            return []
+        from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+        idx = NonDominatedSorting().do(self._losses(ok), only_non_dominated_front=True)
+        return [ok[i] for i in sorted(int(i) for i in idx)]
+
+    def hypervolume(self, reference: Sequence[float]) -> float:
+        """Volume dominated by the front and bounded by ``reference`` (in objective units)."""
+        front = self.front()
+        if not front:
+            return 0.0
+        from pymoo.indicators.hv import HV
+
+        sign = np.array([-1.0 if d == "maximize" else 1.0 for d in self.directions])
+        ref = np.asarray(reference, dtype=float) * sign
+        pts = self._losses(front)
+        pts = pts[np.all(pts < ref, axis=1)]
+        return float(HV(ref_point=ref)(pts)) if len(pts) else 0.0
+
+    def knee(self) -> Evaluation | None:
+        """The front's compromise: closest to the ideal point once each objective is scaled to
+        [0, 1] over the front (ties: the earliest trial)."""
+        front = self.front()
+        if not front:
+            return None
+        losses = self._losses(front)
+        lo, hi = losses.min(axis=0), losses.max(axis=0)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        dist = np.linalg.norm((losses - lo) / span, axis=1)
+        return front[int(np.argmin(dist))]
+
+    def best(self, objective: str) -> Evaluation | None:
+        if objective not in self.objectives:
+            raise ArchiveError(f"no objective {objective!r}; the run has {self.objectives}")
+        i = self.objectives.index(objective)
+        ok = [e for e in self._evals if e.ok]
+        if not ok:
+            return None
+        pick = max if self.directions[i] == "maximize" else min
+        return pick(ok, key=lambda e: (e.values[i], -(e.number or 0)))  # type: ignore[index]
+
+    def trial(self, number: int) -> Evaluation:
+        if not 0 <= number < len(self._evals):
+            raise ArchiveError(f"no trial {number}; the run has trials 0…{len(self._evals) - 1}")
+        return self._evals[number]

@@ -1,0 +1,149 @@
+"""An experiment file: what to search (sources, space), for what (objectives), how (optimizer,
+budget, workers). Validated at the door; its hash ties a run directory to it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evomerge.errors import EvomergeError
+
+# Metrics that live in [0, 1]: their hypervolume reference defaults to 0 (the worst score).
+_UNIT_METRICS = {"exact_match", "token_accuracy", "acc", "acc_norm"}
+
+
+class ExperimentError(EvomergeError, ValueError):
+    """An experiment file is malformed, or does not match the run it is used with."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ObjectiveSpec(_Spec):
+    """A fitness task scored by an estimator, or a cost of the merged model."""
+
+    task: str | None = None  # fitness/NAME.yaml or a path
+    estimator: str = "full"
+    cost: Literal["params", "layers"] | None = None
+    name: str | None = None
+    weight: float = 1.0  # in the weighted sum given to single-objective optimizers
+    reference: float | None = None  # hypervolume reference (the worst value that still counts)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ObjectiveSpec:
+        if (self.task is None) == (self.cost is None):
+            raise ValueError("an objective names exactly one of `task:` or `cost:`")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.task or str(self.cost)
+
+
+class OptimizerSpec(_Spec):
+    """``{name: nsga2, pop_size: 16}``: every key but ``name`` is an option of that optimizer."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+    name: str = "nsga2"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class PromotionSpec(_Spec):
+    """Re-score on the full item sets a candidate whose optimistic estimate could enter the
+    front (multi-fidelity): the front is then confirmed on full sets."""
+
+    enabled: bool = False
+    margin: float = 0.0
+    z: float = 1.0
+
+
+class WorkersSpec(_Spec):
+    kind: Literal["local"] = "local"  # Ray actors come next
+    device: str = "cpu"
+    batch_size: int = Field(256, ge=1)
+    threads: int | None = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
+
+
+class Experiment(_Spec):
+    name: str
+    description: str = ""
+    sources: dict[str, str]
+    base: str | None = None
+    space: str | dict[str, Any]
+    space_options: dict[str, Any] = Field(default_factory=dict)
+    objectives: list[ObjectiveSpec] = Field(min_length=1)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    budget: int = Field(ge=1)
+    seed: int = 0
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    workers: WorkersSpec = Field(default_factory=WorkersSpec)
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Experiment:
+        if not self.sources:
+            raise ValueError("sources: at least one source is needed")
+        if self.base is not None and self.base not in self.sources:
+            raise ValueError(
+                f"base: {self.base!r} is not one of the sources {sorted(self.sources)}"
+            )
+        labels = [o.label for o in self.objectives]
+        dup = {x for x in labels if labels.count(x) > 1}
+        if dup:
+            raise ValueError(f"objectives: {sorted(dup)} appear twice; give them distinct `name:`s")
+        return self
+
+    def content_hash(self, *, ignore_budget: bool = True) -> str:
+        """What makes two runs the same search; the budget may grow on resume."""
+        data = self.model_dump(mode="json")
+        if ignore_budget:
+            data.pop("budget")
+        canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    def resolved_sources(self, zoo: str | Path) -> dict[str, str]:
+        return {
+            k: str(Path(zoo) / v[4:]) if v.startswith("zoo:") else v
+            for k, v in self.sources.items()
+        }
+
+    @classmethod
+    def load(cls, path: str | Path) -> Experiment:
+        path = Path(path)
+        if not path.exists():
+            raise ExperimentError(f"experiment file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ExperimentError(f"{path}: malformed YAML: {e}") from None
+        return cls.parse(data, str(path))
+
+    @classmethod
+    def parse(cls, data: Any, origin: str = "experiment") -> Experiment:
+        if not isinstance(data, dict):
+            raise ExperimentError(f"{origin}: an experiment is a mapping")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"]) or "<top>"
+            raise ExperimentError(f"{origin}: {loc}: {err['msg']}") from None
+
+    def default_reference(self, objective: ObjectiveSpec, metric: str | None) -> float:
+        if objective.reference is not None:
+            return objective.reference
+        if metric in _UNIT_METRICS:
+            return 0.0
+        raise ExperimentError(
+            f"objective {objective.label!r}: set `reference:` (the worst value that counts) for "
+            f"the hypervolume; only metrics in {sorted(_UNIT_METRICS)} default to 0"
+        )

@@ -1,0 +1,387 @@
+"""The search loop: ask a batch, decode, evaluate (or reuse), commit, tell, checkpoint.
+
+A run directory holds everything to resume and inspect a run:
+
+- ``experiment.yaml`` — the experiment as given, ``run.json`` — its hash, the zoo, the budget,
+  the status;
+- ``archive.db`` — the Optuna study (every evaluation, committed before the optimizer is told);
+- ``optimizer.pkl`` — the optimizer's state after its last complete batch (written atomically).
+
+Resume = restore the optimizer, ask again: a batch cut short re-asks the same genomes, whose
+finished members come back from the archive by recipe hash. So an interrupted and resumed run
+evaluates the same recipes, in the same order, as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evomerge.archive import Archive, Evaluation
+from evomerge.errors import EvomergeError
+from evomerge.experiment import Experiment, ExperimentError
+from evomerge.optimize import ALIASES, OPTIMIZERS, make_optimizer
+from evomerge.optimize.base import Optimizer
+from evomerge.space import SearchSpace, SpaceError, load_space
+
+RUN_FILE, EXPERIMENT_FILE, ARCHIVE_FILE, OPTIMIZER_FILE = (
+    "run.json",
+    "experiment.yaml",
+    "archive.db",
+    "optimizer.pkl",
+)
+
+
+class RunError(EvomergeError):
+    """A run directory cannot be used as asked."""
+
+
+@dataclass
+class Progress:
+    """What a progress display needs after each evaluation."""
+
+    done: int
+    budget: int
+    failed: int
+    cached: int
+    best: dict[str, float]
+    hypervolume: float
+    last: Evaluation | None
+    elapsed: float
+
+
+@dataclass
+class Outcome:
+    run_dir: Path
+    status: str  # finished | interrupted | time limit
+    evaluations: int
+    new: int
+    front: list[Evaluation] = field(default_factory=list)
+
+
+def storage_url(run_dir: Path) -> str:
+    return f"sqlite:///{(run_dir / ARCHIVE_FILE).resolve()}"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_run(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_FILE
+    if not path.exists():
+        raise RunError(f"{run_dir} is not a run directory (no {RUN_FILE})")
+    return json.loads(path.read_text())
+
+
+def _write_run(run_dir: Path, info: dict[str, Any]) -> None:
+    _atomic_write(run_dir / RUN_FILE, json.dumps(info, indent=2).encode())
+
+
+def _num_layers(sources: dict[str, str], base: str | None) -> int:
+    from evomerge.checkpoint import ModelSource, check_compatible
+
+    opened = {n: ModelSource(p, name=n) for n, p in sources.items()}
+    ref = opened[base] if base else next(iter(opened.values()))
+    try:
+        check_compatible({ref.name: ref, **opened})
+    except EvomergeError as e:
+        raise SpaceError(f"the sources do not fit one search space: {e}") from None
+    return ref.num_layers
+
+
+class Search:
+    """One run: experiment + run dir + archive + optimizer + worker."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        experiment: Experiment,
+        *,
+        zoo: Path | None,
+        log: Callable[[str], None] = lambda _: None,
+        worker: Any = None,
+    ) -> None:
+        self.run_dir, self.experiment, self.zoo, self.log = run_dir, experiment, zoo, log
+        sources = experiment.resolved_sources(zoo) if zoo else dict(experiment.sources)
+        spec = load_space(experiment.space, experiment.space_options)
+        self.space = SearchSpace(
+            spec,
+            sources=sources,
+            base=experiment.base,
+            num_layers=_num_layers(sources, experiment.base),
+            seed=experiment.seed,
+            dtype=experiment.dtype,
+        )
+        name = experiment.optimizer.name
+        cls = OPTIMIZERS.get(ALIASES.get(name, name))
+        if cls is None:
+            make_optimizer(name, self.space.genes, 1)  # raises, naming the known optimizers
+        assert cls is not None
+        self.multi = cls.multi_objective
+        n_obj = len(experiment.objectives) if self.multi else 1
+        self.optimizer: Optimizer = make_optimizer(
+            experiment.optimizer.name,
+            self.space.genes,
+            n_obj,
+            seed=experiment.seed,
+            options=experiment.optimizer.options,
+        )
+        if worker is None:
+            from evomerge.workers.local import LocalWorker
+
+            worker = LocalWorker(experiment, sources, zoo=zoo, log=log)
+        self.worker = worker
+        self.worker.plan(self.space.decode(self.space.middle()))  # the space fits the sources
+        self.labels = [o.label for o in experiment.objectives]
+        self.directions = worker.directions
+        self.reference = [
+            experiment.default_reference(o, ob.metric)
+            for o, ob in zip(experiment.objectives, worker.objectives, strict=True)
+        ]
+        self.archive = Archive(
+            storage_url(run_dir),
+            objectives=self.labels,
+            directions=self.directions,
+            genes=self.space.genes,
+            experiment_hash=experiment.content_hash(),
+        )
+        opt_file = run_dir / OPTIMIZER_FILE
+        if opt_file.exists():
+            self.optimizer.restore(opt_file.read_bytes())
+        self._stop: str | None = None
+
+    # -- losses for the optimizer --------------------------------------------------------------
+    def _losses(self, ev: Evaluation) -> list[float] | None:
+        if not ev.ok:
+            return None
+        assert ev.values is not None
+        signed = [
+            (-v if d == "maximize" else v) for v, d in zip(ev.values, self.directions, strict=True)
+        ]
+        if self.multi:
+            return signed
+        weights = [o.weight for o in self.experiment.objectives]
+        return [float(np.dot(weights, signed))]
+
+    def _evaluate(self, genome: np.ndarray) -> tuple[Evaluation, bool]:
+        """(evaluation, whether it is new)."""
+        try:
+            recipe = self.space.decode(genome)
+        except SpaceError as e:
+            key = "invalid-" + _genome_key(genome)
+            hit = self.archive.lookup(key)
+            if hit is not None:
+                return hit, False
+            ev = Evaluation(
+                key, "", [float(g) for g in genome], None, status="failed", error=f"SpaceError: {e}"
+            )
+            return self.archive.record(ev), True
+        hit = self.archive.lookup(recipe.content_hash())
+        if hit is not None:
+            return hit, False
+        front = [e.values for e in self.archive.front() if e.values is not None]
+        ev = self.worker.evaluate(recipe, genome, front)
+        return self.archive.record(ev), True
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(
+        self,
+        budget: int,
+        *,
+        hours: float | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+        on_evaluation: Callable[[Evaluation], None] | None = None,
+    ) -> Outcome:
+        start, new, cached = time.perf_counter(), 0, 0
+        deadline = start + hours * 3600 if hours else None
+        status = "finished"
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def stop(signum: int, _frame: Any) -> None:
+            if self._stop is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: stop now (the archive is intact)
+            self._stop = signal.Signals(signum).name
+            self.log(f"{self._stop}: finishing the current candidate, then saving state…")
+
+        for s in previous:
+            signal.signal(s, stop)
+        try:
+            while len(self.archive) < budget:
+                batch = self.optimizer.ask()
+                losses: list[list[float] | None] = []
+                for g in batch:
+                    if self._stop or len(self.archive) >= budget:
+                        break
+                    if deadline and time.perf_counter() > deadline:
+                        status = "time limit"
+                        break
+                    ev, is_new = self._evaluate(g)
+                    new += is_new
+                    cached += not is_new
+                    losses.append(self._losses(ev))
+                    if on_evaluation:
+                        on_evaluation(ev)
+                    if on_progress:
+                        on_progress(self.progress(budget, cached, start, ev))
+                if len(losses) < len(batch):
+                    break  # the batch was cut short: the optimizer is not told; resume re-asks
+                self.optimizer.tell(batch, losses)
+                _atomic_write(self.run_dir / OPTIMIZER_FILE, self.optimizer.state())
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+        if self._stop or (status != "time limit" and len(self.archive) < budget):
+            status = "interrupted"
+        info = _read_run(self.run_dir)
+        info.update(status=status, evaluations=len(self.archive), updated=time.time())
+        _write_run(self.run_dir, info)
+        return Outcome(self.run_dir, status, len(self.archive), new, self.archive.front())
+
+    def progress(
+        self,
+        budget: int,
+        cached: int = 0,
+        start: float | None = None,
+        last: Evaluation | None = None,
+    ) -> Progress:
+        best = {}
+        for label in self.labels:
+            b = self.archive.best(label)
+            if b is not None and b.values is not None:
+                best[label] = b.values[self.labels.index(label)]
+        return Progress(
+            done=len(self.archive),
+            budget=budget,
+            failed=sum(not e.ok for e in self.archive.evaluations),
+            cached=cached,
+            best=best,
+            hypervolume=self.archive.hypervolume(self.reference),
+            last=last,
+            elapsed=time.perf_counter() - start if start else 0.0,
+        )
+
+
+def _genome_key(genome: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.asarray(genome, dtype=np.float64).tobytes()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# run directories
+
+
+def start(
+    experiment_file: Path,
+    run_dir: Path,
+    *,
+    zoo: Path | None,
+    budget: int | None = None,
+    log: Callable[[str], None] = lambda _: None,
+    worker: Any = None,
+) -> tuple[Search, int]:
+    """A new run (or the same experiment's run, continued). Refuses a run dir of another
+    experiment."""
+    experiment = Experiment.load(experiment_file)
+    if (run_dir / RUN_FILE).exists():
+        info = _read_run(run_dir)
+        if info["experiment_hash"] != experiment.content_hash():
+            raise RunError(
+                f"{run_dir} belongs to another experiment ({info.get('experiment_file')}); "
+                "choose another --run-dir"
+            )
+        raise RunError(
+            f"{run_dir} already holds this experiment's run; `evomerge resume {run_dir}`"
+        )
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"{run_dir} exists and is not empty; choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(experiment_file, run_dir / EXPERIMENT_FILE)
+    info = {
+        "experiment_hash": experiment.content_hash(),
+        "experiment_file": str(Path(experiment_file).resolve()),
+        "zoo": str(zoo) if zoo else None,
+        "budget": budget or experiment.budget,
+        "status": "starting",
+        "created": time.time(),
+        "pid": os.getpid(),
+    }
+    _write_run(run_dir, info)
+    try:
+        search = Search(run_dir, experiment, zoo=zoo, log=log, worker=worker)
+    except BaseException:
+        shutil.rmtree(run_dir)  # nothing was evaluated: leave no half-made run behind
+        raise
+    info["status"] = "running"
+    _write_run(run_dir, info)
+    return search, info["budget"]
+
+
+def reopen(
+    run_dir: Path,
+    *,
+    budget: int | None = None,
+    experiment_file: Path | None = None,
+    log: Callable[[str], None] = lambda _: None,
+    worker: Any = None,
+) -> tuple[Search, int]:
+    """Continue a run; ``budget`` may raise its budget."""
+    info = _read_run(run_dir)
+    experiment = Experiment.load(run_dir / EXPERIMENT_FILE)
+    if experiment.content_hash() != info["experiment_hash"]:
+        raise ExperimentError(
+            f"{run_dir / EXPERIMENT_FILE} changed since the run started; restore it or start a "
+            "new run (the archive is untouched)"
+        )
+    if experiment_file is not None:
+        other = Experiment.load(experiment_file)
+        if other.content_hash() != info["experiment_hash"]:
+            raise ExperimentError(
+                f"{experiment_file} differs from the experiment of {run_dir}; resuming would mix "
+                "two searches in one archive. Start a new run for it."
+            )
+    total = budget or info["budget"]
+    search = Search(
+        run_dir,
+        experiment,
+        zoo=Path(info["zoo"]) if info.get("zoo") else None,
+        log=log,
+        worker=worker,
+    )
+    if len(search.archive) >= total:
+        raise RunError(
+            f"{run_dir} has spent its budget ({len(search.archive)} of {total} evaluations); "
+            f"pass --budget N with N > {len(search.archive)} to go on"
+        )
+    info.update(budget=total, status="running", pid=os.getpid())
+    _write_run(run_dir, info)
+    return search, total
+
+
+def summary(run_dir: Path) -> dict[str, Any]:
+    """A run's state from its files alone (works while it runs: SQLite allows a reader)."""
+    info = _read_run(run_dir)
+    import optuna
+
+    from evomerge.archive import STUDY_NAME
+
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir))
+    trials = study.get_trials(deepcopy=False)
+    failed = sum(t.state.name == "FAIL" for t in trials)
+    info.update(trials=len(trials), failed=failed, objectives=study.user_attrs.get("objectives"))
+    return info

@@ -1,0 +1,223 @@
+"""The in-process worker: sources stay open, one engine stays resident, and each candidate is
+merged in memory and swapped into it. Nothing is written to disk per candidate."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from evomerge.archive import Evaluation
+from evomerge.checkpoint import ModelSource
+from evomerge.errors import EvomergeError
+from evomerge.evaluate.engines import score_task
+from evomerge.evaluate.estimators import Estimate, Estimator, make_estimator, should_promote
+from evomerge.evaluate.hf import HFEngine
+from evomerge.evaluate.tasks import Task, load_task
+from evomerge.experiment import Experiment, ObjectiveSpec
+from evomerge.merge.materialize import MergePlan, materialize, plan
+from evomerge.recipe import Recipe
+
+
+@dataclass
+class _Objective:
+    spec: ObjectiveSpec
+    task: Task | None
+    estimator: Estimator | None
+    item_ids: list[str]
+
+    @property
+    def direction(self) -> str:
+        if self.task is None:
+            return "minimize"  # costs
+        return "maximize" if self.task.higher_is_better else "minimize"
+
+    @property
+    def metric(self) -> str | None:
+        return self.task.metric if self.task else None
+
+
+class _Timed:
+    """Wraps the tensor stream so merge time (inside the generator) and swap time (in the
+    engine's copies) are told apart."""
+
+    def __init__(self, stream: Iterator[tuple[str, torch.Tensor]]) -> None:
+        self.stream, self.seconds = stream, 0.0
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                item = next(self.stream)
+            except StopIteration:
+                self.seconds += time.perf_counter() - t0
+                return
+            self.seconds += time.perf_counter() - t0
+            yield item
+
+
+def load_objectives(experiment: Experiment, zoo: Path | None) -> list[_Objective]:
+    """Tasks and estimators, all checked before any model is opened."""
+    out = []
+    for o in experiment.objectives:
+        if o.cost is not None:
+            out.append(_Objective(o, None, None, []))
+            continue
+        assert o.task is not None
+        task = load_task(o.task, zoo=zoo)
+        est = make_estimator(o.estimator, experiment.seed)
+        out.append(_Objective(o, task, est, []))
+    return out
+
+
+class LocalWorker:
+    name = "local"
+
+    def __init__(
+        self,
+        experiment: Experiment,
+        sources: dict[str, str],
+        *,
+        zoo: Path | None = None,
+        log: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        w = experiment.workers
+        if w.threads is not None:
+            torch.set_num_threads(w.threads)
+        self.experiment = experiment
+        self.objectives = load_objectives(experiment, zoo)
+        self.sources = {n: ModelSource(p, name=n) for n, p in sources.items()}
+        ref = sources[experiment.base] if experiment.base else next(iter(sources.values()))
+        self.engine = HFEngine(ref, device=w.device, batch_size=w.batch_size)
+        self.device = w.device
+        calib_models = [Path(ref), *(Path(p) for n, p in sorted(sources.items()) if p != ref)]
+        for ob in self.objectives:
+            if ob.estimator is None or ob.task is None:
+                continue
+            if ob.estimator.needs_calibration:
+                from evomerge.calibrate import build_calibration
+
+                ob.estimator.calibrate(
+                    build_calibration(
+                        self.engine, ob.task, calib_models, seed=experiment.seed, log=log
+                    )
+                )
+            ob.item_ids = ob.estimator.select(ob.task.item_ids)  # the same items for everyone
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    def plan(self, recipe: Recipe) -> MergePlan:
+        return plan(recipe, self.sources)
+
+    def evaluate(
+        self, recipe: Recipe, genome: Sequence[float], front: Sequence[Sequence[float]] = ()
+    ) -> Evaluation:
+        """Merge, swap, score. Errors of the candidate itself (bad values, NaN weights, a model
+        the engine cannot hold) come back as a failed Evaluation; the run goes on."""
+        timings: dict[str, float] = {}
+        ev = Evaluation(
+            recipe.content_hash(),
+            recipe.to_yaml(),
+            [float(g) for g in genome],
+            None,
+            worker=self.name,
+        )
+        t_all = time.perf_counter()
+        try:
+            t0 = time.perf_counter()
+            mp = self.plan(recipe)
+            timings["plan"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            stream = _Timed(materialize(mp, self.device))
+            self.engine.load_weights(stream, num_layers=mp.num_layers)
+            load = time.perf_counter() - t0
+            timings["merge"], timings["swap"] = stream.seconds, load - stream.seconds
+            results = self._score(mp, self.objectives, timings)
+            if self.experiment.promotion.enabled and should_promote(
+                self._oriented(results),
+                [self._oriented_values(f) for f in front],
+                self.experiment.promotion.margin,
+                self.experiment.promotion.z,
+            ):
+                results = self._promote(mp, results, timings)
+        except EvomergeError as e:
+            ev.status, ev.error = "failed", f"{type(e).__name__}: {e}"
+        except (RuntimeError, ValueError) as e:  # torch errors of a candidate (shapes, OOM…)
+            ev.status = "failed"
+            ev.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
+        else:
+            ev.values = [r.value if isinstance(r, Estimate) else float(r) for r in results]
+            for ob, r in zip(self.objectives, results, strict=True):
+                if isinstance(r, Estimate):
+                    ev.fidelity[ob.spec.label] = r.fidelity
+                    ev.stderr[ob.spec.label] = r.stderr
+        timings["total"] = time.perf_counter() - t_all
+        ev.timings = timings
+        return ev
+
+    def _score(
+        self, mp: MergePlan, objectives: Iterable[_Objective], timings: dict[str, float]
+    ) -> list[Estimate | float]:
+        out: list[Estimate | float] = []
+        for ob in objectives:
+            if ob.task is None:
+                out.append(_cost(mp, ob.spec.cost))
+                continue
+            assert ob.estimator is not None
+            t0 = time.perf_counter()
+            res = score_task(self.engine, ob.task, ob.item_ids)
+            t1 = time.perf_counter()
+            out.append(ob.estimator.estimate(res.scores, ob.task.item_ids))
+            timings[f"score:{ob.spec.label}"] = timings.get(f"score:{ob.spec.label}", 0.0) + (
+                t1 - t0
+            )
+            timings["estimate"] = timings.get("estimate", 0.0) + time.perf_counter() - t1
+        return out
+
+    def _promote(
+        self, mp: MergePlan, results: list[Estimate | float], timings: dict[str, float]
+    ) -> list[Estimate | float]:
+        out = list(results)
+        for i, (ob, r) in enumerate(zip(self.objectives, results, strict=True)):
+            if isinstance(r, Estimate) and r.fidelity < 1.0 and ob.task is not None:
+                t0 = time.perf_counter()
+                res = score_task(self.engine, ob.task)
+                timings[f"score:{ob.spec.label}"] += time.perf_counter() - t0
+                out[i] = make_estimator("full").estimate(res.scores, ob.task.item_ids)
+        timings["promoted"] = 1.0
+        return out
+
+    def _oriented(self, results: Sequence[Estimate | float]) -> list[Estimate | float]:
+        """Promotion reasons with maximized objectives: minimized ones are negated."""
+        out: list[Estimate | float] = []
+        for ob, r in zip(self.objectives, results, strict=True):
+            if ob.direction == "maximize":
+                out.append(r)
+            elif isinstance(r, Estimate):
+                out.append(
+                    float(-r.value)
+                    if r.fidelity >= 1
+                    else Estimate(-r.value, r.items_used, r.n_items, r.stderr, r.estimator)
+                )
+            else:
+                out.append(-float(r))
+        return out
+
+    def _oriented_values(self, values: Sequence[float]) -> list[float]:
+        return [
+            v if ob.direction == "maximize" else -v
+            for ob, v in zip(self.objectives, values, strict=True)
+        ]
+
+
+def _cost(mp: MergePlan, cost: str | None) -> float:
+    if cost == "layers":
+        return float(mp.num_layers)
+    ref = next(iter(mp.sources.values()))
+    return float(sum(ref.tensors[j.src_name].numel for j in mp.jobs))
