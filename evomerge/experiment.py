@@ -39,6 +39,11 @@ class ObjectiveSpec(_Spec):
     def _one_kind(self) -> ObjectiveSpec:
         if (self.task is None) == (self.cost is None):
             raise ValueError("an objective names exactly one of `task:` or `cost:`")
+        if self.cost is not None and self.reference is None:
+            raise ValueError(
+                f"cost {self.cost!r} needs `reference:` (the largest value that still counts "
+                "for the hypervolume, e.g. the size of one source)"
+            )
         return self
 
     @property

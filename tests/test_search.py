@@ -1,0 +1,215 @@
+"""The search loop on the unit zoo: resume equivalence after SIGINT or a crash at several points,
+failed candidates recorded, the archive readable by Optuna, and bad run directories refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+
+from evomerge import search
+from evomerge.archive import STUDY_NAME, Evaluation
+from evomerge.errors import EvomergeError
+from evomerge.experiment import ExperimentError
+
+EXPERIMENT: dict[str, Any] = {
+    "name": "unit-search",
+    "sources": {
+        "base": "zoo:base",
+        "rev9": "zoo:experts/rev9",
+        "shift3": "zoo:experts/shift3",
+        "add1": "zoo:experts/add1",
+    },
+    "base": "base",
+    "space": "dare_ties-per-layer",
+    "space_options": {"granularity": 2},
+    "objectives": [
+        {"task": "rev9", "estimator": "subsample:8"},
+        {"task": "shift3", "estimator": "subsample:8"},
+    ],
+    "optimizer": {"name": "nsga2", "pop_size": 4},
+    "budget": 12,
+    "seed": 3,
+    "workers": {"threads": 1},
+}
+
+
+def _write(tmp_path: Path, name: str = "exp.yaml", **changes: Any) -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({**EXPERIMENT, **changes}))
+    return path
+
+
+def _trace(run_dir: Path) -> list[tuple[str, tuple[float, ...] | None]]:
+    study = optuna.load_study(study_name=STUDY_NAME, storage=search.storage_url(run_dir))
+    return [
+        (t.user_attrs["hash"], tuple(t.values) if t.values else None)
+        for t in study.get_trials(deepcopy=False)
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(unit_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run."""
+    d = tmp_path_factory.mktemp("ref")
+    s, budget = search.start(_write(d), d / "run", zoo=unit_zoo)
+    out = s.run(budget)
+    assert out.status == "finished" and out.evaluations == 12
+    return d / "run"
+
+
+@pytest.mark.parametrize("stop_at", [0, 5, 7])  # first, mid-batch, a batch's last candidate
+def test_sigint_then_resume_equals_uninterrupted(
+    unit_zoo: Path, tmp_path: Path, reference: Path, stop_at: int
+) -> None:
+    run_dir = tmp_path / "run"
+    s, budget = search.start(_write(tmp_path), run_dir, zoo=unit_zoo)
+
+    def interrupt(ev: Evaluation) -> None:
+        if ev.number == stop_at:
+            os.kill(os.getpid(), signal.SIGINT)  # the real signal, through the real handler
+
+    out = s.run(budget, on_evaluation=interrupt)
+    assert out.status == "interrupted" and out.evaluations == stop_at + 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    s2, budget2 = search.reopen(run_dir)
+    out2 = s2.run(budget2)
+    assert out2.status == "finished"
+    assert _trace(run_dir) == _trace(reference)
+    assert [e.number for e in out2.front] == [e.number for e in s2.archive.front()]
+
+
+def test_crash_then_resume_equals_uninterrupted(
+    unit_zoo: Path, tmp_path: Path, reference: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    s, budget = search.start(_write(tmp_path), run_dir, zoo=unit_zoo)
+
+    def crash(ev: Evaluation) -> None:
+        if ev.number == 9:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        s.run(budget, on_evaluation=crash)
+    assert len(_trace(run_dir)) == 10  # committed before anything else happened
+    s2, budget2 = search.reopen(run_dir)
+    s2.run(budget2)
+    assert _trace(run_dir) == _trace(reference)
+
+
+def test_budget_can_grow_on_resume_and_spent_budget_is_refused(
+    unit_zoo: Path, tmp_path: Path, reference: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    s, _ = search.start(_write(tmp_path), run_dir, zoo=unit_zoo, budget=6)
+    assert s.run(6).evaluations == 6
+    with pytest.raises(search.RunError, match=r"spent its budget \(6 of 6.*--budget N with N > 6"):
+        search.reopen(run_dir)
+    s2, total = search.reopen(run_dir, budget=12)
+    s2.run(total)
+    assert _trace(run_dir) == _trace(reference)
+
+
+def test_optuna_loads_the_run_and_its_best_trials_are_our_front(reference: Path) -> None:
+    study = optuna.load_study(study_name=STUDY_NAME, storage=search.storage_url(reference))
+    s, _ = search.reopen(reference, budget=13)  # opens the archive as the loop does
+    ours = sorted(e.number for e in s.archive.front())
+    assert ours and sorted(t.number for t in study.best_trials) == ours
+    t = study.trials[0]
+    assert set(t.user_attrs) >= {"hash", "recipe", "fidelity", "timings", "worker", "status"}
+    assert t.user_attrs["fidelity"] == {"rev9": 8 / 2000, "shift3": 8 / 2000} or all(
+        0 < v < 1 for v in t.user_attrs["fidelity"].values()
+    )
+    assert {"merge", "swap", "score:rev9", "total"} <= set(t.user_attrs["timings"])
+    assert s.archive.hypervolume([0.0, 0.0]) > 0
+    knee = s.archive.knee()
+    assert knee is not None and knee.number in ours
+
+
+def test_failed_candidates_are_recorded_and_do_not_stop_the_run(
+    unit_zoo: Path, tmp_path: Path
+) -> None:
+    # DELLA needs density ± epsilon inside (0, 1): candidates outside fail in the merge planner.
+    path = _write(
+        tmp_path,
+        space="della-per-layer",
+        space_options={"granularity": 4, "genes": {"weight": [0, 1], "density": [0.02, 0.98]}},
+        optimizer={"name": "random", "batch": 4},
+        budget=8,
+    )
+    s, budget = search.start(path, tmp_path / "run", zoo=unit_zoo)
+    out = s.run(budget)
+    assert out.status == "finished" and out.evaluations == 8
+    evs = s.archive.evaluations
+    failed = [e for e in evs if not e.ok]
+    assert failed and len(failed) < 8
+    assert all("della needs density" in (e.error or "") for e in failed)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=search.storage_url(tmp_path / "run"))
+    assert sum(t.state.name == "FAIL" for t in study.trials) == len(failed)
+
+
+def test_cached_recipes_are_not_evaluated_again(unit_zoo: Path, tmp_path: Path) -> None:
+    # an integer-only space (layers: remove/take) has few recipes: duplicates must come back
+    # from the archive, not from the engine, and are not counted as evaluations
+    path = _write(
+        tmp_path,
+        space="layers",
+        space_options={"allow_merge": False, "models": ["rev9"], "genes": {}},  # 2⁴ recipes
+        optimizer={"name": "random", "batch": 8},
+        objectives=[
+            {"task": "rev9", "estimator": "subsample:4"},
+            {"cost": "params", "reference": 2e6},
+        ],
+        budget=10,
+    )
+    s, budget = search.start(path, tmp_path / "run", zoo=unit_zoo)
+    calls = []
+    real = s.worker.evaluate
+    s.worker.evaluate = lambda *a, **k: calls.append(1) or real(*a, **k)  # type: ignore[method-assign]
+    seen: list[bool] = []
+    s.run(budget, on_progress=lambda p: seen.append(p.cached))
+    hashes = [e.recipe_hash for e in s.archive.evaluations]
+    assert len(hashes) == len(set(hashes)) == 10
+    # the engine ran once per recorded recipe (genomes that drop every layer never reach it)…
+    assert len(calls) == sum(1 for e in s.archive.evaluations if e.recipe)
+    assert seen[-1] > 0  # …and repeated proposals were served from the archive
+    costs = [e.values[1] for e in s.archive.evaluations if e.values]
+    assert len(set(costs)) > 1  # dropping layers changes the parameter count
+
+
+def test_bad_runs_are_refused_and_lose_nothing(unit_zoo: Path, tmp_path: Path) -> None:
+    exp = _write(tmp_path, budget=4, optimizer={"name": "random", "batch": 2})
+    run_dir = tmp_path / "run"
+    s, _ = search.start(exp, run_dir, zoo=unit_zoo)
+    s.run(4)
+    before = _trace(run_dir)
+    other = _write(tmp_path, "other.yaml", seed=99)
+    with pytest.raises(search.RunError, match=r"belongs to another experiment"):
+        search.start(other, run_dir, zoo=unit_zoo)
+    with pytest.raises(search.RunError, match=r"already holds this experiment's run"):
+        search.start(exp, run_dir, zoo=unit_zoo)
+    with pytest.raises(ExperimentError, match=r"differs from the experiment of"):
+        search.reopen(run_dir, budget=8, experiment_file=other)
+    copy = run_dir / search.EXPERIMENT_FILE
+    copy.write_text(copy.read_text().replace("seed: 3", "seed: 4"))
+    with pytest.raises(ExperimentError, match=r"changed since the run started"):
+        search.reopen(run_dir, budget=8)
+    assert _trace(run_dir) == before  # nothing lost or overwritten
+    for changes, pattern in [
+        ({"optimizer": {"name": "hillclimb"}}, r"unknown optimizer 'hillclimb'; known: .*nsga2"),
+        ({"space": "nope"}, r"unknown search space 'nope'"),
+        ({"space_options": {"genes": {"weight": [1, 0]}}}, r"bounds are empty"),
+        ({"objectives": [{"task": "rev9", "cost": "params"}]}, r"exactly one of"),
+        ({"objectives": [{"cost": "params"}]}, r"cost 'params' needs `reference:`"),
+        ({"objectives": [{"task": "nope"}]}, r"unknown task 'nope'"),
+        ({"optimizer": {"name": "cma", "popsize": 1}}, r"popsize"),
+    ]:
+        bad = _write(tmp_path, "bad.yaml", **changes)
+        with pytest.raises(EvomergeError, match=pattern):
+            search.start(bad, tmp_path / "bad-run", zoo=unit_zoo)
+        assert not (tmp_path / "bad-run").exists()  # no half-made run left behind
