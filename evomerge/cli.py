@@ -299,7 +299,7 @@ def front(
 
     archive = _open_archive(run_dir)
     if json_:
-        console.print(front_json(archive), highlight=False, markup=False)
+        typer.echo(front_json(archive))  # plain: rich would wrap long lines
     else:
         console.print(front_table(archive, title=f"Pareto front of {run_dir}"))
     if plot is not None:
