@@ -164,6 +164,10 @@ class Search:
         if opt_file.exists():
             self.optimizer.restore(opt_file.read_bytes())
         self._stop: str | None = None
+        # seconds spent by the loop itself (not in the worker), for the overhead benchmark
+        self.loop_timings: dict[str, float] = dict.fromkeys(
+            ("ask", "decode", "lookup", "commit", "tell", "checkpoint"), 0.0
+        )
 
     # -- losses for the optimizer --------------------------------------------------------------
     def _losses(self, ev: Evaluation) -> list[float] | None:
@@ -180,6 +184,7 @@ class Search:
 
     def _evaluate(self, genome: np.ndarray) -> tuple[Evaluation, bool]:
         """(evaluation, whether it is new)."""
+        t0 = time.perf_counter()
         try:
             recipe = self.space.decode(genome)
         except SpaceError as e:
@@ -191,12 +196,21 @@ class Search:
                 key, "", [float(g) for g in genome], None, status="failed", error=f"SpaceError: {e}"
             )
             return self.archive.record(ev), True
+        t1 = time.perf_counter()
         hit = self.archive.lookup(recipe.content_hash())
+        front = []
+        if hit is None and self.experiment.promotion.enabled:
+            front = [e.values for e in self.archive.front() if e.values is not None]
+        t2 = time.perf_counter()
+        self.loop_timings["decode"] += t1 - t0
+        self.loop_timings["lookup"] += t2 - t1
         if hit is not None:
             return hit, False
-        front = [e.values for e in self.archive.front() if e.values is not None]
         ev = self.worker.evaluate(recipe, genome, front)
-        return self.archive.record(ev), True
+        t3 = time.perf_counter()
+        ev = self.archive.record(ev)
+        self.loop_timings["commit"] += time.perf_counter() - t3
+        return ev, True
 
     # -- the loop ------------------------------------------------------------------------------
     def run(
@@ -222,7 +236,10 @@ class Search:
             signal.signal(s, stop)
         try:
             while len(self.archive) < budget:
-                batch = self.optimizer.ask()
+                t0 = time.perf_counter()
+                # a batch cut short earlier in this process is still pending: finish it first
+                batch = self.optimizer.pending or self.optimizer.ask()
+                self.loop_timings["ask"] += time.perf_counter() - t0
                 losses: list[list[float] | None] = []
                 for g in batch:
                     if self._stop or len(self.archive) >= budget:
@@ -240,8 +257,12 @@ class Search:
                         on_progress(self.progress(budget, cached, start, ev))
                 if len(losses) < len(batch):
                     break  # the batch was cut short: the optimizer is not told; resume re-asks
+                t0 = time.perf_counter()
                 self.optimizer.tell(batch, losses)
+                t1 = time.perf_counter()
                 _atomic_write(self.run_dir / OPTIMIZER_FILE, self.optimizer.state())
+                self.loop_timings["tell"] += t1 - t0
+                self.loop_timings["checkpoint"] += time.perf_counter() - t1
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)

@@ -1,0 +1,369 @@
+"""The contract every optimizer keeps: genomes in, losses out, exact resume.
+
+An optimizer sees only genes and bounds, never models or recipes, so libraries can be swapped
+without touching the search loop. Checkpoints rely on ``state``/``restore`` being exact: a resumed
+run must ask the very genomes an uninterrupted one would, or a crash would change the result.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import math
+import pickle
+import sys
+import types
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+from typing import Any, ClassVar
+
+import numpy as np
+
+from evomerge.errors import EvomergeError
+
+_STATE_FORMAT = 1
+
+
+class OptimizerError(EvomergeError, ValueError):
+    """An optimizer was asked what it cannot do (bad option, foreign state, wrong batch)."""
+
+
+@dataclass(frozen=True)
+class Gene:
+    """One coordinate of a genome.
+
+    ``choices=None`` is a real gene in [0, 1]; ``choices=k`` (k >= 2) an integer gene in
+    {0, …, k-1}, stored as an integral float so a genome stays one float64 array.
+    """
+
+    name: str
+    choices: int | None = None
+
+
+def _module_attr(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(module), name)
+
+
+class _StatePickler(pickle.Pickler):
+    """Pickle that keeps references to module-level objects the libraries share with us.
+
+    numpy's global RandomState would otherwise be copied (cma stores ``np.random.randn``, a bound
+    method of it): a restored cma would draw from a frozen private copy instead of the state we
+    swap in. pymoo's ``@default_random_state`` functions lose their qualified name, so plain
+    pickle cannot find them; they are named through the module attribute that holds them.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if obj is np.random.mtrand._rand:
+            return _module_attr, ("numpy.random.mtrand", "_rand")
+        if isinstance(obj, types.FunctionType) and "<locals>" in obj.__qualname__:
+            for cell in obj.__closure__ or ():
+                try:
+                    inner = cell.cell_contents
+                except ValueError:  # an empty cell
+                    continue
+                if not isinstance(inner, types.FunctionType) or "<locals>" in inner.__qualname__:
+                    continue
+                module = sys.modules.get(inner.__module__)
+                if module is not None and getattr(module, inner.__name__, None) is obj:
+                    return _module_attr, (inner.__module__, inner.__name__)
+        return NotImplemented
+
+
+def dumps_state(obj: Any) -> bytes:
+    """Pickle optimizer state (see ``_StatePickler`` for why not plain ``pickle.dumps``)."""
+    buf = io.BytesIO()
+    _StatePickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+def check_genes(genes: Sequence[Gene]) -> tuple[Gene, ...]:
+    """Reject gene sets no optimizer could search, before any library sees them."""
+    genes = tuple(genes)
+    if not genes:
+        raise OptimizerError("an optimizer needs at least one gene")
+    seen: set[str] = set()
+    for gene in genes:
+        if not isinstance(gene, Gene):
+            raise OptimizerError(f"expected Gene objects, got {gene!r}")
+        if gene.name in seen:
+            raise OptimizerError(f"gene name {gene.name!r} appears twice; names must be unique")
+        seen.add(gene.name)
+        if gene.choices is not None and (
+            isinstance(gene.choices, bool)
+            or not isinstance(gene.choices, Integral)
+            or gene.choices < 2
+        ):
+            raise OptimizerError(
+                f"gene {gene.name!r}: choices must be an integer >= 2 (or None for a real gene), "
+                f"got {gene.choices!r}"
+            )
+    return genes
+
+
+def clip_genome(genes: Sequence[Gene], x: np.ndarray) -> np.ndarray:
+    """Force a library's proposal into bounds: real genes clipped, integer genes rounded."""
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    if x.shape != (len(genes),):
+        raise OptimizerError(f"genome has {x.size} entries, expected {len(genes)}")
+    if not np.all(np.isfinite(x)):
+        raise OptimizerError(f"the optimizer proposed a non-finite genome {x.tolist()}")
+    out = np.empty(len(genes), dtype=np.float64)
+    for i, gene in enumerate(genes):
+        if gene.choices is None:
+            out[i] = min(max(float(x[i]), 0.0), 1.0)
+        else:
+            out[i] = min(max(float(np.round(x[i])), 0.0), float(gene.choices - 1))
+    return out + 0.0  # no -0.0: genomes print and hash the same whatever the library did
+
+
+def penalty(worst: np.ndarray) -> np.ndarray:
+    """A loss worse than every finite loss seen so far, for libraries that need a number."""
+    w = np.where(np.isnan(worst), 0.0, worst)
+    return w + 1.0 + np.abs(w)
+
+
+def update_worst(worst: np.ndarray, losses: Sequence[np.ndarray | None]) -> np.ndarray:
+    """Per objective, the largest finite loss seen so far (NaN while none)."""
+    finite = [loss for loss in losses if loss is not None]
+    if not finite:
+        return worst
+    return np.fmax(worst, np.max(np.stack(finite), axis=0))
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """Equality for identity fields, tolerant of option values like arrays or sampler objects."""
+    try:
+        if bool(a == b):
+            return True
+    except Exception:  # an array compares elementwise
+        pass
+    try:
+        return pickle.dumps(a) == pickle.dumps(b)
+    except Exception:
+        return False
+
+
+class Optimizer(ABC):
+    """Ask/tell black-box optimizer over a fixed list of genes; losses are minimized.
+
+    Subclasses implement ``_setup``, ``_ask``, ``_tell``, ``_payload`` and ``_load``; this base
+    class validates everything the caller hands in, so implementations only see clean input:
+    ``_tell`` gets one float array per candidate, or ``None`` where it failed (``None`` or a
+    non-finite loss was told).
+    """
+
+    name: ClassVar[str]
+    multi_objective: ClassVar[bool]
+    defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(
+        self, genes: Sequence[Gene], n_objectives: int, *, seed: int = 0, **options: Any
+    ) -> None:
+        self.genes = check_genes(genes)
+        if (
+            isinstance(n_objectives, bool)
+            or not isinstance(n_objectives, Integral)
+            or n_objectives < 1
+        ):
+            raise OptimizerError(f"n_objectives must be an integer >= 1, got {n_objectives!r}")
+        self.n_objectives = int(n_objectives)
+        if not self.multi_objective and self.n_objectives != 1:
+            raise OptimizerError(
+                f"optimizer {self.name!r} is single-objective but got {self.n_objectives} "
+                "objectives; scalarize them into one loss first (or use a multi-objective "
+                "optimizer)"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
+            raise OptimizerError(f"seed must be a non-negative integer, got {seed!r}")
+        self.seed = int(seed)
+        accepted = self.accepted_options()
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise OptimizerError(
+                f"optimizer {self.name!r}: unknown option(s) {', '.join(map(repr, unknown))}; "
+                f"accepted: {', '.join(sorted(accepted)) or '(none)'}"
+            )
+        self.options: dict[str, Any] = {**self.defaults, **options}
+        self._check_options()
+        self._pending: list[np.ndarray] | None = None
+        self._setup()
+
+    # -- what subclasses provide -------------------------------------------------------------
+
+    @classmethod
+    def accepted_options(cls) -> tuple[str, ...]:
+        """Option names the constructor takes (the keys of ``defaults`` unless overridden)."""
+        return tuple(cls.defaults)
+
+    def _check_options(self) -> None:  # noqa: B027 - optional hook, most optimizers need it
+        """Validate (and normalize in place) ``self.options``; raise OptimizerError."""
+
+    @abstractmethod
+    def _setup(self) -> None:
+        """Build the library objects from genes, n_objectives, seed and options."""
+
+    @abstractmethod
+    def _ask(self) -> list[np.ndarray]:
+        """Propose one batch (unclipped is fine; the base class clips)."""
+
+    @abstractmethod
+    def _tell(self, losses: list[np.ndarray | None]) -> None:
+        """Report the losses of the batch ``_ask`` returned last, in order."""
+
+    @abstractmethod
+    def _payload(self) -> Any:
+        """Everything (picklable) needed to continue exactly, RNG states included."""
+
+    @abstractmethod
+    def _load(self, payload: Any) -> None:
+        """Inverse of ``_payload`` on a freshly constructed twin."""
+
+    # -- public interface --------------------------------------------------------------------
+
+    def ask(self) -> list[np.ndarray]:
+        """One batch of genomes to evaluate; tell their losses before asking again."""
+        if self._pending is not None:
+            raise OptimizerError(
+                f"optimizer {self.name!r}: ask() called twice; tell() the losses of the "
+                f"{len(self._pending)} pending genomes first"
+            )
+        batch = [clip_genome(self.genes, x) for x in self._ask()]
+        if not batch:
+            raise OptimizerError(f"optimizer {self.name!r} proposed an empty batch")
+        self._pending = batch
+        return [x.copy() for x in batch]
+
+    @property
+    def pending(self) -> list[np.ndarray] | None:
+        """The batch asked but not yet told (after ``restore`` too), else None."""
+        return None if self._pending is None else [x.copy() for x in self._pending]
+
+    def tell(
+        self, genomes: Sequence[np.ndarray], losses: Sequence[Sequence[float] | float | None]
+    ) -> None:
+        """Report minimized losses for exactly the batch last asked; None marks a failure.
+
+        A loss is one value per objective (a bare number is fine for one objective); a
+        non-finite value anywhere counts as a failure, like None.
+        """
+        pending = self._pending
+        if pending is None:
+            raise OptimizerError(f"optimizer {self.name!r}: tell() without a pending ask()")
+        if len(genomes) != len(pending):
+            raise OptimizerError(
+                f"optimizer {self.name!r}: told {len(genomes)} genomes but the batch asked has "
+                f"{len(pending)}"
+            )
+        for i, (got, want) in enumerate(zip(genomes, pending, strict=True)):
+            if not np.array_equal(np.asarray(got, dtype=np.float64), want):
+                raise OptimizerError(
+                    f"optimizer {self.name!r}: genome {i} told differs from the one asked; tell "
+                    "exactly the batch last asked, in order"
+                )
+        self._tell(self._parse_losses(losses, len(pending)))
+        self._pending = None
+
+    def state(self) -> bytes:
+        """Opaque bytes from which ``restore`` continues exactly (trusted input: a pickle)."""
+        return dumps_state(
+            {
+                "format": _STATE_FORMAT,
+                "identity": self._identity(),
+                "pending": self._pending,
+                "payload": self._payload(),
+            }
+        )
+
+    def restore(self, state: bytes) -> None:
+        """Continue from ``state``; call on a fresh optimizer built with the same arguments.
+
+        A state from another optimizer, gene list, objective count, seed or options is refused,
+        since continuing it would silently run a different search.
+        """
+        try:
+            data = pickle.loads(state)
+        except Exception as exc:
+            raise OptimizerError(f"optimizer {self.name!r}: unreadable state ({exc})") from exc
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != _STATE_FORMAT
+            or not isinstance(data.get("identity"), dict)
+        ):
+            raise OptimizerError(f"optimizer {self.name!r}: not an optimizer state")
+        theirs, ours = data["identity"], self._identity()
+        diff = [k for k in ours if k not in theirs or not _equal(theirs[k], ours[k])]
+        if diff:
+            raise OptimizerError(
+                f"optimizer {self.name!r}: the state belongs to a different optimizer "
+                f"({', '.join(diff)} differ: state has "
+                f"{', '.join(f'{k}={theirs.get(k)!r}' for k in diff)})"
+            )
+        self._load(data["payload"])
+        self._pending = data["pending"]
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _identity(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.name,
+            "genes": [(g.name, g.choices) for g in self.genes],
+            "n_objectives": self.n_objectives,
+            "seed": self.seed,
+            "options": self.options,
+        }
+
+    def _parse_losses(
+        self, losses: Sequence[Sequence[float] | float | None], n: int
+    ) -> list[np.ndarray | None]:
+        if isinstance(losses, (str, bytes)) or len(losses) != n:
+            raise OptimizerError(
+                f"optimizer {self.name!r}: expected {n} losses (one per genome), got {len(losses)}"
+            )
+        parsed: list[np.ndarray | None] = []
+        for i, loss in enumerate(losses):
+            if loss is None:
+                parsed.append(None)
+                continue
+            try:
+                arr = np.asarray(loss, dtype=np.float64)
+            except (TypeError, ValueError) as exc:
+                raise OptimizerError(
+                    f"optimizer {self.name!r}: loss {i} is not numeric: {loss!r}"
+                ) from exc
+            if arr.ndim == 0 and self.n_objectives == 1:
+                arr = arr.reshape(1)
+            if arr.shape != (self.n_objectives,):
+                raise OptimizerError(
+                    f"optimizer {self.name!r}: loss {i} has shape {arr.shape}, expected "
+                    f"{self.n_objectives} value(s) (one per objective)"
+                )
+            parsed.append(arr.copy() if np.all(np.isfinite(arr)) else None)
+        return parsed
+
+    def _int_option(self, key: str, minimum: int, *, allow_none: bool = False) -> None:
+        value = self.options[key]
+        if value is None and allow_none:
+            return
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+            raise OptimizerError(
+                f"optimizer {self.name!r}: option {key!r} must be an integer >= {minimum}, "
+                f"got {value!r}"
+            )
+        self.options[key] = int(value)
+
+    def _positive_float_option(self, key: str) -> None:
+        value = self.options[key]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, Real)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise OptimizerError(
+                f"optimizer {self.name!r}: option {key!r} must be a finite number > 0, "
+                f"got {value!r}"
+            )
+        self.options[key] = float(value)

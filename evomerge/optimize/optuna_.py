@@ -1,0 +1,162 @@
+"""optuna samplers on an in-memory study, driven by ``study.ask`` / ``study.tell``.
+
+(Not named ``optuna.py``, so it can never be mistaken for the package.) The study and its
+sampler are pickled together: the in-memory storage pickles (its lock is rebuilt) and every
+sampler keeps its RNG inside itself, so an unpickled pair continues exactly. Failed candidates
+are told as ``TrialState.FAIL``, which optuna's samplers skip when modelling.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+import numpy as np
+
+from evomerge.optimize.base import Optimizer, OptimizerError
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Mute optuna's per-trial INFO lines and experimental warnings, only while we call it."""
+    logger = logging.getLogger("optuna")
+    level = logger.level
+    if logger.getEffectiveLevel() < logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            from optuna.exceptions import ExperimentalWarning
+
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+class _OptunaOptimizer(Optimizer):
+    """Base for the optuna samplers; ``batch`` trials are asked before any is told.
+
+    Options: ``batch`` (8) plus the sampler's own keyword arguments (``seed`` is ours).
+    """
+
+    sampler_name: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]] = {"batch": 8}
+
+    @classmethod
+    def _sampler_class(cls) -> type:
+        import optuna
+
+        return getattr(optuna.samplers, cls.sampler_name)
+
+    @classmethod
+    def accepted_options(cls) -> tuple[str, ...]:
+        params = inspect.signature(cls._sampler_class()).parameters
+        return ("batch", *(p for p in params if p != "seed"))
+
+    def _check_options(self) -> None:
+        self._int_option("batch", 1)
+
+    def _setup(self) -> None:
+        import optuna
+        from optuna.distributions import FloatDistribution, IntDistribution
+
+        self._distributions = {
+            g.name: FloatDistribution(0.0, 1.0)
+            if g.choices is None
+            else IntDistribution(0, g.choices - 1)
+            for g in self.genes
+        }
+        kwargs = {k: v for k, v in self.options.items() if k != "batch"}
+        with _quiet():
+            try:
+                sampler = self._sampler_class()(seed=self.seed, **kwargs)
+            except (TypeError, ValueError) as exc:
+                raise OptimizerError(f"optimizer {self.name!r}: bad option ({exc})") from exc
+            self._study = optuna.create_study(
+                storage=optuna.storages.InMemoryStorage(),
+                sampler=sampler,
+                study_name="evomerge",
+                directions=["minimize"] * self.n_objectives,
+            )
+        self._trials: list[int] = []
+
+    def _ask(self) -> list[np.ndarray]:
+        batch = []
+        self._trials = []
+        with _quiet():
+            for _ in range(self.options["batch"]):
+                trial = self._study.ask(self._distributions)
+                self._trials.append(trial.number)
+                batch.append(np.array([trial.params[g.name] for g in self.genes], dtype=float))
+        return batch
+
+    def _tell(self, losses: list[np.ndarray | None]) -> None:
+        from optuna.trial import TrialState
+
+        with _quiet():
+            for number, loss in zip(self._trials, losses, strict=True):
+                if loss is None:
+                    self._study.tell(number, state=TrialState.FAIL)
+                else:
+                    self._study.tell(number, [float(v) for v in loss])
+        self._trials = []
+
+    def _payload(self) -> Any:
+        return {"study": self._study, "trials": self._trials}
+
+    def _load(self, payload: Any) -> None:
+        self._study = payload["study"]
+        self._trials = payload["trials"]
+
+
+class OptunaTPE(_OptunaOptimizer):
+    """Tree-structured Parzen estimator; handles several objectives."""
+
+    name: ClassVar[str] = "optuna-tpe"
+    multi_objective: ClassVar[bool] = True
+    sampler_name: ClassVar[str] = "TPESampler"
+
+
+class OptunaCmaEs(_OptunaOptimizer):
+    """optuna's CMA-ES (needs the ``cmaes`` package); single objective only in optuna."""
+
+    name: ClassVar[str] = "optuna-cmaes"
+    multi_objective: ClassVar[bool] = False
+    sampler_name: ClassVar[str] = "CmaEsSampler"
+
+    def _setup(self) -> None:
+        if importlib.util.find_spec("cmaes") is None:
+            raise OptimizerError(
+                f"optimizer {self.name!r} needs the 'cmaes' package (pip install cmaes); "
+                "or use 'cma'"
+            )
+        super()._setup()
+
+
+class OptunaNSGA2(_OptunaOptimizer):
+    """optuna's NSGA-II sampler (generations of ``population_size`` completed trials)."""
+
+    name: ClassVar[str] = "optuna-nsga2"
+    multi_objective: ClassVar[bool] = True
+    sampler_name: ClassVar[str] = "NSGAIISampler"
+
+
+class OptunaNSGA3(_OptunaOptimizer):
+    """optuna's NSGA-III sampler."""
+
+    name: ClassVar[str] = "optuna-nsga3"
+    multi_objective: ClassVar[bool] = True
+    sampler_name: ClassVar[str] = "NSGAIIISampler"
+
+
+class OptunaGP(_OptunaOptimizer):
+    """Gaussian-process Bayesian optimization (torch); several objectives supported."""
+
+    name: ClassVar[str] = "optuna-gp"
+    multi_objective: ClassVar[bool] = True
+    sampler_name: ClassVar[str] = "GPSampler"

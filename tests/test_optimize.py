@@ -1,0 +1,468 @@
+"""The optimizer layer: bounds, learning, exact resume, failures and errors, for every optimizer."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import subprocess
+import sys
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from evomerge.errors import EvomergeError
+from evomerge.optimize import ALIASES, OPTIMIZERS, Gene, Optimizer, OptimizerError, make_optimizer
+from evomerge.optimize.base import penalty, update_worst
+from evomerge.optimize.cmaes import CMAES
+
+GENES = [Gene(f"w{i}") for i in range(4)] + [Gene("layer", 3), Gene("method", 3)]
+N_REAL = 4
+
+# Small settings so every optimizer reaches its model-based phase within a few batches. The GP
+# fits a model per suggestion (~0.3 s, ~1 s with two objectives on a loaded 2-core machine), so
+# it gets tiny batches, one objective and fewer batches; test_gp_two_objectives covers the rest.
+TEST_OPTIONS: dict[str, dict] = {
+    "nsga2": {"pop_size": 8},
+    "nsga3": {"pop_size": 8},
+    "optuna-tpe": {"n_startup_trials": 8},
+    "optuna-nsga2": {"population_size": 8},
+    "optuna-nsga3": {"population_size": 8},
+    "optuna-gp": {"batch": 2, "n_startup_trials": 2},
+}
+
+
+def _param(name: str) -> object:
+    if name == "optuna-cmaes" and importlib.util.find_spec("cmaes") is None:
+        return pytest.param(name, marks=pytest.mark.skip(reason="the 'cmaes' package is absent"))
+    return name
+
+
+NAMES = [_param(name) for name in sorted(OPTIMIZERS)]
+SINGLE = [name for name, cls in sorted(OPTIMIZERS.items()) if not cls.multi_objective]
+
+
+def _m(name: str) -> int:
+    return 2 if OPTIMIZERS[name].multi_objective and name != "optuna-gp" else 1
+
+
+def _batches(name: str) -> int:
+    """Batches in a recorded trajectory."""
+    return 3 if name == "optuna-gp" else 4
+
+
+def _make(name: str, n_objectives: int | None = None, seed: int = 7) -> Optimizer:
+    m = _m(name) if n_objectives is None else n_objectives
+    return make_optimizer(name, GENES, m, seed=seed, options=TEST_OPTIONS.get(name))
+
+
+def toy_loss(x: np.ndarray, m: int) -> list[float]:
+    """Two mildly conflicting spheres; integer genes have a best choice each."""
+    ints = 0.05 * abs(x[N_REAL] - 2) + 0.05 * abs(x[N_REAL + 1] - 1)
+    f1 = float(np.sum((x[:N_REAL] - 0.3) ** 2) + ints)
+    f2 = float(np.sum((x[:N_REAL] - 0.45) ** 2) + ints)
+    return [f1, f2][:m]
+
+
+def _drive(
+    opt: Optimizer, m: int, batches: range, between: Callable[[], object] | None = None
+) -> list[list[np.ndarray]]:
+    """Ask/tell ``batches``; batch 1 has a None, a NaN and an inf loss (failures)."""
+    asks = []
+    for j in batches:
+        genomes = opt.ask()
+        asks.append(genomes)
+        if between is not None:
+            between()
+        losses: list[list[float] | None] = [toy_loss(x, m) for x in genomes]
+        if j == 1:
+            losses[0] = None
+            losses[-1] = [math.nan] * m
+            if len(losses) > 2:
+                losses[1] = [math.inf] * m
+        opt.tell(genomes, losses)
+    return asks
+
+
+@functools.cache
+def _trajectory(name: str) -> list[list[np.ndarray]]:
+    return _drive(_make(name), _m(name), range(_batches(name)))
+
+
+def _same(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> bool:
+    if [len(x) for x in a] != [len(y) for y in b]:
+        return False
+    pairs = zip([u for x in a for u in x], [v for y in b for v in y], strict=True)
+    return all(np.array_equal(u, v) for u, v in pairs)
+
+
+def _noise() -> None:
+    np.random.seed(12345)
+    np.random.rand(17)
+
+
+# -- bounds and integers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_genomes_respect_bounds_and_integer_genes(name: str) -> None:
+    asks = _trajectory(name)
+    assert len(asks) == _batches(name) and all(asks)
+    asks = asks + _learning_run(name)[0]
+    genomes = np.stack([x for batch in asks for x in batch])
+    assert genomes.dtype == np.float64 and genomes.shape[1] == len(GENES)
+    reals, ints = genomes[:, :N_REAL], genomes[:, N_REAL:]
+    assert np.all((reals >= 0) & (reals <= 1))
+    assert np.all(ints == np.round(ints)) and np.all((ints >= 0) & (ints <= 2))
+    assert not np.any(np.signbit(genomes)), "no -0.0 in genomes"
+    # Integer genes are searched, not frozen at their start value.
+    assert all(len(set(ints[:, k])) >= 2 for k in range(ints.shape[1]))
+
+
+def test_optimizer_on_integer_only_and_tiny_gene_sets() -> None:
+    for name in sorted(OPTIMIZERS):
+        if name == "optuna-cmaes" and importlib.util.find_spec("cmaes") is None:
+            continue
+        for genes in ([Gene("only", 2)], [Gene("a")]):
+            opt = make_optimizer(name, genes, 1, seed=1, options=TEST_OPTIONS.get(name))
+            for _ in range(4):  # pymoo runs out of unseen offspring here: immigrants come in
+                batch = opt.ask()
+                assert all(x.shape == (1,) for x in batch)
+                opt.tell(batch, [[float(x[0])] for x in batch])
+
+
+# -- learning --------------------------------------------------------------------------------
+
+
+@functools.cache
+def _learning_run(name: str) -> tuple[list[list[np.ndarray]], list[list[float]]]:
+    """Asks and, per batch, summed losses of ~100 evaluations (20 for the costly GP)."""
+    m = _m(name)
+    options, budget = TEST_OPTIONS.get(name), 96
+    if name == "optuna-gp":
+        options, budget = {"batch": 4, "n_startup_trials": 4}, 20
+    opt = make_optimizer(name, GENES, m, seed=3, options=options)
+    asks: list[list[np.ndarray]] = []
+    scores: list[list[float]] = []
+    while sum(map(len, scores)) < budget:
+        genomes = opt.ask()
+        losses = [toy_loss(x, m) for x in genomes]
+        opt.tell(genomes, losses)
+        asks.append(genomes)
+        scores.append([sum(loss) for loss in losses])
+    return asks, scores
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_optimizer_improves_on_toy_problem(name: str) -> None:
+    scores = _learning_run(name)[1]
+    first, rest = min(scores[0]), min(s for batch in scores[1:] for s in batch)
+    # Random search (the baseline) only gets lucky; a learner must do clearly better.
+    assert rest < (0.75 if name == "random" else 0.5) * first, (first, rest)
+    if name not in ("random", "optuna-gp"):  # population methods: the proposals themselves move
+        assert np.median(scores[-1]) < 0.5 * np.median(scores[0]), (scores[0], scores[-1])
+
+
+# -- exact resume ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("j", [0, 1, 2])
+@pytest.mark.parametrize("name", NAMES)
+def test_resume_is_bit_identical(name: str, j: int) -> None:
+    m = _m(name)
+    first = _make(name)
+    asks = _drive(first, m, range(j), between=_noise)
+    state = first.state()
+    _noise()
+    resumed = _make(name)
+    resumed.restore(state)
+    asks += _drive(resumed, m, range(j, _batches(name)), between=_noise)
+    assert _same(asks, _trajectory(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_resume_with_a_batch_pending(name: str) -> None:
+    m = _m(name)
+    first = _make(name)
+    asks = _drive(first, m, range(2))
+    asked = first.ask()
+    assert first.pending is not None and _same([first.pending], [asked])
+    resumed = _make(name)
+    resumed.restore(first.state())
+    with pytest.raises(OptimizerError, match=r"ask\(\) called twice"):
+        resumed.ask()
+    pending = resumed.pending  # what a resumed search loop evaluates first
+    assert pending is not None and _same([pending], [asked])
+    resumed.tell(pending, [toy_loss(x, m) for x in pending])
+    assert resumed.pending is None
+    asks += [pending, *_drive(resumed, m, range(3, _batches(name)))]
+    assert _same(asks, _trajectory(name))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_global_numpy_rng_is_left_alone(name: str) -> None:
+    np.random.seed(99)
+    expected = np.random.rand(3)
+    np.random.seed(99)
+    opt = _make(name)
+    _drive(opt, _m(name), range(2))
+    opt.restore(opt.state())
+    assert np.array_equal(np.random.rand(3), expected)
+
+
+def test_same_seed_same_asks_other_seed_other_asks() -> None:
+    for name in ("random", "cma", "nsga2", "optuna-tpe"):
+        a = _drive(_make(name, seed=5), _m(name), range(2))
+        b = _drive(_make(name, seed=5), _m(name), range(2))
+        c = _drive(_make(name, seed=6), _m(name), range(2))
+        assert _same(a, b) and not _same(a, c), name
+
+
+def test_gp_two_objectives() -> None:
+    options = {"batch": 2, "n_startup_trials": 2}
+    a = make_optimizer("optuna-gp", GENES, 2, seed=1, options=options)
+    asks = _drive(a, 2, range(2))
+    b = make_optimizer("optuna-gp", GENES, 2, seed=1, options=options)
+    _drive(b, 2, range(1))
+    resumed = make_optimizer("optuna-gp", GENES, 2, seed=1, options=options)
+    resumed.restore(b.state())
+    assert _same(asks[1:], _drive(resumed, 2, range(1, 2)))
+
+
+# -- cma specifics ---------------------------------------------------------------------------
+
+
+def test_cma_ipop_restart_doubles_the_population() -> None:
+    opt = make_optimizer("cma", GENES, 1, seed=0, options={"popsize": 4, "restarts": 2})
+    assert isinstance(opt, CMAES)
+    sizes = []
+    for _ in range(6):
+        genomes = opt.ask()
+        sizes.append(len(genomes))
+        opt.tell(genomes, [[1.0]] * len(genomes))  # flat fitness: cma stops at once
+    assert sizes == [4, 8, 16, 16, 16, 16]
+    assert opt.restarts_done == 2
+    state = opt.state()
+    again = make_optimizer("cma", GENES, 1, seed=0, options={"popsize": 4, "restarts": 2})
+    again.restore(state)
+    assert again.restarts_done == 2 and len(again.ask()) == 16
+
+
+def test_cma_x0_and_alias() -> None:
+    opt = make_optimizer("cmaes", GENES, 1, options={"x0": [0.1] * 4 + [1.0, 0.0], "sigma0": 1e-3})
+    assert isinstance(opt, CMAES)
+    batch = np.stack(opt.ask())
+    assert np.allclose(batch[:, :N_REAL], 0.1, atol=0.02)
+    assert set(batch[:, N_REAL]) == {2.0} and set(batch[:, N_REAL + 1]) == {0.0}
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_failed_candidates_are_survived(name: str) -> None:
+    m = _m(name)
+    opt = _make(name, seed=11)
+    genomes = opt.ask()
+    opt.tell(genomes, [None] * len(genomes))  # a whole batch fails before any loss is known
+    genomes = opt.ask()
+    losses: list[list[float] | None] = [
+        None if i % 3 == 0 else toy_loss(x, m) for i, x in enumerate(genomes)
+    ]
+    losses[-1] = [math.nan] + [0.0] * (m - 1)  # one NaN component fails the candidate
+    opt.tell(genomes, losses)
+    for _ in range(2):
+        genomes = opt.ask()
+        assert genomes
+        opt.tell(genomes, [toy_loss(x, m) for x in genomes])
+
+
+def test_penalty_is_worse_than_every_finite_loss() -> None:
+    worst = np.full(2, np.nan)
+    assert np.all(penalty(worst) == 1.0)
+    worst = update_worst(worst, [None, np.array([-5.0, 3.0]), np.array([-7.0, 10.0])])
+    assert np.array_equal(worst, [-5.0, 10.0])
+    assert np.all(penalty(worst) > worst)
+    assert np.array_equal(update_worst(worst, [None]), worst)
+
+
+def test_nsga2_failures_never_outrank_later_finite_losses() -> None:
+    opt = make_optimizer("nsga2", GENES, 1, seed=0, options={"pop_size": 8})
+    genomes = opt.ask()
+    opt.tell(genomes, [None] * len(genomes))  # penalty 1.0: nothing finite seen yet
+    genomes = opt.ask()
+    opt.tell(genomes, [[100.0 + i] for i in range(len(genomes))])
+    pop = opt._algorithm.pop  # the survivors: all finite ones beat the re-penalized failures
+    assert sorted(pop.get("F")[:, 0]) == [100.0 + i for i in range(8)]
+
+
+def test_optuna_failures_are_failed_trials() -> None:
+    from optuna.trial import TrialState
+
+    opt = make_optimizer("optuna-tpe", GENES, 1, options={"batch": 4})
+    genomes = opt.ask()
+    opt.tell(genomes, [None, [math.nan], [math.inf], [0.5]])
+    states = [t.state for t in opt._study.trials]
+    assert states == [TrialState.FAIL] * 3 + [TrialState.COMPLETE]
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_unknown_optimizer_lists_known_ones() -> None:
+    with pytest.raises(OptimizerError, match=r"unknown optimizer 'nope'; known: .*cma.*nsga2"):
+        make_optimizer("nope", GENES, 1)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "match"),
+    [
+        ("cma", {"popsiz": 4}, r"unknown option\(s\) 'popsiz'; accepted: .*popsize"),
+        ("random", {"pop_size": 4}, r"unknown option\(s\) 'pop_size'; accepted: batch"),
+        ("optuna-tpe", {"bogus": 1}, r"'bogus'; accepted: .*n_startup_trials"),
+        ("optuna-tpe", {"seed": 1}, r"'seed' is an argument of make_optimizer, not an option"),
+        ("cma", {"popsize": 1}, r"'popsize' must be an integer >= 2"),
+        ("cma", {"popsize": 4.0}, r"'popsize' must be an integer"),
+        ("cma", {"sigma0": 0}, r"'sigma0' must be a finite number > 0"),
+        ("cma", {"sigma0": -0.1}, r"'sigma0'"),
+        ("cma", {"restarts": -1}, r"'restarts' must be an integer >= 0"),
+        ("cma", {"x0": [0.5] * 5}, r"'x0' must list 6 numbers"),
+        ("cma", {"x0": [0.5] * 5 + [1.5]}, r"'x0' must list 6 numbers in \[0, 1\]"),
+        ("random", {"batch": 0}, r"'batch' must be an integer >= 1"),
+        ("nsga2", {"pop_size": 1}, r"'pop_size' must be an integer >= 2"),
+        ("optuna-tpe", {"batch": 0}, r"'batch' must be an integer >= 1"),
+        ("optuna-nsga2", {"population_size": 1}, r"bad option .*population_size"),
+    ],
+)
+def test_bad_options(name: str, options: dict, match: str) -> None:
+    with pytest.raises(OptimizerError, match=match):
+        make_optimizer(name, GENES, 1, options=options)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cmaes") is not None, reason="cmaes is installed")
+def test_optuna_cmaes_without_the_cmaes_package_says_what_to_install() -> None:
+    with pytest.raises(OptimizerError, match=r"needs the 'cmaes' package \(pip install cmaes\)"):
+        make_optimizer("optuna-cmaes", GENES, 1)
+
+
+def test_nsga3_partitions_default_to_fit_the_population() -> None:
+    opt = make_optimizer("nsga3", GENES, 3, options={"pop_size": 16})
+    assert opt.options["n_partitions"] == 4  # 15 directions; 5 partitions would need 21
+    assert len(opt.ask()) == 16
+    with pytest.raises(OptimizerError, match=r"more than pop_size=2"):
+        make_optimizer("nsga3", GENES, 3, options={"pop_size": 2})
+    with pytest.raises(OptimizerError, match=r"13 reference directions .* pop_size=8"):
+        make_optimizer("nsga3", GENES, 2, options={"pop_size": 8, "n_partitions": 12})
+
+
+@pytest.mark.parametrize("name", SINGLE)
+def test_single_objective_optimizer_asks_to_scalarize(name: str) -> None:
+    with pytest.raises(OptimizerError, match=r"single-objective .* 2 objectives; scalarize"):
+        make_optimizer(name, GENES, 2)
+
+
+@pytest.mark.parametrize(
+    ("genes", "n_objectives", "seed", "match"),
+    [
+        ([], 1, 0, r"at least one gene"),
+        ([Gene("a"), Gene("a", 3)], 1, 0, r"'a' appears twice"),
+        ([Gene("a", 1)], 1, 0, r"choices must be an integer >= 2"),
+        ([Gene("a", 2.5)], 1, 0, r"choices must be an integer >= 2"),  # type: ignore[arg-type]
+        ([Gene("a", True)], 1, 0, r"choices must be an integer >= 2"),
+        ([Gene("a")], 0, 0, r"n_objectives must be an integer >= 1"),
+        ([Gene("a")], 1, -1, r"seed must be a non-negative integer"),
+    ],
+)
+def test_bad_genes_objectives_and_seed(genes: list, n_objectives: int, seed: int, match: str):
+    with pytest.raises(OptimizerError, match=match):
+        make_optimizer("random", genes, n_objectives, seed=seed)
+
+
+def test_optimizer_error_is_an_evomerge_and_value_error() -> None:
+    assert issubclass(OptimizerError, EvomergeError) and issubclass(OptimizerError, ValueError)
+
+
+@pytest.mark.parametrize("name", ["random", "cma", "nsga2", "optuna-tpe"])
+def test_tell_must_match_the_batch_asked(name: str) -> None:
+    m = _m(name)
+    opt = _make(name)
+    with pytest.raises(OptimizerError, match=r"tell\(\) without a pending ask\(\)"):
+        opt.tell([], [])
+    genomes = opt.ask()
+    losses = [toy_loss(x, m) for x in genomes]
+    with pytest.raises(OptimizerError, match=r"ask\(\) called twice"):
+        opt.ask()
+    with pytest.raises(OptimizerError, match=r"told \d+ genomes but the batch asked has"):
+        opt.tell(genomes[:-1], losses[:-1])
+    changed = [x.copy() for x in genomes]
+    changed[1][0] = 1.0 - changed[1][0] + 1e-3
+    with pytest.raises(OptimizerError, match=r"genome 1 told differs from the one asked"):
+        opt.tell(changed, losses)
+    with pytest.raises(OptimizerError, match=r"expected \d+ losses \(one per genome\)"):
+        opt.tell(genomes, losses[:-1])
+    with pytest.raises(OptimizerError, match=rf"loss 0 has shape \(3,\), expected {m} value"):
+        opt.tell(genomes, [[1.0, 2.0, 3.0], *losses[1:]])
+    with pytest.raises(OptimizerError, match=r"loss 1 is not numeric"):
+        opt.tell(genomes, [losses[0], ["x"] * m, *losses[2:]])
+    opt.tell(genomes, losses)  # the failed attempts changed nothing
+    assert opt.ask()
+
+
+def test_scalar_losses_are_accepted_for_one_objective() -> None:
+    opt = make_optimizer("cma", GENES, 1)
+    genomes = opt.ask()
+    opt.tell(genomes, [toy_loss(x, 1)[0] for x in genomes])
+    two = make_optimizer("nsga2", GENES, 2, options={"pop_size": 4})
+    genomes = two.ask()
+    with pytest.raises(OptimizerError, match=r"expected 2 value"):
+        two.tell(genomes, [1.0] * len(genomes))
+
+
+def test_restore_rejects_foreign_states() -> None:
+    cma_state = make_optimizer("cma", GENES, 1).state()
+    with pytest.raises(OptimizerError, match=r"different optimizer \(optimizer, options differ"):
+        make_optimizer("optuna-tpe", GENES, 1).restore(cma_state)
+    with pytest.raises(OptimizerError, match=r"genes differ"):
+        make_optimizer("cma", GENES[:-1], 1).restore(cma_state)
+    with pytest.raises(OptimizerError, match=r"seed differ"):
+        make_optimizer("cma", GENES, 1, seed=1).restore(cma_state)
+    with pytest.raises(OptimizerError, match=r"options differ"):
+        make_optimizer("cma", GENES, 1, options={"sigma0": 0.3}).restore(cma_state)
+    nsga_state = make_optimizer("nsga2", GENES, 2).state()
+    with pytest.raises(OptimizerError, match=r"n_objectives differ: state has n_objectives=2"):
+        make_optimizer("nsga2", GENES, 1).restore(nsga_state)
+    with pytest.raises(OptimizerError, match=r"\(optimizer, options differ"):
+        make_optimizer("nsga3", GENES, 2).restore(nsga_state)
+    with pytest.raises(OptimizerError, match=r"unreadable state"):
+        make_optimizer("random", GENES, 1).restore(b"not a pickle")
+    with pytest.raises(OptimizerError, match=r"not an optimizer state"):
+        make_optimizer("random", GENES, 1).restore(b"\x80\x04K\x01.")  # pickle of 1
+
+
+def test_importing_the_package_loads_no_optimizer_library() -> None:
+    code = (
+        "import sys, evomerge.optimize; "
+        "print(sorted(m for m in ('cma', 'pymoo', 'optuna', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_registry() -> None:
+    assert set(OPTIMIZERS) == {
+        "random",
+        "cma",
+        "nsga2",
+        "nsga3",
+        "optuna-tpe",
+        "optuna-cmaes",
+        "optuna-nsga2",
+        "optuna-nsga3",
+        "optuna-gp",
+    }
+    assert ALIASES == {"cmaes": "cma"}
+    for name, cls in OPTIMIZERS.items():
+        assert cls.name == name and isinstance(cls.multi_objective, bool)
+    assert not OPTIMIZERS["cma"].multi_objective and not OPTIMIZERS["optuna-cmaes"].multi_objective
+    assert OPTIMIZERS["nsga2"].multi_objective and OPTIMIZERS["optuna-gp"].multi_objective
