@@ -213,3 +213,30 @@ def test_bad_runs_are_refused_and_lose_nothing(unit_zoo: Path, tmp_path: Path) -
         with pytest.raises(EvomergeError, match=pattern):
             search.start(bad, tmp_path / "bad-run", zoo=unit_zoo)
         assert not (tmp_path / "bad-run").exists()  # no half-made run left behind
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        {"name": "cma", "popsize": 4},
+        {"name": "optuna-tpe", "batch": 4, "n_startup_trials": 3},
+        {"name": "nsga3", "pop_size": 4},
+    ],
+)
+def test_every_optimizer_family_resumes_exactly(
+    unit_zoo: Path, tmp_path: Path, optimizer: dict[str, Any]
+) -> None:
+    exp = _write(tmp_path, optimizer=optimizer, budget=9)
+    s, budget = search.start(exp, tmp_path / "a", zoo=unit_zoo)
+    s.run(budget)
+    s, budget = search.start(exp, tmp_path / "b", zoo=unit_zoo)
+
+    def interrupt(ev: Evaluation) -> None:
+        if ev.number == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    assert s.run(budget, on_evaluation=interrupt).status == "interrupted"
+    s2, budget2 = search.reopen(tmp_path / "b")
+    s2.run(budget2)
+    assert _trace(tmp_path / "b") == _trace(tmp_path / "a")
+    assert len(_trace(tmp_path / "a")) == 9
