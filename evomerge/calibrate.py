@@ -36,8 +36,9 @@ def calibration_recipes(models: Sequence[Path], n_merges: int, seed: int) -> lis
         sources: dict = {"base": str(base)}
         for i, m in enumerate(others):
             sources[f"m{i}"] = {"path": str(m), "parameters": {"weight": rng.uniform(0, 1.2)}}
-        recipes.append(Recipe.from_dict({"sources": sources, "method": "task_arithmetic",
-                                         "base": "base"}))
+        recipes.append(
+            Recipe.from_dict({"sources": sources, "method": "task_arithmetic", "base": "base"})
+        )
     return recipes
 
 
@@ -48,8 +49,14 @@ def calibration_key(task: Task, models: Sequence[Path], n_merges: int, seed: int
 
 
 def build_calibration(
-    engine: Engine, task: Task, models: Sequence[Path], *, n_merges: int = 8, seed: int = 0,
-    cache_dir: Path | None = None, log: Callable[[str], None] = lambda _: None,
+    engine: Engine,
+    task: Task,
+    models: Sequence[Path],
+    *,
+    n_merges: int = 8,
+    seed: int = 0,
+    cache_dir: Path | None = None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> Calibration:
     """Score every calibration model in full (swapping each into ``engine``); cached in
     ``cache_dir`` (default :data:`CACHE_DIR`)."""

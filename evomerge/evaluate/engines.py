@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -38,21 +39,43 @@ class Engine(Protocol):
         """Greedy completions, cut at the first stop string."""
 
 
-def score_task(engine: Engine, task: Task, item_ids: Sequence[str] | None = None) -> TaskResult:
-    """Per-item scores of the engine's current weights on ``task`` (all items, or ``item_ids``)."""
+@dataclass(frozen=True)
+class PreparedTask:
+    """A task's requests, tokenized once: a search scores the same items for every candidate."""
+
+    task: Task
+    items: list[Any]
+    generation: list[GenerationRequest]
+    loglikelihood: list[LoglikelihoodRequest]
+    per_item: list[int]  # loglikelihood requests per item
+
+
+def prepare(engine: Engine, task: Task, item_ids: Sequence[str] | None = None) -> PreparedTask:
     items = task.items if item_ids is None else task.subset(item_ids)
-    scores: dict[str, float] = {}
     if task.spec.kind == "generate":
         reqs = task.generation_requests(engine.tokenizer, items, engine.max_length)
-        for it, text in zip(items, engine.generate(reqs), strict=True):
+        return PreparedTask(task, items, list(reqs), [], [])
+    per_item = task.loglikelihood_requests(engine.tokenizer, items, engine.max_length)
+    flat = [r for reqs in per_item for r in reqs]
+    return PreparedTask(task, items, [], flat, [len(r) for r in per_item])
+
+
+def score_prepared(engine: Engine, prep: PreparedTask) -> TaskResult:
+    """Per-item scores of the engine's current weights on prepared requests."""
+    task, scores = prep.task, {}
+    if task.spec.kind == "generate":
+        for it, text in zip(prep.items, engine.generate(prep.generation), strict=True):
             scores[it.id] = task.score_generation(it, text)
     else:
-        per_item = task.loglikelihood_requests(engine.tokenizer, items, engine.max_length)
-        flat = [r for reqs in per_item for r in reqs]
-        results = iter(engine.loglikelihood(flat))
-        for it, reqs in zip(items, per_item, strict=True):
-            scores[it.id] = task.score_loglikelihood(it, [next(results) for _ in reqs])
+        results = iter(engine.loglikelihood(prep.loglikelihood))
+        for it, n in zip(prep.items, prep.per_item, strict=True):
+            scores[it.id] = task.score_loglikelihood(it, [next(results) for _ in range(n)])
     return TaskResult(task.name, task.metric, task.higher_is_better, scores)
+
+
+def score_task(engine: Engine, task: Task, item_ids: Sequence[str] | None = None) -> TaskResult:
+    """Per-item scores of the engine's current weights on ``task`` (all items, or ``item_ids``)."""
+    return score_prepared(engine, prepare(engine, task, item_ids))
 
 
 def timed_score(

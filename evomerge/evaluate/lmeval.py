@@ -42,9 +42,16 @@ if TYPE_CHECKING:
     class EngineLM(LM):  # the real class is built on first use: see __getattr__ below
         engine: Engine
 
-        def __init__(self, engine: Engine, *, batch_size: int | None = None,
-                     add_bos_token: bool | None = None, prefix_token_id: int | None = None,
-                     max_gen_toks: int = 256) -> None: ...
+        def __init__(
+            self,
+            engine: Engine,
+            *,
+            batch_size: int | None = None,
+            add_bos_token: bool | None = None,
+            prefix_token_id: int | None = None,
+            max_gen_toks: int = 256,
+        ) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +131,10 @@ def _engine_lm_class() -> type:
             if prefix_token_id is None:
                 prefix_token_id = tok.eos_token_id
             if prefix_token_id is None:
-                raise LMEvalError("the engine's tokenizer has neither a BOS nor an EOS token: "
-                                  "pass prefix_token_id")
+                raise LMEvalError(
+                    "the engine's tokenizer has neither a BOS nor an EOS token: "
+                    "pass prefix_token_id"
+                )
             self.prefix_token_id = int(prefix_token_id)
             self._warned_sampling = False
 
@@ -156,8 +165,10 @@ def _engine_lm_class() -> type:
             if special is None:
                 special = self.add_bos_token
             if special is not None:
-                return [list(x) for x in self.tokenizer(list(texts),
-                                                        add_special_tokens=special)["input_ids"]]
+                return [
+                    list(x)
+                    for x in self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+                ]
             bos = self.tokenizer.bos_token
             plain = [i for i, t in enumerate(texts) if not (bos and t.startswith(bos))]
             out: list[list[int]] = [[] for _ in texts]
@@ -210,8 +221,9 @@ def _engine_lm_class() -> type:
             return out
 
         # -- the three request types -------------------------------------------------------
-        def loglikelihood(self, requests: list[Any], disable_tqdm: bool = False
-                          ) -> list[tuple[float, bool]]:
+        def loglikelihood(
+            self, requests: list[Any], disable_tqdm: bool = False
+        ) -> list[tuple[float, bool]]:
             args = [tuple(r.args) for r in requests]
             encoded = self._pairs([(c, x) for c, x in args])
             todo = [i for i, (_, cont) in enumerate(encoded) if cont]
@@ -223,8 +235,9 @@ def _engine_lm_class() -> type:
                 self.cache_hook.add_partial("loglikelihood", a, o)
             return out
 
-        def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False
-                                  ) -> list[float]:
+        def loglikelihood_rolling(
+            self, requests: list[Any], disable_tqdm: bool = False
+        ) -> list[float]:
             """Whole-text log-likelihoods over rolling windows. A window holds context plus
             continuation, so it spans the engine's ``max_length`` tokens (lm-eval's hf model
             feeds ``max_length`` tokens to score ``max_length + 1``: long texts may split one
@@ -234,8 +247,10 @@ def _engine_lm_class() -> type:
             reqs: list[LoglikelihoodRequest] = []
             for n, tokens in enumerate(self._encode(texts, special=False)):
                 windows = utils.get_rolling_token_windows(
-                    token_list=tokens, prefix_token=self.prefix_token_id,
-                    max_seq_len=max(1, self.max_length - 1), context_len=1,
+                    token_list=tokens,
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=max(1, self.max_length - 1),
+                    context_len=1,
                 )
                 for ctx, cont in map(utils.make_disjoint_window, windows):
                     reqs.append(self._fit(list(ctx), list(cont)))
@@ -255,15 +270,21 @@ def _engine_lm_class() -> type:
             for ctx, kw in zip(encoded, kwargs, strict=True):
                 until = kw.get("until") or []
                 until = [until] if isinstance(until, str) else list(until)
-                max_new = next((int(kw[k]) for k in ("max_gen_toks", "max_new_tokens",
-                                                     "max_tokens") if kw.get(k) is not None),
-                               self.max_gen_toks)
+                max_new = next(
+                    (
+                        int(kw[k])
+                        for k in ("max_gen_toks", "max_new_tokens", "max_tokens")
+                        if kw.get(k) is not None
+                    ),
+                    self.max_gen_toks,
+                )
                 max_new = max(1, min(max_new, self.max_length - 1))
-                if (kw.get("do_sample") or float(kw.get("temperature") or 0.0) > 0.0) and \
-                        not self._warned_sampling:
+                if (
+                    kw.get("do_sample") or float(kw.get("temperature") or 0.0) > 0.0
+                ) and not self._warned_sampling:
                     log.warning("EngineLM decodes greedily: do_sample/temperature ignored")
                     self._warned_sampling = True
-                prompt = ctx[-(self.max_length - max_new):] or [self.prefix_token_id]
+                prompt = ctx[-(self.max_length - max_new) :] or [self.prefix_token_id]
                 reqs.append(GenerationRequest(tuple(prompt), max_new, tuple(until)))
             step = self.batch_size or max(1, len(reqs))
             out: list[str] = []
@@ -316,8 +337,9 @@ def _task_manager(include: tuple[str, ...], defaults: bool) -> Any:
     key = (include, defaults)
     if key not in _MANAGERS:
         tasks = _lm_eval().tasks
-        _MANAGERS[key] = tasks.TaskManager(include_path=list(include) or None,
-                                           include_defaults=defaults)
+        _MANAGERS[key] = tasks.TaskManager(
+            include_path=list(include) or None, include_defaults=defaults
+        )
     return _MANAGERS[key]
 
 
@@ -466,8 +488,9 @@ class LMEvalObjective:
         try:
             return self._tasks[name]
         except KeyError:
-            raise LMEvalError(f"{name!r} is not one of this objective's tasks "
-                              f"{self.tasks}") from None
+            raise LMEvalError(
+                f"{name!r} is not one of this objective's tasks {self.tasks}"
+            ) from None
 
     # -- scoring -----------------------------------------------------------------------------
     def __call__(self, model: Any) -> dict[str, float]:
@@ -507,15 +530,20 @@ class LMEvalObjective:
             task.set_fewshot_seed(seed=self.fewshot_seed)
         try:
             out = lm_eval.evaluator.evaluate(
-                lm=lm, task_dict=self._task_dict, bootstrap_iters=0,
-                log_samples=per_item, **kwargs,
+                lm=lm,
+                task_dict=self._task_dict,
+                bootstrap_iters=0,
+                log_samples=per_item,
+                **kwargs,
             )
         except TypeError as e:
             if "samples" in kwargs and "samples" in str(e):
                 raise LMEvalError("scoring a subset of items needs lm-eval >= 0.4.9") from e
             raise
-        sizes = {name: len(kwargs["samples"][name]) if items is not None
-                 else len(self.item_ids(name)) for name in self.tasks}
+        sizes = {
+            name: len(kwargs["samples"][name]) if items is not None else len(self.item_ids(name))
+            for name in self.tasks
+        }
         return self._collect(out, per_item, sizes)
 
     def _doc_indices(self, task: str, ids: Sequence[str]) -> list[int]:
@@ -547,8 +575,9 @@ class LMEvalObjective:
             raise LMEvalError(f"{name}: no metric {wanted!r}; lm-eval reported {keys}")
         return f"{wanted},none" if f"{wanted},none" in match else match[0]
 
-    def _collect(self, out: Mapping[str, Any], per_item: bool, sizes: Mapping[str, int]
-                 ) -> dict[str, LMEvalResult]:
+    def _collect(
+        self, out: Mapping[str, Any], per_item: bool, sizes: Mapping[str, int]
+    ) -> dict[str, LMEvalResult]:
         rows = {**out.get("results", {}), **out.get("groups", {})}
         hib = out.get("higher_is_better", {})
         samples = out.get("samples") or {}
@@ -568,7 +597,8 @@ class LMEvalObjective:
                     leaf_scores = self._item_scores(leaf, samples.get(leaf, []), metric, filt)
                     scores.update({f"{leaf}/{k}": v for k, v in leaf_scores.items()})
             results[name] = LMEvalResult(
-                task=name, metric=key,
+                task=name,
+                metric=key,
                 value=float(value) if isinstance(value, (int, float)) else math.nan,
                 higher_is_better=bool(hib.get(name, {}).get(metric, True)),
                 n_items=sum(sizes[leaf] for leaf in leaves),
@@ -586,8 +616,9 @@ class LMEvalObjective:
         return out
 
     @staticmethod
-    def _item_scores(task: str, samples: Sequence[Mapping[str, Any]], metric: str,
-                     filt: str) -> dict[str, float]:
+    def _item_scores(
+        task: str, samples: Sequence[Mapping[str, Any]], metric: str, filt: str
+    ) -> dict[str, float]:
         scores: dict[str, float] = {}
         for s in samples:
             if filt and s.get("filter", filt) != filt:
@@ -615,9 +646,9 @@ def score_lmeval(
 ) -> dict[str, float]:
     """Each task's main metric (or ``metric``) for the engine's current weights. The loaded tasks
     are kept for the next call with the same arguments."""
-    key = (tuple(str(t) for t in tasks), str(include_path) if include_path else None, limit,
-           metric)
+    key = (tuple(str(t) for t in tasks), str(include_path) if include_path else None, limit, metric)
     if key not in _OBJECTIVES:
-        _OBJECTIVES[key] = LMEvalObjective(tasks, include_path=include_path, limit=limit,
-                                           metric=metric)
+        _OBJECTIVES[key] = LMEvalObjective(
+            tasks, include_path=include_path, limit=limit, metric=metric
+        )
     return _OBJECTIVES[key](engine)

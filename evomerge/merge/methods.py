@@ -18,8 +18,11 @@ the original's (not the 1/density of the DARE paper); we do the same.
 from __future__ import annotations
 
 import math
+import os
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -173,7 +176,41 @@ def _magnitude_outliers(
     return _rescale_l1(delta, kept) if rescale else kept
 
 
+class _DrawCache:
+    """Recently used random draws, bounded in bytes. A search merges the same tensors with the
+    same seeds for every candidate (only densities and weights change), so DARE/DELLA masks
+    re-use their draws instead of re-hashing every element. Callers must not modify them."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._items: OrderedDict[tuple[Any, ...], torch.Tensor] = OrderedDict()
+
+    def get(self, key: tuple[Any, ...], make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+            return hit
+        t = make()
+        size = t.numel() * t.element_size()
+        if size <= self.max_bytes:
+            self._items[key] = t
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= old.numel() * old.element_size()
+        return t
+
+
+_DRAWS = _DrawCache(int(float(os.environ.get("EVOMERGE_DRAW_CACHE_MB", "256")) * 2**20))
+
+
 def uniform(shape: torch.Size | tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
+    """Uniform [0, 1) floats (shared and cached: do not modify the result); see :func:`_uniform`."""
+    key = (tuple(shape), seed, str(device))
+    return _DRAWS.get(key, lambda: _uniform(shape, seed, device))
+
+
+def _uniform(shape: torch.Size | tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
     """Uniform [0, 1) floats from a 32-bit integer hash (lowbias32) of each element's index.
 
     int32 products wrap identically on every device, so the draw is device independent, unlike

@@ -14,7 +14,7 @@ import torch
 from evomerge.archive import Evaluation
 from evomerge.checkpoint import ModelSource
 from evomerge.errors import EvomergeError
-from evomerge.evaluate.engines import score_task
+from evomerge.evaluate.engines import PreparedTask, prepare, score_prepared, score_task
 from evomerge.evaluate.estimators import Estimate, Estimator, make_estimator, should_promote
 from evomerge.evaluate.hf import HFEngine
 from evomerge.evaluate.tasks import Task, load_task
@@ -29,6 +29,7 @@ class _Objective:
     task: Task | None
     estimator: Estimator | None
     item_ids: list[str]
+    prepared: PreparedTask | None = None
 
     @property
     def direction(self) -> str:
@@ -107,6 +108,7 @@ class LocalWorker:
                     )
                 )
             ob.item_ids = ob.estimator.select(ob.task.item_ids)  # the same items for everyone
+            ob.prepared = prepare(self.engine, ob.task, ob.item_ids)
 
     @property
     def directions(self) -> list[str]:
@@ -171,7 +173,8 @@ class LocalWorker:
                 continue
             assert ob.estimator is not None
             t0 = time.perf_counter()
-            res = score_task(self.engine, ob.task, ob.item_ids)
+            assert ob.prepared is not None
+            res = score_prepared(self.engine, ob.prepared)
             t1 = time.perf_counter()
             out.append(ob.estimator.estimate(res.scores, ob.task.item_ids))
             timings[f"score:{ob.spec.label}"] = timings.get(f"score:{ob.spec.label}", 0.0) + (
