@@ -26,9 +26,14 @@ class _Spec(BaseModel):
 
 
 class ObjectiveSpec(_Spec):
-    """A fitness task scored by an estimator, or a cost of the merged model."""
+    """A fitness task or an lm-evaluation-harness task, scored by an estimator; or a cost of the
+    merged model."""
 
     task: str | None = None  # fitness/NAME.yaml or a path
+    lmeval: str | None = None  # an lm-eval task name or task YAML (one task, not a group)
+    include_path: str | None = None  # lm-eval: a directory of task YAMLs
+    metric: str | None = None  # lm-eval: which metric (default: the task's first)
+    direction: Literal["maximize", "minimize"] | None = None  # lm-eval (default maximize)
     estimator: str = "full"
     cost: Literal["params", "layers"] | None = None
     name: str | None = None
@@ -37,8 +42,8 @@ class ObjectiveSpec(_Spec):
 
     @model_validator(mode="after")
     def _one_kind(self) -> ObjectiveSpec:
-        if (self.task is None) == (self.cost is None):
-            raise ValueError("an objective names exactly one of `task:` or `cost:`")
+        if sum(x is not None for x in (self.task, self.lmeval, self.cost)) != 1:
+            raise ValueError("an objective names exactly one of `task:`, `lmeval:` or `cost:`")
         if self.cost is not None and self.reference is None:
             raise ValueError(
                 f"cost {self.cost!r} needs `reference:` (the largest value that still counts "
@@ -48,7 +53,10 @@ class ObjectiveSpec(_Spec):
 
     @property
     def label(self) -> str:
-        return self.name or self.task or str(self.cost)
+        ref = self.task or self.lmeval
+        if ref is not None and ref.endswith((".yaml", ".yml")):
+            ref = Path(ref).stem  # a task file: its name, not its path
+        return self.name or ref or str(self.cost)
 
 
 class OptimizerSpec(_Spec):

@@ -240,3 +240,36 @@ def test_every_optimizer_family_resumes_exactly(
     s2.run(budget2)
     assert _trace(tmp_path / "b") == _trace(tmp_path / "a")
     assert len(_trace(tmp_path / "a")) == 9
+
+
+def test_lmeval_objective_and_promotion(family: dict[str, Path], tmp_path: Path) -> None:
+    """An lm-evaluation-harness task as an objective, estimated on a subset; candidates that
+    could enter the front are promoted to the full item set."""
+    pytest.importorskip("lm_eval")
+    data = Path(__file__).parent / "data" / "lmeval"
+    task = tmp_path / "tiny_mc.yaml"
+    task.write_text((data / "tiny_mc.yaml").read_text().replace("@DATA_DIR@", str(data)))
+    exp = {
+        "name": "lmeval-search",
+        "sources": {k: str(v) for k, v in family.items()},
+        "base": "base",
+        "space": "task_arithmetic-per-layer",
+        "space_options": {"granularity": 3},
+        "objectives": [
+            {"lmeval": str(task), "estimator": "subsample:5", "metric": "acc"},
+            {"cost": "params", "reference": 1e6},
+        ],
+        "optimizer": {"name": "random", "batch": 3},
+        "budget": 3,
+        "promotion": {"enabled": True},
+        "workers": {"threads": 1},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    s, budget = search.start(path, tmp_path / "run", zoo=None)
+    s.run(budget)
+    evs = s.archive.evaluations
+    assert all(e.ok for e in evs), [e.error for e in evs]
+    assert evs[0].fidelity["tiny_mc"] == 1.0  # the first candidate always enters the front
+    assert {e.fidelity["tiny_mc"] for e in evs} <= {5 / 20, 1.0}
+    assert all(0.0 <= e.values[0] <= 1.0 for e in evs if e.values)

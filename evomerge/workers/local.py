@@ -8,6 +8,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,16 +31,26 @@ class _Objective:
     estimator: Estimator | None
     item_ids: list[str]
     prepared: PreparedTask | None = None
+    lmeval: Any = None  # an LMEvalObjective holding one task
+    all_ids: list[str] | None = None
 
     @property
     def direction(self) -> str:
+        if self.lmeval is not None:
+            return self.spec.direction or "maximize"
         if self.task is None:
             return "minimize"  # costs
         return "maximize" if self.task.higher_is_better else "minimize"
 
     @property
     def metric(self) -> str | None:
+        if self.lmeval is not None:
+            return self.spec.metric or "acc"
         return self.task.metric if self.task else None
+
+    @property
+    def scored(self) -> bool:
+        return self.task is not None or self.lmeval is not None
 
 
 class _Timed:
@@ -67,6 +78,19 @@ def load_objectives(experiment: Experiment, zoo: Path | None) -> list[_Objective
     for o in experiment.objectives:
         if o.cost is not None:
             out.append(_Objective(o, None, None, []))
+            continue
+        if o.lmeval is not None:
+            from evomerge.evaluate.lmeval import LMEvalError, LMEvalObjective
+
+            lm = LMEvalObjective([o.lmeval], include_path=o.include_path, metric=o.metric)
+            if len(lm.tasks) != 1:
+                raise LMEvalError(
+                    f"objective {o.label!r}: {o.lmeval!r} is a group of {len(lm.tasks)} tasks; "
+                    "name one task per objective"
+                )
+            est = make_estimator(o.estimator, experiment.seed)
+            ids = lm.item_ids(lm.tasks[0])
+            out.append(_Objective(o, None, est, [], lmeval=lm, all_ids=ids))
             continue
         assert o.task is not None
         task = load_task(o.task, zoo=zoo)
@@ -97,6 +121,14 @@ class LocalWorker:
         self.device = w.device
         calib_models = [Path(ref), *(Path(p) for n, p in sorted(sources.items()) if p != ref)]
         for ob in self.objectives:
+            if ob.lmeval is not None and ob.estimator is not None and ob.all_ids is not None:
+                if ob.estimator.needs_calibration:
+                    raise EvomergeError(
+                        f"objective {ob.spec.label!r}: anchor/IRT estimators need a calibration "
+                        "set; for lm-eval objectives use full or subsample:K"
+                    )
+                ob.item_ids = ob.estimator.select(ob.all_ids)
+                continue
             if ob.estimator is None or ob.task is None:
                 continue
             if ob.estimator.needs_calibration:
@@ -168,6 +200,16 @@ class LocalWorker:
     ) -> list[Estimate | float]:
         out: list[Estimate | float] = []
         for ob in objectives:
+            if ob.lmeval is not None:
+                assert ob.estimator is not None and ob.all_ids is not None
+                t0 = time.perf_counter()
+                name = ob.lmeval.tasks[0]
+                res = ob.lmeval.evaluate(self.engine, items={name: ob.item_ids}, per_item=True)
+                t1 = time.perf_counter()
+                out.append(ob.estimator.estimate(res[name].scores, ob.all_ids))
+                key = f"score:{ob.spec.label}"
+                timings[key] = timings.get(key, 0.0) + t1 - t0
+                continue
             if ob.task is None:
                 out.append(_cost(mp, ob.spec.cost))
                 continue
@@ -188,11 +230,19 @@ class LocalWorker:
     ) -> list[Estimate | float]:
         out = list(results)
         for i, (ob, r) in enumerate(zip(self.objectives, results, strict=True)):
-            if isinstance(r, Estimate) and r.fidelity < 1.0 and ob.task is not None:
-                t0 = time.perf_counter()
-                res = score_task(self.engine, ob.task)
-                timings[f"score:{ob.spec.label}"] += time.perf_counter() - t0
-                out[i] = make_estimator("full").estimate(res.scores, ob.task.item_ids)
+            if not (isinstance(r, Estimate) and r.fidelity < 1.0):
+                continue
+            t0 = time.perf_counter()
+            if ob.task is not None:
+                scores, ids = score_task(self.engine, ob.task).scores, ob.task.item_ids
+            else:
+                assert ob.lmeval is not None and ob.all_ids is not None
+                name, ids = ob.lmeval.tasks[0], ob.all_ids
+                scores = ob.lmeval.evaluate(self.engine, items={name: ids}, per_item=True)[
+                    name
+                ].scores
+            timings[f"score:{ob.spec.label}"] += time.perf_counter() - t0
+            out[i] = make_estimator("full").estimate(scores, ids)
         timings["promoted"] = 1.0
         return out
 
