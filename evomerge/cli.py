@@ -271,7 +271,10 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory")]) -> 
     evs = archive.evaluations
     t = Table(title=f"run {run_dir}", show_header=False)
     t.add_row("experiment", str(info.get("experiment_file")))
-    t.add_row("status", str(info.get("status")))
+    state = str(info.get("status"))
+    if state == "running" and not _alive(info.get("pid")):
+        state = "stopped unexpectedly — `evomerge resume` continues it"
+    t.add_row("status", state)
     t.add_row("evaluations", f"{len(evs)} of {info.get('budget')}")
     t.add_row("failed", str(sum(not e.ok for e in evs)))
     t.add_row("front size", str(len(archive.front())))
@@ -452,6 +455,16 @@ def eval_(
             f"{time.perf_counter() - t0:.1f}",
         )
     console.print(table)
+
+
+def _alive(pid: Any) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _parse_size(text: str) -> int:
