@@ -63,20 +63,24 @@ def reference(unit_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "run"
 
 
-@pytest.mark.parametrize("stop_at", [0, 5, 7])  # first, mid-batch, a batch's last candidate
-def test_sigint_then_resume_equals_uninterrupted(
-    unit_zoo: Path, tmp_path: Path, reference: Path, stop_at: int
+@pytest.mark.parametrize(
+    ("stop_at", "sig"),  # the first candidate, mid-batch, a batch's last candidate
+    [(0, signal.SIGINT), (5, signal.SIGTERM), (7, signal.SIGINT)],
+)
+def test_signal_then_resume_equals_uninterrupted(
+    unit_zoo: Path, tmp_path: Path, reference: Path, stop_at: int, sig: signal.Signals
 ) -> None:
     run_dir = tmp_path / "run"
     s, budget = search.start(_write(tmp_path), run_dir, zoo=unit_zoo)
 
     def interrupt(ev: Evaluation) -> None:
         if ev.number == stop_at:
-            os.kill(os.getpid(), signal.SIGINT)  # the real signal, through the real handler
+            os.kill(os.getpid(), sig)  # the real signal, through the real handler
 
     out = s.run(budget, on_evaluation=interrupt)
     assert out.status == "interrupted" and out.evaluations == stop_at + 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     s2, budget2 = search.reopen(run_dir)
     out2 = s2.run(budget2)
     assert out2.status == "finished"
