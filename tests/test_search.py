@@ -277,3 +277,14 @@ def test_lmeval_objective_and_promotion(family: dict[str, Path], tmp_path: Path)
     assert evs[0].fidelity["tiny_mc"] == 1.0  # the first candidate always enters the front
     assert {e.fidelity["tiny_mc"] for e in evs} <= {5 / 20, 1.0}
     assert all(0.0 <= e.values[0] <= 1.0 for e in evs if e.values)
+
+
+def test_time_limit_stops_resumably(unit_zoo: Path, tmp_path: Path, reference: Path) -> None:
+    s, budget = search.start(_write(tmp_path), tmp_path / "run", zoo=unit_zoo)
+    out = s.run(budget, hours=1e-9)  # the limit has passed before the first candidate
+    assert (out.status, out.evaluations) == ("time limit", 0)
+    info = search.summary(tmp_path / "run")
+    assert info["status"] == "time limit" and info["trials"] == 0
+    s2, total = search.reopen(tmp_path / "run")
+    assert s2.run(total).status == "finished"
+    assert _trace(tmp_path / "run") == _trace(reference)
