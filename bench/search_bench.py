@@ -184,23 +184,33 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="evomerge-bench-"))
     results: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     t0 = time.perf_counter()
-    grid = run_grid(args.zoo, args.k, args.budget, work)
-    grid_best = max(float(np.mean(v)) for v in grid)
-    results["grid"] = {
-        "curve": curve(grid, args.step),
-        "to_reach": to_reach(grid, grid_best),
-        "n": len(grid),
-        "wall": time.perf_counter() - t0,
-    }
-    print(f"grid: {len(grid)} uniform merges, best mean {grid_best:.4f}", flush=True)
-    strategies = {
+    if args.no_grid:
+        grid_best, n_evals = float(args.grid_best or 0.0), args.budget
+    else:
+        grid = run_grid(args.zoo, args.k, args.budget, work)
+        grid_best, n_evals = max(float(np.mean(v)) for v in grid), len(grid)
+        results["grid"] = {
+            "curve": curve(grid, args.step),
+            "to_reach": to_reach(grid, grid_best),
+            "n": len(grid),
+            "wall": time.perf_counter() - t0,
+        }
+        print(
+            f"grid: {len(grid)} uniform merges, best mean {grid_best:.4f}, "
+            f"HV {hypervolume(grid):.4f}",
+            flush=True,
+        )
+    known = {
         "random": {"name": "random", "batch": args.step},
         "cma": {"name": "cma", "popsize": args.step, "sigma0": 0.25},
         "nsga2": {"name": "nsga2", "pop_size": args.step},
+        "nsga3": {"name": "nsga3", "pop_size": args.step},
+        "optuna-tpe": {"name": "optuna-tpe", "batch": args.step},
     }
+    strategies = {k: known[k] for k in args.strategies}
     for name, opt in strategies.items():
         for seed in args.seeds:
-            r = run_search(args.zoo, experiment(opt, args.k, len(grid), seed), work)
+            r = run_search(args.zoo, experiment(opt, args.k, n_evals, seed), work)
             v = r["values"]
             results.setdefault(name, []).append(
                 {
