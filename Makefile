@@ -28,6 +28,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/materialize_throughput.py
+	$(BIN)/python bench/search_bench.py --budget 96 --k 200 --seeds 0 1 2 --timing
 
 clean:
 	rm -rf $(VENV) .cache
