@@ -41,11 +41,15 @@ def front_table(archive: Archive, title: str = "Pareto front") -> Table:
     t.add_column("recipe")
     for row in front_rows(archive):
         fid = row["fidelity"]
-        items = (
-            "full"
-            if all(v >= 1 for v in fid.values())
-            else ", ".join(f"{k} {v:.0%}" for k, v in fid.items())
-        )
+        shares = sorted(set(fid.values()))
+        if not shares:
+            items = "-"
+        elif shares == [1.0]:
+            items = "full"
+        elif len(shares) == 1:  # the same share of every task's items
+            items = f"{shares[0]:.0%}"
+        else:
+            items = ", ".join(f"{k} {v:.0%}" for k, v in fid.items())
         t.add_row(
             f"{row['trial']}{' (knee)' if row['knee'] else ''}",
             *[_fmt(row[o]) for o in archive.objectives],

@@ -288,3 +288,26 @@ def test_time_limit_stops_resumably(unit_zoo: Path, tmp_path: Path, reference: P
     s2, total = search.reopen(tmp_path / "run")
     assert s2.run(total).status == "finished"
     assert _trace(tmp_path / "run") == _trace(reference)
+
+
+def test_exported_knee_scores_as_recorded(unit_zoo: Path, reference: Path, tmp_path: Path) -> None:
+    """The checkpoint exported from the archive is the model that was scored: loaded from disk,
+    it gives exactly the recorded objective values on the same items."""
+    from evomerge.evaluate.engines import score_task
+    from evomerge.evaluate.estimators import make_estimator
+    from evomerge.evaluate.hf import HFEngine
+    from evomerge.evaluate.tasks import load_task
+    from evomerge.merge.materialize import merge_to_dir
+    from evomerge.recipe import Recipe
+
+    s, _ = search.reopen(reference, budget=13)
+    knee = s.archive.knee()
+    assert knee is not None and knee.values is not None
+    out = merge_to_dir(Recipe.from_dict(yaml.safe_load(knee.recipe)), tmp_path / "knee")
+    engine = HFEngine(out)
+    for name, recorded in zip(["rev9", "shift3"], knee.values, strict=True):
+        task = load_task(name, zoo=unit_zoo)
+        est = make_estimator("subsample:8", EXPERIMENT["seed"])
+        ids = est.select(task.item_ids)
+        value = est.estimate(score_task(engine, task, ids).scores, task.item_ids).value
+        assert value == pytest.approx(recorded, abs=1e-9)
