@@ -311,3 +311,31 @@ def test_exported_knee_scores_as_recorded(unit_zoo: Path, reference: Path, tmp_p
         ids = est.select(task.item_ids)
         value = est.estimate(score_task(engine, task, ids).scores, task.item_ids).value
         assert value == pytest.approx(recorded, abs=1e-9)
+
+
+@pytest.mark.parametrize("space", ["routing", "ps-dfs", "layers"])
+def test_routing_spaces_search_end_to_end(unit_zoo: Path, tmp_path: Path, space: str) -> None:
+    """Depth-changing candidates (slots dropped or repeated, scales folded) go through the
+    resident engine; `status` reads the run while it runs."""
+    exp = _write(
+        tmp_path,
+        space=space,
+        space_options={},
+        objectives=[
+            {"task": "rev9", "estimator": "subsample:8"},
+            {"cost": "layers", "reference": 40},
+        ],
+        optimizer={"name": "random", "batch": 4},
+        budget=4,
+    )
+    run_dir = tmp_path / "run"
+    s, budget = search.start(exp, run_dir, zoo=unit_zoo)
+    live: list[int] = []
+    s.run(budget, on_evaluation=lambda e: live.append(search.summary(run_dir)["trials"]))
+    assert live == [1, 2, 3, 4]  # readable (and up to date) while the run writes
+    evs = s.archive.evaluations
+    assert len(evs) == 4
+    for e in evs:
+        assert e.ok or "no layers" in (e.error or ""), e.error
+    depths = {e.values[1] for e in evs if e.values}
+    assert depths and all(1 <= d <= 24 for d in depths)
