@@ -71,6 +71,7 @@ class Archive:
         directions: Sequence[str],
         genes: Sequence[Gene],
         experiment_hash: str,
+        study_name: str = STUDY_NAME,
     ) -> None:
         optuna.logging.get_logger("optuna").setLevel(logging.WARNING)
         self.objectives, self.directions = list(objectives), list(directions)
@@ -79,7 +80,7 @@ class Archive:
         try:
             self.study = optuna.create_study(
                 storage=storage,
-                study_name=STUDY_NAME,
+                study_name=study_name,
                 directions=self.directions,
                 load_if_exists=True,
             )

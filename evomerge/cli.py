@@ -197,12 +197,12 @@ def _open_archive(run_dir: Path) -> Any:
     """The archive of a run, read from its storage alone (no models are opened)."""
     import optuna
 
-    from evomerge.archive import STUDY_NAME, Archive
+    from evomerge.archive import Archive
     from evomerge.optimize.base import Gene
-    from evomerge.search import _read_run, storage_url
+    from evomerge.search import _read_run, storage_url, study_name
 
     info = _read_run(run_dir)
-    study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir))
+    study = optuna.load_study(study_name=study_name(run_dir), storage=storage_url(run_dir))
     trials = study.get_trials(deepcopy=False)
     genes = []
     if trials:
@@ -212,6 +212,7 @@ def _open_archive(run_dir: Path) -> Any:
             )
     return Archive(
         storage_url(run_dir),
+        study_name=study_name(run_dir),
         objectives=study.user_attrs.get("objectives", []),
         directions=[d.name.lower() for d in study.directions],
         genes=genes,

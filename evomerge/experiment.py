@@ -100,6 +100,7 @@ class Experiment(_Spec):
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    storage: str | None = None  # SQLAlchemy URL of the archive; default: SQLite in the run dir
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.archive import Archive, Evaluation
+from evomerge.archive import STUDY_NAME, Archive, Evaluation
 from evomerge.errors import EvomergeError
 from evomerge.experiment import Experiment, ExperimentError
 from evomerge.optimize import ALIASES, OPTIMIZERS, make_optimizer
@@ -69,7 +69,20 @@ class Outcome:
 
 
 def storage_url(run_dir: Path) -> str:
+    """The run's archive: the experiment's ``storage:`` URL, else SQLite in the run dir."""
+    info_file = run_dir / RUN_FILE
+    if info_file.exists():
+        url = json.loads(info_file.read_text()).get("storage")
+        if url:
+            return str(url)
     return f"sqlite:///{(run_dir / ARCHIVE_FILE).resolve()}"
+
+
+def study_name(run_dir: Path) -> str:
+    info_file = run_dir / RUN_FILE
+    if info_file.exists():
+        return str(json.loads(info_file.read_text()).get("study_name", STUDY_NAME))
+    return STUDY_NAME
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -155,6 +168,7 @@ class Search:
         ]
         self.archive = Archive(
             storage_url(run_dir),
+            study_name=study_name(run_dir),
             objectives=self.labels,
             directions=self.directions,
             genes=self.space.genes,
@@ -338,6 +352,13 @@ def start(
         "experiment_file": str(Path(experiment_file).resolve()),
         "zoo": str(zoo) if zoo else None,
         "budget": budget or experiment.budget,
+        # a shared database holds many runs: each gets its own study there
+        "storage": experiment.storage,
+        "study_name": (
+            STUDY_NAME
+            if experiment.storage is None
+            else f"{experiment.name}-{experiment.content_hash()}"
+        ),
         "status": "starting",
         "created": time.time(),
         "pid": os.getpid(),
@@ -399,9 +420,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
     info = _read_run(run_dir)
     import optuna
 
-    from evomerge.archive import STUDY_NAME
-
-    study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir))
+    study = optuna.load_study(study_name=study_name(run_dir), storage=storage_url(run_dir))
     trials = study.get_trials(deepcopy=False)
     failed = sum(t.state.name == "FAIL" for t in trials)
     info.update(trials=len(trials), failed=failed, objectives=study.user_attrs.get("objectives"))

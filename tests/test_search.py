@@ -339,3 +339,23 @@ def test_routing_spaces_search_end_to_end(unit_zoo: Path, tmp_path: Path, space:
         assert e.ok or "no layers" in (e.error or ""), e.error
     depths = {e.values[1] for e in evs if e.values}
     assert depths and all(1 <= d <= 24 for d in depths)
+
+
+def test_runs_share_an_external_database(unit_zoo: Path, tmp_path: Path) -> None:
+    """`storage:` puts the archive in any SQLAlchemy database; each run is its own study."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    for seed in (1, 2):
+        exp = _write(
+            tmp_path,
+            f"e{seed}.yaml",
+            seed=seed,
+            budget=2,
+            storage=url,
+            optimizer={"name": "random", "batch": 2},
+        )
+        s, budget = search.start(exp, tmp_path / f"run{seed}", zoo=unit_zoo)
+        s.run(budget)
+        assert not (tmp_path / f"run{seed}" / search.ARCHIVE_FILE).exists()
+        assert search.summary(tmp_path / f"run{seed}")["trials"] == 2
+    names = optuna.get_all_study_names(storage=url)
+    assert len(names) == 2 and all(n.startswith("unit-search-") for n in names)
