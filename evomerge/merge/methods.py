@@ -291,18 +291,21 @@ def _task_arithmetic_family(
             )
     w = torch.tensor(weights, dtype=base.dtype, device=base.device).view(-1, *([1] * base.dim()))
     deltas.mul_(w)
+    normalize = bool(p.shared.get("normalize", False))
     if consensus:
         majority = deltas.sum(dim=0) >= 0
         agree = (deltas.sign() == (majority.to(base.dtype) * 2 - 1)).to(base.dtype)
         mixed = (deltas * agree).sum(dim=0)
-        divisor = (w * agree).sum(dim=0)
-        divisor[divisor == 0] = 1
+        if normalize:  # the divisor is a full pass of its own: only when it is used
+            divisor = (w * agree).sum(dim=0)
+            divisor[divisor == 0] = 1
+            mixed /= divisor
     else:
         mixed = deltas.sum(dim=0)
-        divisor = w.sum(dim=0).expand_as(mixed).clone()
-        divisor[divisor.abs() < 1e-8] = 1
-    if p.shared.get("normalize", False):
-        mixed /= divisor
+        if normalize:
+            divisor = w.sum(dim=0).expand_as(mixed).clone()
+            divisor[divisor.abs() < 1e-8] = 1
+            mixed /= divisor
     lam = float(p.shared.get("lambda", 1.0))
     if lam != 1:
         mixed *= lam
