@@ -204,6 +204,12 @@ def main() -> None:
         "random": {"name": "random", "batch": args.step},
         "cma": {"name": "cma", "popsize": args.step, "sigma0": 0.25},
         "nsga2": {"name": "nsga2", "pop_size": args.step},
+        "nsga2-explore": {
+            "name": "nsga2",
+            "pop_size": args.step,
+            "eta_crossover": 5.0,
+            "eta_mutation": 5.0,
+        },
         "nsga3": {"name": "nsga3", "pop_size": args.step},
         "optuna-tpe": {"name": "optuna-tpe", "batch": args.step},
     }

@@ -466,3 +466,18 @@ def test_registry() -> None:
         assert cls.name == name and isinstance(cls.multi_objective, bool)
     assert not OPTIMIZERS["cma"].multi_objective and not OPTIMIZERS["optuna-cmaes"].multi_objective
     assert OPTIMIZERS["nsga2"].multi_objective and OPTIMIZERS["optuna-gp"].multi_objective
+
+
+@pytest.mark.parametrize("name", ["nsga2", "nsga3"])
+def test_pymoo_variation_strength_is_an_option(name: str) -> None:
+    def second_batch(**options: float) -> np.ndarray:
+        opt = make_optimizer(name, GENES, 2, seed=0, options={"pop_size": 6, **options})
+        first = opt.ask()
+        opt.tell(first, [[float(x[0]), float(1 - x[0])] for x in first])
+        return np.stack(opt.ask())
+
+    default = second_batch()
+    assert np.array_equal(default, second_batch())  # deterministic
+    assert not np.array_equal(default, second_batch(eta_crossover=2.0, eta_mutation=2.0))
+    with pytest.raises(OptimizerError, match=r"'eta_mutation' must be a finite number > 0"):
+        make_optimizer(name, GENES, 2, options={"eta_mutation": 0})

@@ -31,11 +31,21 @@ class _PymooOptimizer(Optimizer):
     """
 
     multi_objective: ClassVar[bool] = True
-    defaults: ClassVar[dict[str, Any]] = {"pop_size": 16, "n_offsprings": None}
+    crossover_prob: ClassVar[float] = 0.9
+    # eta_*: the distribution indices of SBX crossover and polynomial mutation (defaults: each
+    # pymoo algorithm's own); smaller values make offspring land farther from their parents.
+    defaults: ClassVar[dict[str, Any]] = {
+        "pop_size": 16,
+        "n_offsprings": None,
+        "eta_crossover": 15.0,
+        "eta_mutation": 20.0,
+    }
 
     def _check_options(self) -> None:
         self._int_option("pop_size", 2)
         self._int_option("n_offsprings", 1, allow_none=True)
+        self._positive_float_option("eta_crossover")
+        self._positive_float_option("eta_mutation")
         if self.options["n_offsprings"] is None:
             self.options["n_offsprings"] = self.options["pop_size"]
 
@@ -46,6 +56,8 @@ class _PymooOptimizer(Optimizer):
     def _setup(self) -> None:
         from pymoo.core.problem import Problem
         from pymoo.core.termination import NoTermination
+        from pymoo.operators.crossover.sbx import SBX
+        from pymoo.operators.mutation.pm import PM
 
         from evomerge.optimize._pymoo_ops import MixedSampling, RoundIntegers
 
@@ -57,6 +69,8 @@ class _PymooOptimizer(Optimizer):
             n_offsprings=self.options["n_offsprings"],
             sampling=MixedSampling(tuple(g.choices for g in self.genes)),
             repair=RoundIntegers([i for i, g in enumerate(self.genes) if g.choices is not None]),
+            crossover=SBX(eta=self.options["eta_crossover"], prob=self.crossover_prob),
+            mutation=PM(eta=self.options["eta_mutation"]),
             eliminate_duplicates=True,
         )
         self._algorithm.setup(self._problem, seed=self.seed, termination=NoTermination())
@@ -133,7 +147,12 @@ class NSGA3(_PymooOptimizer):
     """
 
     name: ClassVar[str] = "nsga3"
-    defaults: ClassVar[dict[str, Any]] = {**_PymooOptimizer.defaults, "n_partitions": None}
+    crossover_prob: ClassVar[float] = 1.0
+    defaults: ClassVar[dict[str, Any]] = {
+        **_PymooOptimizer.defaults,
+        "eta_crossover": 30.0,
+        "n_partitions": None,
+    }
 
     def _check_options(self) -> None:
         super()._check_options()
