@@ -249,7 +249,7 @@ def test_every_optimizer_family_resumes_exactly(
 def test_lmeval_objective_and_promotion(family: dict[str, Path], tmp_path: Path) -> None:
     """An lm-evaluation-harness task as an objective, estimated on a subset; candidates that
     could enter the front are promoted to the full item set."""
-    pytest.importorskip("lm_eval")
+    pytest.importorskip("lm_eval", reason="lm-eval is the optional 'lmeval' extra")
     data = Path(__file__).parent / "data" / "lmeval"
     task = tmp_path / "tiny_mc.yaml"
     task.write_text((data / "tiny_mc.yaml").read_text().replace("@DATA_DIR@", str(data)))
