@@ -77,6 +77,8 @@ class Archive:
         self.objectives, self.directions = list(objectives), list(directions)
         self.genes = list(genes)
         self._dists = _distributions(genes)
+        # losses are minimized: maximized objectives change sign
+        self._sign = np.array([-1.0 if d == "maximize" else 1.0 for d in self.directions])
         try:
             self.study = optuna.create_study(
                 storage=storage,
@@ -163,8 +165,8 @@ class Archive:
         return self._by_hash.get(recipe_hash)
 
     def _losses(self, evs: Sequence[Evaluation]) -> np.ndarray:
-        sign = np.array([-1.0 if d == "maximize" else 1.0 for d in self.directions])
-        return np.array([e.values for e in evs], dtype=float).reshape(-1, len(sign)) * sign
+        values = np.array([e.values for e in evs], dtype=float)
+        return values.reshape(-1, len(self._sign)) * self._sign
 
     def front(self) -> list[Evaluation]:
         """The non-dominated evaluations (each recipe once, at the fidelity it was scored at)."""
@@ -183,8 +185,7 @@ class Archive:
             return 0.0
         from pymoo.indicators.hv import HV
 
-        sign = np.array([-1.0 if d == "maximize" else 1.0 for d in self.directions])
-        ref = np.asarray(reference, dtype=float) * sign
+        ref = np.asarray(reference, dtype=float) * self._sign
         pts = self._losses(front)
         pts = pts[np.all(pts < ref, axis=1)]
         return float(HV(ref_point=ref)(pts)) if len(pts) else 0.0

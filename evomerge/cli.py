@@ -186,6 +186,12 @@ def _run_with_progress(s: Any, total: int, hours: float | None = None) -> Any:
         return s.run(total, hours=hours, on_progress=show)
 
 
+def _search_and_report(s: Any, total: int, hours: float | None, run_dir: Path) -> None:
+    outcome = _run_with_progress(s, total, hours)
+    _print_front(run_dir)
+    console.print(f"{outcome.status}: {outcome.evaluations} evaluations in {run_dir}")
+
+
 def _print_front(run_dir: Path) -> None:
     from evomerge.report import front_table
 
@@ -236,9 +242,7 @@ def run(
     exp = Experiment.load(experiment)
     run_dir = run_dir or Path("runs") / exp.name
     s, total = search.start(experiment, run_dir, zoo=zoo, budget=budget, log=console.print)
-    outcome = _run_with_progress(s, total, hours)
-    _print_front(run_dir)
-    console.print(f"{outcome.status}: {outcome.evaluations} evaluations in {run_dir}")
+    _search_and_report(s, total, hours, run_dir)
 
 
 @app.command()
@@ -256,9 +260,7 @@ def resume(
 
     s, total = search.reopen(run_dir, budget=budget, experiment_file=experiment, log=console.print)
     console.print(f"resuming {run_dir}: {len(s.archive)} of {total} evaluations done")
-    outcome = _run_with_progress(s, total, hours)
-    _print_front(run_dir)
-    console.print(f"{outcome.status}: {outcome.evaluations} evaluations in {run_dir}")
+    _search_and_report(s, total, hours, run_dir)
 
 
 @app.command()
@@ -369,6 +371,7 @@ def space_show(
     """Print a search space's genome size and genes for these sources."""
     import yaml
 
+    from evomerge.recipe import zoo_path
     from evomerge.search import _num_layers
     from evomerge.space import SearchSpace, SpaceError, load_space
 
@@ -377,7 +380,7 @@ def space_show(
         key, eq, path = item.partition("=")
         if not eq:
             raise SpaceError(f"--source {item!r}: write NAME=PATH")
-        sources[key] = str(zoo / path[4:]) if path.startswith("zoo:") else path
+        sources[key] = zoo_path(path, zoo)
     overrides = {}
     for item in option or []:
         key, _, val = item.partition("=")

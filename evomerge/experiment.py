@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import EvomergeError
+from evomerge.recipe import zoo_path
 
 # Metrics that live in [0, 1]: their hypervolume reference defaults to 0 (the worst score).
 _UNIT_METRICS = {"exact_match", "token_accuracy", "acc", "acc_norm"}
@@ -125,10 +126,7 @@ class Experiment(_Spec):
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
     def resolved_sources(self, zoo: str | Path) -> dict[str, str]:
-        return {
-            k: str(Path(zoo) / v[4:]) if v.startswith("zoo:") else v
-            for k, v in self.sources.items()
-        }
+        return {k: zoo_path(v, zoo) for k, v in self.sources.items()}
 
     @classmethod
     def load(cls, path: str | Path) -> Experiment:

@@ -219,9 +219,7 @@ class Recipe(_Frozen):
     def with_zoo(self, zoo_dir: str | Path) -> Recipe:
         """Resolve ``zoo:NAME`` source paths (e.g. ``zoo:experts/rev9``) against a built zoo."""
         fixed = {
-            k: s.model_copy(update={"path": str(Path(zoo_dir) / s.path[4:])})
-            if s.path.startswith("zoo:")
-            else s
+            k: s.model_copy(update={"path": zoo_path(s.path, zoo_dir)})
             for k, s in self.sources.items()
         }
         return self.model_copy(update={"sources": fixed})
@@ -262,6 +260,11 @@ class Recipe(_Frozen):
         path = Path(path)
         data = load_yaml(path)
         return cls.from_dict(data, origin=str(path), base_dir=path.parent)
+
+
+def zoo_path(path: str, zoo_dir: str | Path) -> str:
+    """``zoo:NAME`` → the path of NAME in a built tiny zoo; any other path as it is."""
+    return str(Path(zoo_dir) / path[4:]) if path.startswith("zoo:") else path
 
 
 def load_yaml(path: Path) -> Any:

@@ -29,7 +29,7 @@ import numpy as np
 from evomerge.archive import STUDY_NAME, Archive, Evaluation
 from evomerge.errors import EvomergeError
 from evomerge.experiment import Experiment, ExperimentError
-from evomerge.optimize import ALIASES, OPTIMIZERS, make_optimizer
+from evomerge.optimize import make_optimizer, optimizer_class
 from evomerge.optimize.base import Optimizer
 from evomerge.space import SearchSpace, SpaceError, load_space
 
@@ -55,7 +55,6 @@ class Progress:
     cached: int
     best: dict[str, float]
     hypervolume: float
-    last: Evaluation | None
     elapsed: float
 
 
@@ -140,12 +139,7 @@ class Search:
             seed=experiment.seed,
             dtype=experiment.dtype,
         )
-        name = experiment.optimizer.name
-        cls = OPTIMIZERS.get(ALIASES.get(name, name))
-        if cls is None:
-            make_optimizer(name, self.space.genes, 1)  # raises, naming the known optimizers
-        assert cls is not None
-        self.multi = cls.multi_objective
+        self.multi = optimizer_class(experiment.optimizer.name).multi_objective
         n_obj = len(experiment.objectives) if self.multi else 1
         self.optimizer: Optimizer = make_optimizer(
             experiment.optimizer.name,
@@ -268,7 +262,7 @@ class Search:
                     if on_evaluation:
                         on_evaluation(ev)
                     if on_progress:
-                        on_progress(self.progress(budget, cached, start, ev))
+                        on_progress(self.progress(budget, cached, start))
                 if len(losses) < len(batch):
                     break  # the batch was cut short: the optimizer is not told; resume re-asks
                 t0 = time.perf_counter()
@@ -292,13 +286,12 @@ class Search:
         budget: int,
         cached: int = 0,
         start: float | None = None,
-        last: Evaluation | None = None,
     ) -> Progress:
         best = {}
-        for label in self.labels:
+        for i, label in enumerate(self.labels):
             b = self.archive.best(label)
             if b is not None and b.values is not None:
-                best[label] = b.values[self.labels.index(label)]
+                best[label] = b.values[i]
         return Progress(
             done=len(self.archive),
             budget=budget,
@@ -306,7 +299,6 @@ class Search:
             cached=cached,
             best=best,
             hypervolume=self.archive.hypervolume(self.reference),
-            last=last,
             elapsed=time.perf_counter() - start if start else 0.0,
         )
 

@@ -39,6 +39,15 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {
 ALIASES: dict[str, str] = {"cmaes": "cma"}
 
 
+def optimizer_class(name: str) -> type[Optimizer]:
+    """The registered optimizer a config names (aliases accepted)."""
+    cls = OPTIMIZERS.get(ALIASES.get(name, name))
+    if cls is None:
+        known = sorted([*OPTIMIZERS, *ALIASES])
+        raise OptimizerError(f"unknown optimizer {name!r}; known: {', '.join(known)}")
+    return cls
+
+
 def make_optimizer(
     name: str,
     genes: Sequence[Gene],
@@ -67,4 +76,5 @@ __all__ = [
     "Optimizer",
     "OptimizerError",
     "make_optimizer",
+    "optimizer_class",
 ]

@@ -15,7 +15,7 @@ import torch
 from evomerge.archive import Evaluation
 from evomerge.checkpoint import ModelSource
 from evomerge.errors import EvomergeError
-from evomerge.evaluate.engines import PreparedTask, prepare, score_prepared, score_task
+from evomerge.evaluate.engines import PreparedTask, prepare, score_prepared
 from evomerge.evaluate.estimators import Estimate, Estimator, make_estimator, should_promote
 from evomerge.evaluate.hf import HFEngine
 from evomerge.evaluate.tasks import Task, load_task
@@ -30,7 +30,8 @@ class _Objective:
     task: Task | None
     estimator: Estimator | None
     item_ids: list[str]
-    prepared: PreparedTask | None = None
+    prepared: PreparedTask | None = None  # the chosen items' requests, tokenized once
+    prepared_full: PreparedTask | None = None  # every item's, made on the first promotion
     lmeval: Any = None  # an LMEvalObjective holding one task
     all_ids: list[str] | None = None
 
@@ -195,33 +196,39 @@ class LocalWorker:
         ev.timings = timings
         return ev
 
+    def _item_scores(
+        self, ob: _Objective, *, full: bool = False
+    ) -> tuple[dict[str, float], list[str]]:
+        """Per-item scores of the resident weights on the objective's chosen items (or all of
+        them), and the ids of the full set. Fitness requests are tokenized once per run."""
+        if ob.lmeval is not None:
+            assert ob.all_ids is not None
+            name, ids = ob.lmeval.tasks[0], ob.all_ids if full else ob.item_ids
+            return ob.lmeval.evaluate(self.engine, items={name: ids}, per_item=True)[
+                name
+            ].scores, ob.all_ids
+        assert ob.task is not None
+        if full and ob.prepared_full is None:  # promotions are rare: prepared on first use
+            ob.prepared_full = prepare(self.engine, ob.task)
+        prep = ob.prepared_full if full else ob.prepared
+        assert prep is not None
+        return score_prepared(self.engine, prep).scores, ob.task.item_ids
+
     def _score(
         self, mp: MergePlan, objectives: Iterable[_Objective], timings: dict[str, float]
     ) -> list[Estimate | float]:
         out: list[Estimate | float] = []
         for ob in objectives:
-            if ob.lmeval is not None:
-                assert ob.estimator is not None and ob.all_ids is not None
-                t0 = time.perf_counter()
-                name = ob.lmeval.tasks[0]
-                res = ob.lmeval.evaluate(self.engine, items={name: ob.item_ids}, per_item=True)
-                t1 = time.perf_counter()
-                out.append(ob.estimator.estimate(res[name].scores, ob.all_ids))
-                key = f"score:{ob.spec.label}"
-                timings[key] = timings.get(key, 0.0) + t1 - t0
-                continue
-            if ob.task is None:
+            if not ob.scored:
                 out.append(_cost(mp, ob.spec.cost))
                 continue
             assert ob.estimator is not None
             t0 = time.perf_counter()
-            assert ob.prepared is not None
-            res = score_prepared(self.engine, ob.prepared)
+            scores, all_ids = self._item_scores(ob)
             t1 = time.perf_counter()
-            out.append(ob.estimator.estimate(res.scores, ob.task.item_ids))
-            timings[f"score:{ob.spec.label}"] = timings.get(f"score:{ob.spec.label}", 0.0) + (
-                t1 - t0
-            )
+            out.append(ob.estimator.estimate(scores, all_ids))
+            key = f"score:{ob.spec.label}"
+            timings[key] = timings.get(key, 0.0) + t1 - t0
             timings["estimate"] = timings.get("estimate", 0.0) + time.perf_counter() - t1
         return out
 
@@ -233,16 +240,9 @@ class LocalWorker:
             if not (isinstance(r, Estimate) and r.fidelity < 1.0):
                 continue
             t0 = time.perf_counter()
-            if ob.task is not None:
-                scores, ids = score_task(self.engine, ob.task).scores, ob.task.item_ids
-            else:
-                assert ob.lmeval is not None and ob.all_ids is not None
-                name, ids = ob.lmeval.tasks[0], ob.all_ids
-                scores = ob.lmeval.evaluate(self.engine, items={name: ids}, per_item=True)[
-                    name
-                ].scores
+            scores, all_ids = self._item_scores(ob, full=True)
             timings[f"score:{ob.spec.label}"] += time.perf_counter() - t0
-            out[i] = make_estimator("full").estimate(scores, ids)
+            out[i] = make_estimator("full").estimate(scores, all_ids)
         timings["promoted"] = 1.0
         return out
 
@@ -253,11 +253,7 @@ class LocalWorker:
             if ob.direction == "maximize":
                 out.append(r)
             elif isinstance(r, Estimate):
-                out.append(
-                    float(-r.value)
-                    if r.fidelity >= 1
-                    else Estimate(-r.value, r.items_used, r.n_items, r.stderr, r.estimator)
-                )
+                out.append(Estimate(-r.value, r.items_used, r.n_items, r.stderr, r.estimator))
             else:
                 out.append(-float(r))
         return out
