@@ -35,6 +35,7 @@ import re
 import tempfile
 import zipfile
 import zlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -401,7 +402,7 @@ def _curves(fit: _Irt, grid: int = 11) -> np.ndarray:
 # estimators
 
 
-class Estimator:
+class Estimator(ABC):
     """Which items to score (``select``) and what their scores say of the full set
     (``estimate``). Both are deterministic given the seed and the calibration."""
 
@@ -427,11 +428,13 @@ class Estimator:
         """Learn from known models' responses (n_models × n_items); a no-op where not needed."""
         return self
 
+    @abstractmethod
     def select(self, item_ids: Sequence[str]) -> list[str]:
-        raise NotImplementedError
+        """The item ids to score, a deterministic subset of ``item_ids``."""
 
+    @abstractmethod
     def estimate(self, responses: Mapping[str, float], item_ids: Sequence[str]) -> Estimate:
-        raise NotImplementedError
+        """The full-set estimate from the scored items' responses."""
 
     def _check_k(self, n: int) -> int:
         if self.k is not None and self.k > n:
