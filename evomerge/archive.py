@@ -23,7 +23,7 @@ from optuna.distributions import BaseDistribution, FloatDistribution, IntDistrib
 from optuna.trial import FrozenTrial, TrialState
 
 from evomerge.errors import EvomergeError
-from evomerge.optimize.base import Gene
+from evomerge.genes import Gene
 
 STUDY_NAME = "evomerge"
 

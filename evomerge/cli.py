@@ -204,7 +204,7 @@ def _open_archive(run_dir: Path) -> Any:
     import optuna
 
     from evomerge.archive import Archive
-    from evomerge.optimize.base import Gene
+    from evomerge.genes import Gene
     from evomerge.search import _read_run, storage_url, study_name
 
     info = _read_run(run_dir)

@@ -30,8 +30,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import EvomergeError, RecipeError
+from evomerge.genes import Gene
 from evomerge.merge.methods import get_method
-from evomerge.optimize.base import Gene
 from evomerge.recipe import (
     ByModule,
     GlobalValue,

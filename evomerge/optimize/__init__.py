@@ -9,7 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from evomerge.optimize.base import Gene, Optimizer, OptimizerError
+from evomerge.genes import Gene
+from evomerge.optimize.base import Optimizer, OptimizerError
 from evomerge.optimize.cmaes import CMAES
 from evomerge.optimize.moo import NSGA2, NSGA3
 from evomerge.optimize.optuna_ import (

@@ -15,31 +15,19 @@ import sys
 import types
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any, ClassVar
 
 import numpy as np
 
 from evomerge.errors import EvomergeError
+from evomerge.genes import Gene
 
 _STATE_FORMAT = 1
 
 
 class OptimizerError(EvomergeError, ValueError):
     """An optimizer was asked what it cannot do (bad option, foreign state, wrong batch)."""
-
-
-@dataclass(frozen=True)
-class Gene:
-    """One coordinate of a genome.
-
-    ``choices=None`` is a real gene in [0, 1]; ``choices=k`` (k >= 2) an integer gene in
-    {0, …, k-1}, stored as an integral float so a genome stays one float64 array.
-    """
-
-    name: str
-    choices: int | None = None
 
 
 def _module_attr(module: str, name: str) -> Any:
