@@ -43,9 +43,9 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evomerge.evaluate.engines import score_task  # noqa: E402
 from evomerge.evaluate.estimators import Calibration, make_estimator  # noqa: E402
 from evomerge.evaluate.hf import HFEngine  # noqa: E402
+from evomerge.evaluate.scoring import score_task  # noqa: E402
 from evomerge.evaluate.tasks import Task, load_task  # noqa: E402
 from evomerge.merge.materialize import materialize, plan  # noqa: E402
 from evomerge.recipe import Recipe  # noqa: E402
@@ -202,10 +202,7 @@ def replay(
     col = {i: j for j, i in enumerate(ids)}
     cols = np.array([col[i] for i in picked])
     values = np.array(
-        [
-            est.estimate(dict(zip(picked, row[cols].tolist(), strict=True)), ids).value
-            for row in ev
-        ]
+        [est.estimate(dict(zip(picked, row[cols].tolist(), strict=True)), ids).value for row in ev]
     )
     truth = ev.mean(1)
     top = np.argsort(-truth)[:TOP]  # the close race among the best recipes
@@ -218,7 +215,9 @@ def replay(
 
 
 def evaluate(
-    args: argparse.Namespace, cal_m: dict[str, np.ndarray], ev_m: dict[str, np.ndarray],
+    args: argparse.Namespace,
+    cal_m: dict[str, np.ndarray],
+    ev_m: dict[str, np.ndarray],
     tasks: list[Task],
 ) -> dict[str, Any]:
     per_task: dict[str, dict[str, dict[str, float]]] = {}
@@ -264,8 +263,9 @@ def evaluate(
 
 def throughput(args: argparse.Namespace, tasks: list[Task]) -> dict[str, float]:
     engine = HFEngine(args.zoo / "base", device="cpu", batch_size=args.batch_size)
-    subsets = {t.name: make_estimator(f"subsample:{args.timing_k}", 0).select(t.item_ids)
-               for t in tasks}
+    subsets = {
+        t.name: make_estimator(f"subsample:{args.timing_k}", 0).select(t.item_ids) for t in tasks
+    }
     swap_recipe(engine, draw_recipe(args.zoo, args.seed, EVAL, 0))  # warm-up
     score_task(engine, tasks[0], subsets[tasks[0].name])
     merge, full, cheap = [], [], []
@@ -283,8 +283,11 @@ def throughput(args: argparse.Namespace, tasks: list[Task]) -> dict[str, float]:
         merge.append(t1 - t0)
         full.append(t2 - t1)
         cheap.append(t3 - t2)
-        print(f"  candidate {i}: merge+swap {t1 - t0:.2f}s, full scoring {t2 - t1:.1f}s, "
-              f"{args.timing_k}-item scoring {t3 - t2:.2f}s", flush=True)
+        print(
+            f"  candidate {i}: merge+swap {t1 - t0:.2f}s, full scoring {t2 - t1:.1f}s, "
+            f"{args.timing_k}-item scoring {t3 - t2:.2f}s",
+            flush=True,
+        )
     m, f, c = (float(np.median(x)) for x in (merge, full, cheap))
     return {
         "candidates": args.timing_candidates,
@@ -312,8 +315,10 @@ def table(rows: dict[str, dict[str, float]], ks: list[int], worst: bool) -> list
     for name in ESTIMATORS:
         for k in ks:
             r = rows[f"{name}:{k}"]
-            line = (f"| {name} | {k} | 1/{1 / r['cost']:.0f} | {r['spearman']:.3f} "
-                    f"| {r['spearman_top']:.3f} | {r['mae']:.2f} |")
+            line = (
+                f"| {name} | {k} | 1/{1 / r['cost']:.0f} | {r['spearman']:.3f} "
+                f"| {r['spearman_top']:.3f} | {r['mae']:.2f} |"
+            )
             if worst:
                 mark = "yes" if r["meets_target"] else "no"
                 line += f" {r['worst_spearman']:.3f} | {r['worst_mae']:.2f} | {mark} |"
@@ -323,14 +328,20 @@ def table(rows: dict[str, dict[str, float]], ks: list[int], worst: bool) -> list
 
 def task_table(per_task: dict[str, dict[str, dict[str, float]]], k: int) -> list[str]:
     names = list(per_task)
-    out = ["| estimator | " + " | ".join(f"{t} ρ / MAE" for t in names) + " |",
-           "| --- |" + " ---: |" * len(names)]
+    out = [
+        "| estimator | " + " | ".join(f"{t} ρ / MAE" for t in names) + " |",
+        "| --- |" + " ---: |" * len(names),
+    ]
     for name in ESTIMATORS:
-        cells = [f"{per_task[t][f'{name}:{k}']['spearman']:.3f} / "
-                 f"{per_task[t][f'{name}:{k}']['mae']:.2f}" for t in names]
+        cells = [
+            f"{per_task[t][f'{name}:{k}']['spearman']:.3f} / "
+            f"{per_task[t][f'{name}:{k}']['mae']:.2f}"
+            for t in names
+        ]
         out.append(f"| {name}:{k} | " + " | ".join(cells) + " |")
-    truth = [f"{per_task[t]['truth']['mean']:.1f} ± {per_task[t]['truth']['sd']:.1f}"
-             for t in names]
+    truth = [
+        f"{per_task[t]['truth']['mean']:.1f} ± {per_task[t]['truth']['sd']:.1f}" for t in names
+    ]
     out.append("| full score, mean ± sd over recipes | " + " | ".join(truth) + " |")
     return out
 
@@ -366,8 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     tasks = [load_task(t, zoo=args.zoo) for t in args.tasks.split(",")]
     n_items = {t.name: len(t.item_ids) for t in tasks}
     n_cal = 1 + len(experts(args.zoo)) + args.calibration_merges
-    print(f"{args.recipes} recipes + {n_cal} calibration models × {len(tasks)} tasks "
-          f"({n_items}); torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    print(
+        f"{args.recipes} recipes + {n_cal} calibration models × {len(tasks)} tasks "
+        f"({n_items}); torch {torch.__version__}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
 
     t0 = time.perf_counter()
     cal_m, ev_m, score_s = load_or_score(args, tasks)
@@ -380,14 +394,23 @@ def main(argv: list[str] | None = None) -> int:
         timing = throughput(args, tasks)
 
     mid = 100 if 100 in args.ks else args.ks[len(args.ks) // 2]
-    lines = [f"Mean over tasks ({', '.join(n_items)}; {args.recipes} recipes, "
-             f"{n_cal} calibration models):", "", *table(res["mean"], args.ks, True), "",
-             f"Per task at k = {mid}:", "", *task_table(res["per_task"], mid)]
+    lines = [
+        f"Mean over tasks ({', '.join(n_items)}; {args.recipes} recipes, "
+        f"{n_cal} calibration models):",
+        "",
+        *table(res["mean"], args.ks, True),
+        "",
+        f"Per task at k = {mid}:",
+        "",
+        *task_table(res["per_task"], mid),
+    ]
     reach = sorted({s.split(":")[0] for s, r in res["mean"].items() if r["meets_target"]})
     miss = [e for e in ESTIMATORS if e not in reach]
-    verdict = (f"Target (cost <= 1/20, Spearman >= {TARGET_RHO}, MAE <= {TARGET_MAE:g} pts, "
-               f"means over tasks): met by {', '.join(reach) or 'no estimator'}"
-               + (f"; not met by {', '.join(miss)}." if miss else " (all four)."))
+    verdict = (
+        f"Target (cost <= 1/20, Spearman >= {TARGET_RHO}, MAE <= {TARGET_MAE:g} pts, "
+        f"means over tasks): met by {', '.join(reach) or 'no estimator'}"
+        + (f"; not met by {', '.join(miss)}." if miss else " (all four).")
+    )
     lines += ["", verdict]
     if timing:
         lines += [

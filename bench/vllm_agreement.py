@@ -38,8 +38,8 @@ from typing import Any
 import torch
 
 from evomerge.checkpoint import ModelSource
-from evomerge.evaluate.engines import score_task
 from evomerge.evaluate.hf import HFEngine
+from evomerge.evaluate.scoring import score_task
 from evomerge.evaluate.tasks import Task, available_tasks, load_task
 from evomerge.evaluate.vllm import INSTALL_HINT, VLLMEngine
 from evomerge.merge.materialize import materialize, plan

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from evomerge.evaluate.engines import Engine, score_task
+from evomerge.evaluate.engines import Engine
 from evomerge.evaluate.estimators import Calibration, calibration_cache
+from evomerge.evaluate.scoring import score_task
 from evomerge.evaluate.tasks import Task
 from evomerge.merge.materialize import materialize, plan
 from evomerge.recipe import Recipe

@@ -420,9 +420,9 @@ def eval_(
 ) -> None:
     """Score one checkpoint on tasks, in full or with a cheap estimator."""
     from evomerge.calibrate import build_calibration
-    from evomerge.evaluate.engines import score_task
     from evomerge.evaluate.estimators import make_estimator
     from evomerge.evaluate.hf import HFEngine
+    from evomerge.evaluate.scoring import score_task
     from evomerge.evaluate.tasks import load_task
 
     tasks = [load_task(t, zoo=zoo) for t in task]  # every task checked before any scoring

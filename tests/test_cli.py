@@ -73,12 +73,23 @@ def test_eval_full_and_estimated(unit_zoo: Path, tmp_path: Path, monkeypatch) ->
 
     monkeypatch.setattr(cal, "CACHE_DIR", tmp_path / "cal")
     model = str(unit_zoo / "experts" / "rev9")
-    res = runner.invoke(app, ["eval", model, "--task", "rev9", "--task", "add1-exact",
-                              "--zoo", str(unit_zoo)])
+    res = runner.invoke(
+        app, ["eval", model, "--task", "rev9", "--task", "add1-exact", "--zoo", str(unit_zoo)]
+    )
     assert res.exit_code == 0, res.output
     assert "200/200" in res.output and "exact_match" in res.output
-    args = ["eval", model, "--task", "rev9", "--zoo", str(unit_zoo), "--estimator", "anchor:20",
-            "--calibration-merges", "2"]
+    args = [
+        "eval",
+        model,
+        "--task",
+        "rev9",
+        "--zoo",
+        str(unit_zoo),
+        "--estimator",
+        "anchor:20",
+        "--calibration-merges",
+        "2",
+    ]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "20/200" in res.output

@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from evomerge.evaluate.engines import score_task
-from evomerge.evaluate.hf import EngineError, HFEngine
+from evomerge.evaluate.engines import EngineError
+from evomerge.evaluate.hf import HFEngine
+from evomerge.evaluate.scoring import score_task
 from evomerge.evaluate.tasks import TaskError, available_tasks, load_task
 from evomerge.merge.materialize import materialize, merge_to_dir, plan
 from evomerge.recipe import Recipe

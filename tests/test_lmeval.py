@@ -164,10 +164,14 @@ def test_multiple_choice_matches_lm_eval_hf(lm_eval, models, task_dir, objective
     assert ours["tiny_gen"].metric == "exact_match,none"
     # lm-eval's own pipeline, model loaded from disk by its hf model
     ref = lm_eval.simple_evaluate(
-        model="hf", model_args=f"pretrained={models['m0']},dtype=float32", device="cpu",
-        tasks=["tiny_mc"], batch_size=16, bootstrap_iters=0, log_samples=True,
-        task_manager=lm_eval.tasks.TaskManager(include_path=str(task_dir),
-                                               include_defaults=False),
+        model="hf",
+        model_args=f"pretrained={models['m0']},dtype=float32",
+        device="cpu",
+        tasks=["tiny_mc"],
+        batch_size=16,
+        bootstrap_iters=0,
+        log_samples=True,
+        task_manager=lm_eval.tasks.TaskManager(include_path=str(task_dir), include_defaults=False),
     )
     assert mc.value == pytest.approx(ref["results"]["tiny_mc"]["acc,none"])
     ref_items = {str(s["doc_id"]): s["acc"] for s in ref["samples"]["tiny_mc"]}

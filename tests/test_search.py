@@ -293,9 +293,9 @@ def test_time_limit_stops_resumably(unit_zoo: Path, tmp_path: Path, reference: P
 def test_exported_knee_scores_as_recorded(unit_zoo: Path, reference: Path, tmp_path: Path) -> None:
     """The checkpoint exported from the archive is the model that was scored: loaded from disk,
     it gives exactly the recorded objective values on the same items."""
-    from evomerge.evaluate.engines import score_task
     from evomerge.evaluate.estimators import make_estimator
     from evomerge.evaluate.hf import HFEngine
+    from evomerge.evaluate.scoring import score_task
     from evomerge.evaluate.tasks import load_task
     from evomerge.merge.materialize import merge_to_dir
     from evomerge.recipe import Recipe

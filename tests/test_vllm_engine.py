@@ -16,7 +16,7 @@ import torch
 
 from evomerge.checkpoint import ModelSource
 from evomerge.evaluate import vllm as ve
-from evomerge.evaluate.hf import EngineError
+from evomerge.evaluate.engines import EngineError
 from evomerge.evaluate.tasks import GenerationRequest, LoglikelihoodRequest
 from evomerge.merge.materialize import materialize, plan
 from evomerge.recipe import Recipe

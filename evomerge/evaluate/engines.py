@@ -1,27 +1,24 @@
-"""The engine protocol, and scoring a task through any engine.
+"""The engine protocol: what every scoring backend offers, and the error it raises.
 
 An engine stays resident: it is built once, candidate weights are swapped into it in place
 (``load_weights``), and it answers batched, deterministic requests. The transformers engine
 (:mod:`evomerge.evaluate.hf`) is the embedded default; vLLM (:mod:`evomerge.evaluate.vllm`) is the
-GPU one.
+GPU one. Scoring a task through any engine is :mod:`evomerge.evaluate.scoring`.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from evomerge.evaluate.tasks import (
-    GenerationRequest,
-    LoglikelihoodRequest,
-    LoglikelihoodResult,
-    Task,
-    TaskResult,
-)
+from evomerge.errors import EvomergeError
+from evomerge.evaluate.tasks import GenerationRequest, LoglikelihoodRequest, LoglikelihoodResult
+
+
+class EngineError(EvomergeError):
+    """Weights or requests do not fit the resident model, or the engine failed on them."""
 
 
 @runtime_checkable
@@ -39,48 +36,15 @@ class Engine(Protocol):
         """Greedy completions, cut at the first stop string."""
 
 
-@dataclass(frozen=True)
-class PreparedTask:
-    """A task's requests, tokenized once: a search scores the same items for every candidate."""
-
-    task: Task
-    items: list[Any]
-    generation: list[GenerationRequest]
-    loglikelihood: list[LoglikelihoodRequest]
-    per_item: list[int]  # loglikelihood requests per item
-
-
-def prepare(engine: Engine, task: Task, item_ids: Sequence[str] | None = None) -> PreparedTask:
-    items = task.items if item_ids is None else task.subset(item_ids)
-    if task.spec.kind == "generate":
-        reqs = task.generation_requests(engine.tokenizer, items, engine.max_length)
-        return PreparedTask(task, items, list(reqs), [], [])
-    per_item = task.loglikelihood_requests(engine.tokenizer, items, engine.max_length)
-    flat = [r for reqs in per_item for r in reqs]
-    return PreparedTask(task, items, [], flat, [len(r) for r in per_item])
-
-
-def score_prepared(engine: Engine, prep: PreparedTask) -> TaskResult:
-    """Per-item scores of the engine's current weights on prepared requests."""
-    task, scores = prep.task, {}
-    if task.spec.kind == "generate":
-        for it, text in zip(prep.items, engine.generate(prep.generation), strict=True):
-            scores[it.id] = task.score_generation(it, text)
-    else:
-        results = iter(engine.loglikelihood(prep.loglikelihood))
-        for it, n in zip(prep.items, prep.per_item, strict=True):
-            scores[it.id] = task.score_loglikelihood(it, [next(results) for _ in range(n)])
-    return TaskResult(task.name, task.metric, task.higher_is_better, scores)
-
-
-def score_task(engine: Engine, task: Task, item_ids: Sequence[str] | None = None) -> TaskResult:
-    """Per-item scores of the engine's current weights on ``task`` (all items, or ``item_ids``)."""
-    return score_prepared(engine, prepare(engine, task, item_ids))
-
-
-def timed_score(
-    engine: Engine, task: Task, item_ids: Sequence[str] | None = None
-) -> tuple[TaskResult, float]:
-    t0 = time.perf_counter()
-    res = score_task(engine, task, item_ids)
-    return res, time.perf_counter() - t0
+def finish_text(token_ids: Sequence[int], tokenizer: Any, stop: Sequence[str]) -> str:
+    """A greedy completion as every engine returns it: cut at eos, decoded without special
+    tokens, cut at the first stop string. One definition, so engines agree to the character."""
+    new = list(token_ids)
+    eos = tokenizer.eos_token_id
+    if eos is not None and eos in new:
+        new = new[: new.index(eos)]
+    text = tokenizer.decode(new, skip_special_tokens=True)
+    for s in stop:
+        if s and s in text:
+            text = text[: text.index(s)]
+    return text

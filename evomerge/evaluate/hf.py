@@ -16,14 +16,10 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from evomerge.errors import EvomergeError
+from evomerge.evaluate.engines import EngineError, finish_text
 from evomerge.evaluate.tasks import GenerationRequest, LoglikelihoodRequest, LoglikelihoodResult
 
 log = logging.getLogger(__name__)
-
-
-class EngineError(EvomergeError):
-    """Weights or requests do not fit the resident model."""
 
 
 class HFEngine:
@@ -168,11 +164,5 @@ class HFEngine:
                 )
                 for row, i in enumerate(chunk):
                     new = gen[row, ids.shape[1] :].tolist()
-                    if eos is not None and eos in new:
-                        new = new[: new.index(eos)]
-                    text = self.tokenizer.decode(new, skip_special_tokens=True)
-                    for s in requests[i].stop:
-                        if s and s in text:
-                            text = text[: text.index(s)]
-                    out[i] = text
+                    out[i] = finish_text(new, self.tokenizer, requests[i].stop)
         return out

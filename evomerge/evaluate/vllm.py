@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from evomerge.checkpoint import ModelSource, layer_count_key, layer_index
-from evomerge.evaluate.hf import EngineError
+from evomerge.evaluate.engines import EngineError, finish_text
 from evomerge.evaluate.tasks import GenerationRequest, LoglikelihoodRequest, LoglikelihoodResult
 from evomerge.recipe import Recipe
 
@@ -88,20 +88,6 @@ def generation_sampling(request: GenerationRequest) -> dict[str, Any]:
         "max_tokens": request.max_new_tokens,
         "stop": [s for s in request.stop if s] or None,
     }
-
-
-def finish_text(token_ids: Sequence[int], tokenizer: Any, stop: Sequence[str]) -> str:
-    """The completion as :meth:`HFEngine.generate` returns it: cut at eos, decoded without
-    special tokens, cut at the first stop string."""
-    new = list(token_ids)
-    eos = tokenizer.eos_token_id
-    if eos is not None and eos in new:
-        new = new[: new.index(eos)]
-    text = tokenizer.decode(new, skip_special_tokens=True)
-    for s in stop:
-        if s and s in text:
-            text = text[: text.index(s)]
-    return text
 
 
 def parse_prompt_logprobs(

@@ -1,0 +1,60 @@
+"""Scoring a task through any engine: requests built (tokenized once), sent, turned into
+per-item scores. A search scores the same items for every candidate, so requests are prepared
+once (:func:`prepare`) and replayed for each new set of weights (:func:`score_prepared`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from evomerge.evaluate.engines import Engine
+from evomerge.evaluate.tasks import GenerationRequest, LoglikelihoodRequest, Task, TaskResult
+
+
+@dataclass(frozen=True)
+class PreparedTask:
+    """A task's requests, tokenized once: a search scores the same items for every candidate."""
+
+    task: Task
+    items: list[Any]
+    generation: list[GenerationRequest]
+    loglikelihood: list[LoglikelihoodRequest]
+    per_item: list[int]  # loglikelihood requests per item
+
+
+def prepare(engine: Engine, task: Task, item_ids: Sequence[str] | None = None) -> PreparedTask:
+    items = task.items if item_ids is None else task.subset(item_ids)
+    if task.spec.kind == "generate":
+        reqs = task.generation_requests(engine.tokenizer, items, engine.max_length)
+        return PreparedTask(task, items, list(reqs), [], [])
+    per_item = task.loglikelihood_requests(engine.tokenizer, items, engine.max_length)
+    flat = [r for reqs in per_item for r in reqs]
+    return PreparedTask(task, items, [], flat, [len(r) for r in per_item])
+
+
+def score_prepared(engine: Engine, prep: PreparedTask) -> TaskResult:
+    """Per-item scores of the engine's current weights on prepared requests."""
+    task, scores = prep.task, {}
+    if task.spec.kind == "generate":
+        for it, text in zip(prep.items, engine.generate(prep.generation), strict=True):
+            scores[it.id] = task.score_generation(it, text)
+    else:
+        results = iter(engine.loglikelihood(prep.loglikelihood))
+        for it, n in zip(prep.items, prep.per_item, strict=True):
+            scores[it.id] = task.score_loglikelihood(it, [next(results) for _ in range(n)])
+    return TaskResult(task.name, task.metric, task.higher_is_better, scores)
+
+
+def score_task(engine: Engine, task: Task, item_ids: Sequence[str] | None = None) -> TaskResult:
+    """Per-item scores of the engine's current weights on ``task`` (all items, or ``item_ids``)."""
+    return score_prepared(engine, prepare(engine, task, item_ids))
+
+
+def timed_score(
+    engine: Engine, task: Task, item_ids: Sequence[str] | None = None
+) -> tuple[TaskResult, float]:
+    t0 = time.perf_counter()
+    res = score_task(engine, task, item_ids)
+    return res, time.perf_counter() - t0
