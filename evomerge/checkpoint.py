@@ -23,7 +23,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from evomerge import dtypes
 from evomerge.errors import CheckpointError, IncompatibleSourcesError, OutputExistsError
+from evomerge.fileio import replace_dir
 
 SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -141,6 +143,15 @@ class TensorInfo:
         for s in self.shape:
             n *= s
         return n
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the tensor takes in its stored dtype (4 per element where the dtype is unknown)."""
+        try:
+            size = dtypes.itemsize(self.dtype)
+        except KeyError:
+            size = 4
+        return self.numel * size
 
 
 class ModelSource:
@@ -279,7 +290,7 @@ class ModelSource:
 
     @property
     def total_bytes(self) -> int:
-        return sum(t.numel * _dtype_size(t.dtype) for t in self.tensors.values())
+        return sum(t.nbytes for t in self.tensors.values())
 
     def close(self) -> None:
         self._handles.clear()
@@ -293,27 +304,6 @@ class ModelSource:
 
     def __repr__(self) -> str:
         return f"ModelSource({self.name!r}, {str(self.path)!r}, layers={self.num_layers})"
-
-
-def _dtype_size(dtype: str) -> int:
-    d = dtype.upper().replace("TORCH.", "")
-    return {
-        "F64": 8,
-        "FLOAT64": 8,
-        "F32": 4,
-        "FLOAT32": 4,
-        "F16": 2,
-        "FLOAT16": 2,
-        "BF16": 2,
-        "BFLOAT16": 2,
-        "I64": 8,
-        "INT64": 8,
-        "I32": 4,
-        "INT32": 4,
-        "I8": 1,
-        "U8": 1,
-        "BOOL": 1,
-    }.get(d, 4)
 
 
 def check_compatible(
@@ -449,9 +439,13 @@ class CheckpointWriter:
                     shutil.copy2(Path(tokenizer_from) / f, self._tmp / f)
         if model_card is not None:
             (self._tmp / "README.md").write_text(model_card)
-        if self.out_dir.exists():  # overwrite was allowed
-            shutil.rmtree(self.out_dir)
-        os.replace(self._tmp, self.out_dir)
+        # mkdtemp made the directory private (0700) and safetensors writes 0600 files: the
+        # checkpoint gets the modes the user's umask gives any new file
+        mask = _umask()
+        for f in self._tmp.iterdir():
+            os.chmod(f, 0o666 & ~mask)
+        os.chmod(self._tmp, 0o777 & ~mask)
+        replace_dir(self._tmp, self.out_dir)  # an existing out_dir (overwrite allowed) is swapped
         self._done = True
         return self.out_dir
 
@@ -465,6 +459,12 @@ class CheckpointWriter:
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if not self._done:
             self.abort()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def iter_state(source: ModelSource) -> Iterator[tuple[str, torch.Tensor]]:

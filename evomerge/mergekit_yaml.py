@@ -14,6 +14,7 @@ import yaml
 
 from evomerge.checkpoint import ModelSource
 from evomerge.errors import RecipeError
+from evomerge.fileio import read_yaml
 from evomerge.recipe import (
     ByModule,
     Conditional,
@@ -21,7 +22,6 @@ from evomerge.recipe import (
     ParamSpec,
     PerLayer,
     Recipe,
-    load_yaml,
     resolve,
 )
 
@@ -44,7 +44,7 @@ def is_mergekit_config(data: Any) -> bool:
 def load_any(path: str | Path) -> Recipe:
     """An evomerge recipe or a mergekit YAML, told apart by their keys."""
     path = Path(path)
-    data = load_yaml(path)
+    data = read_yaml(path, error=RecipeError)
     if is_mergekit_config(data):
         return from_mergekit(data, origin=str(path), base_dir=path.parent)
     if not isinstance(data, dict):

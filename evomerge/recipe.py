@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from evomerge.errors import RecipeError
+from evomerge.fileio import read_yaml
 
 MODULE_KINDS = ("attention", "mlp", "norm", "embedding", "head", "other")
 DTypeName = Literal["float32", "bfloat16", "float16", "float64"]
@@ -258,23 +259,13 @@ class Recipe(_Frozen):
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         path = Path(path)
-        data = load_yaml(path)
+        data = read_yaml(path, error=RecipeError)
         return cls.from_dict(data, origin=str(path), base_dir=path.parent)
 
 
 def zoo_path(path: str, zoo_dir: str | Path) -> str:
     """``zoo:NAME`` → the path of NAME in a built tiny zoo; any other path as it is."""
     return str(Path(zoo_dir) / path[4:]) if path.startswith("zoo:") else path
-
-
-def load_yaml(path: Path) -> Any:
-    """Read YAML with an error that names the file and the line."""
-    if not path.exists():
-        raise RecipeError(f"{path}: no such file")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: malformed YAML: {e}") from None
 
 
 _SPEC_HELP = (

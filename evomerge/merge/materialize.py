@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from evomerge import dtypes
 from evomerge.checkpoint import (
     CheckpointWriter,
     ModelSource,
@@ -31,13 +32,6 @@ from evomerge.recipe import Recipe, Slot, resolve, spec_values
 # equals dividing this block's and every later block's output projections by s.
 _FOLDABLE = {"llama", "mistral", "qwen2", "qwen3"}
 _OUTPUT_PROJECTIONS = (".self_attn.o_proj.", ".mlp.down_proj.")
-
-_DTYPES = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float64": torch.float64,
-}
 
 
 @dataclass(frozen=True)
@@ -73,22 +67,11 @@ class MergePlan:
         total = 0
         for job in self.jobs:
             names = [job.copy_from] if job.copy_from else self._inputs()
-            for n in names:
-                info = self.sources[n].tensors[job.src_name]
-                total += info.numel * torch.empty((), dtype=_torch_dtype(info.dtype)).element_size()
+            total += sum(self.sources[n].tensors[job.src_name].nbytes for n in names)
         return total
 
     def _inputs(self) -> list[str]:
         return self.models + ([self.recipe.base] if self.method.needs_base else [])
-
-
-def _torch_dtype(st_dtype: str) -> torch.dtype:
-    return {
-        "F32": torch.float32,
-        "BF16": torch.bfloat16,
-        "F16": torch.float16,
-        "F64": torch.float64,
-    }.get(st_dtype.upper(), torch.float32)
 
 
 def open_sources(recipe: Recipe, *, allow_pickle: bool = False) -> dict[str, ModelSource]:
@@ -152,7 +135,7 @@ def plan(
                     job = replace(job, scale=1.0 / cumulative[i])
                 jobs.append(job)
         out_layers = len(route)
-    out_dtype = _DTYPES[recipe.dtype] if recipe.dtype else None
+    out_dtype = dtypes.to_torch(recipe.dtype) if recipe.dtype else None
     config = dict(ref.config)
     if recipe.dtype:
         config["torch_dtype"] = recipe.dtype
