@@ -40,7 +40,8 @@ from evomerge.recipe import (
     PerLayer,
     Recipe,
     Slot,
-    resolve,
+    at_layer,
+    select,
 )
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
@@ -276,19 +277,17 @@ class _ParamGenes:
             out[i] = self.bounds[name].unit(self._read(spec, g, kind))
         return out
 
-    def _read(self, spec: GlobalValue, g: int, kind: str | None) -> float:
-        if isinstance(spec, ByModule):
-            sub = getattr(spec, kind or "default", None) or spec.default
-            if sub is None:
-                raise SpaceError(f"recipe has no value for module kind {kind!r}")
-            return self._read(sub, g, kind)
-        if isinstance(spec, Gradient) and len(spec.gradient) == self.n_groups:
-            return float(spec.gradient[g])
+    def _read(self, spec: ParamSpec, g: int, kind: str | None) -> float:
+        try:
+            values = select(spec, tensor="", kind=kind or "default")
+        except RecipeError as e:
+            raise SpaceError(f"recipe: {e}") from None
+        if isinstance(values, Gradient) and len(values.gradient) == self.n_groups:
+            return float(values.gradient[g])
         layer = g * self.gran
         if self.smoothing and self.n_groups > 1:
             layer = round(g * (self.n_layers - 1) / (self.n_groups - 1))
-        kind_name = "other" if kind in (None, "default") else kind
-        return resolve(spec, tensor="", kind=kind_name, layer=layer, num_layers=self.n_layers)  # type: ignore[arg-type]
+        return at_layer(values, layer, self.n_layers)
 
 
 class _RouteGenes:
