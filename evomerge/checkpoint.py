@@ -2,8 +2,9 @@
 
 Sources are read lazily through ``safe_open`` (memory-mapped) so a merge touches one tensor name
 at a time, never whole models. Layer structure is discovered from tensor names (the ``layers.N``
-/ ``h.N`` / ``blocks.N`` families) instead of per-architecture tables, so new architectures
-usually work unchanged.
+/ ``h.N`` / ``blocks.N`` families), so any family's blocks can be counted and routed; which
+tensors are attention, MLP, norms... comes from the family's table in
+:mod:`evomerge.architectures` (guessed from names for a family without one).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from evomerge import dtypes
+from evomerge.architectures import Architecture, ModuleKind, architecture_of, module_kind
 from evomerge.errors import CheckpointError, IncompatibleSourcesError, OutputExistsError
+from evomerge.fileio import replace_dir
 
 SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -56,55 +59,6 @@ _KEY_CONFIG_FIELDS = (
 )
 _LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")
 _LAYER_RE = re.compile(r"(^|\.)(layers|h|blocks|layer)\.(\d+)\.")
-
-
-class ModuleKind(str, Enum):
-    """What a tensor is part of; search spaces and recipes give each kind its own parameters."""
-
-    attention = "attention"
-    mlp = "mlp"
-    norm = "norm"
-    embedding = "embedding"
-    head = "head"
-    other = "other"
-
-
-_NORM_HINTS = ("norm", "ln_", "ln1", "ln2", "layernorm")
-_EMBED_HINTS = ("embed_tokens", "wte", "wpe", "embed_in", "word_embeddings", "embed_positions")
-_HEAD_HINTS = ("lm_head", "embed_out", "output.weight")
-_ATTN_HINTS = ("attn", "attention", "q_proj", "k_proj", "v_proj", "o_proj", "query_key_value")
-_MLP_HINTS = (
-    "mlp",
-    "feed_forward",
-    "ffn",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-    "c_fc",
-    "fc1",
-    "fc2",
-    "dense_h_to_4h",
-    "dense_4h_to_h",
-    "experts",
-)
-
-
-def module_kind(name: str) -> ModuleKind:
-    """Classify a tensor by its HF name. Norms are checked first: ``post_attention_layernorm``
-    is a norm, not attention."""
-    leaf = name.lower()
-    parts = leaf.split(".")
-    if any(h in p for p in parts for h in _NORM_HINTS):
-        return ModuleKind.norm
-    if any(h in leaf for h in _EMBED_HINTS):
-        return ModuleKind.embedding
-    if any(h in leaf for h in _HEAD_HINTS):
-        return ModuleKind.head
-    if any(h in leaf for h in _ATTN_HINTS):
-        return ModuleKind.attention
-    if any(h in leaf for h in _MLP_HINTS):
-        return ModuleKind.mlp
-    return ModuleKind.other
 
 
 def layer_index(name: str) -> int | None:
@@ -142,6 +96,15 @@ class TensorInfo:
             n *= s
         return n
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the tensor takes in its stored dtype (4 per element where the dtype is unknown)."""
+        try:
+            size = dtypes.itemsize(self.dtype)
+        except KeyError:
+            size = 4
+        return self.numel * size
+
 
 class ModelSource:
     """One checkpoint directory opened for lazy, per-tensor reads.
@@ -156,6 +119,7 @@ class ModelSource:
         if not self.path.is_dir():
             raise CheckpointError(f"source {self.name!r}: {self.path} is not a directory")
         self.config = self._read_config()
+        self.architecture: Architecture | None = architecture_of(self.config)
         self._handles: dict[str, Any] = {}
         self._pickled: dict[str, torch.Tensor] | None = None
         self._expected: set[str] = set()
@@ -240,7 +204,7 @@ class ModelSource:
                 dtype=str(sl.get_dtype()),
                 file=file.name,
                 layer=layer_index(key),
-                kind=module_kind(key),
+                kind=module_kind(key, self.architecture),
             )
 
     def _load_pickle(self, candidates: list[Path]) -> None:
@@ -255,7 +219,12 @@ class ModelSource:
         self._pickled = state
         for key, t in state.items():
             self.tensors[key] = TensorInfo(
-                key, tuple(t.shape), str(t.dtype), "pickle", layer_index(key), module_kind(key)
+                key,
+                tuple(t.shape),
+                str(t.dtype),
+                "pickle",
+                layer_index(key),
+                module_kind(key, self.architecture),
             )
 
     # -- reads ------------------------------------------------------------------------------
@@ -279,7 +248,7 @@ class ModelSource:
 
     @property
     def total_bytes(self) -> int:
-        return sum(t.numel * _dtype_size(t.dtype) for t in self.tensors.values())
+        return sum(t.nbytes for t in self.tensors.values())
 
     def close(self) -> None:
         self._handles.clear()
@@ -293,27 +262,6 @@ class ModelSource:
 
     def __repr__(self) -> str:
         return f"ModelSource({self.name!r}, {str(self.path)!r}, layers={self.num_layers})"
-
-
-def _dtype_size(dtype: str) -> int:
-    d = dtype.upper().replace("TORCH.", "")
-    return {
-        "F64": 8,
-        "FLOAT64": 8,
-        "F32": 4,
-        "FLOAT32": 4,
-        "F16": 2,
-        "FLOAT16": 2,
-        "BF16": 2,
-        "BFLOAT16": 2,
-        "I64": 8,
-        "INT64": 8,
-        "I32": 4,
-        "INT32": 4,
-        "I8": 1,
-        "U8": 1,
-        "BOOL": 1,
-    }.get(d, 4)
 
 
 def check_compatible(
@@ -449,9 +397,13 @@ class CheckpointWriter:
                     shutil.copy2(Path(tokenizer_from) / f, self._tmp / f)
         if model_card is not None:
             (self._tmp / "README.md").write_text(model_card)
-        if self.out_dir.exists():  # overwrite was allowed
-            shutil.rmtree(self.out_dir)
-        os.replace(self._tmp, self.out_dir)
+        # mkdtemp made the directory private (0700) and safetensors writes 0600 files: the
+        # checkpoint gets the modes the user's umask gives any new file
+        mask = _umask()
+        for f in self._tmp.iterdir():
+            os.chmod(f, 0o666 & ~mask)
+        os.chmod(self._tmp, 0o777 & ~mask)
+        replace_dir(self._tmp, self.out_dir)  # an existing out_dir (overwrite allowed) is swapped
         self._done = True
         return self.out_dir
 
@@ -465,6 +417,12 @@ class CheckpointWriter:
     def __exit__(self, exc_type: object, *rest: object) -> None:
         if not self._done:
             self.abort()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def iter_state(source: ModelSource) -> Iterator[tuple[str, torch.Tensor]]:

@@ -14,15 +14,16 @@ import yaml
 
 from evomerge.checkpoint import ModelSource
 from evomerge.errors import RecipeError
+from evomerge.fileio import read_yaml
 from evomerge.recipe import (
-    ByModule,
-    Conditional,
     Gradient,
     ParamSpec,
     PerLayer,
     Recipe,
-    load_yaml,
+    Values,
+    numbers,
     resolve,
+    rules,
 )
 
 _MERGEKIT_KEYS = {"merge_method", "models", "slices", "base_model", "modules"}
@@ -44,7 +45,7 @@ def is_mergekit_config(data: Any) -> bool:
 def load_any(path: str | Path) -> Recipe:
     """An evomerge recipe or a mergekit YAML, told apart by their keys."""
     path = Path(path)
-    data = load_yaml(path)
+    data = read_yaml(path, error=RecipeError)
     if is_mergekit_config(data):
         return from_mergekit(data, origin=str(path), base_dir=path.parent)
     if not isinstance(data, dict):
@@ -194,36 +195,45 @@ def to_mergekit(recipe: Recipe, sources: dict[str, ModelSource] | None = None) -
 
 
 def _export_spec(spec: ParamSpec, ref: ModelSource, names: list[str]) -> Any:
-    if isinstance(spec, int | float):
-        return float(spec)
-    if isinstance(spec, Gradient):
-        return list(spec.gradient)
-    if isinstance(spec, PerLayer):
-        # n values over n layers: mergekit's gradient hits each exactly (t·(n−1) = i).
-        return list(spec.per_layer)
-    if isinstance(spec, ByModule):
-        conds = []
-        for kind, candidates in _KIND_FILTERS.items():
-            sub = getattr(spec, kind)
-            if sub is None:
+    """mergekit's form of a spec: the values themselves, or ``[{filter, value}, ...]`` with module
+    kinds turned into name filters that select exactly those tensors of ``ref``."""
+    found = rules(spec)
+    if len(found) == 1 and found[0].values is spec:  # no kinds, no filters
+        return _export_values(spec)  # type: ignore[arg-type]
+    conds = []
+    for rule in found:
+        filters = list(rule.filters)
+        if rule.kind is not None:
+            filt = _kind_filter(rule.kind, ref, names)
+            if filt is None:  # a kind this model has no tensors of and no filter for
                 continue
-            members = [n for n in names if ref.tensors[n].kind.value == kind]
-            filt = next((c for c in candidates if all(c in n for n in members)), None)
-            if filt is None:
-                raise RecipeError(f"no mergekit filter selects the {kind} tensors of {ref.path}")
-            conds.append({"filter": filt, "value": _export_spec(sub, ref, names)})
-        if spec.default is not None:
-            conds.append({"value": _export_spec(spec.default, ref, names)})
-        return conds
-    if isinstance(spec, list) and spec and isinstance(spec[0], Conditional):
-        return [
-            {
-                **({"filter": c.filter} if c.filter else {}),
-                "value": _export_spec(c.value, ref, names),
-            }
-            for c in spec
-        ]
-    return [float(v) for v in spec]  # type: ignore[union-attr]
+            filters.append(filt)
+        if len(filters) > 1:
+            raise RecipeError(
+                f"filters {filters}: mergekit conditions take one name filter each; "
+                "flatten the nested per-module/filter parameters"
+            )
+        conds.append(
+            {**({"filter": filters[0]} if filters else {}), "value": _export_values(rule.values)}
+        )
+    return conds
+
+
+def _export_values(values: Values) -> Any:
+    # a per_layer list of n values over n layers: mergekit's gradient hits each (t·(n−1) = i)
+    v = numbers(values)
+    return v if isinstance(values, list | Gradient | PerLayer) else v[0]
+
+
+def _kind_filter(kind: str, ref: ModelSource, names: list[str]) -> str | None:
+    members = [n for n in names if ref.tensors[n].kind.value == kind]
+    candidates = _KIND_FILTERS.get(kind, ())
+    if not candidates and not members:
+        return None
+    filt = next((c for c in candidates if all(c in n for n in members)), None)
+    if filt is None:
+        raise RecipeError(f"no mergekit filter selects the {kind} tensors of {ref.path}")
+    return filt
 
 
 def _verify(ours: Recipe, theirs: Recipe, ref: ModelSource) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,8 +32,10 @@ from pydantic import (
 )
 
 from evomerge.errors import RecipeError
+from evomerge.fileio import read_yaml
 
-MODULE_KINDS = ("attention", "mlp", "norm", "embedding", "head", "other")
+# in the order their rules are tried: norms first, as their names may contain "attention"
+MODULE_KINDS = ("norm", "embedding", "head", "attention", "mlp", "other")
 DTypeName = Literal["float32", "bfloat16", "float16", "float64"]
 
 
@@ -70,42 +73,97 @@ ByModule.model_rebuild()
 Conditional.model_rebuild()
 
 
+Values = float | list[float] | Gradient | PerLayer  # what a spec holds once kind/filter chose
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One alternative of a spec: the tensors it applies to (a module kind, name substrings that
+    must all occur) and the values it gives them."""
+
+    kind: str | None
+    filters: tuple[str, ...]
+    values: Values
+
+    def applies(self, tensor: str, kind: str) -> bool:
+        return (self.kind is None or self.kind == kind) and all(f in tensor for f in self.filters)
+
+
+def rules(spec: ParamSpec) -> list[Rule]:
+    """The one walk over the spec union: its alternatives in the order they are tried, nested
+    module kinds and filters combined. A tensor takes the values of the first rule that applies.
+    Resolution, range checks, the space's encoding and the mergekit export all read specs here.
+    """
+    out: list[Rule] = []
+
+    def walk(s: ParamSpec, kind: str | None, filters: tuple[str, ...]) -> None:
+        if isinstance(s, bool):
+            raise TypeError("booleans are flags, not numeric parameters")
+        if isinstance(s, ByModule):
+            for k in (*MODULE_KINDS, "default"):
+                sub = getattr(s, k)
+                inner = kind if k == "default" else k
+                if sub is not None and (kind is None or inner == kind):  # else: never applies
+                    walk(sub, inner, filters)
+        elif _is_conditional(s):
+            for c in s:  # type: ignore[union-attr]
+                more = () if c.filter in (None, "*") else (c.filter,)
+                walk(c.value, kind, filters + more)  # type: ignore[operator]
+        elif isinstance(s, int | float | list | Gradient | PerLayer):
+            out.append(Rule(kind, filters, s))
+        else:
+            raise TypeError(f"not a parameter spec: {s!r}")
+
+    walk(spec, None, ())
+    return out
+
+
+def _is_conditional(spec: Any) -> bool:
+    return isinstance(spec, list) and bool(spec) and isinstance(spec[0], Conditional)
+
+
+def select(spec: ParamSpec, *, tensor: str, kind: str) -> Values:
+    """The values a spec gives one tensor (before the layer picks among them)."""
+    for rule in rules(spec):
+        if rule.applies(tensor, kind):
+            return rule.values
+    if isinstance(spec, ByModule):
+        raise RecipeError(f"no value for module kind {kind!r} (tensor {tensor!r}) and no default")
+    raise RecipeError(f"no conditional entry matches tensor {tensor!r} and none is a default")
+
+
+def at_layer(values: Values, layer: int | None, num_layers: int) -> float:
+    """One number from selected values at a layer (None: outside transformer blocks)."""
+    if isinstance(values, PerLayer):
+        if len(values.per_layer) != num_layers:
+            raise RecipeError(
+                f"per_layer list has {len(values.per_layer)} values but the sources have "
+                f"{num_layers} layers"
+            )
+        return float(values.per_layer[layer if layer is not None else 0])
+    if isinstance(values, Gradient):
+        return _interpolate(values.gradient, layer, num_layers)
+    if isinstance(values, list):
+        return _interpolate([float(v) for v in values], layer, num_layers)
+    return float(values)
+
+
+def numbers(values: Values) -> list[float]:
+    """Every number written in selected values."""
+    if isinstance(values, PerLayer):
+        return [float(v) for v in values.per_layer]
+    if isinstance(values, Gradient):
+        return [float(v) for v in values.gradient]
+    if isinstance(values, list):
+        return [float(v) for v in values]
+    return [float(values)]
+
+
 def resolve(
     spec: ParamSpec, *, tensor: str, kind: str, layer: int | None, num_layers: int
 ) -> float:
     """The number a spec gives one tensor. ``layer`` is None outside transformer blocks."""
-    if isinstance(spec, bool):
-        raise TypeError("booleans are flags, not numeric parameters")
-    if isinstance(spec, int | float):
-        return float(spec)
-    if isinstance(spec, ByModule):
-        sub = getattr(spec, kind, None)
-        if sub is None:
-            sub = spec.default
-        if sub is None:
-            raise RecipeError(
-                f"no value for module kind {kind!r} (tensor {tensor!r}) and no default"
-            )
-        return resolve(sub, tensor=tensor, kind=kind, layer=layer, num_layers=num_layers)
-    if isinstance(spec, PerLayer):
-        values = spec.per_layer
-        if len(values) != num_layers:
-            raise RecipeError(
-                f"per_layer list has {len(values)} values but the sources have {num_layers} layers"
-            )
-        return float(values[layer if layer is not None else 0])
-    if isinstance(spec, Gradient):
-        return _interpolate(spec.gradient, layer, num_layers)
-    if isinstance(spec, list) and spec and isinstance(spec[0], Conditional):
-        for cond in spec:
-            if cond.filter in (None, "*") or cond.filter in tensor:
-                return resolve(
-                    cond.value, tensor=tensor, kind=kind, layer=layer, num_layers=num_layers
-                )
-        raise RecipeError(f"no conditional entry matches tensor {tensor!r} and none is a default")
-    if isinstance(spec, list):
-        return _interpolate([float(v) for v in spec], layer, num_layers)  # type: ignore[arg-type]
-    raise TypeError(f"not a parameter spec: {spec!r}")
+    return at_layer(select(spec, tensor=tensor, kind=kind), layer, num_layers)
 
 
 def _interpolate(values: list[float], layer: int | None, num_layers: int) -> float:
@@ -125,25 +183,7 @@ def spec_values(spec: GlobalValue) -> list[float]:
     interpolation never leaves the convex hull of its end points."""
     if isinstance(spec, bool):
         return []
-    if isinstance(spec, int | float):
-        return [float(spec)]
-    if isinstance(spec, Gradient):
-        return list(spec.gradient)
-    if isinstance(spec, PerLayer):
-        return list(spec.per_layer)
-    if isinstance(spec, ByModule):
-        return [
-            v
-            for k in (*MODULE_KINDS, "default")
-            if (s := getattr(spec, k)) is not None
-            for v in spec_values(s)
-        ]
-    if isinstance(spec, list):
-        out: list[float] = []
-        for e in spec:
-            out.extend(spec_values(e.value) if isinstance(e, Conditional) else [float(e)])
-        return out
-    raise TypeError(f"not a parameter spec: {spec!r}")
+    return [v for rule in rules(spec) for v in numbers(rule.values)]
 
 
 class Source(_Frozen):
@@ -258,23 +298,13 @@ class Recipe(_Frozen):
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         path = Path(path)
-        data = load_yaml(path)
+        data = read_yaml(path, error=RecipeError)
         return cls.from_dict(data, origin=str(path), base_dir=path.parent)
 
 
 def zoo_path(path: str, zoo_dir: str | Path) -> str:
     """``zoo:NAME`` → the path of NAME in a built tiny zoo; any other path as it is."""
     return str(Path(zoo_dir) / path[4:]) if path.startswith("zoo:") else path
-
-
-def load_yaml(path: Path) -> Any:
-    """Read YAML with an error that names the file and the line."""
-    if not path.exists():
-        raise RecipeError(f"{path}: no such file")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: malformed YAML: {e}") from None
 
 
 _SPEC_HELP = (

@@ -186,3 +186,22 @@ def test_writer_shards_and_atomicity(tmp_path: Path) -> None:
         raise RuntimeError("boom")
     assert not crashed.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".crashed")]
+
+
+def test_writer_overwrites_by_renames_with_normal_permissions(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stale.txt").write_text("old checkpoint")
+    with CheckpointWriter(out, config={"model_type": "llama"}, overwrite=True) as w:
+        w.add("x", torch.zeros(3))
+        w.finish()
+    assert not (out / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp or .old- leftovers
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+    for f in out.iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask, f

@@ -9,7 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from evomerge.errors import RecipeError
-from evomerge.recipe import ByModule, Gradient, PerLayer, Recipe, resolve
+from evomerge.recipe import (
+    ByModule,
+    Conditional,
+    Gradient,
+    PerLayer,
+    Recipe,
+    resolve,
+    rules,
+    spec_values,
+)
 
 BASIC = {
     "sources": {
@@ -63,6 +72,27 @@ def test_spec_resolution() -> None:
     assert resolve(by, layer=None, **{**kw, "kind": "norm"}) == 0.9
     with pytest.raises(RecipeError, match="per_layer list has 2 values but the sources have 5"):
         resolve(PerLayer(per_layer=[1, 2]), layer=0, **kw)
+
+
+def test_nested_specs_are_one_list_of_rules() -> None:
+    spec = [
+        Conditional(filter="layers.0.", value=ByModule(attention=0.1, default=[0.2, 0.4])),
+        Conditional(value=ByModule(mlp=PerLayer(per_layer=[0.5, 0.6]), default=0.7)),
+    ]
+    found = [(r.kind, r.filters) for r in rules(spec)]
+    assert found == [("attention", ("layers.0.",)), (None, ("layers.0.",)), ("mlp", ()), (None, ())]
+    assert spec_values(spec) == [0.1, 0.2, 0.4, 0.5, 0.6, 0.7]
+    kw = dict(num_layers=2)
+    assert resolve(spec, tensor="m.layers.0.q", kind="attention", layer=0, **kw) == 0.1
+    assert resolve(spec, tensor="m.layers.0.up", kind="mlp", layer=1, **kw) == pytest.approx(0.4)
+    assert resolve(spec, tensor="m.layers.1.up", kind="mlp", layer=1, **kw) == 0.6
+    assert resolve(spec, tensor="m.layers.1.q", kind="attention", layer=1, **kw) == 0.7
+    # a kind nested inside another kind never applies
+    assert rules(ByModule(attention=ByModule(mlp=1.0, default=2.0))) == rules(
+        ByModule(attention=2.0)
+    )
+    with pytest.raises(RecipeError, match="no value for module kind 'norm'"):
+        resolve(ByModule(attention=0.1), tensor="x", kind="norm", layer=None, num_layers=2)
 
 
 @settings(max_examples=50, deadline=None)

@@ -183,3 +183,41 @@ def test_bad_spaces_fail_early(family: dict[str, Path], tmp_path: Path) -> None:
     deep = make_model(tmp_path / "deep", 3, num_hidden_layers=4)
     with pytest.raises(SpaceError, match=r"do not fit one search space"):
         _num_layers({"base": str(family["base"]), "deep": str(deep)}, "base")
+
+
+def test_a_new_kind_is_one_registered_class(family: dict[str, Path]) -> None:
+    from typing import Literal
+
+    from evomerge.genes import Gene
+    from evomerge.recipe import Recipe
+    from evomerge.space import SpaceSpec, register_kind
+    from evomerge.space import base as space_base
+
+    with pytest.raises(SpaceError, match=r"kind: 'soup' is not a search space kind.*'routing'"):
+        load_space({"kind": "soup"})
+
+    class SoupSpec(SpaceSpec):
+        kind: Literal["soup"] = "soup"
+
+    @register_kind("soup")
+    class SoupSpace(SearchSpace):
+        Spec = SoupSpec
+
+        def __init__(self, spec: SoupSpec, **kw: object) -> None:
+            super().__init__(spec, **kw)  # type: ignore[arg-type]
+            self._set_genes([Gene("ft0.weight")])
+
+        def decode(self, genome: np.ndarray) -> Recipe:
+            (x,) = self._genome(genome)
+            w = {"ft0": float(x[0]), "ft1": 1 - float(x[0])}
+            sources = {m: {"path": self.sources[m], "parameters": {"weight": w[m]}} for m in w}
+            return self._recipe(method="linear", sources=sources)
+
+        def encode(self, recipe: Recipe) -> np.ndarray:
+            return np.asarray([recipe.sources["ft0"].parameters["weight"]])
+
+    try:
+        sp = _space(family, {"kind": "soup"})
+        assert isinstance(sp, SoupSpace) and sp.encode(sp.decode(np.array([0.3])))[0] == 0.3
+    finally:
+        space_base._KINDS.pop("soup")

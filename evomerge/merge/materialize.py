@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from evomerge import dtypes
+from evomerge.architectures import unknown_family
 from evomerge.checkpoint import (
     CheckpointWriter,
     ModelSource,
@@ -24,20 +26,7 @@ from evomerge.checkpoint import (
 )
 from evomerge.errors import MergeError, RecipeError
 from evomerge.merge.methods import Method, Params, get_method
-from evomerge.recipe import Recipe, Slot, resolve, spec_values
-
-# Families whose blocks read the residual stream only through scale-invariant (RMS/Layer) norms
-# and write back only through these projections: there, scaling the stream entering a block by s
-# equals dividing this block's and every later block's output projections by s.
-_FOLDABLE = {"llama", "mistral", "qwen2", "qwen3"}
-_OUTPUT_PROJECTIONS = (".self_attn.o_proj.", ".mlp.down_proj.")
-
-_DTYPES = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-    "float64": torch.float64,
-}
+from evomerge.recipe import Recipe, Slot, resolve, rules, spec_values
 
 
 @dataclass(frozen=True)
@@ -73,22 +62,11 @@ class MergePlan:
         total = 0
         for job in self.jobs:
             names = [job.copy_from] if job.copy_from else self._inputs()
-            for n in names:
-                info = self.sources[n].tensors[job.src_name]
-                total += info.numel * torch.empty((), dtype=_torch_dtype(info.dtype)).element_size()
+            total += sum(self.sources[n].tensors[job.src_name].nbytes for n in names)
         return total
 
     def _inputs(self) -> list[str]:
         return self.models + ([self.recipe.base] if self.method.needs_base else [])
-
-
-def _torch_dtype(st_dtype: str) -> torch.dtype:
-    return {
-        "F32": torch.float32,
-        "BF16": torch.bfloat16,
-        "F16": torch.float16,
-        "F64": torch.float64,
-    }.get(st_dtype.upper(), torch.float32)
 
 
 def open_sources(recipe: Recipe, *, allow_pickle: bool = False) -> dict[str, ModelSource]:
@@ -125,6 +103,8 @@ def plan(
     ordered = {n: srcs[n] for n in sorted(srcs)}
     ref = ordered[recipe.base or next(iter(ordered))]
     check_compatible({ref.name: ref, **ordered})
+    if ref.architecture is None:
+        _refuse_module_kinds(recipe, ref)
     n_layers = ref.num_layers
     jobs: list[TensorJob] = []
     layer_names = {i: ref.layer_tensors(i) for i in range(n_layers)}
@@ -148,11 +128,11 @@ def plan(
                 job = _job(
                     recipe, method, models, ref, name, rename_layer(name, i), slot.source, n_layers
                 )
-                if cumulative[i] != 1.0 and any(p in name for p in _OUTPUT_PROJECTIONS):
+                if cumulative[i] != 1.0 and ref.architecture.is_fold_point(name):  # type: ignore[union-attr]
                     job = replace(job, scale=1.0 / cumulative[i])
                 jobs.append(job)
         out_layers = len(route)
-    out_dtype = _DTYPES[recipe.dtype] if recipe.dtype else None
+    out_dtype = dtypes.to_torch(recipe.dtype) if recipe.dtype else None
     config = dict(ref.config)
     if recipe.dtype:
         config["torch_dtype"] = recipe.dtype
@@ -167,18 +147,33 @@ def _folded_scales(route: list[Slot], ref: ModelSource) -> list[float]:
         c *= slot.scale
         out.append(c)
     if any(v != 1.0 for v in out):
+        # Where blocks read the residual stream only through scale-invariant norms and write
+        # back only through their output projections, scaling the stream entering a block by s
+        # equals dividing this block's and every later block's output projections by s.
+        arch = ref.architecture
         family = ref.config.get("model_type")
-        if family not in _FOLDABLE:
+        if arch is None:
+            raise RecipeError(
+                "routing: slot scales other than 1 fold into the output projections its "
+                f"family's table names; source {ref.name!r} ({ref.path}): "
+                f"{unknown_family(ref.config)}. Use scale 1 on every slot."
+            )
+        if not arch.fold_points:
             raise RecipeError(
                 f"routing: slot scales other than 1 fold exactly into the weights only for "
-                f"pre-norm families {sorted(_FOLDABLE)}; source {ref.name!r} ({ref.path}) has "
-                f"model_type {family!r}. Use scale 1 on every slot."
+                f"pre-norm families; source {ref.name!r} ({ref.path}) has model_type {family!r}, "
+                "whose table names no fold points. Use scale 1 on every slot."
             )
-        projections = [n for n in ref.layer_tensors(0) if any(p in n for p in _OUTPUT_PROJECTIONS)]
-        if len(projections) < 2:
+        layer0 = ref.layer_tensors(0)
+        missing = [
+            p
+            for p in arch.fold_points
+            if not any(arch.is_fold_point(n) and f".{p}." in f".{n}" for n in layer0)
+        ]
+        if missing:
             raise RecipeError(
-                f"routing: source {ref.name!r} ({ref.path}) lacks the o_proj/down_proj tensors "
-                "that slot scales fold into"
+                f"routing: source {ref.name!r} ({ref.path}) lacks the {'/'.join(missing)} "
+                "tensors that slot scales fold into"
             )
     return out
 
@@ -223,6 +218,21 @@ def _job(
                     f"got density={d}, epsilon={e}"
                 )
     return TensorJob(out_name, src_name, None, info.layer, Params(per_source, shared, seed), seed)
+
+
+def _refuse_module_kinds(recipe: Recipe, ref: ModelSource) -> None:
+    """Per-module values on a family without a table would rest on guessed tensor kinds."""
+    specs = [(f"parameters.{k}", v) for k, v in recipe.parameters.items()] + [
+        (f"sources.{n}.parameters.{k}", v)
+        for n, src in recipe.sources.items()
+        for k, v in src.parameters.items()
+    ]
+    for where, spec in specs:
+        if not isinstance(spec, bool) and any(r.kind is not None for r in rules(spec)):
+            raise RecipeError(
+                f"{where}: per-module values need to know which tensors are attention, mlp, "
+                f"norms...; source {ref.name!r} ({ref.path}): {unknown_family(ref.config)}"
+            )
 
 
 def _check_parameters(recipe: Recipe, method: Method, models: list[str]) -> None:

@@ -6,6 +6,14 @@ same thing in both tools. Adding a method is one decorated function here::
     @register("name", params=(Param("weight", 1.0, per_source=True),), needs_base=False)
     def name(tensors, base, p: Params) -> torch.Tensor: ...
 
+Other packages add methods through the ``evomerge.methods`` entry point group, named after the
+method and pointing at the module that registers it (or at a :class:`Method`)::
+
+    [project.entry-points."evomerge.methods"]
+    my_method = "my_package.merge"
+
+They are imported only when a recipe asks for a method no loaded module registered.
+
 Tensors arrive in float32 (float64 stays float64); the caller casts the result.
 Random methods draw from :func:`uniform`, a counter-based hash of (seed, element index) in
 exact integer arithmetic: the same recipe gives the same weights on the CPU and on any GPU, so
@@ -17,11 +25,12 @@ the original's (not the 1/density of the DARE paper); we do the same.
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -115,13 +124,37 @@ def register(
     return deco
 
 
+ENTRY_POINT_GROUP = "evomerge.methods"
+
+
 def get_method(name: str) -> Method:
-    try:
+    method = METHODS.get(name) or _from_entry_point(name)
+    if method is None:
+        known = sorted({*METHODS, *(ep.name for ep in _entry_points())})
+        raise RecipeError(f"method: unknown merge method {name!r}; known: {known}")
+    return method
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
+def _from_entry_point(name: str) -> Method | None:
+    """Import the installed plugin that provides method ``name``, if any."""
+    for ep in _entry_points():
+        if ep.name != name:
+            continue
+        where = f"merge method {name!r} (entry point {ep.value!r} of {ENTRY_POINT_GROUP})"
+        try:
+            obj = ep.load()
+        except Exception as e:
+            raise RecipeError(f"method: {where} failed to load: {e}") from e
+        if name not in METHODS and isinstance(obj, Method):
+            METHODS[name] = obj if obj.name == name else replace(obj, name=name)
+        if name not in METHODS:
+            raise RecipeError(f"method: {where} registered no method of that name")
         return METHODS[name]
-    except KeyError:
-        raise RecipeError(
-            f"method: unknown merge method {name!r}; known: {sorted(METHODS)}"
-        ) from None
+    return None
 
 
 # --------------------------------------------------------------------------------------------

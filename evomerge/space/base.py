@@ -1,0 +1,202 @@
+"""What every search space kind shares: the spec base, bounds, the kind registry, loading, and
+the :class:`SearchSpace` interface."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from evomerge.errors import EvomergeError
+from evomerge.fileio import read_yaml, resolve_named, validate
+from evomerge.genes import Gene
+from evomerge.recipe import Recipe
+
+SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+
+
+class SpaceError(EvomergeError, ValueError):
+    """A search space is malformed or does not fit the sources."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SpaceSpec(_Spec):
+    """A space as written in YAML; each kind's spec adds its keys."""
+
+    kind: str
+    description: str = ""
+
+
+class Bound(_Spec):
+    """A searched parameter's range; ``[low, high]`` is accepted as shorthand."""
+
+    low: float
+    high: float
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pair(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple) and len(v) == 2:
+            return {"low": v[0], "high": v[1]}
+        return v
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Bound:
+        if not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
+            raise ValueError(f"bounds are empty: low {self.low} is not below high {self.high}")
+        return self
+
+    def value(self, u: float) -> float:
+        return self.low + float(u) * (self.high - self.low)
+
+    def unit(self, v: float) -> float:
+        return min(1.0, max(0.0, (float(v) - self.low) / (self.high - self.low)))
+
+
+# ---------------------------------------------------------------------------------------------
+# kinds
+
+_KINDS: dict[str, type[SearchSpace]] = {}
+
+
+def register_kind(name: str) -> Callable[[type[SearchSpace]], type[SearchSpace]]:
+    """Class decorator: ``kind: NAME`` in a space file builds this class (its ``Spec`` parses
+    the file)."""
+
+    def deco(cls: type[SearchSpace]) -> type[SearchSpace]:
+        if name in _KINDS:
+            raise ValueError(f"search space kind {name!r} registered twice")
+        _KINDS[name] = cls
+        return cls
+
+    return deco
+
+
+def available_spaces() -> list[str]:
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def load_space(
+    ref: str | Path | Mapping[str, Any], overrides: Mapping[str, Any] | None = None
+) -> SpaceSpec:
+    """A space by preset name (``search_spaces/NAME.yaml``), path, or inline mapping; top-level
+    ``overrides`` (e.g. ``granularity: 2``, ``models: [math]``) replace the preset's keys."""
+    origin = "inline space"
+    if isinstance(ref, Mapping):
+        data: Any = dict(ref)
+    else:
+        path = resolve_named(ref, presets=SPACES_DIR, what="search space", error=SpaceError)
+        origin = str(path)
+        data = read_yaml(path, error=SpaceError)
+    if not isinstance(data, dict):
+        raise SpaceError(f"{origin}: a search space is a mapping with a `kind:` key")
+    data = {**data, **dict(overrides or {})}
+    cls = _KINDS.get(data.get("kind"))  # type: ignore[arg-type]
+    if cls is None:
+        raise SpaceError(
+            f"{origin}: kind: {data.get('kind')!r} is not a search space kind "
+            f"(known: {sorted(_KINDS)})"
+        )
+    return validate(cls.Spec.model_validate, data, origin=origin, error=SpaceError)  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------------------------------------
+# the interface
+
+
+class SearchSpace(ABC):
+    """A space spec bound to concrete sources: its genes, ``decode`` (genome → Recipe) and
+    ``encode`` (Recipe → genome).
+
+    ``SearchSpace(spec, sources=..., base=..., num_layers=...)`` builds the class registered for
+    ``spec.kind``. Decoding is canonical: genes a candidate does not use do not change its recipe.
+    """
+
+    Spec: ClassVar[type[SpaceSpec]]
+    genes: list[Gene]
+
+    def __new__(cls, spec: SpaceSpec, **_: Any) -> SearchSpace:
+        if cls is SearchSpace:
+            cls = _KINDS[spec.kind]
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        spec: SpaceSpec,
+        *,
+        sources: Mapping[str, str],
+        base: str | None,
+        num_layers: int,
+        seed: int = 0,
+        dtype: str | None = None,
+    ) -> None:
+        if base is not None and base not in sources:
+            raise SpaceError(f"base {base!r} is not one of the sources {sorted(sources)}")
+        self.spec, self.sources, self.base = spec, dict(sources), base
+        self.num_layers, self.seed, self.dtype = num_layers, seed, dtype
+
+    @abstractmethod
+    def decode(self, genome: np.ndarray) -> Recipe:
+        """The recipe of a genome; SpaceError for a genome that makes no model."""
+
+    @abstractmethod
+    def encode(self, recipe: Recipe) -> np.ndarray:
+        """The genome of a recipe this space can express (e.g. a known good merge to start
+        from)."""
+
+    def middle(self) -> np.ndarray:
+        """A valid starting genome: every real gene at ½, every integer gene at its last choice
+        (routing: included; layers: merged)."""
+        return np.asarray([0.5 if g.choices is None else g.choices - 1.0 for g in self.genes])
+
+    def describe(self) -> list[tuple[str, str]]:
+        """(gene, range) rows for ``evomerge space show``."""
+        return [
+            (g.name, "[0, 1]" if g.choices is None else f"{{0…{g.choices - 1}}}")
+            for g in self.genes
+        ]
+
+    # -- for the kinds ------------------------------------------------------------------------
+    def _set_genes(self, genes: list[Gene]) -> None:
+        names = [g.name for g in genes]
+        if len(set(names)) != len(names):
+            raise SpaceError("two genes share a name; rename the sources")
+        self.genes = genes
+
+    def _genome(self, genome: np.ndarray, *sizes: int) -> list[np.ndarray]:
+        """The genome as floats, cut after parts of these sizes (the rest is the last part)."""
+        x = np.asarray(genome, dtype=float).reshape(-1)
+        if x.shape[0] != len(self.genes):
+            raise SpaceError(f"genome has {x.shape[0]} genes; the space has {len(self.genes)}")
+        return np.split(x, np.cumsum(sizes)) if sizes else [x]
+
+    def _models(self, wanted: list[str] | None, *, needs_base: bool) -> list[str]:
+        if wanted is None:
+            out = sorted(n for n in self.sources if not (needs_base and n == self.base))
+        else:
+            out = list(wanted)
+            for m in out:
+                if m not in self.sources:
+                    raise SpaceError(
+                        f"models: {m!r} is not one of the sources {sorted(self.sources)}"
+                    )
+        if not out:
+            raise SpaceError("the space has no models to search over")
+        return out
+
+    def _recipe(self, **fields: Any) -> Recipe:
+        data = {**fields, "seed": self.seed}
+        if self.dtype:
+            data["dtype"] = self.dtype
+        try:
+            return Recipe.model_validate(data)
+        except ValidationError as e:
+            raise SpaceError(f"decoded recipe is invalid: {e.errors()[0]['msg']}") from None
