@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from evomerge import dtypes
 from evomerge.architectures import Architecture, ModuleKind, architecture_of, module_kind
 from evomerge.errors import CheckpointError, IncompatibleSourcesError, OutputExistsError
-from evomerge.fileio import replace_dir
+from evomerge.fileio import read_json, replace_dir
 
 SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -147,13 +147,14 @@ class ModelSource:
 
     # -- discovery --------------------------------------------------------------------------
     def _read_config(self) -> dict[str, Any]:
-        cfg = self.path / "config.json"
-        if not cfg.exists():
-            raise CheckpointError(f"source {self.name!r}: {cfg} is missing")
-        try:
-            return json.loads(cfg.read_text())
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"source {self.name!r}: {cfg} is not valid JSON: {e}") from e
+        cfg = read_json(
+            self.path / "config.json", error=CheckpointError, what=f"source {self.name!r}"
+        )
+        if not isinstance(cfg, dict):
+            raise CheckpointError(
+                f"source {self.name!r}: {self.path / 'config.json'} is not a mapping"
+            )
+        return cfg
 
     def _weight_files(self, allow_pickle: bool) -> list[Path]:
         index = self.path / SAFETENSORS_INDEX

@@ -132,6 +132,24 @@ def read_yaml(path: str | os.PathLike[str], *, error: type[EvomergeError]) -> An
         raise error(f"{path}: malformed YAML: {e}") from None
 
 
+def read_json(path: str | os.PathLike[str], *, error: type[EvomergeError], what: str = "") -> Any:
+    """JSON from a file (configs, run files), with an error naming the file and the position.
+
+    JSON stays JSON: YAML would read ``1e-06`` as a string."""
+    path = Path(path)
+    label = f"{what}: {path}" if what else str(path)
+    if not path.exists():
+        raise error(f"{label} is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{label} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{label} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise error(f"{label}: cannot read: {e.strerror}") from None
+
+
 def error_location(err: Mapping[str, Any], skip: int = 0) -> str:
     """A pydantic error's key path as ``a.b.0.c`` (``<top>`` for the whole document)."""
     return ".".join(str(p) for p in list(err["loc"])[skip:]) or "<top>"
