@@ -360,3 +360,27 @@ def test_runs_share_an_external_database(unit_zoo: Path, tmp_path: Path) -> None
         assert search.summary(tmp_path / f"run{seed}")["trials"] == 2
     names = optuna.get_all_study_names(storage=url)
     assert len(names) == 2 and all(n.startswith("unit-search-") for n in names)
+
+
+def test_archive_leaves_optuna_logging_as_it_found_it(tmp_path: Path) -> None:
+    from evomerge.archive import Archive, ArchiveError
+    from evomerge.genes import Gene
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    try:
+        Archive(
+            f"sqlite:///{tmp_path / 'a.db'}",
+            objectives=["x"],
+            directions=["maximize"],
+            genes=[Gene("w")],
+            experiment_hash="h",
+        )
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+        with pytest.raises(ArchiveError, match=r"cannot open the run's storage nope://"):
+            Archive(
+                "nope://x", objectives=["x"], directions=["maximize"], genes=[], experiment_hash="h"
+            )
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    finally:
+        optuna.logging.set_verbosity(before)
