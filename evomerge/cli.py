@@ -129,6 +129,7 @@ def demo(
     import shutil
 
     from evomerge import search
+    from evomerge.report import export
     from evomerge.zoo import build_zoo
 
     t0 = time.perf_counter()
@@ -142,9 +143,8 @@ def demo(
     outcome = _run_with_progress(s, total)
     _print_front(run_dir)
     knee = s.archive.knee()
-    if knee is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(knee.recipe)
+    if knee is not None and knee.recipe:
+        export(knee, out / "recipe.yaml")
         console.print(
             f"knee recipe (trial {knee.number}) → {out / 'recipe.yaml'}  "
             f"(materialize: evomerge merge {out / 'recipe.yaml'} DIR --zoo {zoo})"
@@ -289,36 +289,11 @@ def export(
 ) -> None:
     """Export one evaluated recipe: our YAML, mergekit YAML, or a materialized HF checkpoint."""
     from evomerge.archive import Archive
-    from evomerge.recipe import Recipe
-    from evomerge.run_dir import RunError
+    from evomerge.report import export as write
+    from evomerge.report import pick
 
-    archive = Archive.open(run_dir)
-    if sum(x is not None and x is not False for x in (trial, best, knee)) != 1:
-        raise RunError("choose exactly one of --trial N, --best OBJECTIVE, --knee")
-    ev = (
-        archive.trial(trial)
-        if trial is not None
-        else archive.best(best)
-        if best is not None
-        else archive.knee()
-    )
-    if ev is None or not ev.recipe:
-        raise RunError(f"{run_dir}: no evaluated recipe to export yet")
-    recipe = Recipe.from_dict(__import__("yaml").safe_load(ev.recipe))
-    if format == "recipe":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(ev.recipe)
-    elif format == "mergekit":
-        from evomerge import mergekit_yaml
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(mergekit_yaml.dump(mergekit_yaml.to_mergekit(recipe)))
-    elif format == "hf":
-        from evomerge.merge.materialize import merge_to_dir
-
-        merge_to_dir(recipe, out)
-    else:
-        raise typer.BadParameter("--format must be recipe, mergekit or hf")
+    ev = pick(Archive.open(run_dir), trial=trial, best=best, knee=knee, where=str(run_dir))
+    write(ev, out, format)
     console.print(f"trial {ev.number} ({ev.recipe_hash}) → {out} [{format}]")
 
 
