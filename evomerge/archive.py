@@ -11,21 +11,26 @@ already evaluated (same hash), so a resumed run never evaluates one twice.
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.exceptions import OptunaError
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from evomerge.errors import EvomergeError
 from evomerge.genes import Gene
+from evomerge.run_dir import STUDY_NAME, read_info, storage_url, study_name
 
-STUDY_NAME = "evomerge"
+# what opening a storage URL raises: a bad URL or database, optuna's own, a missing DB driver
+_STORAGE_ERRORS = (SQLAlchemyError, OptunaError, ImportError)
 
 
 class ArchiveError(EvomergeError):
@@ -53,6 +58,17 @@ class Evaluation:
         return self.status == "ok" and self.values is not None
 
 
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Optuna's INFO lines (study created / loaded) muted while we call it, and only then."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(verbosity, optuna.logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+
+
 def _distributions(genes: Sequence[Gene]) -> dict[str, BaseDistribution]:
     return {
         g.name: FloatDistribution(0.0, 1.0)
@@ -73,20 +89,20 @@ class Archive:
         experiment_hash: str,
         study_name: str = STUDY_NAME,
     ) -> None:
-        optuna.logging.get_logger("optuna").setLevel(logging.WARNING)
         self.objectives, self.directions = list(objectives), list(directions)
         self.genes = list(genes)
         self._dists = _distributions(genes)
         # losses are minimized: maximized objectives change sign
         self._sign = np.array([-1.0 if d == "maximize" else 1.0 for d in self.directions])
         try:
-            self.study = optuna.create_study(
-                storage=storage,
-                study_name=study_name,
-                directions=self.directions,
-                load_if_exists=True,
-            )
-        except Exception as e:  # sqlalchemy / optuna errors name the URL
+            with _quiet():
+                self.study = optuna.create_study(
+                    storage=storage,
+                    study_name=study_name,
+                    directions=self.directions,
+                    load_if_exists=True,
+                )
+        except _STORAGE_ERRORS as e:
             raise ArchiveError(f"cannot open the run's storage {storage}: {e}") from None
         attrs = self.study.user_attrs
         if not attrs:
@@ -101,6 +117,34 @@ class Archive:
             self._from_trial(t) for t in self.study.get_trials(deepcopy=False)
         ]
         self._by_hash = {e.recipe_hash: e for e in self._evals}
+
+    @classmethod
+    def open(cls, run_dir: Path) -> Archive:
+        """The archive of a run, read from its storage alone (no models are opened): genes,
+        objectives and directions come from the study itself."""
+        info = read_info(run_dir)
+        url, name = storage_url(run_dir), study_name(run_dir)
+        try:
+            with _quiet():
+                study = optuna.load_study(study_name=name, storage=url)
+        except KeyError:
+            raise ArchiveError(f"{run_dir}: no study {name!r} in {url} (no trial yet?)") from None
+        except _STORAGE_ERRORS as e:
+            raise ArchiveError(f"cannot open the run's storage {url}: {e}") from None
+        trials = study.get_trials(deepcopy=False)
+        dists = trials[0].distributions if trials else {}
+        genes = [
+            Gene(g, int(d.high) + 1 if isinstance(d, IntDistribution) else None)
+            for g, d in dists.items()
+        ]
+        return cls(
+            url,
+            study_name=name,
+            objectives=study.user_attrs.get("objectives", []),
+            directions=[d.name.lower() for d in study.directions],
+            genes=genes,
+            experiment_hash=info["experiment_hash"],
+        )
 
     # -- writing -----------------------------------------------------------------------------
     def record(self, ev: Evaluation) -> Evaluation:

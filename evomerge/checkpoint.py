@@ -430,3 +430,14 @@ def iter_state(source: ModelSource) -> Iterator[tuple[str, torch.Tensor]]:
     """All tensors of a source, one at a time (tests and tools compare whole checkpoints)."""
     for name in source.tensors:
         yield name, source.get(name)
+
+
+def num_layers(sources: Mapping[str, str | os.PathLike[str]], base: str | None) -> int:
+    """The layer count every source shares (``base``'s, else the first source's).
+
+    Raises IncompatibleSourcesError when the sources cannot be merged tensor by tensor.
+    """
+    opened = {n: ModelSource(p, name=n) for n, p in sources.items()}
+    ref = opened[base] if base else next(iter(opened.values()))
+    check_compatible({ref.name: ref, **opened})
+    return ref.num_layers

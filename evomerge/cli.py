@@ -129,6 +129,7 @@ def demo(
     import shutil
 
     from evomerge import search
+    from evomerge.report import export
     from evomerge.zoo import build_zoo
 
     t0 = time.perf_counter()
@@ -142,9 +143,8 @@ def demo(
     outcome = _run_with_progress(s, total)
     _print_front(run_dir)
     knee = s.archive.knee()
-    if knee is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "recipe.yaml").write_text(knee.recipe)
+    if knee is not None and knee.recipe:
+        export(knee, out / "recipe.yaml")
         console.print(
             f"knee recipe (trial {knee.number}) → {out / 'recipe.yaml'}  "
             f"(materialize: evomerge merge {out / 'recipe.yaml'} DIR --zoo {zoo})"
@@ -193,37 +193,10 @@ def _search_and_report(s: Any, total: int, hours: float | None, run_dir: Path) -
 
 
 def _print_front(run_dir: Path) -> None:
+    from evomerge.archive import Archive
     from evomerge.report import front_table
 
-    s_archive = _open_archive(run_dir)
-    console.print(front_table(s_archive, title=f"Pareto front of {run_dir}"))
-
-
-def _open_archive(run_dir: Path) -> Any:
-    """The archive of a run, read from its storage alone (no models are opened)."""
-    import optuna
-
-    from evomerge.archive import Archive
-    from evomerge.genes import Gene
-    from evomerge.search import _read_run, storage_url, study_name
-
-    info = _read_run(run_dir)
-    study = optuna.load_study(study_name=study_name(run_dir), storage=storage_url(run_dir))
-    trials = study.get_trials(deepcopy=False)
-    genes = []
-    if trials:
-        for name, d in trials[0].distributions.items():
-            genes.append(
-                Gene(name, None if d.__class__.__name__ == "FloatDistribution" else int(d.high) + 1)
-            )
-    return Archive(
-        storage_url(run_dir),
-        study_name=study_name(run_dir),
-        objectives=study.user_attrs.get("objectives", []),
-        directions=[d.name.lower() for d in study.directions],
-        genes=genes,
-        experiment_hash=info["experiment_hash"],
-    )
+    console.print(front_table(Archive.open(run_dir), title=f"Pareto front of {run_dir}"))
 
 
 @app.command()
@@ -267,29 +240,20 @@ def resume(
 @_friendly
 def status(run_dir: Annotated[Path, typer.Argument(help="A run directory")]) -> None:
     """Summarize a run (also while it runs)."""
-    from evomerge.search import _read_run
+    from evomerge.search import summary
 
-    info = _read_run(run_dir)
-    archive = _open_archive(run_dir)
-    evs = archive.evaluations
+    info = summary(run_dir)
     t = Table(title=f"run {run_dir}", show_header=False)
     t.add_row("experiment", str(info.get("experiment_file")))
-    state = str(info.get("status"))
-    if state == "running" and not _alive(info.get("pid")):
-        state = "stopped unexpectedly — `evomerge resume` continues it"
-    t.add_row("status", state)
-    t.add_row("evaluations", f"{len(evs)} of {info.get('budget')}")
-    t.add_row("failed", str(sum(not e.ok for e in evs)))
-    t.add_row("front size", str(len(archive.front())))
-    for name in archive.objectives:
-        b = archive.best(name)
-        if b is not None and b.values is not None:
-            t.add_row(
-                f"best {name}", f"{b.values[archive.objectives.index(name)]:.4f} (trial {b.number})"
-            )
-    secs = [e.timings.get("total", 0.0) for e in evs]
-    if secs:
-        t.add_row("time per evaluation", f"{sum(secs) / len(secs):.2f}s")
+    stale = "stopped unexpectedly — `evomerge resume` continues it"
+    t.add_row("status", stale if info["stale"] else str(info.get("status")))
+    t.add_row("evaluations", f"{info['trials']} of {info.get('budget')}")
+    t.add_row("failed", str(info["failed"]))
+    t.add_row("front size", str(info["front_size"]))
+    for name, (value, number) in info["best"].items():
+        t.add_row(f"best {name}", f"{value:.4f} (trial {number})")
+    if info["seconds_per_evaluation"] is not None:
+        t.add_row("time per evaluation", f"{info['seconds_per_evaluation']:.2f}s")
     console.print(t)
 
 
@@ -301,9 +265,10 @@ def front(
     json_: Annotated[bool, typer.Option("--json", help="Print the front as JSON")] = False,
 ) -> None:
     """The Pareto front of a run (every recipe once, at the fidelity it was scored at)."""
+    from evomerge.archive import Archive
     from evomerge.report import front_json, front_table, plot_front
 
-    archive = _open_archive(run_dir)
+    archive = Archive.open(run_dir)
     if json_:
         typer.echo(front_json(archive))  # plain: rich would wrap long lines
     else:
@@ -323,36 +288,12 @@ def export(
     format: Annotated[str, typer.Option(help="recipe, mergekit or hf")] = "recipe",
 ) -> None:
     """Export one evaluated recipe: our YAML, mergekit YAML, or a materialized HF checkpoint."""
-    from evomerge.recipe import Recipe
-    from evomerge.search import RunError
+    from evomerge.archive import Archive
+    from evomerge.report import export as write
+    from evomerge.report import pick
 
-    archive = _open_archive(run_dir)
-    if sum(x is not None and x is not False for x in (trial, best, knee)) != 1:
-        raise RunError("choose exactly one of --trial N, --best OBJECTIVE, --knee")
-    ev = (
-        archive.trial(trial)
-        if trial is not None
-        else archive.best(best)
-        if best is not None
-        else archive.knee()
-    )
-    if ev is None or not ev.recipe:
-        raise RunError(f"{run_dir}: no evaluated recipe to export yet")
-    recipe = Recipe.from_dict(__import__("yaml").safe_load(ev.recipe))
-    if format == "recipe":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(ev.recipe)
-    elif format == "mergekit":
-        from evomerge import mergekit_yaml
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(mergekit_yaml.dump(mergekit_yaml.to_mergekit(recipe)))
-    elif format == "hf":
-        from evomerge.merge.materialize import merge_to_dir
-
-        merge_to_dir(recipe, out)
-    else:
-        raise typer.BadParameter("--format must be recipe, mergekit or hf")
+    ev = pick(Archive.open(run_dir), trial=trial, best=best, knee=knee, where=str(run_dir))
+    write(ev, out, format)
     console.print(f"trial {ev.number} ({ev.recipe_hash}) → {out} [{format}]")
 
 
@@ -371,8 +312,8 @@ def space_show(
     """Print a search space's genome size and genes for these sources."""
     import yaml
 
+    from evomerge.checkpoint import num_layers as _num_layers
     from evomerge.recipe import zoo_path
-    from evomerge.search import _num_layers
     from evomerge.space import SearchSpace, SpaceError, load_space
 
     sources = {}
@@ -459,16 +400,6 @@ def eval_(
             f"{time.perf_counter() - t0:.1f}",
         )
     console.print(table)
-
-
-def _alive(pid: Any) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, TypeError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _parse_size(text: str) -> int:

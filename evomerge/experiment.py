@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evomerge.errors import EvomergeError
+from evomerge.fileio import read_yaml, validate
 from evomerge.recipe import zoo_path
 
 # Metrics that live in [0, 1]: their hypervolume reference defaults to 0 (the worst score).
@@ -133,22 +133,13 @@ class Experiment(_Spec):
         path = Path(path)
         if not path.exists():
             raise ExperimentError(f"experiment file {path} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise ExperimentError(f"{path}: malformed YAML: {e}") from None
-        return cls.parse(data, str(path))
+        return cls.parse(read_yaml(path, error=ExperimentError), str(path))
 
     @classmethod
     def parse(cls, data: Any, origin: str = "experiment") -> Experiment:
         if not isinstance(data, dict):
             raise ExperimentError(f"{origin}: an experiment is a mapping")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = ".".join(str(p) for p in err["loc"]) or "<top>"
-            raise ExperimentError(f"{origin}: {loc}: {err['msg']}") from None
+        return validate(cls.model_validate, data, origin=origin, error=ExperimentError)
 
     def default_reference(self, objective: ObjectiveSpec, metric: str | None) -> float:
         if objective.reference is not None:

@@ -1,22 +1,15 @@
 """The search loop: ask a batch, decode, evaluate (or reuse), commit, tell, checkpoint.
 
-A run directory holds everything to resume and inspect a run:
-
-- ``experiment.yaml`` — the experiment as given, ``run.json`` — its hash, the zoo, the budget,
-  the status;
-- ``archive.db`` — the Optuna study (every evaluation, committed before the optimizer is told);
-- ``optimizer.pkl`` — the optimizer's state after its last complete batch (written atomically).
-
-Resume = restore the optimizer, ask again: a batch cut short re-asks the same genomes, whose
-finished members come back from the archive by recipe hash. So an interrupted and resumed run
-evaluates the same recipes, in the same order, as one that was never interrupted.
+The run directory (:mod:`evomerge.run_dir`) holds the experiment, the archive and the
+optimizer's state after its last complete batch. Resume = restore the optimizer, ask again: a
+batch cut short re-asks the same genomes, whose finished members come back from the archive by
+recipe hash. So an interrupted and resumed run evaluates the same recipes, in the same order, as
+one that was never interrupted.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -26,23 +19,26 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.archive import STUDY_NAME, Archive, Evaluation
-from evomerge.errors import EvomergeError
-from evomerge.experiment import Experiment, ExperimentError
+from evomerge.archive import Archive, Evaluation
+from evomerge.checkpoint import num_layers
+from evomerge.errors import IncompatibleSourcesError
+from evomerge.experiment import Experiment
 from evomerge.optimize import make_optimizer, optimizer_class
 from evomerge.optimize.base import Optimizer
-from evomerge.space import SearchSpace, SpaceError, load_space
-
-RUN_FILE, EXPERIMENT_FILE, ARCHIVE_FILE, OPTIMIZER_FILE = (
-    "run.json",
-    "experiment.yaml",
-    "archive.db",
-    "optimizer.pkl",
+from evomerge.run_dir import (
+    RunError,
+    create,
+    discard,
+    load_experiment,
+    owner_alive,
+    read_info,
+    read_optimizer_state,
+    storage_url,
+    study_name,
+    update_info,
+    write_optimizer_state,
 )
-
-
-class RunError(EvomergeError):
-    """A run directory cannot be used as asked."""
+from evomerge.space import SearchSpace, SpaceError, load_space
 
 
 @dataclass
@@ -67,53 +63,12 @@ class Outcome:
     front: list[Evaluation] = field(default_factory=list)
 
 
-def storage_url(run_dir: Path) -> str:
-    """The run's archive: the experiment's ``storage:`` URL, else SQLite in the run dir."""
-    info_file = run_dir / RUN_FILE
-    if info_file.exists():
-        url = json.loads(info_file.read_text()).get("storage")
-        if url:
-            return str(url)
-    return f"sqlite:///{(run_dir / ARCHIVE_FILE).resolve()}"
-
-
-def study_name(run_dir: Path) -> str:
-    info_file = run_dir / RUN_FILE
-    if info_file.exists():
-        return str(json.loads(info_file.read_text()).get("study_name", STUDY_NAME))
-    return STUDY_NAME
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _read_run(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / RUN_FILE
-    if not path.exists():
-        raise RunError(f"{run_dir} is not a run directory (no {RUN_FILE})")
-    return json.loads(path.read_text())
-
-
-def _write_run(run_dir: Path, info: dict[str, Any]) -> None:
-    _atomic_write(run_dir / RUN_FILE, json.dumps(info, indent=2).encode())
-
-
 def _num_layers(sources: dict[str, str], base: str | None) -> int:
-    from evomerge.checkpoint import ModelSource, check_compatible
-
-    opened = {n: ModelSource(p, name=n) for n, p in sources.items()}
-    ref = opened[base] if base else next(iter(opened.values()))
+    """:func:`evomerge.checkpoint.num_layers`, failing as the search space that cannot be."""
     try:
-        check_compatible({ref.name: ref, **opened})
-    except EvomergeError as e:
+        return num_layers(sources, base)
+    except IncompatibleSourcesError as e:
         raise SpaceError(f"the sources do not fit one search space: {e}") from None
-    return ref.num_layers
 
 
 class Search:
@@ -168,9 +123,9 @@ class Search:
             genes=self.space.genes,
             experiment_hash=experiment.content_hash(),
         )
-        opt_file = run_dir / OPTIMIZER_FILE
-        if opt_file.exists():
-            self.optimizer.restore(opt_file.read_bytes())
+        state = read_optimizer_state(run_dir)
+        if state is not None:
+            self.optimizer.restore(state)
         self._stop: str | None = None
         # seconds spent by the loop itself (not in the worker), for the overhead benchmark
         self.loop_timings: dict[str, float] = dict.fromkeys(
@@ -268,7 +223,7 @@ class Search:
                 t0 = time.perf_counter()
                 self.optimizer.tell(batch, losses)
                 t1 = time.perf_counter()
-                _atomic_write(self.run_dir / OPTIMIZER_FILE, self.optimizer.state())
+                write_optimizer_state(self.run_dir, self.optimizer.state())
                 self.loop_timings["tell"] += t1 - t0
                 self.loop_timings["checkpoint"] += time.perf_counter() - t1
         finally:
@@ -276,9 +231,7 @@ class Search:
                 signal.signal(s, h)
         if self._stop or (status != "time limit" and len(self.archive) < budget):
             status = "interrupted"
-        info = _read_run(self.run_dir)
-        info.update(status=status, evaluations=len(self.archive), updated=time.time())
-        _write_run(self.run_dir, info)
+        update_info(self.run_dir, status=status, evaluations=len(self.archive), updated=time.time())
         return Outcome(self.run_dir, status, len(self.archive), new, self.archive.front())
 
     def progress(
@@ -310,7 +263,7 @@ def _genome_key(genome: np.ndarray) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# run directories
+# starting, resuming and summarizing runs
 
 
 def start(
@@ -322,47 +275,15 @@ def start(
     log: Callable[[str], None] = lambda _: None,
     worker: Any = None,
 ) -> tuple[Search, int]:
-    """A new run (or the same experiment's run, continued). Refuses a run dir of another
-    experiment."""
+    """A new run in a new (or empty) run directory."""
     experiment = Experiment.load(experiment_file)
-    if (run_dir / RUN_FILE).exists():
-        info = _read_run(run_dir)
-        if info["experiment_hash"] != experiment.content_hash():
-            raise RunError(
-                f"{run_dir} belongs to another experiment ({info.get('experiment_file')}); "
-                "choose another --run-dir"
-            )
-        raise RunError(
-            f"{run_dir} already holds this experiment's run; `evomerge resume {run_dir}`"
-        )
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise RunError(f"{run_dir} exists and is not empty; choose another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(experiment_file, run_dir / EXPERIMENT_FILE)
-    info = {
-        "experiment_hash": experiment.content_hash(),
-        "experiment_file": str(Path(experiment_file).resolve()),
-        "zoo": str(zoo) if zoo else None,
-        "budget": budget or experiment.budget,
-        # a shared database holds many runs: each gets its own study there
-        "storage": experiment.storage,
-        "study_name": (
-            STUDY_NAME
-            if experiment.storage is None
-            else f"{experiment.name}-{experiment.content_hash()}"
-        ),
-        "status": "starting",
-        "created": time.time(),
-        "pid": os.getpid(),
-    }
-    _write_run(run_dir, info)
+    info = create(run_dir, experiment_file, experiment, zoo=zoo, budget=budget)
     try:
         search = Search(run_dir, experiment, zoo=zoo, log=log, worker=worker)
     except BaseException:
-        shutil.rmtree(run_dir)  # nothing was evaluated: leave no half-made run behind
+        discard(run_dir)  # nothing was evaluated: leave no half-made run behind
         raise
-    info["status"] = "running"
-    _write_run(run_dir, info)
+    update_info(run_dir, status="running")
     return search, info["budget"]
 
 
@@ -375,20 +296,7 @@ def reopen(
     worker: Any = None,
 ) -> tuple[Search, int]:
     """Continue a run; ``budget`` may raise its budget."""
-    info = _read_run(run_dir)
-    experiment = Experiment.load(run_dir / EXPERIMENT_FILE)
-    if experiment.content_hash() != info["experiment_hash"]:
-        raise ExperimentError(
-            f"{run_dir / EXPERIMENT_FILE} changed since the run started; restore it or start a "
-            "new run (the archive is untouched)"
-        )
-    if experiment_file is not None:
-        other = Experiment.load(experiment_file)
-        if other.content_hash() != info["experiment_hash"]:
-            raise ExperimentError(
-                f"{experiment_file} differs from the experiment of {run_dir}; resuming would mix "
-                "two searches in one archive. Start a new run for it."
-            )
+    experiment, info = load_experiment(run_dir, experiment_file)
     total = budget or info["budget"]
     search = Search(
         run_dir,
@@ -402,18 +310,33 @@ def reopen(
             f"{run_dir} has spent its budget ({len(search.archive)} of {total} evaluations); "
             f"pass --budget N with N > {len(search.archive)} to go on"
         )
-    info.update(budget=total, status="running", pid=os.getpid())
-    _write_run(run_dir, info)
+    update_info(run_dir, budget=total, status="running", pid=os.getpid())
     return search, total
 
 
 def summary(run_dir: Path) -> dict[str, Any]:
-    """A run's state from its files alone (works while it runs: SQLite allows a reader)."""
-    info = _read_run(run_dir)
-    import optuna
+    """A run's state from its files alone (works while it runs: SQLite allows a reader).
 
-    study = optuna.load_study(study_name=study_name(run_dir), storage=storage_url(run_dir))
-    trials = study.get_trials(deepcopy=False)
-    failed = sum(t.state.name == "FAIL" for t in trials)
-    info.update(trials=len(trials), failed=failed, objectives=study.user_attrs.get("objectives"))
+    ``run.json``'s fields, plus ``trials``, ``failed``, ``objectives``, ``front_size``,
+    ``best`` (objective → (value, trial)), ``seconds_per_evaluation`` (None before the first)
+    and ``stale`` (the run says it is running but its process is gone).
+    """
+    info = read_info(run_dir)
+    archive = Archive.open(run_dir)
+    evs = archive.evaluations
+    best = {}
+    for i, name in enumerate(archive.objectives):
+        b = archive.best(name)
+        if b is not None and b.values is not None:
+            best[name] = (b.values[i], b.number)
+    secs = [e.timings.get("total", 0.0) for e in evs]
+    info.update(
+        trials=len(evs),
+        failed=sum(not e.ok for e in evs),
+        objectives=archive.objectives,
+        front_size=len(archive.front()),
+        best=best,
+        seconds_per_evaluation=sum(secs) / len(secs) if secs else None,
+        stale=info.get("status") == "running" and not owner_alive(info),
+    )
     return info

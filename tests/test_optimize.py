@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -438,6 +439,44 @@ def test_restore_rejects_foreign_states() -> None:
         make_optimizer("random", GENES, 1).restore(b"not a pickle")
     with pytest.raises(OptimizerError, match=r"not an optimizer state"):
         make_optimizer("random", GENES, 1).restore(b"\x80\x04K\x01.")  # pickle of 1
+
+
+@pytest.mark.parametrize(
+    ("name", "library"), [("cma", "cma"), ("nsga2", "pymoo"), ("optuna-tpe", "optuna")]
+)
+def test_state_from_other_library_versions_is_refused_before_unpickling(
+    name: str, library: str
+) -> None:
+    import pickle
+    from importlib.metadata import version
+
+    opt = _make(name)
+    opt.tell(genomes := opt.ask(), [toy_loss(x, _m(name)) for x in genomes])
+    header = pickle.loads(opt.state())
+    assert header["versions"] == {"numpy": version("numpy"), library: version(library)}
+    for lib in ("numpy", library):
+        written = {**header["versions"], lib: "0.0.1"}
+        # a payload the other version wrote may not even unpickle here: it is never tried
+        fake = pickle.dumps({**header, "versions": written, "payload": b"\x80\x04garbage"})
+        pattern = rf"written with {lib} 0\.0\.1, but {lib} {re.escape(version(lib))} is installed"
+        with pytest.raises(OptimizerError, match=pattern):
+            _make(name).restore(fake)
+    again = _make(name)
+    again.restore(opt.state())  # the same versions: resumes
+    assert _same([again.ask()], [opt.ask()])
+
+
+def test_states_written_before_versions_were_kept_still_resume() -> None:
+    from evomerge.optimize.base import dumps_state
+
+    opt = _make("cma")
+    pending = opt.ask()
+    old = dumps_state(  # format 1: one pickle, payload inline, no versions
+        {"format": 1, "identity": opt._identity(), "pending": pending, "payload": opt._payload()}
+    )
+    again = _make("cma")
+    again.restore(old)
+    assert _same([again.pending or []], [pending])
 
 
 def test_importing_the_package_loads_no_optimizer_library() -> None:

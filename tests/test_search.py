@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from evomerge import search
-from evomerge.archive import STUDY_NAME, Evaluation
+from evomerge.archive import Evaluation
 from evomerge.errors import EvomergeError
 from evomerge.experiment import ExperimentError
+from evomerge.run_dir import ARCHIVE_FILE, EXPERIMENT_FILE, STUDY_NAME, RunError, storage_url
 
 EXPERIMENT: dict[str, Any] = {
     "name": "unit-search",
@@ -46,7 +47,7 @@ def _write(tmp_path: Path, name: str = "exp.yaml", **changes: Any) -> Path:
 
 
 def _trace(run_dir: Path) -> list[tuple[str, tuple[float, ...] | None]]:
-    study = optuna.load_study(study_name=STUDY_NAME, storage=search.storage_url(run_dir))
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir))
     return [
         (t.user_attrs["hash"], tuple(t.values) if t.values else None)
         for t in study.get_trials(deepcopy=False)
@@ -112,7 +113,7 @@ def test_budget_can_grow_on_resume_and_spent_budget_is_refused(
     run_dir = tmp_path / "run"
     s, _ = search.start(_write(tmp_path), run_dir, zoo=unit_zoo, budget=6)
     assert s.run(6).evaluations == 6
-    with pytest.raises(search.RunError, match=r"spent its budget \(6 of 6.*--budget N with N > 6"):
+    with pytest.raises(RunError, match=r"spent its budget \(6 of 6.*--budget N with N > 6"):
         search.reopen(run_dir)
     s2, total = search.reopen(run_dir, budget=12)
     s2.run(total)
@@ -120,7 +121,7 @@ def test_budget_can_grow_on_resume_and_spent_budget_is_refused(
 
 
 def test_optuna_loads_the_run_and_its_best_trials_are_our_front(reference: Path) -> None:
-    study = optuna.load_study(study_name=STUDY_NAME, storage=search.storage_url(reference))
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(reference))
     s, _ = search.reopen(reference, budget=13)  # opens the archive as the loop does
     ours = sorted(e.number for e in s.archive.front())
     assert ours and sorted(t.number for t in study.best_trials) == ours
@@ -153,7 +154,7 @@ def test_failed_candidates_are_recorded_and_do_not_stop_the_run(
     failed = [e for e in evs if not e.ok]
     assert failed and len(failed) < 8
     assert all("della needs density" in (e.error or "") for e in failed)
-    study = optuna.load_study(study_name=STUDY_NAME, storage=search.storage_url(tmp_path / "run"))
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(tmp_path / "run"))
     assert sum(t.state.name == "FAIL" for t in study.trials) == len(failed)
 
 
@@ -193,13 +194,13 @@ def test_bad_runs_are_refused_and_lose_nothing(unit_zoo: Path, tmp_path: Path) -
     s.run(4)
     before = _trace(run_dir)
     other = _write(tmp_path, "other.yaml", seed=99)
-    with pytest.raises(search.RunError, match=r"belongs to another experiment"):
+    with pytest.raises(RunError, match=r"belongs to another experiment"):
         search.start(other, run_dir, zoo=unit_zoo)
-    with pytest.raises(search.RunError, match=r"already holds this experiment's run"):
+    with pytest.raises(RunError, match=r"already holds this experiment's run"):
         search.start(exp, run_dir, zoo=unit_zoo)
     with pytest.raises(ExperimentError, match=r"differs from the experiment of"):
         search.reopen(run_dir, budget=8, experiment_file=other)
-    copy = run_dir / search.EXPERIMENT_FILE
+    copy = run_dir / EXPERIMENT_FILE
     copy.write_text(copy.read_text().replace("seed: 3", "seed: 4"))
     with pytest.raises(ExperimentError, match=r"changed since the run started"):
         search.reopen(run_dir, budget=8)
@@ -355,7 +356,31 @@ def test_runs_share_an_external_database(unit_zoo: Path, tmp_path: Path) -> None
         )
         s, budget = search.start(exp, tmp_path / f"run{seed}", zoo=unit_zoo)
         s.run(budget)
-        assert not (tmp_path / f"run{seed}" / search.ARCHIVE_FILE).exists()
+        assert not (tmp_path / f"run{seed}" / ARCHIVE_FILE).exists()
         assert search.summary(tmp_path / f"run{seed}")["trials"] == 2
     names = optuna.get_all_study_names(storage=url)
     assert len(names) == 2 and all(n.startswith("unit-search-") for n in names)
+
+
+def test_archive_leaves_optuna_logging_as_it_found_it(tmp_path: Path) -> None:
+    from evomerge.archive import Archive, ArchiveError
+    from evomerge.genes import Gene
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.INFO)
+    try:
+        Archive(
+            f"sqlite:///{tmp_path / 'a.db'}",
+            objectives=["x"],
+            directions=["maximize"],
+            genes=[Gene("w")],
+            experiment_hash="h",
+        )
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+        with pytest.raises(ArchiveError, match=r"cannot open the run's storage nope://"):
+            Archive(
+                "nope://x", objectives=["x"], directions=["maximize"], genes=[], experiment_hash="h"
+            )
+        assert optuna.logging.get_verbosity() == optuna.logging.INFO
+    finally:
+        optuna.logging.set_verbosity(before)

@@ -1,52 +1,81 @@
 """Black-box optimizers over genomes: one ask/tell/state interface for cma, pymoo and optuna.
 
-The libraries are imported only when an optimizer of theirs is built, so importing this package
-stays cheap.
+An optimizer is chosen by name. The built-in ones are listed in ``_BUILTIN`` (a new one is a
+module and one line there); other packages add theirs through the entry point group
+``evomerge.optimizers`` (``name = "package.module:Class"``), loaded the first time a name is not
+a built-in. The libraries are imported only when an optimizer of theirs is built, so importing
+this package stays cheap.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from evomerge.genes import Gene
 from evomerge.optimize.base import Optimizer, OptimizerError
-from evomerge.optimize.cmaes import CMAES
-from evomerge.optimize.moo import NSGA2, NSGA3
-from evomerge.optimize.optuna_ import (
-    OptunaCmaEs,
-    OptunaGP,
-    OptunaNSGA2,
-    OptunaNSGA3,
-    OptunaTPE,
-)
-from evomerge.optimize.random import RandomSearch
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {
-    cls.name: cls
-    for cls in (
-        RandomSearch,
-        CMAES,
-        NSGA2,
-        NSGA3,
-        OptunaTPE,
-        OptunaCmaEs,
-        OptunaNSGA2,
-        OptunaNSGA3,
-        OptunaGP,
-    )
-}
+ENTRY_POINT_GROUP = "evomerge.optimizers"
+# "module:Class", as an entry point names it; importing these modules loads no library
+_BUILTIN = (
+    "evomerge.optimize.random:RandomSearch",
+    "evomerge.optimize.cmaes:CMAES",
+    "evomerge.optimize.moo:NSGA2",
+    "evomerge.optimize.moo:NSGA3",
+    "evomerge.optimize.optuna_:OptunaTPE",
+    "evomerge.optimize.optuna_:OptunaCmaEs",
+    "evomerge.optimize.optuna_:OptunaNSGA2",
+    "evomerge.optimize.optuna_:OptunaNSGA3",
+    "evomerge.optimize.optuna_:OptunaGP",
+)
+
+
+def _import(spec: str) -> Any:
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {cls.name: cls for cls in map(_import, _BUILTIN)}
 # Alternative spellings users reach for; not listed twice in OPTIMIZERS.
 ALIASES: dict[str, str] = {"cmaes": "cma"}
 
 
-def optimizer_class(name: str) -> type[Optimizer]:
-    """The registered optimizer a config names (aliases accepted)."""
-    cls = OPTIMIZERS.get(ALIASES.get(name, name))
-    if cls is None:
-        known = sorted([*OPTIMIZERS, *ALIASES])
-        raise OptimizerError(f"unknown optimizer {name!r}; known: {', '.join(known)}")
+def register(cls: type[Optimizer], name: str | None = None) -> type[Optimizer]:
+    """Make ``cls`` an optimizer configs can name (``name`` defaults to ``cls.name``)."""
+    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
+        raise OptimizerError(f"{cls!r} is not an Optimizer subclass")
+    OPTIMIZERS[name or cls.name] = cls
     return cls
+
+
+def _plugins() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _load_plugin(ep: importlib.metadata.EntryPoint) -> type[Optimizer]:
+    where = f"optimizer {ep.name!r} (entry point {ep.value!r} of group {ENTRY_POINT_GROUP!r})"
+    try:
+        cls = ep.load()
+    except (ImportError, AttributeError) as e:
+        raise OptimizerError(f"{where} cannot be loaded: {e}") from e
+    if not (isinstance(cls, type) and issubclass(cls, Optimizer)):
+        raise OptimizerError(f"{where} is {cls!r}, not an evomerge Optimizer subclass")
+    return register(cls, ep.name)
+
+
+def optimizer_class(name: str) -> type[Optimizer]:
+    """The optimizer a config names: a built-in, an alias, or an installed plugin."""
+    name = ALIASES.get(name, name)
+    cls = OPTIMIZERS.get(name)
+    if cls is not None:
+        return cls
+    plugins = _plugins()
+    if name in plugins:
+        return _load_plugin(plugins[name])
+    known = sorted({*OPTIMIZERS, *ALIASES, *plugins})
+    raise OptimizerError(f"unknown optimizer {name!r}; known: {', '.join(known)}")
 
 
 def make_optimizer(
@@ -57,11 +86,8 @@ def make_optimizer(
     seed: int = 0,
     options: Mapping[str, Any] | None = None,
 ) -> Optimizer:
-    """Build a registered optimizer by name, so configs can pick one with a string."""
-    cls = OPTIMIZERS.get(ALIASES.get(name, name))
-    if cls is None:
-        known = sorted([*OPTIMIZERS, *ALIASES])
-        raise OptimizerError(f"unknown optimizer {name!r}; known: {', '.join(known)}")
+    """Build an optimizer by name, so configs can pick one with a string."""
+    cls = optimizer_class(name)
     options = dict(options or {})
     if "seed" in options:
         raise OptimizerError(
@@ -72,10 +98,12 @@ def make_optimizer(
 
 __all__ = [
     "ALIASES",
+    "ENTRY_POINT_GROUP",
     "OPTIMIZERS",
     "Gene",
     "Optimizer",
     "OptimizerError",
     "make_optimizer",
     "optimizer_class",
+    "register",
 ]

@@ -8,22 +8,35 @@ run must ask the very genomes an uninterrupted one would, or a crash would chang
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import io
 import math
 import pickle
 import sys
 import types
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from numbers import Integral, Real
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from evomerge.errors import EvomergeError
 from evomerge.genes import Gene
 
-_STATE_FORMAT = 1
+# 1: one pickle; 2: the payload pickled apart, behind the versions of the libraries it holds
+_STATE_FORMAT = 2
+# what unpickling bytes that are not (or no longer) a state raises
+_UNPICKLE_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    AttributeError,
+    ImportError,
+    IndexError,
+    TypeError,
+    ValueError,
+)
 
 
 class OptimizerError(EvomergeError, ValueError):
@@ -126,12 +139,83 @@ def _equal(a: Any, b: Any) -> bool:
     try:
         if bool(a == b):
             return True
-    except Exception:  # an array compares elementwise
+    except (ValueError, TypeError):  # an array compares elementwise: its truth is ambiguous
         pass
     try:
         return pickle.dumps(a) == pickle.dumps(b)
-    except Exception:
+    except (pickle.PicklingError, TypeError, AttributeError):  # e.g. a lambda, a lock
         return False
+
+
+# -- options -----------------------------------------------------------------------------------
+
+
+def _integer(minimum: int, *, optional: bool = False) -> Callable[[Any], int | None]:
+    def check(value: Any) -> int | None:
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+            raise ValueError(f"must be an integer >= {minimum}, got {value!r}")
+        return int(value)
+
+    return check
+
+
+def _positive_float(value: Any) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ValueError(f"must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+# Option types: ints are not silently truncated from floats, bools are not numbers.
+Count = Annotated[int, BeforeValidator(_integer(1))]  # >= 1
+NonNegative = Annotated[int, BeforeValidator(_integer(0))]
+Size = Annotated[int, BeforeValidator(_integer(2))]  # a population: >= 2
+CountOrNone = Annotated[int | None, BeforeValidator(_integer(1, optional=True))]
+SizeOrNone = Annotated[int | None, BeforeValidator(_integer(2, optional=True))]
+Positive = Annotated[float, BeforeValidator(_positive_float)]  # finite, > 0
+
+
+class OptimizerOptions(BaseModel):
+    """An optimizer's options: one field each, with its default; unknown keys are refused.
+
+    Validators see ``info.context`` = ``{"genes": ..., "n_objectives": ...}`` for options whose
+    range depends on the problem.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+
+def _options_error(name: str, model: type[OptimizerOptions], e: ValidationError) -> str:
+    """A pydantic error as one line naming the optimizer and the key."""
+    errors = e.errors()
+    unknown = sorted(str(err["loc"][0]) for err in errors if err["type"] == "extra_forbidden")
+    if unknown:
+        accepted = ", ".join(sorted(model.model_fields)) or "(none)"
+        return (
+            f"optimizer {name!r}: unknown option(s) {', '.join(map(repr, unknown))}; "
+            f"accepted: {accepted}"
+        )
+    err = errors[0]
+    cause = err.get("ctx", {}).get("error")
+    msg = str(cause) if cause is not None else err["msg"]
+    where = f"option {err['loc'][0]!r} " if err["loc"] else ""
+    return f"optimizer {name!r}: {where}{msg}"
+
+
+# -- library versions --------------------------------------------------------------------------
+
+
+def installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 class Optimizer(ABC):
@@ -145,7 +229,11 @@ class Optimizer(ABC):
 
     name: ClassVar[str]
     multi_objective: ClassVar[bool]
-    defaults: ClassVar[Mapping[str, Any]] = {}
+    # the options and their defaults (subclass OptimizerOptions; validated at construction)
+    Options: ClassVar[type[OptimizerOptions]] = OptimizerOptions
+    # the distributions whose objects the state pickles (numpy always): a state is resumed only
+    # under the versions it was written with
+    libraries: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self, genes: Sequence[Gene], n_objectives: int, *, seed: int = 0, **options: Any
@@ -167,27 +255,27 @@ class Optimizer(ABC):
         if isinstance(seed, bool) or not isinstance(seed, Integral) or seed < 0:
             raise OptimizerError(f"seed must be a non-negative integer, got {seed!r}")
         self.seed = int(seed)
-        accepted = self.accepted_options()
-        unknown = sorted(set(options) - set(accepted))
-        if unknown:
-            raise OptimizerError(
-                f"optimizer {self.name!r}: unknown option(s) {', '.join(map(repr, unknown))}; "
-                f"accepted: {', '.join(sorted(accepted)) or '(none)'}"
+        model = self.options_model()
+        try:
+            parsed = model.model_validate(
+                options, context={"genes": self.genes, "n_objectives": self.n_objectives}
             )
-        self.options: dict[str, Any] = {**self.defaults, **options}
-        self._check_options()
+        except ValidationError as e:
+            raise OptimizerError(_options_error(self.name, model, e)) from None
+        self.options: dict[str, Any] = self._option_values(parsed)
         self._pending: list[np.ndarray] | None = None
         self._setup()
 
     # -- what subclasses provide -------------------------------------------------------------
 
     @classmethod
-    def accepted_options(cls) -> tuple[str, ...]:
-        """Option names the constructor takes (the keys of ``defaults`` unless overridden)."""
-        return tuple(cls.defaults)
+    def options_model(cls) -> type[OptimizerOptions]:
+        """The pydantic model of the options (``Options`` unless built at run time)."""
+        return cls.Options
 
-    def _check_options(self) -> None:  # noqa: B027 - optional hook, most optimizers need it
-        """Validate (and normalize in place) ``self.options``; raise OptimizerError."""
+    def _option_values(self, parsed: OptimizerOptions) -> dict[str, Any]:
+        """The options as kept (and compared on restore): every field, defaults included."""
+        return dict(parsed)
 
     @abstractmethod
     def _setup(self) -> None:
@@ -255,29 +343,34 @@ class Optimizer(ABC):
         self._pending = None
 
     def state(self) -> bytes:
-        """Opaque bytes from which ``restore`` continues exactly (trusted input: a pickle)."""
-        return dumps_state(
+        """Opaque bytes from which ``restore`` continues exactly (trusted input: a pickle).
+
+        The library objects are pickled apart from a plain header (identity, library versions,
+        pending batch), so a state is checked before any of them is unpickled.
+        """
+        pending = None if self._pending is None else [x.tolist() for x in self._pending]
+        return pickle.dumps(
             {
                 "format": _STATE_FORMAT,
                 "identity": self._identity(),
-                "pending": self._pending,
-                "payload": self._payload(),
-            }
+                "versions": self.library_versions(),
+                "pending": pending,
+                "payload": dumps_state(self._payload()),
+            },
+            protocol=pickle.HIGHEST_PROTOCOL,
         )
 
     def restore(self, state: bytes) -> None:
         """Continue from ``state``; call on a fresh optimizer built with the same arguments.
 
         A state from another optimizer, gene list, objective count, seed or options is refused,
-        since continuing it would silently run a different search.
+        since continuing it would silently run a different search; so is one written under other
+        versions of the libraries it pickles.
         """
-        try:
-            data = pickle.loads(state)
-        except Exception as exc:
-            raise OptimizerError(f"optimizer {self.name!r}: unreadable state ({exc})") from exc
+        data = self._unpickle(state)
         if (
             not isinstance(data, dict)
-            or data.get("format") != _STATE_FORMAT
+            or data.get("format") not in (1, _STATE_FORMAT)
             or not isinstance(data.get("identity"), dict)
         ):
             raise OptimizerError(f"optimizer {self.name!r}: not an optimizer state")
@@ -289,8 +382,36 @@ class Optimizer(ABC):
                 f"({', '.join(diff)} differ: state has "
                 f"{', '.join(f'{k}={theirs.get(k)!r}' for k in diff)})"
             )
-        self._load(data["payload"])
-        self._pending = data["pending"]
+        payload = data["payload"]
+        if data["format"] != 1:  # format 1 held the payload inline and no versions
+            self._check_versions(data.get("versions") or {})
+            payload = self._unpickle(payload)
+        self._load(payload)
+        pending = data["pending"]
+        self._pending = (
+            None if pending is None else [np.asarray(x, dtype=np.float64) for x in pending]
+        )
+
+    @classmethod
+    def library_versions(cls) -> dict[str, str | None]:
+        """The installed versions of numpy and of this optimizer's ``libraries``."""
+        return {lib: installed_version(lib) for lib in ("numpy", *cls.libraries)}
+
+    def _check_versions(self, written: Mapping[str, str | None]) -> None:
+        for lib, version in written.items():
+            installed = installed_version(lib)
+            if installed != version:
+                raise OptimizerError(
+                    f"optimizer {self.name!r}: the state was written with {lib} {version}, but "
+                    f"{lib} {installed or '(none)'} is installed; a state only resumes under the "
+                    f"versions it was written with: install {lib}=={version}, or start a new run"
+                )
+
+    def _unpickle(self, data: bytes) -> Any:
+        try:
+            return pickle.loads(data)
+        except _UNPICKLE_ERRORS as exc:
+            raise OptimizerError(f"optimizer {self.name!r}: unreadable state ({exc})") from exc
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -330,28 +451,3 @@ class Optimizer(ABC):
                 )
             parsed.append(arr.copy() if np.all(np.isfinite(arr)) else None)
         return parsed
-
-    def _int_option(self, key: str, minimum: int, *, allow_none: bool = False) -> None:
-        value = self.options[key]
-        if value is None and allow_none:
-            return
-        if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-            raise OptimizerError(
-                f"optimizer {self.name!r}: option {key!r} must be an integer >= {minimum}, "
-                f"got {value!r}"
-            )
-        self.options[key] = int(value)
-
-    def _positive_float_option(self, key: str) -> None:
-        value = self.options[key]
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, Real)
-            or not math.isfinite(value)
-            or value <= 0
-        ):
-            raise OptimizerError(
-                f"optimizer {self.name!r}: option {key!r} must be a finite number > 0, "
-                f"got {value!r}"
-            )
-        self.options[key] = float(value)

@@ -14,10 +14,14 @@ from numbers import Real
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from pydantic import ValidationInfo, field_validator
 
 from evomerge.optimize.base import (
+    NonNegative,
     Optimizer,
-    OptimizerError,
+    OptimizerOptions,
+    Positive,
+    SizeOrNone,
     penalty,
     update_worst,
 )
@@ -39,28 +43,28 @@ class CMAES(Optimizer):
 
     name: ClassVar[str] = "cma"
     multi_objective: ClassVar[bool] = False
-    defaults: ClassVar[dict[str, Any]] = {
-        "popsize": None,
-        "sigma0": 0.25,
-        "x0": None,
-        "restarts": 0,
-    }
+    libraries: ClassVar[tuple[str, ...]] = ("cma",)
 
-    def _check_options(self) -> None:
-        self._int_option("popsize", 2, allow_none=True)
-        self._positive_float_option("sigma0")
-        self._int_option("restarts", 0)
-        x0 = self.options["x0"]
-        if x0 is None:
-            return
-        ok = isinstance(x0, (list, tuple, np.ndarray)) and len(x0) == len(self.genes)
-        ok = ok and all(isinstance(v, Real) and not isinstance(v, bool) for v in x0)
-        if not ok or not all(0.0 <= float(v) <= 1.0 for v in x0):
-            raise OptimizerError(
-                f"optimizer {self.name!r}: option 'x0' must list {len(self.genes)} numbers in "
-                f"[0, 1] (one per gene, normalized also for integer genes), got {x0!r}"
-            )
-        self.options["x0"] = [float(v) for v in x0]
+    class Options(OptimizerOptions):
+        popsize: SizeOrNone = None
+        sigma0: Positive = 0.25
+        x0: list[float] | None = None
+        restarts: NonNegative = 0
+
+        @field_validator("x0", mode="before")
+        @classmethod
+        def _x0(cls, x0: Any, info: ValidationInfo) -> list[float] | None:
+            if x0 is None:
+                return None
+            n = len(info.context["genes"]) if info.context else None
+            ok = isinstance(x0, (list, tuple, np.ndarray)) and len(x0) == n
+            ok = ok and all(isinstance(v, Real) and not isinstance(v, bool) for v in x0)
+            if not ok or not all(0.0 <= float(v) <= 1.0 for v in x0):
+                raise ValueError(
+                    f"must list {n} numbers in [0, 1] (one per gene, normalized also for "
+                    f"integer genes), got {x0!r}"
+                )
+            return [float(v) for v in x0]
 
     def _setup(self) -> None:
         # cma fails on bounded 1-D problems, so a lone gene gets an ignored real companion.

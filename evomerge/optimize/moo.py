@@ -13,8 +13,17 @@ from abc import abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import ValidationInfo, model_validator
 
-from evomerge.optimize.base import Optimizer, OptimizerError, penalty, update_worst
+from evomerge.optimize.base import (
+    CountOrNone,
+    Optimizer,
+    OptimizerOptions,
+    Positive,
+    Size,
+    penalty,
+    update_worst,
+)
 
 _FAILED = "evomerge_failed"
 
@@ -31,23 +40,22 @@ class _PymooOptimizer(Optimizer):
     """
 
     multi_objective: ClassVar[bool] = True
+    libraries: ClassVar[tuple[str, ...]] = ("pymoo",)
     crossover_prob: ClassVar[float] = 0.9
-    # eta_*: the distribution indices of SBX crossover and polynomial mutation (defaults: each
-    # pymoo algorithm's own); smaller values make offspring land farther from their parents.
-    defaults: ClassVar[dict[str, Any]] = {
-        "pop_size": 16,
-        "n_offsprings": None,
-        "eta_crossover": 15.0,
-        "eta_mutation": 20.0,
-    }
 
-    def _check_options(self) -> None:
-        self._int_option("pop_size", 2)
-        self._int_option("n_offsprings", 1, allow_none=True)
-        self._positive_float_option("eta_crossover")
-        self._positive_float_option("eta_mutation")
-        if self.options["n_offsprings"] is None:
-            self.options["n_offsprings"] = self.options["pop_size"]
+    class Options(OptimizerOptions):
+        pop_size: Size = 16
+        n_offsprings: CountOrNone = None  # None: pop_size
+        # the distribution indices of SBX crossover and polynomial mutation (defaults: each
+        # pymoo algorithm's own); smaller values make offspring land farther from their parents
+        eta_crossover: Positive = 15.0
+        eta_mutation: Positive = 20.0
+
+        @model_validator(mode="after")
+        def _offsprings(self) -> _PymooOptimizer.Options:
+            if self.n_offsprings is None:
+                self.n_offsprings = self.pop_size
+            return self
 
     @abstractmethod
     def _make_algorithm(self, **kwargs: Any) -> Any:
@@ -148,28 +156,27 @@ class NSGA3(_PymooOptimizer):
 
     name: ClassVar[str] = "nsga3"
     crossover_prob: ClassVar[float] = 1.0
-    defaults: ClassVar[dict[str, Any]] = {
-        **_PymooOptimizer.defaults,
-        "eta_crossover": 30.0,
-        "n_partitions": None,
-    }
 
-    def _check_options(self) -> None:
-        super()._check_options()
-        self._int_option("n_partitions", 1, allow_none=True)
-        m, pop_size = self.n_objectives, self.options["pop_size"]
-        p = self.options["n_partitions"]
-        if p is None:
-            p = 1
-            while m > 1 and _n_directions(m, p + 1) <= pop_size:
-                p += 1
-            self.options["n_partitions"] = p
-        if _n_directions(m, p) > pop_size:
-            raise OptimizerError(
-                f"optimizer {self.name!r}: n_partitions={p} gives {_n_directions(m, p)} reference "
-                f"directions for {m} objectives, more than pop_size={pop_size}; raise pop_size "
-                "or lower n_partitions"
-            )
+    class Options(_PymooOptimizer.Options):
+        eta_crossover: Positive = 30.0
+        n_partitions: CountOrNone = None
+
+        @model_validator(mode="after")
+        def _partitions(self, info: ValidationInfo) -> NSGA3.Options:
+            m, pop_size = info.context["n_objectives"], self.pop_size
+            p = self.n_partitions
+            if p is None:
+                p = 1
+                while m > 1 and _n_directions(m, p + 1) <= pop_size:
+                    p += 1
+                self.n_partitions = p
+            if _n_directions(m, p) > pop_size:
+                raise ValueError(
+                    f"n_partitions={p} gives {_n_directions(m, p)} reference directions for {m} "
+                    f"objectives, more than pop_size={pop_size}; raise pop_size or lower "
+                    "n_partitions"
+                )
+            return self
 
     def _make_algorithm(self, **kwargs: Any) -> Any:
         from pymoo.algorithms.moo.nsga3 import NSGA3 as _NSGA3

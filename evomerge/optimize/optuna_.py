@@ -8,6 +8,7 @@ are told as ``TrialState.FAIL``, which optuna's samplers skip when modelling.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import logging
@@ -17,8 +18,9 @@ from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import create_model
 
-from evomerge.optimize.base import Optimizer, OptimizerError
+from evomerge.optimize.base import Count, Optimizer, OptimizerError, OptimizerOptions
 
 
 @contextmanager
@@ -38,6 +40,18 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
+class _OptunaOptions(OptimizerOptions):
+    batch: Count = 8
+
+
+@functools.cache
+def _sampler_options(sampler: type) -> type[OptimizerOptions]:
+    """``batch`` plus every keyword of the sampler but ``seed`` (the sampler checks values)."""
+    params = inspect.signature(sampler).parameters
+    fields: dict[str, Any] = {p: (Any, None) for p in params if p != "seed"}
+    return create_model(f"{sampler.__name__}Options", __base__=_OptunaOptions, **fields)
+
+
 class _OptunaOptimizer(Optimizer):
     """Base for the optuna samplers; ``batch`` trials are asked before any is told.
 
@@ -45,7 +59,7 @@ class _OptunaOptimizer(Optimizer):
     """
 
     sampler_name: ClassVar[str]
-    defaults: ClassVar[dict[str, Any]] = {"batch": 8}
+    libraries: ClassVar[tuple[str, ...]] = ("optuna",)
 
     @classmethod
     def _sampler_class(cls) -> type:
@@ -54,12 +68,12 @@ class _OptunaOptimizer(Optimizer):
         return getattr(optuna.samplers, cls.sampler_name)
 
     @classmethod
-    def accepted_options(cls) -> tuple[str, ...]:
-        params = inspect.signature(cls._sampler_class()).parameters
-        return ("batch", *(p for p in params if p != "seed"))
+    def options_model(cls) -> type[OptimizerOptions]:
+        return _sampler_options(cls._sampler_class())
 
-    def _check_options(self) -> None:
-        self._int_option("batch", 1)
+    def _option_values(self, parsed: OptimizerOptions) -> dict[str, Any]:
+        # the sampler's own defaults stay the sampler's: only what was given is passed on
+        return {k: v for k, v in parsed if k == "batch" or k in parsed.model_fields_set}
 
     def _setup(self) -> None:
         import optuna
@@ -128,6 +142,7 @@ class OptunaCmaEs(_OptunaOptimizer):
     name: ClassVar[str] = "optuna-cmaes"
     multi_objective: ClassVar[bool] = False
     sampler_name: ClassVar[str] = "CmaEsSampler"
+    libraries: ClassVar[tuple[str, ...]] = ("optuna", "cmaes")
 
     def _setup(self) -> None:
         if importlib.util.find_spec("cmaes") is None:

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from evomerge.optimize.base import Optimizer
+from evomerge.optimize.base import Count, Optimizer, OptimizerOptions
 
 
 class RandomSearch(Optimizer):
@@ -17,10 +17,9 @@ class RandomSearch(Optimizer):
 
     name: ClassVar[str] = "random"
     multi_objective: ClassVar[bool] = True
-    defaults: ClassVar[dict[str, Any]] = {"batch": 8}
 
-    def _check_options(self) -> None:
-        self._int_option("batch", 1)
+    class Options(OptimizerOptions):
+        batch: Count = 8
 
     def _setup(self) -> None:
         self._rng = np.random.default_rng(self.seed)

@@ -1,0 +1,158 @@
+"""A run directory: everything a run needs to resume and to be inspected.
+
+- ``experiment.yaml`` — the experiment as given; ``run.json`` — its hash, the zoo, the budget,
+  the status, the storage URL and study name;
+- ``archive.db`` — the Optuna study (unless the experiment names another ``storage:``);
+- ``optimizer.pkl`` — the optimizer's state after its last complete batch.
+
+Every file here is written atomically (:mod:`evomerge.fileio`): a crash leaves the old version
+or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from evomerge.errors import EvomergeError
+from evomerge.experiment import Experiment, ExperimentError
+from evomerge.fileio import atomic_write_bytes, atomic_write_json
+
+RUN_FILE, EXPERIMENT_FILE, ARCHIVE_FILE, OPTIMIZER_FILE = (
+    "run.json",
+    "experiment.yaml",
+    "archive.db",
+    "optimizer.pkl",
+)
+STUDY_NAME = "evomerge"  # the study of a run that has its own SQLite file
+
+
+class RunError(EvomergeError):
+    """A run directory cannot be used as asked."""
+
+
+def read_info(run_dir: Path) -> dict[str, Any]:
+    """``run.json``; a directory without one is not a run."""
+    path = Path(run_dir) / RUN_FILE
+    if not path.exists():
+        raise RunError(f"{run_dir} is not a run directory (no {RUN_FILE})")
+    return json.loads(path.read_text())
+
+
+def update_info(run_dir: Path, **changes: Any) -> dict[str, Any]:
+    """Rewrite ``run.json`` with ``changes`` applied; the new content."""
+    info = {**read_info(run_dir), **changes}
+    atomic_write_json(Path(run_dir) / RUN_FILE, info)
+    return info
+
+
+def _info_or_empty(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / RUN_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def storage_url(run_dir: Path) -> str:
+    """The run's archive: the experiment's ``storage:`` URL, else SQLite in the run dir."""
+    url = _info_or_empty(run_dir).get("storage")
+    return str(url) if url else f"sqlite:///{(Path(run_dir) / ARCHIVE_FILE).resolve()}"
+
+
+def study_name(run_dir: Path) -> str:
+    return str(_info_or_empty(run_dir).get("study_name", STUDY_NAME))
+
+
+def read_optimizer_state(run_dir: Path) -> bytes | None:
+    path = Path(run_dir) / OPTIMIZER_FILE
+    return path.read_bytes() if path.exists() else None
+
+
+def write_optimizer_state(run_dir: Path, state: bytes) -> None:
+    atomic_write_bytes(Path(run_dir) / OPTIMIZER_FILE, state)
+
+
+def create(
+    run_dir: Path,
+    experiment_file: Path,
+    experiment: Experiment,
+    *,
+    zoo: Path | None,
+    budget: int | None,
+) -> dict[str, Any]:
+    """A new run directory for ``experiment`` (status ``starting``); its ``run.json``.
+
+    Refuses a directory that holds a run (of this experiment or another) or anything else.
+    """
+    if (run_dir / RUN_FILE).exists():
+        info = read_info(run_dir)
+        if info["experiment_hash"] != experiment.content_hash():
+            raise RunError(
+                f"{run_dir} belongs to another experiment ({info.get('experiment_file')}); "
+                "choose another --run-dir"
+            )
+        raise RunError(
+            f"{run_dir} already holds this experiment's run; `evomerge resume {run_dir}`"
+        )
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"{run_dir} exists and is not empty; choose another --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(experiment_file, run_dir / EXPERIMENT_FILE)
+    info = {
+        "experiment_hash": experiment.content_hash(),
+        "experiment_file": str(Path(experiment_file).resolve()),
+        "zoo": str(zoo) if zoo else None,
+        "budget": budget or experiment.budget,
+        # a shared database holds many runs: each gets its own study there
+        "storage": experiment.storage,
+        "study_name": (
+            STUDY_NAME
+            if experiment.storage is None
+            else f"{experiment.name}-{experiment.content_hash()}"
+        ),
+        "status": "starting",
+        "created": time.time(),
+        "pid": os.getpid(),
+    }
+    atomic_write_json(run_dir / RUN_FILE, info)
+    return info
+
+
+def discard(run_dir: Path) -> None:
+    """Remove a run that never evaluated anything (its start failed)."""
+    shutil.rmtree(run_dir)
+
+
+def load_experiment(
+    run_dir: Path, experiment_file: Path | None = None
+) -> tuple[Experiment, dict[str, Any]]:
+    """The run's experiment and ``run.json``, checked unchanged since the run started (and the
+    same as ``experiment_file`` when given)."""
+    info = read_info(run_dir)
+    experiment = Experiment.load(run_dir / EXPERIMENT_FILE)
+    if experiment.content_hash() != info["experiment_hash"]:
+        raise ExperimentError(
+            f"{run_dir / EXPERIMENT_FILE} changed since the run started; restore it or start a "
+            "new run (the archive is untouched)"
+        )
+    if experiment_file is not None:
+        other = Experiment.load(experiment_file)
+        if other.content_hash() != info["experiment_hash"]:
+            raise ExperimentError(
+                f"{experiment_file} differs from the experiment of {run_dir}; resuming would mix "
+                "two searches in one archive. Start a new run for it."
+            )
+    return experiment, info
+
+
+def owner_alive(info: dict[str, Any]) -> bool:
+    """Whether the process that last ran the run (``info["pid"]``) still exists."""
+    try:
+        os.kill(int(info.get("pid")), 0)  # type: ignore[arg-type]
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
