@@ -312,7 +312,6 @@ def space_show(
     """Print a search space's genome size and genes for these sources."""
     import yaml
 
-    from evomerge.checkpoint import num_layers as _num_layers
     from evomerge.recipe import zoo_path
     from evomerge.space import SearchSpace, SpaceError, load_space
 
@@ -327,7 +326,7 @@ def space_show(
         key, _, val = item.partition("=")
         overrides[key] = yaml.safe_load(val)
     spec = load_space(name, overrides)
-    sp = SearchSpace(spec, sources=sources, base=base, num_layers=_num_layers(sources, base))
+    sp = SearchSpace(spec, sources=sources, base=base)
     n_int = sum(g.choices is not None for g in sp.genes)
     console.print(
         f"{name}: {spec.kind} space, {len(sp.genes)} genes "

@@ -20,8 +20,6 @@ from typing import Any
 import numpy as np
 
 from evomerge.archive import Archive, Evaluation
-from evomerge.checkpoint import num_layers
-from evomerge.errors import IncompatibleSourcesError
 from evomerge.experiment import Experiment
 from evomerge.optimize import make_optimizer, optimizer_class
 from evomerge.optimize.base import Optimizer
@@ -63,14 +61,6 @@ class Outcome:
     front: list[Evaluation] = field(default_factory=list)
 
 
-def _num_layers(sources: dict[str, str], base: str | None) -> int:
-    """:func:`evomerge.checkpoint.num_layers`, failing as the search space that cannot be."""
-    try:
-        return num_layers(sources, base)
-    except IncompatibleSourcesError as e:
-        raise SpaceError(f"the sources do not fit one search space: {e}") from None
-
-
 class Search:
     """One run: experiment + run dir + archive + optimizer + worker."""
 
@@ -90,7 +80,6 @@ class Search:
             spec,
             sources=sources,
             base=experiment.base,
-            num_layers=_num_layers(sources, experiment.base),
             seed=experiment.seed,
             dtype=experiment.dtype,
         )

@@ -178,11 +178,13 @@ def test_bad_spaces_fail_early(family: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(SpaceError, match=r"granularity"):
         load_space("linear-per-layer", {"granularity": 0})
     # routing over sources with different depths: named, before any search
-    from evomerge.search import _num_layers
-
     deep = make_model(tmp_path / "deep", 3, num_hidden_layers=4)
     with pytest.raises(SpaceError, match=r"do not fit one search space"):
-        _num_layers({"base": str(family["base"]), "deep": str(deep)}, "base")
+        SearchSpace(
+            load_space("routing"),
+            sources={"base": str(family["base"]), "deep": str(deep)},
+            base="base",
+        )
 
 
 def test_a_new_kind_is_one_registered_class(family: dict[str, Path]) -> None:

@@ -12,7 +12,8 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from evomerge.errors import EvomergeError
+from evomerge.checkpoint import num_layers
+from evomerge.errors import EvomergeError, IncompatibleSourcesError
 from evomerge.fileio import read_yaml, resolve_named, validate
 from evomerge.genes import Gene
 from evomerge.recipe import Recipe
@@ -112,11 +113,20 @@ def load_space(
 # the interface
 
 
+def sources_depth(sources: Mapping[str, str], base: str | None) -> int:
+    """The layer count the sources share, read from their checkpoints; SpaceError when they
+    cannot be merged tensor by tensor (a space over them would make no model)."""
+    try:
+        return num_layers(sources, base)
+    except IncompatibleSourcesError as e:
+        raise SpaceError(f"the sources do not fit one search space: {e}") from None
+
+
 class SearchSpace(ABC):
     """A space spec bound to concrete sources: its genes, ``decode`` (genome → Recipe) and
     ``encode`` (Recipe → genome).
 
-    ``SearchSpace(spec, sources=..., base=..., num_layers=...)`` builds the class registered for
+    ``SearchSpace(spec, sources=..., base=...)`` builds the class registered for
     ``spec.kind``. Decoding is canonical: genes a candidate does not use do not change its recipe.
     """
 
@@ -134,12 +144,14 @@ class SearchSpace(ABC):
         *,
         sources: Mapping[str, str],
         base: str | None,
-        num_layers: int,
+        num_layers: int | None = None,
         seed: int = 0,
         dtype: str | None = None,
     ) -> None:
         if base is not None and base not in sources:
             raise SpaceError(f"base {base!r} is not one of the sources {sorted(sources)}")
+        if num_layers is None:
+            num_layers = sources_depth(sources, base)
         self.spec, self.sources, self.base = spec, dict(sources), base
         self.num_layers, self.seed, self.dtype = num_layers, seed, dtype
 
