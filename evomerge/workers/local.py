@@ -15,13 +15,14 @@ import torch
 from evomerge.archive import Evaluation
 from evomerge.checkpoint import ModelSource
 from evomerge.errors import EvomergeError
-from evomerge.evaluate.estimators import Estimate, Estimator, make_estimator, should_promote
+from evomerge.evaluate.estimators import Estimate, Estimator, make_estimator
 from evomerge.evaluate.hf import HFEngine
 from evomerge.evaluate.scoring import PreparedTask, prepare, score_prepared
 from evomerge.evaluate.tasks import Task, load_task
 from evomerge.experiment import Experiment, ObjectiveSpec
 from evomerge.merge.materialize import MergePlan, materialize, plan
 from evomerge.recipe import Recipe
+from evomerge.workers.promotion import should_promote
 
 
 @dataclass
