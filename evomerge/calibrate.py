@@ -9,12 +9,14 @@ This sits above ``merge`` and ``evaluate`` because it needs both.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from evomerge.errors import EvomergeError
 from evomerge.evaluate.engines import Engine
 from evomerge.evaluate.estimators import Calibration, calibration_cache
 from evomerge.evaluate.scoring import score_task
@@ -23,6 +25,25 @@ from evomerge.merge.materialize import materialize, plan
 from evomerge.recipe import Recipe
 
 CACHE_DIR = Path.home() / ".cache" / "evomerge" / "calibration"
+
+
+def calibration_models(
+    sources: Mapping[str, str | os.PathLike[str]], base: str | None = None
+) -> list[Path]:
+    """The models scored in full to calibrate anchor and IRT estimators: the base first
+    (``sources[base]``, else the first source), then every other source in name order. One rule
+    for the search's worker (the experiment's sources) and ``evomerge eval`` (the zoo's models,
+    :func:`zoo_models`): the same sources give the same calibration, cached once."""
+    if not sources:
+        raise EvomergeError("calibration needs at least one model")
+    ref = Path(sources[base] if base is not None else next(iter(sources.values())))
+    return [ref, *(Path(p) for _, p in sorted(sources.items()) if Path(p) != ref)]
+
+
+def zoo_models(zoo: str | os.PathLike[str]) -> dict[str, Path]:
+    """A built tiny zoo's models by name: ``base`` and ``experts/<skill>``."""
+    zoo = Path(zoo)
+    return {"base": zoo / "base", **{f"experts/{d.name}": d for d in (zoo / "experts").iterdir()}}
 
 
 def calibration_recipes(models: Sequence[Path], n_merges: int, seed: int) -> list[Recipe]:

@@ -359,7 +359,7 @@ def eval_(
     seed: int = 0,
 ) -> None:
     """Score one checkpoint on tasks, in full or with a cheap estimator."""
-    from evomerge.calibrate import build_calibration
+    from evomerge.calibrate import build_calibration, calibration_models, zoo_models
     from evomerge.evaluate.estimators import make_estimator
     from evomerge.evaluate.hf import HFEngine
     from evomerge.evaluate.scoring import score_task
@@ -368,13 +368,14 @@ def eval_(
     tasks = [load_task(t, zoo=zoo) for t in task]  # every task checked before any scoring
     est = make_estimator(estimator, seed)
     engine = HFEngine(model_dir, device=device)
+    if est.needs_calibration:
+        models = calibrate_with or calibration_models(zoo_models(zoo), base="base")
+        calib_engine = HFEngine(models[0], device=device)
     table = Table(title=f"{model_dir} · estimator {estimator}")
     for col in ("task", "metric", "score", "± stderr", "items used", "time (s)"):
         table.add_column(col)
     for t in tasks:
         if est.needs_calibration:
-            models = calibrate_with or [zoo / "base", *sorted((zoo / "experts").iterdir())]
-            calib_engine = HFEngine(models[0], device=device)
             est.calibrate(
                 build_calibration(
                     calib_engine,

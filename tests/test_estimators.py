@@ -1,4 +1,4 @@
-"""Estimators against synthetic benchmarks whose truth we know, plus bad input and promotion."""
+"""Estimators against synthetic benchmarks whose truth we know, plus bad input."""
 
 from __future__ import annotations
 
@@ -19,12 +19,9 @@ from evomerge.evaluate.estimators import (
     EstimatorError,
     Full,
     Irt,
-    Promotion,
     Subsample,
     calibration_cache,
-    fidelity_ladder,
     make_estimator,
-    should_promote,
 )
 
 N_ITEMS, N_CALIB, N_CAND, K = 1000, 20, 60, 50
@@ -355,52 +352,3 @@ def test_bad_inputs_say_what_is_wrong() -> None:
         Subsample(2, strata={"item-0000": "a"}).select(ids)
     with pytest.raises(EstimatorError, match="method"):
         Irt(2, method="mp")
-
-
-# ---------------------------------------------------------------------------------------------
-# promotion
-
-
-def cheap(value: float, stderr: float | None = 0.05) -> Estimate:
-    return Estimate(value, 50, 1000, stderr, "gpirt:50")
-
-
-def test_promotion_on_hand_made_fronts() -> None:
-    front = [[0.8, 0.2], [0.5, 0.5], [0.2, 0.8]]
-    assert should_promote([cheap(0.6), cheap(0.6)], front)  # enters outright
-    assert not should_promote([cheap(0.3), cheap(0.3)], front)  # deep behind [0.5, 0.5]
-    # optimistic 0.4 + 2·0.05 = 0.5 on both only ties [0.5, 0.5]: a tie adds nothing
-    assert not should_promote([cheap(0.4), cheap(0.4)], front, z=2.0)
-    assert should_promote([cheap(0.45), cheap(0.45)], front, z=2.0)  # 0.55 each could enter
-    assert not should_promote([cheap(0.45), cheap(0.45)], front, z=0.0)
-    assert should_promote([cheap(0.45, None), cheap(0.45, None)], front, margin=0.06, z=0.0)
-    # an exact objective takes no optimism: 0.75 on the first cannot lift a weak second
-    assert not should_promote([0.1, cheap(0.45)], front, z=2.0)
-    assert should_promote([0.9, cheap(0.1)], front)  # best on the first objective already
-    # nothing left to refine: never promoted
-    full = Estimate(0.99, 1000, 1000, 0.01, "full")
-    assert not should_promote([full, 0.99], front)
-    # a first candidate always climbs; a single objective may be given bare
-    assert should_promote(cheap(0.1), None) and should_promote([cheap(0.1)], [])
-    assert not Promotion(margin=0.0, z=1.0)(cheap(0.5), [[0.6]])
-    assert Promotion(margin=0.06, z=1.0)(cheap(0.5), [[0.6]])
-    with pytest.raises(EstimatorError, match="2 objectives"):
-        should_promote([cheap(0.5), cheap(0.5)], [[0.1, 0.2, 0.3]])
-
-
-def test_fidelity_ladder() -> None:
-    assert fidelity_ladder("anchor:50", 1000) == ["anchor:50", "anchor:200", "full"]
-    assert fidelity_ladder("irt:50", 150) == ["irt:50", "full"]
-    assert fidelity_ladder("subsample:10", 1000, factor=2, rungs=5) == [
-        "subsample:10",
-        "subsample:20",
-        "subsample:40",
-        "subsample:80",
-        "full",
-    ]
-    assert fidelity_ladder("full", 1000) == ["full"]
-    assert fidelity_ladder("pirt:2000", 1000) == ["full"]
-    for spec in fidelity_ladder("gpirt:50", 1000):
-        make_estimator(spec)
-    with pytest.raises(EstimatorError):
-        fidelity_ladder("anchor:50", 1000, factor=1)

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import EvomergeError
+from evomerge.fileio import read_yaml, resolve_named, validate
 
 FITNESS_DIR = Path(__file__).resolve().parent.parent.parent / "fitness"
 Kind = Literal["multiple_choice", "generate", "logprob"]
@@ -309,24 +310,9 @@ def available_tasks() -> list[str]:
 def load_task(name_or_path: str | Path, *, zoo: Path | None = None) -> Task:
     """A task by name (``fitness/NAME.yaml``) or by path. ``zoo:`` item paths resolve against
     ``zoo`` (a built tiny zoo)."""
-    import yaml
-
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = FITNESS_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise TaskError(f"unknown task {str(name_or_path)!r}; known: {available_tasks()}")
-    if not path.exists():
-        raise TaskError(f"task file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-        spec = TaskSpec.model_validate(data)
-    except yaml.YAMLError as e:
-        raise TaskError(f"{path}: malformed YAML: {e}") from None
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "<top>"
-        raise TaskError(f"{path}: {loc}: {err['msg']}") from None
+    path = resolve_named(name_or_path, presets=FITNESS_DIR, what="task", error=TaskError)
+    data = read_yaml(path, error=TaskError)
+    spec = validate(TaskSpec.model_validate, data, origin=str(path), error=TaskError)
     if spec.items.startswith("zoo:"):
         if zoo is None:
             raise TaskError(f"{path}: items {spec.items!r} live in the tiny zoo; pass its dir")

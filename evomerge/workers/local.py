@@ -13,15 +13,17 @@ from typing import Any
 import torch
 
 from evomerge.archive import Evaluation
+from evomerge.calibrate import build_calibration, calibration_models
 from evomerge.checkpoint import ModelSource
 from evomerge.errors import EvomergeError
-from evomerge.evaluate.estimators import Estimate, Estimator, make_estimator, should_promote
+from evomerge.evaluate.estimators import Estimate, Estimator, make_estimator
 from evomerge.evaluate.hf import HFEngine
 from evomerge.evaluate.scoring import PreparedTask, prepare, score_prepared
 from evomerge.evaluate.tasks import Task, load_task
 from evomerge.experiment import Experiment, ObjectiveSpec
 from evomerge.merge.materialize import MergePlan, materialize, plan
 from evomerge.recipe import Recipe
+from evomerge.workers.promotion import should_promote
 
 
 @dataclass
@@ -120,7 +122,7 @@ class LocalWorker:
         ref = sources[experiment.base] if experiment.base else next(iter(sources.values()))
         self.engine = HFEngine(ref, device=w.device, batch_size=w.batch_size)
         self.device = w.device
-        calib_models = [Path(ref), *(Path(p) for n, p in sorted(sources.items()) if p != ref)]
+        calib_models = calibration_models(sources, experiment.base)
         for ob in self.objectives:
             if ob.lmeval is not None and ob.estimator is not None and ob.all_ids is not None:
                 if ob.estimator.needs_calibration:
@@ -133,8 +135,6 @@ class LocalWorker:
             if ob.estimator is None or ob.task is None:
                 continue
             if ob.estimator.needs_calibration:
-                from evomerge.calibrate import build_calibration
-
                 ob.estimator.calibrate(
                     build_calibration(
                         self.engine, ob.task, calib_models, seed=experiment.seed, log=log

@@ -16,7 +16,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +25,11 @@ from pydantic import BaseModel, ConfigDict
 from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 from evomerge.errors import EvomergeError, OutputExistsError
-from evomerge.zoo.evaluate import exact_match_scores, teacher_forced_scores
+from evomerge.evaluate.engines import Engine
+from evomerge.evaluate.hf import HFEngine
+from evomerge.fileio import atomic_write_text, replace_dir
+from evomerge.merge.methods import Params, get_method
+from evomerge.zoo.evaluate import engine_scores, model_engine
 from evomerge.zoo.skills import (
     CROSS_TASKS,
     GENERIC_TASKS,
@@ -187,17 +191,16 @@ def load_task_items(zoo_dir: Path, task: str, limit: int | None = None) -> list[
 
 
 def average_state_dicts(
-    state_dicts: list[Mapping[str, torch.Tensor]],
+    state_dicts: Sequence[Mapping[str, torch.Tensor]],
 ) -> dict[str, torch.Tensor]:
-    """Plain parameter average (the uniform merge), summed in list order, in float32."""
-    keys = list(state_dicts[0])
-    out: dict[str, torch.Tensor] = {}
-    for key in keys:
-        total = state_dicts[0][key].detach().float().clone()
-        for sd in state_dicts[1:]:
-            total += sd[key].detach().float()
-        out[key] = total / len(state_dicts)
-    return out
+    """Plain parameter average (the uniform merge): the ``linear`` merge method with equal
+    weights, summed in list order, in float32."""
+    linear = get_method("linear")
+    equal = Params({"weight": [1.0] * len(state_dicts)}, {"normalize": True})
+    return {
+        key: linear([sd[key].detach().float() for sd in state_dicts], None, equal)
+        for key in state_dicts[0]
+    }
 
 
 def score_model(
@@ -207,15 +210,19 @@ def score_model(
     batch_size: int,
 ) -> dict[str, Score]:
     """A model's Score on each task, as the report computes it (tests re-run this)."""
+    return _score(model_engine(model, tokenizer, batch_size), items)
+
+
+def _score(engine: Engine, items: Mapping[str, list[TaskItem]]) -> dict[str, Score]:
+    """The resident weights' Score on each task."""
     out = {}
     for task, rows in items.items():
-        exact = exact_match_scores(model, tokenizer, rows, batch_size)
-        forced = teacher_forced_scores(model, tokenizer, rows, batch_size)
+        s = engine_scores(engine, rows, task)
         n = len(rows)
         out[task] = Score(
-            exact_match=sum(exact) / n,
-            token_accuracy=sum(forced.token_accuracy) / n,
-            mean_logprob=sum(forced.mean_logprob) / n,
+            exact_match=sum(s.exact_match) / n,
+            token_accuracy=sum(s.token_accuracy) / n,
+            mean_logprob=sum(s.mean_logprob) / n,
         )
     return out
 
@@ -292,7 +299,7 @@ def _build_into(work: Path, preset_name: str, seed: int, log: Callable[[str], No
     train(base, base_plan, seed=1000 * seed, log=log, label="base")
     _save(base, tokenizer, work / "base")
     models = {"base": "base"}
-    trained: dict[str, LlamaForCausalLM] = {"base": base}
+    states: dict[str, Mapping[str, torch.Tensor]] = {"base": base.state_dict()}
     experts = []
     for i, skill in enumerate(SKILLS):
         expert = copy.deepcopy(base)
@@ -303,16 +310,16 @@ def _build_into(work: Path, preset_name: str, seed: int, log: Callable[[str], No
         rel = f"experts/{skill}"
         _save(expert, tokenizer, work / rel)
         models[rel] = rel
-        trained[rel] = expert
-        experts.append(expert)
+        states[rel] = expert.state_dict()
+        experts.append(states[rel])
+    states[AVERAGE] = average_state_dicts(experts)
 
-    average = copy.deepcopy(base)
-    average.load_state_dict(average_state_dicts([e.state_dict() for e in experts]))
-    trained[AVERAGE] = average
-
+    # One resident engine (the saved base), each model's weights swapped in, as in a search.
+    engine = HFEngine(work / "base", batch_size=p.eval_batch_size)
     scores = {}
-    for name, model in trained.items():
-        scores[name] = score_model(model, tokenizer, scored, p.eval_batch_size)
+    for name, state in states.items():
+        engine.load_weights(state.items())
+        scores[name] = _score(engine, scored)
     log("evaluated base, experts and their uniform average")
 
     training: dict[str, object] = asdict(p)
@@ -333,9 +340,9 @@ def _build_into(work: Path, preset_name: str, seed: int, log: Callable[[str], No
         training=training,
         versions=_versions(),
     )
-    (work / "README.md").write_text(_readme(report), encoding="utf-8")
+    atomic_write_text(work / "README.md", _readme(report))
     # The report goes last: its presence marks a complete zoo.
-    (work / REPORT_FILE).write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(work / REPORT_FILE, report.model_dump_json(indent=2) + "\n")
     return report
 
 
@@ -409,7 +416,7 @@ def build_zoo(
         shutil.rmtree(work, ignore_errors=True)
         raise
     try:
-        _swap_into_place(work, out_dir)
+        replace_dir(work, out_dir)  # by renames only: the old zoo is moved aside, then deleted
     except OSError:
         shutil.rmtree(work, ignore_errors=True)
         theirs = None if force else _matches(out_dir, preset, seed)
@@ -430,22 +437,3 @@ def _remove_abandoned_builds(out_dir: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
         except (ValueError, IndexError, OSError):
             continue  # not ours to judge: unreadable name, or a live process of another user
-
-
-def _swap_into_place(work: Path, out_dir: Path) -> None:
-    """Rename the finished build to `out_dir`, moving aside whatever was there (force/empty)."""
-    old = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        out_dir.rename(old)
-    try:
-        work.rename(out_dir)
-    except OSError:
-        if old is not None and not out_dir.exists():
-            old.rename(out_dir)
-        raise
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()

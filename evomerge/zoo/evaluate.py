@@ -1,19 +1,28 @@
-"""Scoring a causal LM on prompt/answer items: greedy exact match and teacher-forced accuracy.
+"""Scoring the zoo's models through the same tasks, engine and scoring code as every fitness
+objective (:mod:`evomerge.evaluate.tasks`, :class:`~evomerge.evaluate.hf.HFEngine`,
+:mod:`evomerge.evaluate.scoring`), so the figures zoo.json records are those the search sees.
 
-Exact match is what users care about but is brittle under merging; teacher-forced token accuracy
-and the answer's mean log-probability need one forward pass and move smoothly, which makes them
-the better search signals. Items are batched by length so that no batch needs padding on the left.
+A zoo item becomes an item of a ``logprob`` task shaped like ``fitness/<task>.yaml``: the prompt,
+then the answer and eos as the reference (:func:`zoo_task`). One teacher-forced pass gives all
+three figures: token accuracy (share of the answer's tokens, eos included, that are the argmax),
+mean log-probability, and exact match: every one of those tokens is the argmax, which is exactly
+when greedy decoding yields the answer and then eos. Exact match is what users care about but is
+brittle under merging; token accuracy and log-probability move smoothly: the search signals.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from evomerge.evaluate.engines import Engine
+from evomerge.evaluate.hf import HFEngine
+from evomerge.evaluate.scoring import prepare
+from evomerge.evaluate.tasks import Item, Task, TaskSpec
 from evomerge.zoo.skills import TaskItem, as_items
 
 ItemLike = TaskItem | dict[str, str]
@@ -22,110 +31,89 @@ ItemLike = TaskItem | dict[str, str]
 @dataclass(frozen=True)
 class TeacherForced:
     """Per-item teacher-forced scores: share of answer tokens (eos included) predicted right,
-    and the mean log-probability of those tokens."""
+    the mean log-probability of those tokens, and whether all of them were (greedy exact match)."""
 
     token_accuracy: list[float]
     mean_logprob: list[float]
+    exact_match: list[float]
 
 
-def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+def zoo_task(name: str, items: Sequence[ItemLike]) -> Task:
+    """Zoo items as a task of ``fitness/<name>.yaml``'s shape: ``logprob`` kind, token accuracy,
+    the answer followed by eos as the reference."""
+    spec = TaskSpec(
+        name=name,
+        kind="logprob",
+        items=f"zoo:tasks/{name}.jsonl",
+        prompt="{prompt}",
+        target="{answer}",
+        append_eos=True,
+        metric="token_accuracy",
+    )
+    rows = [Item(id=it.id, prompt=it.prompt, answer=it.answer) for it in as_items(items)]
+    return Task(spec, rows, origin=f"zoo task {name}")
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def model_engine(model: torch.nn.Module, tokenizer: Any, batch_size: int = 256) -> HFEngine:
+    """An engine holding the weights of a model in memory (the engine is built from a checkpoint
+    directory: only the config and tokenizer are written, to a temporary one)."""
+    with tempfile.TemporaryDirectory(prefix="evomerge-zoo-") as tmp:
+        model.config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        with torch.random.fork_rng(devices=[]):  # the engine's placeholder init draws numbers
+            engine = HFEngine(
+                tmp,
+                device=str(next(model.parameters()).device),
+                batch_size=batch_size,
+                load_weights=False,
+            )
+    engine.load_weights(model.state_dict().items())
+    return engine
 
 
-def _length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped by equal length, each group cut into batches of at most `batch_size`."""
-    groups: dict[int, list[int]] = {}
-    for i, n in enumerate(lengths):
-        groups.setdefault(n, []).append(i)
-    return [
-        idx[k : k + batch_size]
-        for _, idx in sorted(groups.items())
-        for k in range(0, len(idx), batch_size)
-    ]
+def engine_scores(engine: Engine, items: Sequence[ItemLike], name: str = "zoo") -> TeacherForced:
+    """The resident weights' teacher-forced scores on zoo items, from one forward pass each."""
+    if not items:
+        return TeacherForced([], [], [])
+    task = zoo_task(name, items)
+    prep = prepare(engine, task)
+    results = engine.loglikelihood(prep.loglikelihood)  # one request per item
+    return TeacherForced(
+        [task.score_loglikelihood(it, [r]) for it, r in zip(prep.items, results, strict=True)],
+        [r.logprob / r.n_tokens for r in results],
+        [float(r.is_greedy) for r in results],
+    )
 
 
-@torch.inference_mode()
+def teacher_forced_scores(
+    model: torch.nn.Module, tokenizer: Any, items: Sequence[ItemLike], batch_size: int = 256
+) -> TeacherForced:
+    """Per-item scores of a model in memory on `prompt answer </s>`, scoring the answer and eos."""
+    if not items:
+        return TeacherForced([], [], [])
+    return engine_scores(model_engine(model, tokenizer, batch_size), items)
+
+
 def exact_match_scores(
     model: torch.nn.Module, tokenizer: Any, items: Sequence[ItemLike], batch_size: int = 256
 ) -> list[float]:
     """Per item 1.0 if greedy decoding yields exactly the answer followed by eos, else 0.0."""
-    rows = as_items(items)
-    if not rows:
-        return []
-    eos = tokenizer.eos_token_id
-    device = _device(model)
-    prompts = _encode(tokenizer, [r.prompt for r in rows])
-    answers = [[*ids, eos] for ids in _encode(tokenizer, [r.answer for r in rows])]
-    scores = [0.0] * len(rows)
-    was_training = model.training
-    model.eval()
-    for batch in _length_batches([len(p) for p in prompts], batch_size):
-        ids = torch.tensor([prompts[i] for i in batch], device=device)
-        want_len = [len(answers[i]) for i in batch]
-        width = max(want_len)
-        want = torch.full((len(batch), width), -1, dtype=torch.long, device=device)
-        for row, i in enumerate(batch):
-            want[row, : want_len[row]] = torch.tensor(answers[i], device=device)
-        lengths = torch.tensor(want_len, device=device)
-        alive = torch.ones(len(batch), dtype=torch.bool, device=device)
-        done = torch.zeros(len(batch), dtype=torch.bool, device=device)
-        out = model(input_ids=ids, use_cache=True)
-        for t in range(width):
-            nxt = out.logits[:, -1, :].argmax(dim=-1)
-            alive &= (nxt == want[:, t]) | done
-            done |= t + 1 == lengths
-            if not bool((alive & ~done).any()):
-                break
-            out = model(input_ids=nxt[:, None], past_key_values=out.past_key_values, use_cache=True)
-        for row, i in enumerate(batch):
-            scores[i] = float(alive[row] and done[row])
-    model.train(was_training)
-    return scores
-
-
-@torch.inference_mode()
-def teacher_forced_scores(
-    model: torch.nn.Module, tokenizer: Any, items: Sequence[ItemLike], batch_size: int = 256
-) -> TeacherForced:
-    """One forward pass per batch over `prompt answer </s>`; scores only the answer and eos."""
-    rows = as_items(items)
-    eos = tokenizer.eos_token_id
-    device = _device(model)
-    prompts = _encode(tokenizer, [r.prompt for r in rows])
-    answers = [[*ids, eos] for ids in _encode(tokenizer, [r.answer for r in rows])]
-    seqs = [p + a for p, a in zip(prompts, answers, strict=True)]
-    acc = [0.0] * len(rows)
-    logp = [0.0] * len(rows)
-    was_training = model.training
-    model.eval()
-    for batch in _length_batches([len(s) for s in seqs], batch_size):
-        ids = torch.tensor([seqs[i] for i in batch], device=device)
-        logits = model(input_ids=ids).logits.float()
-        for row, i in enumerate(batch):
-            start = len(prompts[i]) - 1
-            target = ids[row, start + 1 :]
-            pred = logits[row, start:-1]
-            acc[i] = (pred.argmax(-1) == target).float().mean().item()
-            logp[i] = -F.cross_entropy(pred, target).item()
-    model.train(was_training)
-    return TeacherForced(acc, logp)
+    return teacher_forced_scores(model, tokenizer, items, batch_size).exact_match
 
 
 def evaluate_exact_match(
     model: torch.nn.Module, tokenizer: Any, items: Sequence[ItemLike], batch_size: int = 256
 ) -> float:
     """Share of items whose greedy generation is exactly the answer (then eos)."""
-    scores = exact_match_scores(model, tokenizer, items, batch_size)
-    return sum(scores) / len(scores) if scores else 0.0
+    return _mean(exact_match_scores(model, tokenizer, items, batch_size))
 
 
 def evaluate_token_accuracy(
     model: torch.nn.Module, tokenizer: Any, items: Sequence[ItemLike], batch_size: int = 256
 ) -> float:
     """Mean over items of the teacher-forced share of answer tokens (eos included) predicted."""
-    scores = teacher_forced_scores(model, tokenizer, items, batch_size).token_accuracy
+    return _mean(teacher_forced_scores(model, tokenizer, items, batch_size).token_accuracy)
+
+
+def _mean(scores: list[float]) -> float:
     return sum(scores) / len(scores) if scores else 0.0

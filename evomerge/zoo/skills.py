@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from evomerge.fileio import atomic_write_text
+
 _LETTERS = string.ascii_lowercase
 _DIGITS = string.digits
 _HOLDOUT_MODULUS = 16  # one item in 16 of each task's item space is held out
@@ -188,7 +190,7 @@ def held_out_items(task: str, n: int, seed: int) -> list[TaskItem]:
 
 def write_items(path: Path, items: Iterable[TaskItem]) -> None:
     """Write items as JSONL, one object per line (`id`, `prompt`, `answer`)."""
-    path.write_text("".join(item.to_json() + "\n" for item in items), encoding="utf-8")
+    atomic_write_text(path, "".join(item.to_json() + "\n" for item in items))
 
 
 def read_items(path: Path, limit: int | None = None) -> list[TaskItem]:

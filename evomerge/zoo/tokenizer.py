@@ -13,6 +13,8 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from evomerge.fileio import atomic_write_text
+
 PAD = "<pad>"
 EOS = "</s>"
 BOS = "<s>"
@@ -60,4 +62,4 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, path: Path) -> None:
     config_file = Path(path) / "tokenizer_config.json"
     config = json.loads(config_file.read_text(encoding="utf-8"))
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    atomic_write_text(config_file, json.dumps(config, indent=2) + "\n")

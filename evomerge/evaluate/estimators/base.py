@@ -1,0 +1,238 @@
+"""What every estimator shares: the ``Estimator`` base class, its result (``Estimate``) and error,
+the checks on item sets and scores, the two estimators that need no calibration (``full``,
+``subsample:K``) and ``make_estimator``, which turns a spec from an experiment file into one.
+
+The calibrated estimators (:mod:`.anchors`, :mod:`.irt`) add themselves to the table of names
+when the package is imported, so this module needs none of them.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from evomerge.errors import EvomergeError
+
+if TYPE_CHECKING:
+    from evomerge.evaluate.estimators.calibration import Calibration
+
+
+class EstimatorError(EvomergeError, ValueError):
+    """An estimator spec, calibration or set of responses cannot be used as asked."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A predicted full-set mean score and how much it cost: ``fidelity`` is the share of items
+    scored (1.0 is the exact mean), ``stderr`` its error bar when the estimator has one."""
+
+    value: float
+    items_used: int
+    n_items: int
+    fidelity: float = field(init=False)
+    stderr: float | None
+    estimator: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fidelity", self.items_used / self.n_items)
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+
+
+def _pool(item_ids: Sequence[str]) -> list[str]:
+    ids = list(item_ids)
+    if not ids:
+        raise EstimatorError("the item set is empty: there is nothing to estimate")
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))
+        raise EstimatorError(f"item id {dup!r} appears twice in the item set")
+    return ids
+
+
+def _check_scores(y: np.ndarray, where: Callable[[int], str]) -> None:
+    bad = np.flatnonzero(~np.isfinite(y) | (y < 0) | (y > 1))
+    if bad.size:
+        raise EstimatorError(f"{where(int(bad[0]))} is {y.flat[bad[0]]}; scores must lie in [0, 1]")
+
+
+def _scores(responses: Mapping[str, float], ids: Sequence[str]) -> np.ndarray:
+    missing = [i for i in ids if i not in responses]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise EstimatorError(f"no response for selected item {missing[0]!r}{more}")
+    y = np.array([float(responses[i]) for i in ids])
+    _check_scores(y, lambda j: f"the response for item {ids[j]!r}")
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# estimators
+
+
+class Estimator(ABC):
+    """Which items to score (``select``) and what their scores say of the full set
+    (``estimate``). Both are deterministic given the seed and the calibration."""
+
+    name: str = ""
+    needs_calibration: bool = False
+
+    def __init__(self, k: int | None = None, seed: int = 0) -> None:
+        if k is not None and k < 1:
+            raise EstimatorError(f"{self.name}:{k}: the item count must be at least 1")
+        self.k, self.seed = k, seed
+
+    @property
+    def spec(self) -> str:
+        """The name ``make_estimator`` takes back: 'anchor:100'."""
+        return self.name if self.k is None else f"{self.name}:{self.k}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.spec} seed={self.seed}>"
+
+    def calibrate(
+        self, responses: np.ndarray | Calibration, item_ids: Sequence[str] | None = None
+    ) -> Estimator:
+        """Learn from known models' responses (n_models × n_items); a no-op where not needed."""
+        return self
+
+    @abstractmethod
+    def select(self, item_ids: Sequence[str]) -> list[str]:
+        """The item ids to score, a deterministic subset of ``item_ids``."""
+
+    @abstractmethod
+    def estimate(self, responses: Mapping[str, float], item_ids: Sequence[str]) -> Estimate:
+        """The full-set estimate from the scored items' responses."""
+
+    def _check_k(self, n: int) -> int:
+        if self.k is not None and self.k > n:
+            raise EstimatorError(f"{self.spec} asks for {self.k} items but the task has only {n}")
+        return n if self.k is None else self.k
+
+
+class Full(Estimator):
+    """Every item: the exact mean (stderr = sd/√n, the noise of the benchmark itself)."""
+
+    name = "full"
+
+    def select(self, item_ids: Sequence[str]) -> list[str]:
+        return _pool(item_ids)
+
+    def estimate(self, responses: Mapping[str, float], item_ids: Sequence[str]) -> Estimate:
+        ids = self.select(item_ids)
+        y = _scores(responses, ids)
+        se = float(y.std(ddof=1) / math.sqrt(len(y))) if len(y) > 1 else None
+        return Estimate(float(y.mean()), len(y), len(y), se, self.spec)
+
+
+def _allocate(k: int, sizes: np.ndarray) -> np.ndarray:
+    """Proportional allocation of k draws to strata, at least one each (largest remainders)."""
+    quota = k * sizes / sizes.sum()
+    n = np.minimum(np.maximum(np.floor(quota), 1), sizes).astype(int)
+    while n.sum() > k:  # the minimum of one overshot: take from the most over-served stratum
+        n[np.argmax(np.where(n > 1, n - quota, -np.inf))] -= 1
+    while n.sum() < k:
+        n[np.argmax(np.where(n < sizes, quota - n, -np.inf))] += 1
+    return n
+
+
+class Subsample(Estimator):
+    """A seeded random sample, stratified proportionally when items carry a stratum (subtask,
+    skill): no calibration, unbiased, and its error bar is honest. Each stratum's sample is a
+    prefix of a seeded permutation of its items, so a larger K reuses a smaller K's items (all
+    of them unstratified; stratified, all but where rounding shrinks a stratum's share)."""
+
+    name = "subsample"
+
+    def __init__(self, k: int, seed: int = 0, strata: Mapping[str, str] | None = None) -> None:
+        super().__init__(k, seed)
+        self.strata = strata
+
+    def _plan(self, item_ids: Sequence[str]) -> list[tuple[list[str], int]]:
+        """Per stratum: the chosen items and the stratum's size."""
+        ids = sorted(_pool(item_ids))
+        k = self._check_k(len(ids))
+        groups: dict[str, list[str]] = {}
+        for i in ids:
+            if self.strata is not None and i not in self.strata:
+                raise EstimatorError(f"item {i!r} has no stratum label")
+            groups.setdefault(self.strata[i] if self.strata is not None else "", []).append(i)
+        if len(groups) > k:  # too few draws to visit every stratum: sample uniformly instead
+            groups = {"": ids}
+        names = sorted(groups)
+        alloc = _allocate(k, np.array([len(groups[g]) for g in names]))
+        plan = []
+        for g, n_h in zip(names, alloc, strict=True):
+            rng = np.random.default_rng([self.seed, zlib.crc32(g.encode())])
+            order = rng.permutation(len(groups[g]))[:n_h]
+            plan.append(([groups[g][j] for j in order], len(groups[g])))
+        return plan
+
+    def select(self, item_ids: Sequence[str]) -> list[str]:
+        return [i for chosen, _ in self._plan(item_ids) for i in chosen]
+
+    def estimate(self, responses: Mapping[str, float], item_ids: Sequence[str]) -> Estimate:
+        plan = self._plan(item_ids)
+        ys = [_scores(responses, chosen) for chosen, _ in plan]
+        n_all = sum(size for _, size in plan)
+        used = sum(len(y) for y in ys)
+        pooled = float(np.concatenate(ys).var(ddof=1)) if used > 1 else math.nan
+        value, var = 0.0, 0.0
+        for y, (_, size) in zip(ys, plan, strict=True):
+            w = size / n_all
+            value += w * float(y.mean())
+            if len(y) < size:  # finite-population correction: a census has no sampling error
+                s2 = float(y.var(ddof=1)) if len(y) > 1 else pooled
+                var += w * w * (1 - len(y) / size) * s2 / len(y)
+        se = math.sqrt(var) if math.isfinite(var) else None
+        return Estimate(min(max(value, 0.0), 1.0), used, n_all, se, self.spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# by name
+
+
+_Factory = Callable[[int, int, Mapping[str, str] | None], Estimator]
+_ESTIMATORS: dict[str, _Factory] = {}
+
+
+def _register(name: str, factory: _Factory) -> None:
+    """Make ``name:K`` a spec ``make_estimator`` knows: ``factory(k, seed, strata)``."""
+    if name in _ESTIMATORS:
+        raise ValueError(f"estimator {name!r} registered twice")
+    _ESTIMATORS[name] = factory
+
+
+_register("full", lambda k, seed, strata: Full(None, seed))
+_register("subsample", lambda k, seed, strata: Subsample(k, seed, strata))
+
+
+def make_estimator(
+    spec: str, seed: int = 0, *, strata: Mapping[str, str] | None = None
+) -> Estimator:
+    """'full', 'subsample:K', 'anchor:K', 'irt:K' (= 'gpirt:K'), 'pirt:K' → an estimator, so an
+    experiment file names one. ``strata`` (item id → label) is used by subsample, ignored else."""
+    name, colon, arg = spec.strip().partition(":")
+    name = name.strip().lower()
+    if name not in _ESTIMATORS:
+        known = ", ".join(_ESTIMATORS)
+        raise EstimatorError(f"unknown estimator {name!r} in {spec!r}; known: {known}")
+    if name == "full":
+        if colon:
+            raise EstimatorError(f"{spec!r}: 'full' takes no item count")
+        return _ESTIMATORS["full"](0, seed, strata)
+    try:
+        k = int(arg)
+    except ValueError:
+        raise EstimatorError(f"{spec!r}: {name} needs an item count, as in '{name}:100'") from None
+    if k < 1:
+        raise EstimatorError(f"{spec!r}: the item count must be at least 1")
+    return _ESTIMATORS[name](k, seed, strata)
