@@ -77,10 +77,16 @@ def replace_dir(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Non
     """
     src, dst = Path(src), Path(dst)
     old: Path | None = None
-    if dst.exists():
+    if os.path.lexists(dst):  # a dangling link is moved aside too
         old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
         os.replace(dst, old / dst.name)
-    os.replace(src, dst)
+    try:
+        os.replace(src, dst)
+    except BaseException:
+        if old is not None:  # put the old one back: the caller still has src
+            os.replace(old / dst.name, dst)
+            shutil.rmtree(old, ignore_errors=True)
+        raise
     fsync_dir(dst.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

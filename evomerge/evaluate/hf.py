@@ -8,9 +8,11 @@ so scores are bit-identical whether weights came from a swap or from a saved che
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,20 +35,46 @@ class HFEngine:
         load_weights: bool = True,
     ):
         self.model_dir = Path(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        config = AutoConfig.from_pretrained(self.model_dir)
+        dtype = dtype or torch.float32
+        if load_weights:
+            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        self._attach(model, tokenizer, device=device, batch_size=batch_size, label=str(model_dir))
+
+    @classmethod
+    def from_model(
+        cls, model: torch.nn.Module, tokenizer: Any, *, batch_size: int = 256
+    ) -> HFEngine:
+        """An engine around a copy of an in-memory model, on its device (the zoo scores its
+        models as it trains them, before any is saved)."""
+        engine = cls.__new__(cls)
+        engine.model_dir = None
+        param = next(model.parameters())
+        engine._attach(
+            copy.deepcopy(model),
+            tokenizer,
+            device=str(param.device),
+            batch_size=batch_size,
+            label=type(model).__name__,
+        )
+        return engine
+
+    def _attach(
+        self, model: torch.nn.Module, tokenizer: Any, *, device: str, batch_size: int, label: str
+    ) -> None:
         self.device = torch.device(device)
         self.batch_size = batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self.config = AutoConfig.from_pretrained(self.model_dir)
-        self.dtype = dtype or torch.float32
-        if load_weights:
-            model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.dtype)
-        else:
-            model = AutoModelForCausalLM.from_config(self.config, dtype=self.dtype)
+        self.tokenizer = tokenizer
+        self.config = model.config
+        self.dtype = next(model.parameters()).dtype
         self._set_model(model)
         vocab = self.model.get_input_embeddings().weight.shape[0]
         if len(self.tokenizer) > vocab:
             raise EngineError(
-                f"{self.model_dir}: the tokenizer has {len(self.tokenizer)} tokens but the model's "
+                f"{label}: the tokenizer has {len(self.tokenizer)} tokens but the model's "
                 f"embedding has {vocab} rows; they do not belong together"
             )
         self.max_length = int(

@@ -12,7 +12,6 @@ brittle under merging; token accuracy and log-probability move smoothly: the sea
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,20 +54,8 @@ def zoo_task(name: str, items: Sequence[ItemLike]) -> Task:
 
 
 def model_engine(model: torch.nn.Module, tokenizer: Any, batch_size: int = 256) -> HFEngine:
-    """An engine holding the weights of a model in memory (the engine is built from a checkpoint
-    directory: only the config and tokenizer are written, to a temporary one)."""
-    with tempfile.TemporaryDirectory(prefix="evomerge-zoo-") as tmp:
-        model.config.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        with torch.random.fork_rng(devices=[]):  # the engine's placeholder init draws numbers
-            engine = HFEngine(
-                tmp,
-                device=str(next(model.parameters()).device),
-                batch_size=batch_size,
-                load_weights=False,
-            )
-    engine.load_weights(model.state_dict().items())
-    return engine
+    """An engine holding a copy of an in-memory model (nothing is written to disk)."""
+    return HFEngine.from_model(model, tokenizer, batch_size=batch_size)
 
 
 def engine_scores(engine: Engine, items: Sequence[ItemLike], name: str = "zoo") -> TeacherForced:
