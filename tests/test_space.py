@@ -201,10 +201,8 @@ def test_a_new_kind_is_one_registered_class(family: dict[str, Path]) -> None:
     class SoupSpec(SpaceSpec):
         kind: Literal["soup"] = "soup"
 
-    @register_kind("soup")
+    @register_kind("soup", SoupSpec)
     class SoupSpace(SearchSpace):
-        Spec = SoupSpec
-
         def __init__(self, spec: SoupSpec, **kw: object) -> None:
             super().__init__(spec, **kw)  # type: ignore[arg-type]
             self._set_genes([Gene("ft0.weight")])

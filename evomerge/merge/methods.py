@@ -347,7 +347,6 @@ def _task_arithmetic_family(
 
 def _gta(
     name: str,
-    *,
     sparsify: str | None,
     consensus: bool,
     normalize: bool,
@@ -371,44 +370,20 @@ def _gta(
     register(name, params=params, needs_base=True, random=random)(fn)
 
 
-_gta("task_arithmetic", sparsify=None, consensus=False, normalize=False, rescale=False)
-_gta("ties", sparsify="magnitude", consensus=True, normalize=True, rescale=False)
-_gta("dare_linear", sparsify="random", consensus=False, normalize=False, rescale=True, random=True)
-_gta("dare_ties", sparsify="random", consensus=True, normalize=False, rescale=True, random=True)
-_gta(
-    "breadcrumbs",
-    sparsify="outliers",
-    consensus=False,
-    normalize=False,
-    rescale=False,
-    extra=(_GAMMA,),
-)
-_gta(
-    "breadcrumbs_ties",
-    sparsify="outliers",
-    consensus=True,
-    normalize=False,
-    rescale=False,
-    extra=(_GAMMA,),
-)
-_gta(
-    "della",
-    sparsify="della",
-    consensus=True,
-    normalize=True,
-    rescale=True,
-    extra=(_EPSILON,),
-    random=True,
-)
-_gta(
-    "della_linear",
-    sparsify="della",
-    consensus=False,
-    normalize=False,
-    rescale=True,
-    extra=(_EPSILON,),
-    random=True,
-)
+# mergekit's general task arithmetic family: name → (sparsify, consensus, normalize, rescale,
+# extra parameters, random)
+_GTA_FAMILY: dict[str, tuple[str | None, bool, bool, bool, tuple[Param, ...], bool]] = {
+    "task_arithmetic": (None, False, False, False, (), False),
+    "ties": ("magnitude", True, True, False, (), False),
+    "dare_linear": ("random", False, False, True, (), True),
+    "dare_ties": ("random", True, False, True, (), True),
+    "breadcrumbs": ("outliers", False, False, False, (_GAMMA,), False),
+    "breadcrumbs_ties": ("outliers", True, False, False, (_GAMMA,), False),
+    "della": ("della", True, True, True, (_EPSILON,), True),
+    "della_linear": ("della", False, False, True, (_EPSILON,), True),
+}
+for _name, _flags in _GTA_FAMILY.items():
+    _gta(_name, *_flags)
 
 
 # --------------------------------------------------------------------------------------------

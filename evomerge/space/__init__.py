@@ -13,8 +13,8 @@ module per kind, each a :class:`SearchSpace` registered under its ``kind:`` name
   merge it with searched coefficients.
 - ``combined`` — routing over the models *and* a parameter-space merge of them.
 
-A new kind is one module with a ``SpaceSpec`` subclass and a ``@register_kind("name")``
-``SearchSpace`` subclass, imported below.
+A new kind is one module with a ``SpaceSpec`` subclass and a ``@register_kind("name", Spec)``
+``SearchSpace`` subclass, imported below (CONTRIBUTING.md has a worked example).
 
 Decoding is canonical: genes that a candidate does not use (the scale of an excluded slot, the
 coefficients of a layer that is copied) do not change the recipe, so the archive's hash cache

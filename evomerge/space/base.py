@@ -68,13 +68,16 @@ class Bound(_Spec):
 _KINDS: dict[str, type[SearchSpace]] = {}
 
 
-def register_kind(name: str) -> Callable[[type[SearchSpace]], type[SearchSpace]]:
-    """Class decorator: ``kind: NAME`` in a space file builds this class (its ``Spec`` parses
-    the file)."""
+def register_kind(
+    name: str, spec: type[SpaceSpec]
+) -> Callable[[type[SearchSpace]], type[SearchSpace]]:
+    """Class decorator: ``kind: NAME`` in a space file is parsed by ``spec`` and builds this
+    class."""
 
     def deco(cls: type[SearchSpace]) -> type[SearchSpace]:
         if name in _KINDS:
             raise ValueError(f"search space kind {name!r} registered twice")
+        cls.Spec = spec
         _KINDS[name] = cls
         return cls
 

@@ -19,9 +19,8 @@ class CombinedSpec(SpaceSpec):
     routing: RoutingSpec
 
 
-@register_kind("combined")
+@register_kind("combined", CombinedSpec)
 class CombinedSpace(SearchSpace):
-    Spec = CombinedSpec
     spec: CombinedSpec
 
     def __init__(self, spec: CombinedSpec, **kw: Any) -> None:

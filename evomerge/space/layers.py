@@ -26,9 +26,8 @@ class LayersSpec(SpaceSpec):
     allow_merge: bool = True
 
 
-@register_kind("layers")
+@register_kind("layers", LayersSpec)
 class LayersSpace(SearchSpace):
-    Spec = LayersSpec
     spec: LayersSpec
 
     def __init__(self, spec: LayersSpec, **kw: Any) -> None:

@@ -38,9 +38,8 @@ class ParametersSpec(SpaceSpec):
     smoothing: bool = False  # interpolate across groups (a mergekit gradient) instead of steps
 
 
-@register_kind("parameters")
+@register_kind("parameters", ParametersSpec)
 class ParametersSpace(SearchSpace):
-    Spec = ParametersSpec
     spec: ParametersSpec
 
     def __init__(self, spec: ParametersSpec, **kw: Any) -> None:

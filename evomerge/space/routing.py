@@ -25,9 +25,8 @@ class RoutingSpec(SpaceSpec):
     embeddings_from: str | None = None  # non-layer tensors; default the base, else first model
 
 
-@register_kind("routing")
+@register_kind("routing", RoutingSpec)
 class RoutingSpace(SearchSpace):
-    Spec = RoutingSpec
     spec: RoutingSpec
 
     def __init__(self, spec: RoutingSpec, **kw: Any) -> None:
