@@ -39,18 +39,7 @@ if TYPE_CHECKING:
 
     from evomerge.evaluate.engines import Engine
 
-    class EngineLM(LM):  # the real class is built on first use: see __getattr__ below
-        engine: Engine
-
-        def __init__(
-            self,
-            engine: Engine,
-            *,
-            batch_size: int | None = None,
-            add_bos_token: bool | None = None,
-            prefix_token_id: int | None = None,
-            max_gen_toks: int = 256,
-        ) -> None: ...
+    EngineLM: type[LM]  # an lm-eval LM over our Engine, built on first use: see __getattr__
 
 
 log = logging.getLogger(__name__)
