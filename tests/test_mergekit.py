@@ -118,6 +118,9 @@ CASES = {
         models={"ft0": {"weight": 0.7}, "ft1": {"weight": 0.5}},
         parameters={},
     ),
+    "nearswap": dict(
+        method="nearswap", base="base", models={"ft0": {}}, parameters={"t": [0.001, 0.01]}
+    ),
     "model_stock": dict(
         method="model_stock", base="base", models={"ft0": {}, "ft1": {}, "ft2": {}}, parameters={}
     ),

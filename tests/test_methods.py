@@ -205,3 +205,13 @@ def test_weights_summing_to_one_keep_a_constant(c, raw, method) -> None:
 def test_slerp_of_a_tensor_with_itself(x, t) -> None:
     a = torch.from_numpy(x)
     assert torch.allclose(run("slerp", [a.clone()], a, t=t), a, atol=1e-5)
+
+
+def test_nearswap_takes_close_values_and_keeps_far_ones() -> None:
+    """By hand, t = 0.1: |a-b| = 0.05 ≤ t → b; 0.2 → halfway (w = 0.5); 1.0 → w = 0.1; a = b → b."""
+    base = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    other = torch.tensor([0.05, 0.2, 1.0, 1.0])
+    out = get_method("nearswap")([other], base, Params({}, {"t": 0.1}))
+    assert torch.allclose(out, torch.tensor([0.05, 0.1, 0.1, 1.0]))
+    with pytest.raises(RecipeError, match="t=-1"):
+        get_method("nearswap").params[0].check(-1.0, "nearswap")

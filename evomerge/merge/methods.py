@@ -126,8 +126,19 @@ def register(
 
 ENTRY_POINT_GROUP = "evomerge.methods"
 
+# Methods that live in a module of their own (imported on the first lookup): a new one is its
+# module, plus one line here.
+_BUILTIN_MODULES = ("evomerge.merge.nearswap",)
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
 
 def get_method(name: str) -> Method:
+    if name not in METHODS:
+        _load_builtins()
     method = METHODS.get(name) or _from_entry_point(name)
     if method is None:
         known = sorted({*METHODS, *(ep.name for ep in _entry_points())})

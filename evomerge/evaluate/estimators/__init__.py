@@ -37,6 +37,7 @@ from evomerge.evaluate.estimators.base import (
     Full,
     Subsample,
     make_estimator,
+    register_estimator,
 )
 from evomerge.evaluate.estimators.calibration import Calibration, calibration_cache
 from evomerge.evaluate.estimators.irt import Irt
@@ -52,4 +53,5 @@ __all__ = [
     "Subsample",
     "calibration_cache",
     "make_estimator",
+    "register_estimator",
 ]

@@ -16,8 +16,8 @@ from evomerge.evaluate.estimators.base import (
     Estimator,
     EstimatorError,
     _pool,
-    _register,
     _scores,
+    register_estimator,
 )
 from evomerge.evaluate.estimators.calibration import Calibration, _as_calibration, _halves
 
@@ -157,4 +157,4 @@ class Anchor(_Calibrated):
         return Estimate(value, len(ids), len(item_ids), self._stderr, self.spec)
 
 
-_register("anchor", lambda k, seed, strata: Anchor(k, seed))
+register_estimator("anchor", lambda k, seed, strata: Anchor(k, seed))

@@ -204,15 +204,17 @@ _Factory = Callable[[int, int, Mapping[str, str] | None], Estimator]
 _ESTIMATORS: dict[str, _Factory] = {}
 
 
-def _register(name: str, factory: _Factory) -> None:
-    """Make ``name:K`` a spec ``make_estimator`` knows: ``factory(k, seed, strata)``."""
+def register_estimator(name: str, factory: _Factory) -> None:
+    """Make ``name:K`` a spec ``make_estimator`` (and so an experiment file) knows:
+    ``factory(k, seed, strata)`` builds the estimator. A new estimator is a module that calls
+    this, imported in the package's ``__init__`` (CONTRIBUTING.md)."""
     if name in _ESTIMATORS:
         raise ValueError(f"estimator {name!r} registered twice")
     _ESTIMATORS[name] = factory
 
 
-_register("full", lambda k, seed, strata: Full(None, seed))
-_register("subsample", lambda k, seed, strata: Subsample(k, seed, strata))
+register_estimator("full", lambda k, seed, strata: Full(None, seed))
+register_estimator("subsample", lambda k, seed, strata: Subsample(k, seed, strata))
 
 
 def make_estimator(

@@ -12,7 +12,7 @@ from statistics import NormalDist
 import numpy as np
 
 from evomerge.evaluate.estimators.anchors import _anchors, _Calibrated, _rms
-from evomerge.evaluate.estimators.base import Estimate, EstimatorError, _register, _scores
+from evomerge.evaluate.estimators.base import Estimate, EstimatorError, _scores, register_estimator
 from evomerge.evaluate.estimators.calibration import Calibration, _Irt, _sigmoid
 
 # ---------------------------------------------------------------------------------------------
@@ -147,6 +147,6 @@ class Irt(_Calibrated):
         return Estimate(value, len(ids), len(item_ids), se * self._scale, self.spec)
 
 
-_register("irt", lambda k, seed, strata: Irt(k, seed, "gp"))
-_register("gpirt", lambda k, seed, strata: Irt(k, seed, "gp"))
-_register("pirt", lambda k, seed, strata: Irt(k, seed, "p"))
+register_estimator("irt", lambda k, seed, strata: Irt(k, seed, "gp"))
+register_estimator("gpirt", lambda k, seed, strata: Irt(k, seed, "gp"))
+register_estimator("pirt", lambda k, seed, strata: Irt(k, seed, "p"))
