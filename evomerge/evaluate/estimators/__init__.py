@@ -23,19 +23,19 @@ target of its Bernoulli likelihood. Calibration (the source models' responses to
 the IRT fit on them) is built once per (task, sources) and cached on disk (``calibration_cache``).
 
 One module per part, as the estimators grew past what reads in one sitting: :mod:`.base` (the
-base class, ``full``, ``subsample``, ``make_estimator``), :mod:`.calibration` (the calibration
-models' responses and the IRT fit on them, cached on disk), :mod:`.anchors` and :mod:`.irt`.
+base class, the registry, ``make_estimator``), :mod:`.sampling` (``full``, ``subsample``),
+:mod:`.calibration` (the calibration models' responses and the IRT fit on them, cached on
+disk), :mod:`.anchors` and :mod:`.irt`.
 Whether a candidate deserves more items is search policy, not estimation: it lives in
 :mod:`evomerge.workers.promotion`.
 """
 
+from evomerge.evaluate.estimators.sampling import Full, Subsample  # noqa: I001 (registers first)
 from evomerge.evaluate.estimators.anchors import Anchor
 from evomerge.evaluate.estimators.base import (
     Estimate,
     Estimator,
     EstimatorError,
-    Full,
-    Subsample,
     make_estimator,
     register_estimator,
 )
