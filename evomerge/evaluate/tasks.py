@@ -39,6 +39,7 @@ _METRICS: dict[str, tuple[str, ...]] = {
     "logprob": ("token_accuracy", "logprob", "perplexity"),
 }
 _LOWER_IS_BETTER = {"perplexity"}
+UNIT_METRICS = frozenset({"acc", "acc_norm", "exact_match", "token_accuracy"})  # in [0, 1]
 
 
 class TaskError(EvomergeError):
@@ -162,6 +163,11 @@ class Task:
             return self.spec.higher_is_better
         return self.metric not in _LOWER_IS_BETTER
 
+    @property
+    def unit_metric(self) -> bool:
+        """Whether scores lie in [0, 1] (not so: mean log-prob ≤ 0, perplexity ≥ 1)."""
+        return self.metric in UNIT_METRICS
+
     @cached_property
     def item_ids(self) -> list[str]:
         return [it.id for it in self.items]
@@ -227,6 +233,10 @@ class Task:
             else:
                 conts = [_encode(tokenizer, self.target_text(it)) + eos]
             for c in conts:
+                if not c:
+                    raise TaskError(
+                        f"{self.origin}: item {it.id!r}: the continuation to score is empty"
+                    )
                 if len(ctx) + len(c) > max_length:
                     raise TaskError(
                         f"{self.origin}: item {it.id!r} needs {len(ctx) + len(c)} tokens but the "
@@ -266,8 +276,10 @@ class Task:
         r = results[0]
         if m == "token_accuracy":
             return r.n_greedy / r.n_tokens
-        mean_lp = r.logprob / r.n_tokens
-        return mean_lp if m == "logprob" else math.exp(-mean_lp)
+        mean_lp = r.logprob / r.n_tokens  # per item: the mean over its reference tokens
+        if m == "logprob":
+            return mean_lp
+        return math.exp(-mean_lp) if -mean_lp < 709.0 else math.inf  # beyond float64: inf
 
     def score_generation(self, item: Item, text: str) -> float:
         for s in self.spec.stop:

@@ -77,6 +77,7 @@ class Irt(_Calibrated):
     (item-parameter noise is otherwise ignored). ``validation`` reports the held-out errors."""
 
     name = "irt"
+    unit_scores_only = True
 
     def __init__(self, k: int, seed: int = 0, method: str = "gp") -> None:
         if method not in ("p", "gp"):
