@@ -158,19 +158,36 @@ def test_full_is_the_mean() -> None:
 
 @settings(max_examples=50, deadline=None)
 @given(
-    st.lists(st.floats(0.0, 1.0), min_size=1, max_size=60),
+    st.lists(st.floats(-50.0, 50.0), min_size=1, max_size=60),
     st.integers(1, 60),
     st.integers(0, 2**32 - 1),
     st.integers(1, 4),
 )
-def test_full_and_subsample_stay_in_range(scores: list[float], k: int, seed: int, h: int) -> None:
+def test_full_and_subsample_are_the_stratified_means(
+    scores: list[float], k: int, seed: int, h: int
+) -> None:
+    """By hand, for any finite scores (log-probs are negative, perplexities above 1): full is
+    the mean, subsample the stratum-weighted mean of its sample (no clamp in the code)."""
     ids = IDS[: len(scores)]
     responses = dict(zip(ids, scores, strict=True))
     strata = {i: f"s{j % h}" for j, i in enumerate(ids)}
-    for est in (Full(), Subsample(min(k, len(ids)), seed, strata)):
-        e = est.estimate(responses, ids)
-        assert 0.0 <= e.value <= 1.0 and 0.0 < e.fidelity <= 1.0
-        assert e.stderr is None or e.stderr >= 0.0
+    full = Full().estimate(responses, ids)
+    assert full.value == pytest.approx(float(np.mean(scores)), abs=1e-9)
+    sub = Subsample(min(k, len(ids)), seed, strata)
+    chosen = sub.select(ids)
+    labels = sorted(set(strata.values()))
+    if len(labels) > len(chosen):  # too few draws for every stratum: a plain sample mean
+        want = float(np.mean([responses[i] for i in chosen]))
+    else:
+        want = sum(
+            sum(strata[i] == g for i in ids)
+            / len(ids)
+            * float(np.mean([responses[i] for i in chosen if strata[i] == g]))
+            for g in labels
+        )
+    e = sub.estimate(responses, ids)
+    assert e.value == pytest.approx(want, abs=1e-9) and 0.0 < e.fidelity <= 1.0
+    assert e.stderr is None or e.stderr >= 0.0
 
 
 def test_subsample_stratifies_proportionally_and_deterministically() -> None:
@@ -331,8 +348,11 @@ def test_bad_inputs_say_what_is_wrong() -> None:
         Irt(2).calibrate(y[:1], ids)
     with pytest.raises(EstimatorError, match="shape"):
         Anchor(2).calibrate(y, IDS[:4])
-    with pytest.raises(EstimatorError, match=r"model 1 to item 'item-0002'"):
-        Anchor(2).calibrate(np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 2.0]]), ids)
+    with pytest.raises(EstimatorError, match=r"model 1 to item 'item-0002' is 2.0; .* \[0, 1\]"):
+        Irt(2).calibrate(np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 2.0]]), ids)
+    Anchor(2).calibrate(np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 2.0]]), ids)  # a weighted mean
+    with pytest.raises(EstimatorError, match=r"model 1 to item 'item-0002' is inf; .* finite"):
+        Anchor(2).calibrate(np.array([[1.0, 0.0, 1.0], [0.0, 1.0, np.inf]]), ids)
     with pytest.raises(EstimatorError, match="needs the matrix's item ids"):
         Anchor(2).calibrate(y)
     for est in (Anchor(2), Irt(2)):
@@ -352,3 +372,46 @@ def test_bad_inputs_say_what_is_wrong() -> None:
         Subsample(2, strata={"item-0000": "a"}).select(ids)
     with pytest.raises(EstimatorError, match="method"):
         Irt(2, method="mp")
+
+
+def test_calibration_cache_sees_a_checkpoint_updated_in_place(
+    unit_zoo: Path, tmp_path: Path
+) -> None:
+    """The cache key is the models' content (config hash, files' sizes and mtimes), not their
+    paths: a checkpoint rewritten under the same path is scored again, not served stale."""
+    import os
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from evomerge.calibrate import build_calibration, calibration_key
+    from evomerge.evaluate.hf import HFEngine
+    from evomerge.evaluate.tasks import load_task
+
+    models = [tmp_path / "base", tmp_path / "expert"]
+    shutil.copytree(unit_zoo / "base", models[0])
+    shutil.copytree(unit_zoo / "experts" / "rev9", models[1])
+    task = load_task("rev9", zoo=unit_zoo)
+    engine = HFEngine(models[0])
+    built: list[str] = []
+
+    def calibrate() -> Calibration:
+        return build_calibration(
+            engine, task, models, n_merges=0, cache_dir=tmp_path / "c", log=built.append
+        )
+
+    first = calibrate()
+    assert len(built) == 2
+    assert calibrate().key == first.key and len(built) == 2  # cached
+    key = calibration_key(task, models, 0, 0)
+    weights = models[1] / "model.safetensors"
+    state = load_file(weights)
+    state = {k: torch.zeros_like(v) if "lm_head" in k else v for k, v in state.items()}
+    st = weights.stat()
+    save_file(state, weights, metadata={"format": "pt"})
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # even within one mtime tick
+    assert calibration_key(task, models, 0, 0) != key
+    again = calibrate()
+    assert len(built) == 4 and again.key != first.key
+    assert not np.array_equal(again.responses[1], first.responses[1])  # the new weights' scores
