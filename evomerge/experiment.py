@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evomerge.errors import EvomergeError
 from evomerge.fileio import read_yaml, validate
-from evomerge.recipe import zoo_path
+from evomerge.hub import resolve_sources
 
 # Metrics that live in [0, 1] (ours and lm-eval's): their hypervolume reference defaults to the
 # worst end, 0 maximized (1 minimized). Other metrics (log-prob, perplexity, lm-eval's
@@ -130,8 +130,13 @@ class Experiment(_Spec):
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
-    def resolved_sources(self, zoo: str | Path) -> dict[str, str]:
-        return {k: zoo_path(v, zoo) for k, v in self.sources.items()}
+    def resolved_sources(
+        self, zoo: str | Path | None, revisions: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """Every source as a local directory: ``zoo:`` names in the tiny zoo, hub ids through
+        the Hugging Face cache (at ``revisions``, when a run recorded them). The revisions
+        themselves: :func:`evomerge.hub.resolve_sources`."""
+        return resolve_sources(self.sources, zoo=zoo, revisions=revisions)[0]
 
     @classmethod
     def load(cls, path: str | Path) -> Experiment:

@@ -33,6 +33,7 @@ from pydantic import (
 
 from evomerge.errors import RecipeError
 from evomerge.fileio import read_yaml
+from evomerge.hub import is_hub_id
 
 # in the order their rules are tried: norms first, as their names may contain "attention"
 MODULE_KINDS = ("norm", "embedding", "head", "attention", "mlp", "other")
@@ -288,7 +289,9 @@ class Recipe(_Frozen):
         if base_dir is not None:
             fixed = {
                 k: s.model_copy(update={"path": str(base_dir / s.path)})
-                if not Path(s.path).is_absolute() and not s.path.startswith("zoo:")
+                if not Path(s.path).is_absolute()
+                and not s.path.startswith("zoo:")
+                and not (is_hub_id(s.path) and not (base_dir / s.path).exists())
                 else s
                 for k, s in recipe.sources.items()
             }
