@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from models import make_model
 from typer.testing import CliRunner
 
 from evomerge.checkpoint import ModelSource
@@ -16,7 +17,6 @@ from evomerge.cli import app
 from evomerge.errors import CheckpointError
 from evomerge.experiment import Experiment
 from evomerge.hub import SourceError, is_hub_id, parse_hub_id, resolve_sources
-from models import make_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
