@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -73,6 +74,18 @@ def _friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Errors raised while a command works from ``path`` name it (a source that cannot be
+    opened, a value out of range found when the merge is planned…)."""
+    try:
+        yield
+    except EvomergeError as e:
+        if str(path) not in str(e):
+            e.args = (f"{path}: {e}", *e.args[1:])
+        raise
+
+
 def _one_line(text: str) -> str:
     from rich.markup import escape
 
@@ -112,16 +125,17 @@ def merge(
     from evomerge.mergekit_yaml import load_any
 
     shard_size = _parse_size(max_shard_size)  # before any work
-    recipe = load_any(config).with_zoo(zoo)
     t0 = time.perf_counter()
-    out = merge_to_dir(
-        recipe,
-        out_dir,
-        device=device,
-        overwrite=overwrite,
-        allow_pickle=allow_pickle,
-        max_shard_size=shard_size,
-    )
+    with _reading(config):
+        recipe = load_any(config).with_zoo(zoo)
+        out = merge_to_dir(
+            recipe,
+            out_dir,
+            device=device,
+            overwrite=overwrite,
+            allow_pickle=allow_pickle,
+            max_shard_size=shard_size,
+        )
     console.print(
         f"merged {config} → {out} in {time.perf_counter() - t0:.1f}s "
         f"(recipe {recipe.content_hash()})"
@@ -140,12 +154,13 @@ def convert(
 
     if to not in ("recipe", "mergekit"):
         raise OptionError(f"--to {to!r}: choose recipe or mergekit")
-    recipe = mergekit_yaml.load_any(config)
-    if to == "recipe":
-        console.print(recipe.to_yaml(), end="", highlight=False, markup=False)
-    else:
-        data = mergekit_yaml.to_mergekit(recipe.with_zoo(zoo))
-        console.print(mergekit_yaml.dump(data), end="", highlight=False, markup=False)
+    with _reading(config):
+        recipe = mergekit_yaml.load_any(config)
+        if to == "recipe":
+            text = recipe.to_yaml()
+        else:
+            text = mergekit_yaml.dump(mergekit_yaml.to_mergekit(recipe.with_zoo(zoo)))
+    console.print(text, end="", highlight=False, markup=False)
 
 
 @app.command()
@@ -248,9 +263,10 @@ def run(
     from evomerge import search
     from evomerge.experiment import Experiment
 
-    exp = Experiment.load(experiment)
-    run_dir = run_dir or Path("runs") / exp.name
-    s, total = search.start(experiment, run_dir, zoo=zoo, budget=budget, log=console.print)
+    with _reading(experiment):
+        exp = Experiment.load(experiment)
+        run_dir = run_dir or Path("runs") / exp.name
+        s, total = search.start(experiment, run_dir, zoo=zoo, budget=budget, log=console.print)
     _search_and_report(s, total, hours, run_dir)
 
 
@@ -361,8 +377,9 @@ def space_show(
     for item in option or []:
         key, _, val = item.partition("=")
         overrides[key] = yaml.safe_load(val)
-    spec = load_space(name, overrides)
-    sp = SearchSpace(spec, sources=sources, base=base)
+    with _reading(Path(name)):
+        spec = load_space(name, overrides)
+        sp = SearchSpace(spec, sources=sources, base=base)
     n_int = sum(g.choices is not None for g in sp.genes)
     console.print(
         f"{name}: {spec.kind} space, {len(sp.genes)} genes "
@@ -401,10 +418,14 @@ def eval_(
     from evomerge.evaluate.scoring import score_task
     from evomerge.evaluate.tasks import load_task
 
-    tasks = [load_task(t, zoo=zoo) for t in task]  # every task checked before any scoring
+    tasks = []
+    for ref in task:  # every task checked before any scoring
+        with _reading(Path(ref)):
+            tasks.append(load_task(ref, zoo=zoo))
     est = make_estimator(estimator, seed)
     for t in tasks:
-        check_estimator(est, t.metric, t.unit_metric, t.name)  # IRT refuses log-prob, perplexity
+        with _reading(Path(t.origin)):
+            check_estimator(est, t.metric, t.unit_metric, t.name)  # IRT: not for log-prob
     engine = HFEngine(model_dir, device=device)
     if est.needs_calibration:
         models = calibrate_with or calibration_models(zoo_models(zoo), base="base")

@@ -27,7 +27,7 @@ class ExperimentError(EvomergeError, ValueError):
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ObjectiveSpec(_Spec):
@@ -102,7 +102,7 @@ class Experiment(_Spec):
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     budget: int = Field(ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)

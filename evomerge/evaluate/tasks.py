@@ -84,7 +84,15 @@ class TaskSpec(BaseModel):
                 f"(choose from {list(_METRICS[self.kind])})"
             )
         if self.extract is not None:
-            re.compile(self.extract)
+            try:
+                re.compile(self.extract)
+            except re.error as e:
+                raise ValueError(f"extract: not a regular expression: {e}") from None
+        for key in ("prompt", "target"):
+            try:
+                _fields(getattr(self, key))
+            except ValueError as e:
+                raise ValueError(f"{key}: not a format template: {e}") from None
         return self
 
 
@@ -304,7 +312,13 @@ def read_items(path: Path, origin: str) -> list[Item]:
     if not path.exists():
         raise TaskError(f"{origin}: items file {path} does not exist")
     items = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise TaskError(f"{origin}: items file {path}: cannot read: {e.strerror}") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -324,6 +338,8 @@ def load_task(name_or_path: str | Path, *, zoo: Path | None = None) -> Task:
     ``zoo`` (a built tiny zoo)."""
     path = resolve_named(name_or_path, presets=FITNESS_DIR, what="task", error=TaskError)
     data = read_yaml(path, error=TaskError)
+    if not isinstance(data, dict):
+        raise TaskError(f"{path}: a task file is a mapping (name, kind, items, …)")
     spec = validate(TaskSpec.model_validate, data, origin=str(path), error=TaskError)
     if spec.items.startswith("zoo:"):
         if zoo is None:
