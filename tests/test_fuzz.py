@@ -41,7 +41,7 @@ documents = st.recursive(
         st.dictionaries(
             st.text(max_size=10)
             | st.sampled_from(
-                KEYS := [
+                [
                     "method",
                     "sources",
                     "base",
