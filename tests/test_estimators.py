@@ -113,12 +113,27 @@ def test_irt_error_bars_and_validation(bench: Bench) -> None:
     v = est.validation
     assert v["models"] == N_CALIB and 0 < v["lambda"] < 1
     assert v["gpirt_mae"] <= max(v["pirt_mae"], v["anchor_mae"])
-    z = []
-    for y, t in zip(bench.cand, bench.truth, strict=True):
+    for y in bench.cand[:5]:
         e = est.estimate(as_responses(y), IDS)
         assert e.stderr is not None and e.items_used == K and e.fidelity == K / N_ITEMS
-        z.append((e.value - t) / e.stderr)
-    assert 0.8 < np.mean(np.abs(z) < 2) <= 1.0  # 0.88 within 2 stderr (nominal 0.95)
+
+
+@pytest.mark.parametrize("spec", [f"irt:{K}", f"pirt:{K}"])
+def test_irt_intervals_cover_at_the_nominal_rate(bench: Bench, spec: str) -> None:
+    """±1.96·stderr is a 95 % interval: over 180 held-out candidates of three benchmarks the
+    coverage is within 3 binomial standard deviations of 0.95 (0.901 … 0.999). The stderr is
+    widened in the code so that the held-out calibration models are covered at 95 %; before
+    that, coverage was 0.87-0.88 (the delta method ignores item-parameter noise)."""
+    z = []
+    for b in (bench, Bench(1), Bench(2)):
+        est = make_estimator(spec).calibrate(b.cal)
+        for y, t in zip(b.cand, b.truth, strict=True):
+            e = est.estimate(as_responses(y), IDS)
+            assert e.stderr is not None
+            z.append((e.value - t) / e.stderr)
+    n, tol = len(z), 3 * math.sqrt(0.95 * 0.05 / len(z))
+    coverage = float(np.mean(np.abs(z) <= 1.96))
+    assert n == 180 and 0.95 - tol <= coverage <= 0.95 + tol, coverage
 
 
 def test_irt_on_smooth_scores() -> None:

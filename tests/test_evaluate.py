@@ -126,23 +126,39 @@ def test_loglikelihood_matches_log_softmax(unit_zoo: Path, engine: HFEngine) -> 
 
 
 def test_multiple_choice_task(unit_zoo: Path, engine: HFEngine, tmp_path: Path) -> None:
-    items = [
-        {"id": f"q{i}", "q": "rev:abc=", "choices": ["cba", "abc", "zzz"], "gold": 0}
-        for i in range(3)
-    ]
+    """acc and acc_norm against log-likelihoods computed by hand from the transformers model's
+    logits, on distinct items whose gold answers sit at different positions."""
+    words = ["abcde", "fghij", "klmno", "pqrst", "uvwxy", "zabcd"]
+    items = []
+    for i, w in enumerate(words):
+        choices = [w[::-1], w, w[1:] + w[0]]
+        gold = i % 3
+        items.append({"id": f"q{i}", "q": f"rev:{w}=", "choices": choices, "gold": gold})
     (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps(i) for i in items))
-    (tmp_path / "mc.yaml").write_text(
-        "name: mc\nkind: multiple_choice\nitems: mc.jsonl\nprompt: '{q}'\nanswer: gold\n"
-        "choice_prefix: ''\nmetric: acc\n"
-    )
-    task = load_task(tmp_path / "mc.yaml")
-    res = score_task(engine, task)
-    lls = engine.loglikelihood(
-        [r for rs in task.loglikelihood_requests(engine.tokenizer, task.items[:1], 64) for r in rs]
-    )
-    best = max(range(3), key=lambda i: lls[i].logprob)
-    assert res.value == float(best == 0)
-    assert task.higher_is_better
+    model = AutoModelForCausalLM.from_pretrained(unit_zoo / "base").eval()
+    tok = engine.tokenizer
+
+    def ll(ctx: str, cont: str) -> float:
+        c = tok(ctx, add_special_tokens=False)["input_ids"]
+        x = tok(cont, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lp = F.log_softmax(model(torch.tensor([c + x])).logits[0].double(), -1)
+        return sum(lp[len(c) - 1 + j, t].item() for j, t in enumerate(x))
+
+    for metric in ("acc", "acc_norm"):
+        (tmp_path / "mc.yaml").write_text(
+            "name: mc\nkind: multiple_choice\nitems: mc.jsonl\nprompt: '{q}'\nanswer: gold\n"
+            f"choice_prefix: ' '\nmetric: {metric}\n"
+        )
+        task = load_task(tmp_path / "mc.yaml")
+        res = score_task(engine, task)
+        for it in items:
+            vals = [ll(it["q"], " " + c) for c in it["choices"]]
+            if metric == "acc_norm":
+                vals = [v / len(" " + c) for v, c in zip(vals, it["choices"], strict=True)]
+            best = max(range(3), key=vals.__getitem__)
+            assert res.scores[it["id"]] == float(best == it["gold"]), (metric, it["id"])
+        assert task.higher_is_better
 
 
 # -- bad input --------------------------------------------------------------------------------
