@@ -222,14 +222,27 @@ class Archive:
         idx = NonDominatedSorting().do(self._losses(ok), only_non_dominated_front=True)
         return [ok[i] for i in sorted(int(i) for i in idx)]
 
-    def hypervolume(self, reference: Sequence[float]) -> float:
-        """Volume dominated by the front and bounded by ``reference`` (in objective units)."""
+    def hypervolume(self, reference: Sequence[float | None]) -> float:
+        """Volume dominated by the front and bounded by ``reference`` (in objective units). A
+        None entry (an unbounded metric such as perplexity, with no `reference:` set) stands for
+        the worst value evaluated so far on that objective, so the volume is finite but may grow
+        when a worse candidate widens the box."""
         front = self.front()
         if not front:
             return 0.0
         from pymoo.indicators.hv import HV
 
-        ref = np.asarray(reference, dtype=float) * self._sign
+        if len(reference) != len(self._sign):
+            raise ArchiveError(
+                f"hypervolume: {len(reference)} reference values for {len(self._sign)} objectives"
+            )
+        worst = self._losses([e for e in self._evals if e.ok]).max(axis=0)
+        ref = np.array(
+            [
+                w if r is None else float(r) * s
+                for r, s, w in zip(reference, self._sign, worst, strict=True)
+            ]
+        )
         pts = self._losses(front)
         pts = pts[np.all(pts < ref, axis=1)]
         return float(HV(ref_point=ref)(pts)) if len(pts) else 0.0

@@ -2,7 +2,8 @@
 
 Rows are models scored in full on every item of a task: the sources themselves plus a small,
 seeded set of random merges of them (so the estimators see abilities between the sources, where
-the search's candidates live). Built once per (task, sources, size, seed) and cached on disk.
+the search's candidates live). Built once per (task, sources, size, seed) and cached on disk,
+keyed on the sources' content (:func:`model_fingerprint`), not their paths.
 This sits above ``merge`` and ``evaluate`` because it needs both.
 """
 
@@ -64,9 +65,29 @@ def calibration_recipes(models: Sequence[Path], n_merges: int, seed: int) -> lis
     return recipes
 
 
+def model_fingerprint(model: str | os.PathLike[str]) -> str:
+    """What a checkpoint's content is, cheaply: config.json hashed, and every other file's name,
+    size and modification time (links followed: a hub snapshot's files point at its blobs). A
+    checkpoint rewritten in place gets a new fingerprint without a read of its weights."""
+    d = Path(model).resolve()
+    h = hashlib.sha256(str(d).encode())
+    try:
+        files = sorted(f for f in d.iterdir() if f.is_file())
+    except OSError as e:
+        raise EvomergeError(f"calibration model {d}: cannot list it: {e.strerror}") from None
+    for f in files:
+        st = f.stat()
+        h.update(f"\n{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+        if f.name == "config.json":
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
 def calibration_key(task: Task, models: Sequence[Path], n_merges: int, seed: int) -> str:
+    """The cache key of a calibration: the task's items, and the models by content (their
+    fingerprints), not by path alone, so a checkpoint updated in place is scored again."""
     items = hashlib.sha256("\n".join(task.item_ids).encode()).hexdigest()[:12]
-    ms = hashlib.sha256("\n".join(str(Path(m).resolve()) for m in models).encode()).hexdigest()
+    ms = hashlib.sha256("\n".join(model_fingerprint(m) for m in models).encode()).hexdigest()
     return f"{task.name}.{task.metric}.{items}.{ms[:12]}.m{n_merges}.s{seed}"
 
 

@@ -27,6 +27,7 @@ from evomerge import dtypes
 from evomerge.architectures import Architecture, ModuleKind, architecture_of, module_kind
 from evomerge.errors import CheckpointError, IncompatibleSourcesError, OutputExistsError
 from evomerge.fileio import read_json, replace_dir
+from evomerge.hub import is_hub_id, resolve_hub
 
 SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -116,9 +117,13 @@ class ModelSource:
     def __init__(self, path: str | Path, *, name: str | None = None, allow_pickle: bool = False):
         self.path = Path(path)
         self.name = name or self.path.name
+        self.revision: str | None = None  # the commit hash of a hub source
+        if not self.path.is_dir() and is_hub_id(str(path)):
+            self.path, self.revision = resolve_hub(str(path), name=self.name)
         if not self.path.is_dir():
             raise CheckpointError(f"source {self.name!r}: {self.path} is not a directory")
         self.config = self._read_config()
+        _refuse_remote_code(self.config, f"source {self.name!r}: {self.path / 'config.json'}")
         self.architecture: Architecture | None = architecture_of(self.config)
         self._handles: dict[str, Any] = {}
         self._pickled: dict[str, torch.Tensor] | None = None
@@ -178,12 +183,18 @@ class ModelSource:
         raise CheckpointError(f"source {self.name!r}: no safetensors weights in {self.path}")
 
     def _files_from_index(self, index: Path) -> list[Path]:
-        try:
-            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise CheckpointError(f"source {self.name!r}: malformed index {index}: {e}") from e
+        data = read_json(index, error=CheckpointError, what=f"source {self.name!r}")
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        ):
+            raise CheckpointError(
+                f"source {self.name!r}: {index}: weight_map: expected a mapping of tensor "
+                "names to shard file names"
+            )
         files = sorted(set(weight_map.values()))
         for f in files:
+            self._inside(self.path / f, f"{index}: weight_map")
             if not (self.path / f).exists():
                 raise CheckpointError(
                     f"source {self.name!r}: shard {f} named in {index} is missing"
@@ -191,7 +202,21 @@ class ModelSource:
         self._expected = set(weight_map)
         return [self.path / f for f in files]
 
+    def _inside(self, file: Path, where: str) -> None:
+        """Refuse a weight file (or a link) that leads out of the checkpoint directory."""
+        root = self.path.resolve()
+        if root.parent.name == "snapshots" and root.parent.parent.name.startswith("models--"):
+            root = root.parent.parent  # a hub cache snapshot: its files link into ../../blobs
+        target = file.resolve()
+        if root not in target.parents:
+            raise CheckpointError(
+                f"source {self.name!r}: {where}: {file.name} leads outside {self.path} "
+                f"(to {target})"
+            )
+
     def _index_safetensors(self, file: Path) -> None:
+        self._inside(file, "weights")
+        _check_header(file, f"source {self.name!r}")
         try:
             handle = safe_open(str(file), framework="pt", device="cpu")
         except Exception as e:  # safetensors raises its own error types
@@ -211,12 +236,26 @@ class ModelSource:
     def _load_pickle(self, candidates: list[Path]) -> None:
         state: dict[str, torch.Tensor] = {}
         if candidates[1].exists():
-            weight_map = json.loads(candidates[1].read_text())["weight_map"]
-            files = sorted(set(weight_map.values()))
+            data = read_json(candidates[1], error=CheckpointError, what=f"source {self.name!r}")
+            weight_map = data.get("weight_map") if isinstance(data, dict) else None
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"source {self.name!r}: {candidates[1]}: no weight_map")
+            files = sorted({str(v) for v in weight_map.values()})
         else:
             files = [candidates[0].name]
         for f in files:
-            state.update(torch.load(self.path / f, map_location="cpu", weights_only=True))
+            self._inside(self.path / f, "weights")
+            try:
+                loaded = torch.load(self.path / f, map_location="cpu", weights_only=True)
+            except Exception as e:  # torch raises many kinds for a bad or hostile pickle
+                raise CheckpointError(
+                    f"source {self.name!r}: cannot read {self.path / f}: {type(e).__name__}: {e}"
+                ) from None
+            if not isinstance(loaded, dict) or not all(
+                isinstance(t, torch.Tensor) for t in loaded.values()
+            ):
+                raise CheckpointError(f"source {self.name!r}: {f} is not a state dict of tensors")
+            state.update(loaded)
         self._pickled = state
         for key, t in state.items():
             self.tensors[key] = TensorInfo(
@@ -263,6 +302,26 @@ class ModelSource:
 
     def __repr__(self) -> str:
         return f"ModelSource({self.name!r}, {str(self.path)!r}, layers={self.num_layers})"
+
+
+def _refuse_remote_code(config: Mapping[str, Any], where: str) -> None:
+    """A config whose ``auto_map`` points at the repository's own code, for a ``model_type``
+    transformers does not know, can only be loaded with ``trust_remote_code``, which evomerge
+    never sets: refused here, before anything is read or merged. (Known families carrying a
+    stale ``auto_map`` load with transformers' own classes and are accepted.)"""
+    auto_map = config.get("auto_map")
+    if not auto_map:
+        return
+    model_type = config.get("model_type")
+    if isinstance(model_type, str):
+        from transformers import CONFIG_MAPPING
+
+        if model_type in CONFIG_MAPPING:
+            return
+    raise CheckpointError(
+        f"{where}: auto_map: model_type {model_type!r} needs the repository's own code "
+        "(trust_remote_code), which evomerge never runs"
+    )
 
 
 def check_compatible(
@@ -313,6 +372,28 @@ def check_compatible(
                     f"tensor {t!r}: source {ref_name!r} has shape {list(ref_info.shape)}, "
                     f"source {name!r} has shape {list(info.shape)}"
                 )
+
+
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+
+
+def _check_header(file: Path, label: str) -> None:
+    """A safetensors file starts with its header's length (8 bytes, little-endian): refuse a
+    length that exceeds the limit or the file before anything reads or allocates it."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            head = fh.read(8)
+    except OSError as e:
+        raise CheckpointError(f"{label}: cannot read {file}: {e.strerror}") from None
+    if len(head) < 8:
+        raise CheckpointError(f"{label}: {file} is not a safetensors file ({size} bytes)")
+    n = int.from_bytes(head, "little")
+    if n > _MAX_HEADER or n > size - 8:
+        raise CheckpointError(
+            f"{label}: {file}: the header claims {n} bytes but the file has {size}; "
+            "not a valid safetensors file"
+        )
 
 
 class CheckpointWriter:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -30,18 +31,65 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ZOO = Path(os.environ.get("EVOMERGE_ZOO", Path.home() / ".cache" / "evomerge" / "zoo"))
+_DEBUG = {"on": False}  # --debug: errors raise with their traceback
+
+
+class OptionError(EvomergeError):
+    """A command-line option's value cannot be used; the message names the option."""
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option(help="Show tracebacks instead of one-line errors")] = False,
+) -> None:
+    _DEBUG["on"] = debug
 
 
 def _friendly(fn: F) -> F:
+    """Errors users can cause print as one line (exit 2); anything else is a bug of ours: one
+    line too (exit 1), with the traceback under ``evomerge --debug``."""
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
         except EvomergeError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            if _DEBUG["on"]:
+                raise
+            err.print(f"[bold red]error:[/] {_one_line(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except Exception as e:
+            if _DEBUG["on"]:
+                raise
+            msg = _one_line(f"{type(e).__name__}: {e}")
+            err.print(
+                f"[bold red]internal error:[/] {msg} (evomerge --debug … shows the traceback)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Errors raised while a command works from ``path`` name it (a source that cannot be
+    opened, a value out of range found when the merge is planned…)."""
+    try:
+        yield
+    except EvomergeError as e:
+        if str(path) not in str(e):
+            e.args = (f"{path}: {e}", *e.args[1:])
+        raise
+
+
+def _one_line(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(" ".join(text.split()))
 
 
 @zoo_app.command("build")
@@ -76,16 +124,18 @@ def merge(
     from evomerge.merge.materialize import merge_to_dir
     from evomerge.mergekit_yaml import load_any
 
-    recipe = load_any(config).with_zoo(zoo)
+    shard_size = _parse_size(max_shard_size)  # before any work
     t0 = time.perf_counter()
-    out = merge_to_dir(
-        recipe,
-        out_dir,
-        device=device,
-        overwrite=overwrite,
-        allow_pickle=allow_pickle,
-        max_shard_size=_parse_size(max_shard_size),
-    )
+    with _reading(config):
+        recipe = load_any(config).with_zoo(zoo)
+        out = merge_to_dir(
+            recipe,
+            out_dir,
+            device=device,
+            overwrite=overwrite,
+            allow_pickle=allow_pickle,
+            max_shard_size=shard_size,
+        )
     console.print(
         f"merged {config} → {out} in {time.perf_counter() - t0:.1f}s "
         f"(recipe {recipe.content_hash()})"
@@ -102,14 +152,15 @@ def convert(
     """Print a recipe as a mergekit YAML, or a mergekit YAML as an evomerge recipe."""
     from evomerge import mergekit_yaml
 
-    recipe = mergekit_yaml.load_any(config)
-    if to == "recipe":
-        console.print(recipe.to_yaml(), end="", highlight=False, markup=False)
-    elif to == "mergekit":
-        data = mergekit_yaml.to_mergekit(recipe.with_zoo(zoo))
-        console.print(mergekit_yaml.dump(data), end="", highlight=False, markup=False)
-    else:
-        raise typer.BadParameter("--to must be recipe or mergekit")
+    if to not in ("recipe", "mergekit"):
+        raise OptionError(f"--to {to!r}: choose recipe or mergekit")
+    with _reading(config):
+        recipe = mergekit_yaml.load_any(config)
+        if to == "recipe":
+            text = recipe.to_yaml()
+        else:
+            text = mergekit_yaml.dump(mergekit_yaml.to_mergekit(recipe.with_zoo(zoo)))
+    console.print(text, end="", highlight=False, markup=False)
 
 
 @app.command()
@@ -212,9 +263,10 @@ def run(
     from evomerge import search
     from evomerge.experiment import Experiment
 
-    exp = Experiment.load(experiment)
-    run_dir = run_dir or Path("runs") / exp.name
-    s, total = search.start(experiment, run_dir, zoo=zoo, budget=budget, log=console.print)
+    with _reading(experiment):
+        exp = Experiment.load(experiment)
+        run_dir = run_dir or Path("runs") / exp.name
+        s, total = search.start(experiment, run_dir, zoo=zoo, budget=budget, log=console.print)
     _search_and_report(s, total, hours, run_dir)
 
 
@@ -325,8 +377,9 @@ def space_show(
     for item in option or []:
         key, _, val = item.partition("=")
         overrides[key] = yaml.safe_load(val)
-    spec = load_space(name, overrides)
-    sp = SearchSpace(spec, sources=sources, base=base)
+    with _reading(Path(name)):
+        spec = load_space(name, overrides)
+        sp = SearchSpace(spec, sources=sources, base=base)
     n_int = sum(g.choices is not None for g in sp.genes)
     console.print(
         f"{name}: {spec.kind} space, {len(sp.genes)} genes "
@@ -360,13 +413,19 @@ def eval_(
 ) -> None:
     """Score one checkpoint on tasks, in full or with a cheap estimator."""
     from evomerge.calibrate import build_calibration, calibration_models, zoo_models
-    from evomerge.evaluate.estimators import make_estimator
+    from evomerge.evaluate.estimators import check_estimator, make_estimator
     from evomerge.evaluate.hf import HFEngine
     from evomerge.evaluate.scoring import score_task
     from evomerge.evaluate.tasks import load_task
 
-    tasks = [load_task(t, zoo=zoo) for t in task]  # every task checked before any scoring
+    tasks = []
+    for ref in task:  # every task checked before any scoring
+        with _reading(Path(ref)):
+            tasks.append(load_task(ref, zoo=zoo))
     est = make_estimator(estimator, seed)
+    for t in tasks:
+        with _reading(Path(t.origin)):
+            check_estimator(est, t.metric, t.unit_metric, t.name)  # IRT: not for log-prob
     engine = HFEngine(model_dir, device=device)
     if est.needs_calibration:
         models = calibrate_with or calibration_models(zoo_models(zoo), base="base")
@@ -402,13 +461,21 @@ def eval_(
     console.print(table)
 
 
-def _parse_size(text: str) -> int:
-    units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "B": 1}
-    t = text.strip().upper()
-    for u, mult in units.items():
-        if t.endswith(u):
-            return int(float(t[: -len(u)]) * mult)
-    return int(t)
+def _parse_size(text: str, option: str = "--max-shard-size") -> int:
+    """A size as Hugging Face writes it: 5GB = 5·10⁹ bytes, 5GiB = 5·2³⁰, a plain integer is
+    bytes (``transformers``' own parser, so our shards match what ``save_pretrained`` makes)."""
+    from transformers.utils.hub import convert_file_size_to_int
+
+    t = text.strip()
+    try:
+        size = int(t) if t.isdigit() else convert_file_size_to_int(t)
+    except ValueError:
+        raise OptionError(
+            f"{option} {text!r}: not a size; write an integer and a unit, e.g. 5GB, 500MB, 2GiB"
+        ) from None
+    if size <= 0:
+        raise OptionError(f"{option} {text!r}: the size must be positive")
+    return size
 
 
 if __name__ == "__main__":

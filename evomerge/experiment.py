@@ -12,10 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from evomerge.errors import EvomergeError
 from evomerge.fileio import read_yaml, validate
-from evomerge.recipe import zoo_path
+from evomerge.hub import resolve_sources
 
-# Metrics that live in [0, 1]: their hypervolume reference defaults to 0 (the worst score).
-_UNIT_METRICS = {"exact_match", "token_accuracy", "acc", "acc_norm"}
+# Metrics that live in [0, 1] (ours and lm-eval's): their hypervolume reference defaults to the
+# worst end, 0 maximized (1 minimized). Other metrics (log-prob, perplexity, lm-eval's
+# word_perplexity…) have no finite worst value: unless `reference:` is set, the hypervolume is
+# measured from the worst value evaluated so far (Archive.hypervolume with None).
+_UNIT_METRICS = {"exact_match", "token_accuracy", "acc", "acc_norm", "pass_at_1", "f1", "mcc"}
+_LOWER_IS_BETTER = {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"}
 
 
 class ExperimentError(EvomergeError, ValueError):
@@ -23,7 +27,7 @@ class ExperimentError(EvomergeError, ValueError):
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class ObjectiveSpec(_Spec):
@@ -34,7 +38,8 @@ class ObjectiveSpec(_Spec):
     lmeval: str | None = None  # an lm-eval task name or task YAML (one task, not a group)
     include_path: str | None = None  # lm-eval: a directory of task YAMLs
     metric: str | None = None  # lm-eval: which metric (default: the task's first)
-    direction: Literal["maximize", "minimize"] | None = None  # lm-eval (default maximize)
+    # lm-eval; default: the task config's higher_is_better for the metric
+    direction: Literal["maximize", "minimize"] | None = None
     estimator: str = "full"
     cost: Literal["params", "layers"] | None = None
     name: str | None = None
@@ -97,7 +102,7 @@ class Experiment(_Spec):
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     budget: int = Field(ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
@@ -125,8 +130,13 @@ class Experiment(_Spec):
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
-    def resolved_sources(self, zoo: str | Path) -> dict[str, str]:
-        return {k: zoo_path(v, zoo) for k, v in self.sources.items()}
+    def resolved_sources(
+        self, zoo: str | Path | None, revisions: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """Every source as a local directory: ``zoo:`` names in the tiny zoo, hub ids through
+        the Hugging Face cache (at ``revisions``, when a run recorded them). The revisions
+        themselves: :func:`evomerge.hub.resolve_sources`."""
+        return resolve_sources(self.sources, zoo=zoo, revisions=revisions)[0]
 
     @classmethod
     def load(cls, path: str | Path) -> Experiment:
@@ -141,12 +151,19 @@ class Experiment(_Spec):
             raise ExperimentError(f"{origin}: an experiment is a mapping")
         return validate(cls.model_validate, data, origin=origin, error=ExperimentError)
 
-    def default_reference(self, objective: ObjectiveSpec, metric: str | None) -> float:
+    def default_reference(
+        self, objective: ObjectiveSpec, metric: str | None, direction: str | None = None
+    ) -> float | None:
+        """The hypervolume reference of an objective: ``reference:`` if set; for a metric in
+        [0, 1] its worst end (0 maximized, 1 minimized); else None, which the archive reads as
+        the worst value evaluated so far (perplexity and log-prob have no finite worst)."""
         if objective.reference is not None:
             return objective.reference
-        if metric in _UNIT_METRICS:
-            return 0.0
-        raise ExperimentError(
-            f"objective {objective.label!r}: set `reference:` (the worst value that counts) for "
-            f"the hypervolume; only metrics in {sorted(_UNIT_METRICS)} default to 0"
-        )
+        name = (metric or "").split(",")[0]  # lm-eval writes 'exact_match,strict-match'
+        if direction is None:
+            direction = objective.direction or (
+                "minimize" if name in _LOWER_IS_BETTER else "maximize"
+            )
+        if name in _UNIT_METRICS:
+            return 0.0 if direction == "maximize" else 1.0
+        return None

@@ -121,8 +121,52 @@ def resolve_named(
     return path
 
 
+MAX_YAML_VALUES = 100_000  # far beyond any real config; YAML aliases can expand past it
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key written twice in one mapping (YAML keeps the last one
+    silently: two sources of the same name would become one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                dup = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the constructor reports it
+                continue
+            if dup:
+                line = key_node.start_mark.line + 1
+                raise _DuplicateKey(f"duplicate key {key!r} (line {line})")
+        return super().construct_mapping(node, deep=deep)
+
+
+def _count_values(data: Any, limit: int) -> int:
+    """How many values a document holds, counting an aliased node each time it is used (what
+    a reader walks), stopping past ``limit``: a few lines of aliases can stand for billions."""
+    n, stack = 0, [data]
+    while stack and n <= limit:
+        x = stack.pop()
+        n += 1
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return n
+
+
 def read_yaml(path: str | os.PathLike[str], *, error: type[EvomergeError]) -> Any:
-    """YAML from a file, with an error naming the file (and the line, from the parser)."""
+    """YAML from a file, with an error naming the file (and the line, from the parser). Keys
+    written twice and alias expansions past :data:`MAX_YAML_VALUES` values are refused."""
     path = Path(path)
     if not path.exists():
         raise error(f"{path}: no such file")
@@ -133,9 +177,19 @@ def read_yaml(path: str | os.PathLike[str], *, error: type[EvomergeError]) -> An
     except OSError as e:
         raise error(f"{path}: cannot read: {e.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python objects
+    except _DuplicateKey as e:
+        raise error(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise error(f"{path}: malformed YAML: {e}") from None
+    except RecursionError:
+        raise error(f"{path}: the YAML nests too deeply") from None
+    if _count_values(data, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+        raise error(
+            f"{path}: more than {MAX_YAML_VALUES} values once its aliases expand; "
+            "write the config out without YAML aliases"
+        )
+    return data
 
 
 def read_json(path: str | os.PathLike[str], *, error: type[EvomergeError], what: str = "") -> Any:
@@ -146,6 +200,8 @@ def read_json(path: str | os.PathLike[str], *, error: type[EvomergeError], what:
     label = f"{what}: {path}" if what else str(path)
     if not path.exists():
         raise error(f"{label} is missing")
+    if not path.is_file():
+        raise error(f"{label} is not a file")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
@@ -173,5 +229,7 @@ def validate(
     try:
         return parse(data)
     except ValidationError as e:
-        err = e.errors()[0]
+        errs = e.errors()
+        # an unknown key first: a misspelt key also makes the key it meant "missing"
+        err = next((x for x in errs if x["type"] == "extra_forbidden"), errs[0])
         raise error(f"{origin}: {error_location(err, skip)}: {err['msg']}") from None

@@ -66,6 +66,7 @@ def from_mergekit(
         raise RecipeError(f"{origin}: unsupported mergekit key(s) {sorted(unknown)}")
     if data.get("modules"):
         raise RecipeError(f"{origin}: modules: multi-module mergekit configs are not supported")
+    _check_shapes(data, origin)
     names: dict[str, str] = {}  # path -> source name
 
     def name_of(ref: Any, where: str) -> str:
@@ -136,6 +137,55 @@ def from_mergekit(
         else None,
     }
     return Recipe.from_dict(recipe, origin=origin, base_dir=base_dir)
+
+
+def _check_shapes(data: dict[str, Any], origin: str) -> None:
+    """The structure mergekit expects, checked before it is read: each error names its key."""
+
+    def fail(key: str, what: str) -> None:
+        raise RecipeError(f"{origin}: {key}: expected {what}")
+
+    def params(p: Any, key: str) -> None:
+        if p is not None and not isinstance(p, dict):
+            fail(f"{key}.parameters", "a mapping of parameter names to values")
+
+    params(data.get("parameters"), "<top>")
+    if not isinstance(data.get("merge_method"), str):
+        fail("merge_method", "a method name")
+    models = data.get("models")
+    if models is not None:
+        if not isinstance(models, list):
+            fail("models", "a list of {model: PATH, parameters: {...}}")
+        for i, m in enumerate(models):
+            if not isinstance(m, dict) or "model" not in m:
+                fail(f"models.{i}", "a mapping with a `model:` path")
+            if set(m) - {"model", "parameters"}:
+                fail(
+                    f"models.{i}",
+                    f"only model and parameters, not {sorted(set(m) - {'model', 'parameters'})}",
+                )
+            params(m.get("parameters"), f"models.{i}")
+    slices = data.get("slices")
+    if slices is not None:
+        if not isinstance(slices, list):
+            fail("slices", "a list of {sources: [...]}")
+        for i, sl in enumerate(slices):
+            if not isinstance(sl, dict) or not isinstance(sl.get("sources"), list):
+                fail(f"slices.{i}", "a mapping with a `sources:` list")
+            if not sl["sources"]:
+                fail(f"slices.{i}.sources", "at least one source")
+            for j, s in enumerate(sl["sources"]):
+                key = f"slices.{i}.sources.{j}"
+                if not isinstance(s, dict) or "model" not in s:
+                    fail(key, "a mapping with a `model:` path")
+                lr = s.get("layer_range")
+                if not (
+                    isinstance(lr, list)
+                    and len(lr) == 2
+                    and all(isinstance(x, int) and not isinstance(x, bool) for x in lr)
+                    and 0 <= lr[0] < lr[1]
+                ):
+                    fail(f"{key}.layer_range", f"[start, end) with 0 <= start < end, got {lr!r}")
 
 
 def _import_spec(v: Any, where: str) -> Any:

@@ -33,6 +33,7 @@ from pydantic import (
 
 from evomerge.errors import RecipeError
 from evomerge.fileio import read_yaml
+from evomerge.hub import is_hub_id
 
 # in the order their rules are tried: norms first, as their names may contain "attention"
 MODULE_KINDS = ("norm", "embedding", "head", "attention", "mlp", "other")
@@ -210,7 +211,7 @@ class Recipe(_Frozen):
     routing: list[Slot] | None = None
     dtype: DTypeName | None = None
     tokenizer_source: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -288,7 +289,9 @@ class Recipe(_Frozen):
         if base_dir is not None:
             fixed = {
                 k: s.model_copy(update={"path": str(base_dir / s.path)})
-                if not Path(s.path).is_absolute() and not s.path.startswith("zoo:")
+                if not Path(s.path).is_absolute()
+                and not s.path.startswith("zoo:")
+                and not (is_hub_id(s.path) and not (base_dir / s.path).exists())
                 else s
                 for k, s in recipe.sources.items()
             }
@@ -316,7 +319,8 @@ _UNION_MEMBERS = {"float", "bool", "int", "str", "Gradient", "PerLayer", "ByModu
 
 
 def _explain(e: ValidationError, origin: str) -> str:
-    """One line per key: pydantic reports each union member's failure, we report the key."""
+    """One line, a clause per key: pydantic reports each union member's failure, we report the
+    key."""
     by_loc: dict[str, list[str]] = {}
     for err in e.errors():
         parts: list[str] = []
@@ -325,7 +329,7 @@ def _explain(e: ValidationError, origin: str) -> str:
                 break
             parts.append(str(p))
         by_loc.setdefault(".".join(parts) or "<top>", []).append(err["msg"])
-    lines = [f"{origin}: invalid recipe"]
-    for loc, msgs in list(by_loc.items())[:6]:
-        lines.append(f"  {loc}: {msgs[0] if len(msgs) == 1 else _SPEC_HELP}")
-    return "\n".join(lines)
+    # unknown keys first (a misspelt key also makes the key it meant "missing"); one line
+    items = sorted(by_loc.items(), key=lambda kv: "Extra inputs" not in kv[1][0])
+    parts = [f"{loc}: {msgs[0] if len(msgs) == 1 else _SPEC_HELP}" for loc, msgs in items[:6]]
+    return f"{origin}: invalid recipe: " + "; ".join(parts)

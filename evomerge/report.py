@@ -96,8 +96,11 @@ def plot_front(archive: Archive, path: Path) -> Path:
         _scatter(ax, front, i, j, color="C0", label="front")
         if knee is not None:
             _scatter(ax, [knee], i, j, color="C3", label="knee", marker="*", s=160)
-        ax.set_xlabel(names[i])
-        ax.set_ylabel(names[j] if j != i else "trial")
+        ax.set_xlabel(_axis_label(archive, i))
+        ax.set_ylabel(_axis_label(archive, j) if j != i else "trial")
+        _scale(ax.set_xscale, ok, i)
+        if j != i:
+            _scale(ax.set_yscale, ok, j)
         ax.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -122,6 +125,19 @@ def plot_front(archive: Archive, path: Path) -> Path:
     else:
         path.write_bytes(buf.getvalue())
     return path
+
+
+def _axis_label(archive: Archive, i: int) -> str:
+    """The objective and which way is better: perplexity is minimized, log-prob maximized."""
+    better = "higher" if archive.directions[i] == "maximize" else "lower"
+    return f"{archive.objectives[i]} ({better} is better)"
+
+
+def _scale(set_scale: Any, evs: Sequence[Evaluation], i: int) -> None:
+    """A log axis for positive values spanning more than two decades (perplexities do)."""
+    vals = [e.values[i] for e in evs if e.values]
+    if vals and min(vals) > 0 and max(vals) / min(vals) > 100:
+        set_scale("log")
 
 
 def _cell(v: Any) -> str:

@@ -14,12 +14,21 @@ ROOT = Path(__file__).resolve().parent.parent
 runner = CliRunner()
 
 
-def _generates(d: Path) -> None:
+def _is_the_merge(d: Path, config: Path, zoo: Path) -> None:
+    """transformers loads the written checkpoint, and every parameter is the tensor the
+    in-memory merge of the same config makes (the writer, sharding and config are checked)."""
+    from evomerge.merge.materialize import materialize, plan
+    from evomerge.mergekit_yaml import load_any
+
     model = AutoModelForCausalLM.from_pretrained(d)
     tok = AutoTokenizer.from_pretrained(d)
+    want = dict(materialize(plan(load_any(config).with_zoo(zoo))))
+    got = model.state_dict()
+    assert set(want) <= set(got)
+    for name, t in want.items():
+        assert torch.equal(got[name], t.to(got[name].dtype)), name
     ids = torch.tensor([tok("rev:abcde=")["input_ids"]])
-    out = model.generate(ids, max_new_tokens=6, do_sample=False)
-    assert out.shape[1] > ids.shape[1]
+    assert torch.isfinite(model(ids).logits).all()
 
 
 def test_merge_recipe_and_mergekit_yaml(unit_zoo: Path, tmp_path: Path) -> None:
@@ -29,7 +38,7 @@ def test_merge_recipe_and_mergekit_yaml(unit_zoo: Path, tmp_path: Path) -> None:
             app, ["merge", str(ROOT / "experiments" / name), str(out), "--zoo", str(unit_zoo)]
         )
         assert res.exit_code == 0, res.output
-        _generates(out)
+        _is_the_merge(out, ROOT / "experiments" / name, unit_zoo)
 
 
 def test_convert_to_mergekit(unit_zoo: Path) -> None:
@@ -96,3 +105,39 @@ def test_eval_full_and_estimated(unit_zoo: Path, tmp_path: Path, monkeypatch) ->
     assert list((tmp_path / "cal").glob("*.npz"))  # cached for the next run
     res = runner.invoke(app, ["eval", model, "--task", "nope", "--zoo", str(unit_zoo)])
     assert res.exit_code == 2 and "unknown task" in res.output
+
+
+def test_max_shard_size_reads_hugging_face_units(unit_zoo: Path, tmp_path: Path) -> None:
+    from evomerge.cli import _parse_size
+
+    assert _parse_size("5GB") == 5 * 10**9  # decimal, as save_pretrained writes shards
+    assert _parse_size("5GiB") == 5 * 2**30
+    assert _parse_size("500MB") == 500 * 10**6
+    assert _parse_size("1048576") == 2**20
+    recipe = str(ROOT / "experiments" / "zoo-dare-ties.yaml")
+    for bad in ("5XB", "1.5GB", "0MB", "-5GB", "lots"):
+        out = tmp_path / f"o-{bad}"
+        res = runner.invoke(
+            app, ["merge", recipe, str(out), "--zoo", str(unit_zoo), "--max-shard-size", bad]
+        )
+        assert res.exit_code == 2, (bad, res.output)
+        assert "--max-shard-size" in res.output and "Traceback" not in res.output
+        assert len(res.output.strip().splitlines()) == 1, res.output
+        assert not out.exists()
+    out = tmp_path / "sharded"
+    res = runner.invoke(
+        app, ["merge", recipe, str(out), "--zoo", str(unit_zoo), "--max-shard-size", "200KB"]
+    )
+    assert res.exit_code == 0, res.output
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 1
+    assert all(p.stat().st_size <= 200_000 + 4096 for p in shards[:-1])  # 10³, not 2¹⁰
+
+
+def test_debug_option_shows_the_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: ties\nsources: {a: x}\nparameters: {density: [")
+    res = runner.invoke(app, ["merge", str(bad), str(tmp_path / "o")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    res = runner.invoke(app, ["--debug", "merge", str(bad), str(tmp_path / "o")])
+    assert res.exit_code != 0 and type(res.exception).__name__ == "RecipeError"

@@ -113,12 +113,27 @@ def test_irt_error_bars_and_validation(bench: Bench) -> None:
     v = est.validation
     assert v["models"] == N_CALIB and 0 < v["lambda"] < 1
     assert v["gpirt_mae"] <= max(v["pirt_mae"], v["anchor_mae"])
-    z = []
-    for y, t in zip(bench.cand, bench.truth, strict=True):
+    for y in bench.cand[:5]:
         e = est.estimate(as_responses(y), IDS)
         assert e.stderr is not None and e.items_used == K and e.fidelity == K / N_ITEMS
-        z.append((e.value - t) / e.stderr)
-    assert 0.8 < np.mean(np.abs(z) < 2) <= 1.0  # 0.88 within 2 stderr (nominal 0.95)
+
+
+@pytest.mark.parametrize("spec", [f"irt:{K}", f"pirt:{K}"])
+def test_irt_intervals_cover_at_the_nominal_rate(bench: Bench, spec: str) -> None:
+    """±1.96·stderr is a 95 % interval: over 180 held-out candidates of three benchmarks the
+    coverage is within 3 binomial standard deviations of 0.95 (0.901 … 0.999). The stderr is
+    widened in the code so that the held-out calibration models are covered at 95 %; before
+    that, coverage was 0.87-0.88 (the delta method ignores item-parameter noise)."""
+    z = []
+    for b in (bench, Bench(1), Bench(2)):
+        est = make_estimator(spec).calibrate(b.cal)
+        for y, t in zip(b.cand, b.truth, strict=True):
+            e = est.estimate(as_responses(y), IDS)
+            assert e.stderr is not None
+            z.append((e.value - t) / e.stderr)
+    n, tol = len(z), 3 * math.sqrt(0.95 * 0.05 / len(z))
+    coverage = float(np.mean(np.abs(z) <= 1.96))
+    assert n == 180 and 0.95 - tol <= coverage <= 0.95 + tol, coverage
 
 
 def test_irt_on_smooth_scores() -> None:
@@ -158,19 +173,36 @@ def test_full_is_the_mean() -> None:
 
 @settings(max_examples=50, deadline=None)
 @given(
-    st.lists(st.floats(0.0, 1.0), min_size=1, max_size=60),
+    st.lists(st.floats(-50.0, 50.0), min_size=1, max_size=60),
     st.integers(1, 60),
     st.integers(0, 2**32 - 1),
     st.integers(1, 4),
 )
-def test_full_and_subsample_stay_in_range(scores: list[float], k: int, seed: int, h: int) -> None:
+def test_full_and_subsample_are_the_stratified_means(
+    scores: list[float], k: int, seed: int, h: int
+) -> None:
+    """By hand, for any finite scores (log-probs are negative, perplexities above 1): full is
+    the mean, subsample the stratum-weighted mean of its sample (no clamp in the code)."""
     ids = IDS[: len(scores)]
     responses = dict(zip(ids, scores, strict=True))
     strata = {i: f"s{j % h}" for j, i in enumerate(ids)}
-    for est in (Full(), Subsample(min(k, len(ids)), seed, strata)):
-        e = est.estimate(responses, ids)
-        assert 0.0 <= e.value <= 1.0 and 0.0 < e.fidelity <= 1.0
-        assert e.stderr is None or e.stderr >= 0.0
+    full = Full().estimate(responses, ids)
+    assert full.value == pytest.approx(float(np.mean(scores)), abs=1e-9)
+    sub = Subsample(min(k, len(ids)), seed, strata)
+    chosen = sub.select(ids)
+    labels = sorted(set(strata.values()))
+    if len(labels) > len(chosen):  # too few draws for every stratum: a plain sample mean
+        want = float(np.mean([responses[i] for i in chosen]))
+    else:
+        want = sum(
+            sum(strata[i] == g for i in ids)
+            / len(ids)
+            * float(np.mean([responses[i] for i in chosen if strata[i] == g]))
+            for g in labels
+        )
+    e = sub.estimate(responses, ids)
+    assert e.value == pytest.approx(want, abs=1e-9) and 0.0 < e.fidelity <= 1.0
+    assert e.stderr is None or e.stderr >= 0.0
 
 
 def test_subsample_stratifies_proportionally_and_deterministically() -> None:
@@ -331,8 +363,11 @@ def test_bad_inputs_say_what_is_wrong() -> None:
         Irt(2).calibrate(y[:1], ids)
     with pytest.raises(EstimatorError, match="shape"):
         Anchor(2).calibrate(y, IDS[:4])
-    with pytest.raises(EstimatorError, match=r"model 1 to item 'item-0002'"):
-        Anchor(2).calibrate(np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 2.0]]), ids)
+    with pytest.raises(EstimatorError, match=r"model 1 to item 'item-0002' is 2.0; .* \[0, 1\]"):
+        Irt(2).calibrate(np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 2.0]]), ids)
+    Anchor(2).calibrate(np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 2.0]]), ids)  # a weighted mean
+    with pytest.raises(EstimatorError, match=r"model 1 to item 'item-0002' is inf; .* finite"):
+        Anchor(2).calibrate(np.array([[1.0, 0.0, 1.0], [0.0, 1.0, np.inf]]), ids)
     with pytest.raises(EstimatorError, match="needs the matrix's item ids"):
         Anchor(2).calibrate(y)
     for est in (Anchor(2), Irt(2)):
@@ -352,3 +387,46 @@ def test_bad_inputs_say_what_is_wrong() -> None:
         Subsample(2, strata={"item-0000": "a"}).select(ids)
     with pytest.raises(EstimatorError, match="method"):
         Irt(2, method="mp")
+
+
+def test_calibration_cache_sees_a_checkpoint_updated_in_place(
+    unit_zoo: Path, tmp_path: Path
+) -> None:
+    """The cache key is the models' content (config hash, files' sizes and mtimes), not their
+    paths: a checkpoint rewritten under the same path is scored again, not served stale."""
+    import os
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from evomerge.calibrate import build_calibration, calibration_key
+    from evomerge.evaluate.hf import HFEngine
+    from evomerge.evaluate.tasks import load_task
+
+    models = [tmp_path / "base", tmp_path / "expert"]
+    shutil.copytree(unit_zoo / "base", models[0])
+    shutil.copytree(unit_zoo / "experts" / "rev9", models[1])
+    task = load_task("rev9", zoo=unit_zoo)
+    engine = HFEngine(models[0])
+    built: list[str] = []
+
+    def calibrate() -> Calibration:
+        return build_calibration(
+            engine, task, models, n_merges=0, cache_dir=tmp_path / "c", log=built.append
+        )
+
+    first = calibrate()
+    assert len(built) == 2
+    assert calibrate().key == first.key and len(built) == 2  # cached
+    key = calibration_key(task, models, 0, 0)
+    weights = models[1] / "model.safetensors"
+    state = load_file(weights)
+    state = {k: torch.zeros_like(v) if "lm_head" in k else v for k, v in state.items()}
+    st = weights.stat()
+    save_file(state, weights, metadata={"format": "pt"})
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # even within one mtime tick
+    assert calibration_key(task, models, 0, 0) != key
+    again = calibrate()
+    assert len(built) == 4 and again.key != first.key
+    assert not np.array_equal(again.responses[1], first.responses[1])  # the new weights' scores

@@ -126,23 +126,39 @@ def test_loglikelihood_matches_log_softmax(unit_zoo: Path, engine: HFEngine) -> 
 
 
 def test_multiple_choice_task(unit_zoo: Path, engine: HFEngine, tmp_path: Path) -> None:
-    items = [
-        {"id": f"q{i}", "q": "rev:abc=", "choices": ["cba", "abc", "zzz"], "gold": 0}
-        for i in range(3)
-    ]
+    """acc and acc_norm against log-likelihoods computed by hand from the transformers model's
+    logits, on distinct items whose gold answers sit at different positions."""
+    words = ["abcde", "fghij", "klmno", "pqrst", "uvwxy", "zabcd"]
+    items = []
+    for i, w in enumerate(words):
+        choices = [w[::-1], w, w[1:] + w[0]]
+        gold = i % 3
+        items.append({"id": f"q{i}", "q": f"rev:{w}=", "choices": choices, "gold": gold})
     (tmp_path / "mc.jsonl").write_text("\n".join(json.dumps(i) for i in items))
-    (tmp_path / "mc.yaml").write_text(
-        "name: mc\nkind: multiple_choice\nitems: mc.jsonl\nprompt: '{q}'\nanswer: gold\n"
-        "choice_prefix: ''\nmetric: acc\n"
-    )
-    task = load_task(tmp_path / "mc.yaml")
-    res = score_task(engine, task)
-    lls = engine.loglikelihood(
-        [r for rs in task.loglikelihood_requests(engine.tokenizer, task.items[:1], 64) for r in rs]
-    )
-    best = max(range(3), key=lambda i: lls[i].logprob)
-    assert res.value == float(best == 0)
-    assert task.higher_is_better
+    model = AutoModelForCausalLM.from_pretrained(unit_zoo / "base").eval()
+    tok = engine.tokenizer
+
+    def ll(ctx: str, cont: str) -> float:
+        c = tok(ctx, add_special_tokens=False)["input_ids"]
+        x = tok(cont, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lp = F.log_softmax(model(torch.tensor([c + x])).logits[0].double(), -1)
+        return sum(lp[len(c) - 1 + j, t].item() for j, t in enumerate(x))
+
+    for metric in ("acc", "acc_norm"):
+        (tmp_path / "mc.yaml").write_text(
+            "name: mc\nkind: multiple_choice\nitems: mc.jsonl\nprompt: '{q}'\nanswer: gold\n"
+            f"choice_prefix: ' '\nmetric: {metric}\n"
+        )
+        task = load_task(tmp_path / "mc.yaml")
+        res = score_task(engine, task)
+        for it in items:
+            vals = [ll(it["q"], " " + c) for c in it["choices"]]
+            if metric == "acc_norm":
+                vals = [v / len(" " + c) for v, c in zip(vals, it["choices"], strict=True)]
+            best = max(range(3), key=vals.__getitem__)
+            assert res.scores[it["id"]] == float(best == it["gold"]), (metric, it["id"])
+        assert task.higher_is_better
 
 
 # -- bad input --------------------------------------------------------------------------------
@@ -194,3 +210,81 @@ def test_engine_errors(unit_zoo: Path, engine: HFEngine, tmp_path: Path) -> None
     ).save_pretrained(bad)
     with pytest.raises(EngineError, match="do not belong together"):
         HFEngine(bad)
+
+
+# -- metrics outside [0, 1] -------------------------------------------------------------------
+def _hand_logprobs(model_dir: Path, task, ids: list[str]) -> list[float]:
+    """Mean log-prob of each item's reference (eos included) from the model's own logits."""
+    from transformers import AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    out = []
+    for item in task.subset(ids):
+        ctx = tok(item.fields()["prompt"], add_special_tokens=False)["input_ids"]
+        ans = [*tok(item.fields()["answer"], add_special_tokens=False)["input_ids"]]
+        ans.append(tok.eos_token_id)
+        with torch.no_grad():
+            lp = F.log_softmax(model(torch.tensor([ctx + ans])).logits[0].double(), -1)
+        out.append(sum(lp[len(ctx) - 1 + j, t].item() for j, t in enumerate(ans)) / len(ans))
+    return out
+
+
+@pytest.mark.parametrize("metric", ["logprob", "perplexity"])
+def test_unbounded_metrics_score_by_hand_through_the_cli(
+    unit_zoo: Path, tmp_path: Path, metric: str
+) -> None:
+    """`evomerge eval --task rev9-logprob.yaml` used to fail ("scores must lie in [0, 1]")."""
+    from typer.testing import CliRunner
+
+    from evomerge.cli import app
+    from evomerge.evaluate.estimators import make_estimator
+
+    items = (unit_zoo / "tasks" / "rev9.jsonl").read_text().splitlines()[:12]
+    (tmp_path / "i.jsonl").write_text("\n".join(items))
+    spec = (
+        f"name: rev9-{metric}\nkind: logprob\nmetric: {metric}\nitems: i.jsonl\nappend_eos: true\n"
+    )
+    (tmp_path / f"rev9-{metric}.yaml").write_text(spec)
+    task = load_task(tmp_path / f"rev9-{metric}.yaml")
+    model_dir = unit_zoo / "experts" / "shift3"  # not the rev9 expert: far from 0 loss
+    lps = _hand_logprobs(model_dir, task, task.item_ids)
+    per_item = lps if metric == "logprob" else [math.exp(-x) for x in lps]
+    want = sum(per_item) / len(per_item)
+    assert (want < -0.1) if metric == "logprob" else (want > 1.1)  # outside [0, 1]
+    assert task.higher_is_better == (metric == "logprob")
+
+    res = score_task(HFEngine(model_dir), task)
+    for i, w in zip(task.item_ids, per_item, strict=True):
+        assert res.scores[i] == pytest.approx(w, rel=1e-4)
+    for spec_ in ("full", "subsample:6"):
+        est = make_estimator(spec_, 0)
+        e = est.estimate({i: res.scores[i] for i in est.select(task.item_ids)}, task.item_ids)
+        if spec_ == "full":
+            assert e.value == pytest.approx(want, rel=1e-4)
+        else:  # a sample mean of these items, finite-population stderr
+            chosen = [per_item[task.item_ids.index(i)] for i in est.select(task.item_ids)]
+            assert e.value == pytest.approx(sum(chosen) / 6, rel=1e-4)
+            sd = torch.tensor(chosen, dtype=torch.float64).std().item()
+            assert e.stderr == pytest.approx(sd / math.sqrt(6) * math.sqrt(1 - 6 / 12), rel=1e-4)
+
+    res_cli = CliRunner().invoke(
+        app,
+        ["eval", str(model_dir), "--task", str(tmp_path / f"rev9-{metric}.yaml")],
+        env={"COLUMNS": "200"},
+    )
+    assert res_cli.exit_code == 0, res_cli.output
+    assert f"{want:.4f}"[:-1] in res_cli.output  # the table's 4 decimals (last may round)
+    res_irt = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            str(model_dir),
+            "--task",
+            str(tmp_path / f"rev9-{metric}.yaml"),
+            "--estimator",
+            "irt:4",
+        ],
+    )
+    assert res_irt.exit_code == 2, res_irt.output
+    assert f"rev9-{metric}" in res_irt.output and "irt:4" in res_irt.output

@@ -7,22 +7,48 @@ from pathlib import Path
 import pytest
 import yaml
 
+from evomerge.evaluate.tasks import load_task
 from evomerge.experiment import Experiment, ExperimentError
+from evomerge.hub import SourceError, is_hub_id, resolve_sources
+from evomerge.merge.materialize import plan
 from evomerge.mergekit_yaml import load_any
-from evomerge.space import load_space
+from evomerge.space import SearchSpace, load_space
 
 FILES = sorted((Path(__file__).resolve().parent.parent / "experiments").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
-def test_experiment_files_are_valid(path: Path) -> None:
+def test_experiment_files_are_valid(
+    path: Path, unit_zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each file parses, and its sources open: zoo experiments and recipes are planned on the
+    unit zoo (every source read, the space's middle decoded); the real-scale ones name hub ids
+    (or a documented local fine-tune), which resolve through the Hugging Face cache: with an
+    empty cache and no network, the error names the source and the id."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     data = yaml.safe_load(path.read_text())
-    if "objectives" in data:
-        exp = Experiment.load(path)
-        spec = load_space(exp.space, exp.space_options)
-        assert spec.kind in ("parameters", "routing", "layers", "combined")
-    else:
-        load_any(path)  # a recipe (ours or mergekit's)
+    if "objectives" not in data:
+        recipe = load_any(path).with_zoo(unit_zoo)  # a recipe (ours or mergekit's)
+        assert plan(recipe).jobs
+        return
+    exp = Experiment.load(path)
+    spec = load_space(exp.space, exp.space_options)
+    assert spec.kind in ("parameters", "routing", "layers", "combined")
+    if all(s.startswith("zoo:") for s in exp.sources.values()):
+        sources = exp.resolved_sources(unit_zoo)
+        space = SearchSpace(spec, sources=sources, base=exp.base, seed=exp.seed)
+        assert plan(space.decode(space.middle())).jobs  # every source opened and read
+        for o in exp.objectives:
+            if o.task:
+                assert load_task(o.task, zoo=unit_zoo).items
+        return
+    hubs = {k: s for k, s in exp.sources.items() if is_hub_id(s)}
+    local = set(exp.sources) - set(hubs)
+    assert hubs and all(exp.sources[k].startswith("./") for k in local), exp.sources
+    name, ref = next(iter(hubs.items()))
+    with pytest.raises(SourceError, match=f"source '{name}': hub id '{ref}'"):
+        resolve_sources({name: ref})
 
 
 def test_experiment_errors_name_the_key(tmp_path: Path) -> None:

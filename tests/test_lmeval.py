@@ -232,3 +232,24 @@ def test_missing_data_file(lm_eval, tmp_path: Path) -> None:
     (tmp_path / "broken.yaml").write_text(text.replace("task: tiny_mc", "task: broken_mc"))
     with pytest.raises(LMEvalError, match=r"data file does not exist.*gone/items\.jsonl"):
         LMEvalObjective(["broken_mc"], include_path=tmp_path)
+
+
+def test_objective_direction_comes_from_the_task_config(lm_eval, task_dir) -> None:
+    """A perplexity objective is minimized unless the experiment says otherwise (it used to be
+    maximized: the worker ignored lm-eval's higher_is_better)."""
+    from evomerge.evaluate.estimators import make_estimator
+    from evomerge.experiment import ObjectiveSpec
+    from evomerge.workers.local import _Objective
+
+    ppl = LMEvalObjective([task_dir / "tiny_ppl.yaml"])
+    assert ppl.direction("tiny_ppl") == "minimize"
+    assert not ppl.higher_is_better("tiny_ppl", "bits_per_byte")
+    mc = LMEvalObjective([task_dir / "tiny_mc.yaml"], metric="acc_norm")
+    assert mc.direction("tiny_mc") == "maximize"
+    with pytest.raises(LMEvalError, match="no metric 'f1'"):
+        mc.higher_is_better("tiny_mc", "f1")
+    spec = ObjectiveSpec(lmeval=str(task_dir / "tiny_ppl.yaml"))
+    ob = _Objective(spec, None, make_estimator("full"), [], lmeval=ppl)
+    assert ob.direction == "minimize"
+    forced = ObjectiveSpec(lmeval=str(task_dir / "tiny_ppl.yaml"), direction="maximize")
+    assert _Objective(forced, None, make_estimator("full"), [], lmeval=ppl).direction == "maximize"

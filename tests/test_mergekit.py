@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -97,8 +98,14 @@ CASES = {
     "dare_ties": dict(
         method="dare_ties",
         base="base",
-        models={"ft0": {"weight": 0.7, "density": 1.0}, "ft1": {"weight": 0.5, "density": 1.0}},
+        models={"ft0": {"weight": 0.7, "density": 0.4}, "ft1": {"weight": 0.5, "density": 0.7}},
         parameters={},
+    ),
+    "dare_ties_rescaled": dict(
+        method="dare_ties",
+        base="base",
+        models={"ft0": {"weight": 0.7, "density": 0.3}, "ft1": {"weight": 0.5, "density": 0.6}},
+        parameters={"rescale": True},
     ),
     "dare_linear": dict(
         method="dare_linear",
@@ -109,7 +116,10 @@ CASES = {
     "della": dict(
         method="della",
         base="base",
-        models={"ft0": {"weight": 0.7, "density": 1.0}, "ft1": {"weight": 0.5, "density": 1.0}},
+        models={
+            "ft0": {"weight": 0.7, "density": 0.5, "epsilon": 0.2},
+            "ft1": {"weight": 0.5, "density": 0.6, "epsilon": 0.1},
+        },
         parameters={"lambda": 0.9},
     ),
     "della_linear": dict(
@@ -127,8 +137,55 @@ CASES = {
 }
 
 
+def _key(delta: torch.Tensor) -> tuple:
+    t = delta.detach().float().contiguous()
+    return tuple(t.shape), hashlib.sha256(t.numpy().tobytes()).hexdigest()
+
+
+def _share_masks(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """mergekit draws DARE/DELLA masks with torch.bernoulli, we with a seeded hash: for the
+    comparison, mergekit's draw for a task vector is replaced by ours for that same vector
+    (found by its content), so the rescale and the sign election are compared too. Our
+    functions run unchanged; they are only watched to record their draws."""
+    from mergekit.merge_methods import generalized_task_arithmetic as gta
+
+    from evomerge.merge import methods
+
+    draws: dict[tuple, torch.Tensor] = {}
+    used: list[tuple] = []
+    real_bernoulli, real_della, real_sparsify = methods._bernoulli, methods._della, gta.sparsify
+
+    def bernoulli(delta, density, rescale, seed):  # type: ignore[no-untyped-def]
+        draws[_key(delta)] = methods.uniform(delta.shape, seed, delta.device)
+        return real_bernoulli(delta, density, rescale, seed)
+
+    def della(delta, density, epsilon, rescale, seed):  # type: ignore[no-untyped-def]
+        x = delta.unsqueeze(0) if delta.dim() < 2 else delta
+        draws[_key(delta)] = methods.uniform(x.shape, seed, delta.device)
+        return real_della(delta, density, epsilon, rescale, seed)
+
+    def sparsify(tensor, *args, **kwargs):  # type: ignore[no-untyped-def]
+        mine = draws.get(_key(tensor))
+        if mine is None:  # magnitude methods draw nothing
+            return real_sparsify(tensor, *args, **kwargs)
+        used.append(_key(tensor))
+        real = torch.bernoulli
+        torch.bernoulli = lambda p: (mine.reshape(p.shape) < p).to(p.dtype)  # type: ignore[assignment]
+        try:
+            return real_sparsify(tensor, *args, **kwargs)
+        finally:
+            torch.bernoulli = real
+
+    monkeypatch.setattr(methods, "_bernoulli", bernoulli)
+    monkeypatch.setattr(methods, "_della", della)
+    monkeypatch.setattr(gta, "sparsify", sparsify)
+    return used
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_same_tensors_as_mergekit(case: str, family: dict[str, Path], tmp_path: Path) -> None:
+def test_same_tensors_as_mergekit(
+    case: str, family: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     c = CASES[case]
     recipe = Recipe.from_dict(
         {
@@ -144,9 +201,14 @@ def test_same_tensors_as_mergekit(case: str, family: dict[str, Path], tmp_path: 
             update={"sources": {k: v for k, v in recipe.sources.items() if k != "base"}}
         )
     config = to_mergekit(recipe)
+    random = case.startswith(("dare", "della"))
+    if random:
+        used = _share_masks(monkeypatch)
+    ours = _ours(recipe, tmp_path / "ours")  # first: it records the masks mergekit reuses
     theirs = _run_mergekit(config, tmp_path / "mk")
-    ours = _ours(recipe, tmp_path / "ours")
     assert set(ours) == set(theirs)
+    if random:  # every task vector of every tensor went through a shared mask, at density < 1
+        assert len(used) == 2 * len(ours), (len(used), len(ours))
     for name in ours:
         diff = (ours[name].float() - theirs[name].float()).abs().max().item()
         assert diff <= 1e-5, f"{case}: {name} differs by {diff}"

@@ -191,13 +191,21 @@ def test_ties_density_one_single_source_is_task_arithmetic(x, y, w) -> None:
     st.floats(-5, 5),
     st.lists(st.floats(0.05, 1), min_size=1, max_size=4),
     st.sampled_from(["linear", "task_arithmetic", "dare_linear", "breadcrumbs"]),
+    st.floats(0.5, 3),
 )
-def test_weights_summing_to_one_keep_a_constant(c, raw, method) -> None:
+def test_weights_summing_to_one_keep_a_constant(c, raw, method, offset) -> None:
+    """Every source holds c, the base c + offset: the task vectors are -offset, not zero, and
+    weights summing to one bring the base all the way back to c (density 1: nothing dropped)."""
     weights = [w / sum(raw) for w in raw]
     tensors = [torch.full((7,), c) for _ in weights]
-    base = torch.full((7,), c) if get_method(method).needs_base else None
-    out = run(method, tensors, base, weight=weights, density=[0.5] * len(weights))
+    base = torch.full((7,), c + offset) if get_method(method).needs_base else None
+    out = run(method, tensors, base, weight=weights, density=[1.0] * len(weights))
     assert torch.allclose(out, torch.full((7,), c), atol=1e-4)
+    if base is not None:  # and half the weight goes half way
+        half = run(
+            method, tensors, base, weight=[w / 2 for w in weights], density=[1.0] * len(weights)
+        )
+        assert torch.allclose(half, torch.full((7,), c + offset / 2), atol=1e-4)
 
 
 @settings(max_examples=40, deadline=None)

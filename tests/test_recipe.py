@@ -52,9 +52,14 @@ def test_yaml_roundtrip_and_hash(tmp_path: Path) -> None:
 
 
 def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
-    (tmp_path / "r.yaml").write_text("sources: {x: models/x, y: zoo:experts/y}\nmethod: linear\n")
+    (tmp_path / "r.yaml").write_text(
+        "sources: {x: models/x, y: zoo:experts/y, h: org/name, w: ./w}\nmethod: linear\n"
+    )
+    (tmp_path / "models" / "x").mkdir(parents=True)
     r = Recipe.load(tmp_path / "r.yaml")
     assert r.sources["x"].path == str(tmp_path / "models" / "x")
+    assert r.sources["w"].path == str(tmp_path / "w")
+    assert r.sources["h"].path == "org/name"  # no such folder: a hub id (as in mergekit)
     assert r.with_zoo("/z").sources["y"].path == "/z/experts/y"
 
 

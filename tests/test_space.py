@@ -49,13 +49,14 @@ def test_presets_exist() -> None:
 def test_every_preset_round_trips(family: dict[str, Path], name: str) -> None:
     sp = _space(family, name, **PRESET_OVERRIDES.get(name, {}))
     rng = np.random.default_rng(0)
-    for _ in range(20):
-        g = _genome(sp, rng)
+    trips = 0
+    for g in [sp.middle(), *(_genome(sp, rng) for _ in range(20))]:
         try:
             recipe = sp.decode(g)
         except SpaceError as e:  # routing genomes may drop every layer: a clear, expected error
             assert "no layers" in str(e)
             continue
+        trips += 1
         plan(recipe)  # every decoded value is inside the method's ranges; sources fit
         back = sp.encode(recipe)
         assert back.shape == g.shape
@@ -63,6 +64,7 @@ def test_every_preset_round_trips(family: dict[str, Path], name: str) -> None:
         assert _flat(again.model_dump()) == pytest.approx(_flat(recipe.model_dump()), abs=1e-12)
         if sp.spec.kind == "parameters":  # no inactive genes: the genome itself comes back
             np.testing.assert_allclose(back, g, atol=1e-9)
+    assert trips >= 10, f"{name}: only {trips} of 21 genomes made a model"
 
 
 def test_parameter_gene_count_and_layout(family: dict[str, Path]) -> None:

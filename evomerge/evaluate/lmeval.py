@@ -473,6 +473,28 @@ class LMEvalObjective:
         n = len(self._task(task).eval_docs)
         return [str(i) for i in range(min(n, self.limit or n))]
 
+    def higher_is_better(self, task: str, metric: str | None = None) -> bool:
+        """Whether a larger ``metric`` (default: the objective's, else the task's first) is
+        better, from the task's own config (``metric_list``; lm-eval's defaults where it is
+        silent): perplexities and bits-per-byte are minimized. Known before any scoring."""
+        t = self._task(task)
+        wanted = metric or (
+            self.metric.get(task) if isinstance(self.metric, Mapping) else self.metric
+        )
+        table = dict(t.higher_is_better() or {})
+        if wanted is None:
+            if not table:
+                raise LMEvalError(f"{task}: the task declares no metric")
+            return bool(next(iter(table.values())))
+        name = wanted.split(",")[0]
+        if name not in table:
+            raise LMEvalError(f"{task}: no metric {name!r}; the task declares {sorted(table)}")
+        return bool(table[name])
+
+    def direction(self, task: str) -> str:
+        """``"maximize"`` or ``"minimize"`` for this objective's metric on ``task``."""
+        return "maximize" if self.higher_is_better(task) else "minimize"
+
     def _task(self, name: str) -> Any:
         try:
             return self._tasks[name]

@@ -39,6 +39,7 @@ _METRICS: dict[str, tuple[str, ...]] = {
     "logprob": ("token_accuracy", "logprob", "perplexity"),
 }
 _LOWER_IS_BETTER = {"perplexity"}
+UNIT_METRICS = frozenset({"acc", "acc_norm", "exact_match", "token_accuracy"})  # in [0, 1]
 
 
 class TaskError(EvomergeError):
@@ -83,7 +84,15 @@ class TaskSpec(BaseModel):
                 f"(choose from {list(_METRICS[self.kind])})"
             )
         if self.extract is not None:
-            re.compile(self.extract)
+            try:
+                re.compile(self.extract)
+            except re.error as e:
+                raise ValueError(f"extract: not a regular expression: {e}") from None
+        for key in ("prompt", "target"):
+            try:
+                _fields(getattr(self, key))
+            except ValueError as e:
+                raise ValueError(f"{key}: not a format template: {e}") from None
         return self
 
 
@@ -162,6 +171,11 @@ class Task:
             return self.spec.higher_is_better
         return self.metric not in _LOWER_IS_BETTER
 
+    @property
+    def unit_metric(self) -> bool:
+        """Whether scores lie in [0, 1] (not so: mean log-prob ≤ 0, perplexity ≥ 1)."""
+        return self.metric in UNIT_METRICS
+
     @cached_property
     def item_ids(self) -> list[str]:
         return [it.id for it in self.items]
@@ -227,6 +241,10 @@ class Task:
             else:
                 conts = [_encode(tokenizer, self.target_text(it)) + eos]
             for c in conts:
+                if not c:
+                    raise TaskError(
+                        f"{self.origin}: item {it.id!r}: the continuation to score is empty"
+                    )
                 if len(ctx) + len(c) > max_length:
                     raise TaskError(
                         f"{self.origin}: item {it.id!r} needs {len(ctx) + len(c)} tokens but the "
@@ -266,8 +284,10 @@ class Task:
         r = results[0]
         if m == "token_accuracy":
             return r.n_greedy / r.n_tokens
-        mean_lp = r.logprob / r.n_tokens
-        return mean_lp if m == "logprob" else math.exp(-mean_lp)
+        mean_lp = r.logprob / r.n_tokens  # per item: the mean over its reference tokens
+        if m == "logprob":
+            return mean_lp
+        return math.exp(-mean_lp) if -mean_lp < 709.0 else math.inf  # beyond float64: inf
 
     def score_generation(self, item: Item, text: str) -> float:
         for s in self.spec.stop:
@@ -292,7 +312,13 @@ def read_items(path: Path, origin: str) -> list[Item]:
     if not path.exists():
         raise TaskError(f"{origin}: items file {path} does not exist")
     items = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TaskError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise TaskError(f"{origin}: items file {path}: cannot read: {e.strerror}") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -312,6 +338,8 @@ def load_task(name_or_path: str | Path, *, zoo: Path | None = None) -> Task:
     ``zoo`` (a built tiny zoo)."""
     path = resolve_named(name_or_path, presets=FITNESS_DIR, what="task", error=TaskError)
     data = read_yaml(path, error=TaskError)
+    if not isinstance(data, dict):
+        raise TaskError(f"{path}: a task file is a mapping (name, kind, items, …)")
     spec = validate(TaskSpec.model_validate, data, origin=str(path), error=TaskError)
     if spec.items.startswith("zoo:"):
         if zoo is None:

@@ -103,7 +103,8 @@ def load_space(
     if not isinstance(data, dict):
         raise SpaceError(f"{origin}: a search space is a mapping with a `kind:` key")
     data = {**data, **dict(overrides or {})}
-    cls = _KINDS.get(data.get("kind"))  # type: ignore[arg-type]
+    kind = data.get("kind")
+    cls = _KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise SpaceError(
             f"{origin}: kind: {data.get('kind')!r} is not a search space kind "
@@ -188,9 +189,17 @@ class SearchSpace(ABC):
 
     def _genome(self, genome: np.ndarray, *sizes: int) -> list[np.ndarray]:
         """The genome as floats, cut after parts of these sizes (the rest is the last part)."""
-        x = np.asarray(genome, dtype=float).reshape(-1)
+        try:
+            x = np.asarray(genome, dtype=float).reshape(-1)
+        except (TypeError, ValueError) as e:
+            raise SpaceError(f"a genome is an array of numbers: {e}") from None
         if x.shape[0] != len(self.genes):
             raise SpaceError(f"genome has {x.shape[0]} genes; the space has {len(self.genes)}")
+        for g, v in zip(self.genes, x, strict=True):  # optimizers clip; anything else is a bug
+            top = 1.0 if g.choices is None else g.choices - 1.0
+            if not (0.0 <= v <= top) or (g.choices is not None and v != round(v)):
+                what = "in [0, 1]" if g.choices is None else f"an integer in 0…{g.choices - 1}"
+                raise SpaceError(f"gene {g.name!r} is {v}; it must be {what}")
         return np.split(x, np.cumsum(sizes)) if sizes else [x]
 
     def _models(self, wanted: list[str] | None, *, needs_base: bool) -> list[str]:

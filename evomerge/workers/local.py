@@ -40,7 +40,7 @@ class _Objective:
     @property
     def direction(self) -> str:
         if self.lmeval is not None:
-            return self.spec.direction or "maximize"
+            return self.spec.direction or self.lmeval.direction(self.lmeval.tasks[0])
         if self.task is None:
             return "minimize"  # costs
         return "maximize" if self.task.higher_is_better else "minimize"

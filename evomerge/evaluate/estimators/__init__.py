@@ -18,8 +18,10 @@ implementations chosen by name, as Optuna's samplers::
   predicts the unseen items from the ability the K observed items reveal (p-IRT), blended with
   the anchor estimate of the same items (gp-IRT).
 
-Scores lie in [0, 1]: correct/incorrect, or smooth (token accuracy), which IRT takes as a soft
-target of its Bernoulli likelihood. Calibration (the source models' responses to every item, and
+Scores are per-item numbers: correct/incorrect, smooth in [0, 1] (token accuracy), which IRT
+takes as a soft target of its Bernoulli likelihood, or unbounded (mean log-prob, perplexity),
+which only the weighted means (full, subsample, anchor) take: ``check_estimator`` refuses IRT
+for them when an objective is loaded. Calibration (the source models' responses to every item, and
 the IRT fit on them) is built once per (task, sources) and cached on disk (``calibration_cache``).
 
 One module per part, as the estimators grew past what reads in one sitting: :mod:`.base` (the
@@ -36,6 +38,7 @@ from evomerge.evaluate.estimators.base import (
     Estimate,
     Estimator,
     EstimatorError,
+    check_estimator,
     make_estimator,
     register_estimator,
 )
@@ -52,6 +55,7 @@ __all__ = [
     "Irt",
     "Subsample",
     "calibration_cache",
+    "check_estimator",
     "make_estimator",
     "register_estimator",
 ]

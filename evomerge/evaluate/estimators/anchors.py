@@ -153,7 +153,7 @@ class Anchor(_Calibrated):
 
     def estimate(self, responses: Mapping[str, float], item_ids: Sequence[str]) -> Estimate:
         ids = self.select(item_ids)
-        value = float(np.clip(_scores(responses, ids) @ self._weights, 0.0, 1.0))
+        value = float(_scores(responses, ids, unit=False) @ self._weights)  # convex combination
         return Estimate(value, len(ids), len(item_ids), self._stderr, self.spec)
 
 

@@ -56,19 +56,21 @@ def _pool(item_ids: Sequence[str]) -> list[str]:
     return ids
 
 
-def _check_scores(y: np.ndarray, where: Callable[[int], str]) -> None:
-    bad = np.flatnonzero(~np.isfinite(y) | (y < 0) | (y > 1))
+def _check_scores(y: np.ndarray, where: Callable[[int], str], unit: bool = True) -> None:
+    """Scores are finite; with ``unit``, in [0, 1] too (what IRT's Bernoulli likelihood needs)."""
+    bad = np.flatnonzero(~np.isfinite(y) | ((y < 0) | (y > 1) if unit else False))
     if bad.size:
-        raise EstimatorError(f"{where(int(bad[0]))} is {y.flat[bad[0]]}; scores must lie in [0, 1]")
+        rule = "scores must lie in [0, 1]" if unit else "scores must be finite"
+        raise EstimatorError(f"{where(int(bad[0]))} is {y.flat[bad[0]]}; {rule}")
 
 
-def _scores(responses: Mapping[str, float], ids: Sequence[str]) -> np.ndarray:
+def _scores(responses: Mapping[str, float], ids: Sequence[str], unit: bool = True) -> np.ndarray:
     missing = [i for i in ids if i not in responses]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise EstimatorError(f"no response for selected item {missing[0]!r}{more}")
     y = np.array([float(responses[i]) for i in ids])
-    _check_scores(y, lambda j: f"the response for item {ids[j]!r}")
+    _check_scores(y, lambda j: f"the response for item {ids[j]!r}", unit)
     return y
 
 
@@ -82,6 +84,9 @@ class Estimator(ABC):
 
     name: str = ""
     needs_calibration: bool = False
+    # True where the estimator's model only holds for scores in [0, 1] (IRT's Bernoulli
+    # likelihood); the others are weighted means and take any finite score (log-prob, perplexity)
+    unit_scores_only: bool = False
 
     def __init__(self, k: int | None = None, seed: int = 0) -> None:
         if k is not None and k < 1:
@@ -114,6 +119,17 @@ class Estimator(ABC):
         if self.k is not None and self.k > n:
             raise EstimatorError(f"{self.spec} asks for {self.k} items but the task has only {n}")
         return n if self.k is None else self.k
+
+
+def check_estimator(estimator: Estimator, metric: str, unit: bool, objective: str) -> None:
+    """Refuse, before any scoring, an estimator that cannot take a metric's scores: IRT needs
+    scores in [0, 1] and log-prob or perplexity are not (``unit`` says whether ``metric`` is).
+    ``objective`` names the objective (or task) in the error."""
+    if estimator.unit_scores_only and not unit:
+        raise EstimatorError(
+            f"objective {objective!r}: estimator {estimator.spec!r} models scores in [0, 1] but "
+            f"metric {metric!r} is not bounded so; use full, subsample:K or anchor:K"
+        )
 
 
 _Factory = Callable[[int, int, Mapping[str, str] | None], Estimator]

@@ -115,7 +115,7 @@ class Calibration:
 
     key: str
     item_ids: tuple[str, ...]
-    responses: np.ndarray  # n_models × n_items, in [0, 1]
+    responses: np.ndarray  # n_models × n_items: finite; in [0, 1] when fitted with IRT
     irt: _Irt | None = None
     folds: tuple[tuple[np.ndarray, _Irt], ...] = ()
 
@@ -149,7 +149,8 @@ class Calibration:
             got = y.shape[0]
             raise EstimatorError(f"calibration needs responses of at least 2 models, got {got}")
         n = len(ids)
-        _check_scores(y, lambda j: f"the response of model {j // n} to item {ids[j % n]!r}")
+        where = lambda j: f"the response of model {j // n} to item {ids[j % n]!r}"  # noqa: E731
+        _check_scores(y, where, unit=irt)  # anchors take any finite score; IRT needs [0, 1]
         if not irt:
             return cls(key, ids, y)
         folds = tuple((held, _fit_irt(y[~held])) for held in _halves(y.shape[0], seed))
@@ -158,7 +159,7 @@ class Calibration:
     def with_irt(self, seed: int = 0) -> Calibration:
         """This calibration, with an IRT fit added if it was built without one."""
         if self.irt is not None:
-            return self
+            return self  # (refit below checks the responses lie in [0, 1])
         return Calibration.fit(self.responses, self.item_ids, self.key, seed=seed)
 
     def save(self, path: str | os.PathLike[str]) -> None:

@@ -49,6 +49,16 @@ def _pirt(fit: _Irt, y: np.ndarray, picked: np.ndarray) -> tuple[float, float]:
     return (float(y.sum()) + float(p.sum())) / n, math.sqrt(var)
 
 
+def _stderr_scale(z: np.ndarray) -> float:
+    """How much to widen the delta-method stderr so that ±1.96·stderr covers 95 % of the
+    held-out calibration models' errors: the k-th smallest of n |z| estimates the k/(n+1)
+    quantile, so k = ⌈0.95·(n+1)⌉ (the largest, for 20 models) stands for the 95 % one. Never
+    narrower than unit RMS, never below 1."""
+    z = np.sort(z)
+    k = min(len(z), math.ceil(0.95 * (len(z) + 1)))
+    return max(1.0, _rms(z), float(z[k - 1]) / 1.96)
+
+
 def _curves(fit: _Irt, grid: int = 11) -> np.ndarray:
     """Each item's fitted response curve at equal-probability quantiles of the ability prior: a
     space where items close together behave alike for every plausible candidate."""
@@ -77,6 +87,7 @@ class Irt(_Calibrated):
     (item-parameter noise is otherwise ignored). ``validation`` reports the held-out errors."""
 
     name = "irt"
+    unit_scores_only = True
 
     def __init__(self, k: int, seed: int = 0, method: str = "gp") -> None:
         if method not in ("p", "gp"):
@@ -112,7 +123,7 @@ class Irt(_Calibrated):
         se_gp = np.sqrt((lam * se_p) ** 2 + (1 - lam) ** 2 * mse_a)
         err, se = (err_p, se_p) if self.method == "p" else (err_gp, se_gp)
         if (se > 0).any():
-            self._scale = max(1.0, _rms(err[se > 0] / se[se > 0]))
+            self._scale = _stderr_scale(np.abs(err[se > 0] / se[se > 0]))
         self.validation = {
             "models": float(len(rows)),
             "lambda": lam,

@@ -34,7 +34,7 @@ class Full(Estimator):
 
     def estimate(self, responses: Mapping[str, float], item_ids: Sequence[str]) -> Estimate:
         ids = self.select(item_ids)
-        y = _scores(responses, ids)
+        y = _scores(responses, ids, unit=False)
         se = float(y.std(ddof=1) / math.sqrt(len(y))) if len(y) > 1 else None
         return Estimate(float(y.mean()), len(y), len(y), se, self.spec)
 
@@ -87,7 +87,7 @@ class Subsample(Estimator):
 
     def estimate(self, responses: Mapping[str, float], item_ids: Sequence[str]) -> Estimate:
         plan = self._plan(item_ids)
-        ys = [_scores(responses, chosen) for chosen, _ in plan]
+        ys = [_scores(responses, chosen, unit=False) for chosen, _ in plan]
         n_all = sum(size for _, size in plan)
         used = sum(len(y) for y in ys)
         pooled = float(np.concatenate(ys).var(ddof=1)) if used > 1 else math.nan
@@ -99,7 +99,7 @@ class Subsample(Estimator):
                 s2 = float(y.var(ddof=1)) if len(y) > 1 else pooled
                 var += w * w * (1 - len(y) / size) * s2 / len(y)
         se = math.sqrt(var) if math.isfinite(var) else None
-        return Estimate(min(max(value, 0.0), 1.0), used, n_all, se, self.spec)
+        return Estimate(value, used, n_all, se, self.spec)  # a weighted mean: no clamp needed
 
 
 register_estimator("full", lambda k, seed, strata: Full(None, seed))

@@ -1,0 +1,187 @@
+"""Property-based fuzzing of what reads user input: the YAML loaders (recipe, mergekit, space,
+task, experiment) on arbitrary documents and on good ones with a value swapped for junk, and
+the genome decoders on arbitrary float arrays (NaN, ±inf, out of range, wrong length). Nothing
+but our own EvomergeError subclasses may come out."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from evomerge.errors import EvomergeError
+from evomerge.evaluate.tasks import load_task
+from evomerge.experiment import Experiment
+from evomerge.mergekit_yaml import load_any
+from evomerge.recipe import Recipe
+from evomerge.space import SearchSpace, load_space
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["zoo:base", "linear", "ties", "rev9", "org/name", "../..", "{", "(["]),
+)
+documents = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(
+            st.text(max_size=10)
+            | st.sampled_from(
+                [
+                    "method",
+                    "sources",
+                    "base",
+                    "parameters",
+                    "weight",
+                    "density",
+                    "routing",
+                    "layer",
+                    "scale",
+                    "merge_method",
+                    "models",
+                    "model",
+                    "slices",
+                    "layer_range",
+                    "kind",
+                    "genes",
+                    "granularity",
+                    "name",
+                    "items",
+                    "prompt",
+                    "metric",
+                    "objectives",
+                    "task",
+                    "budget",
+                    "space",
+                    "optimizer",
+                    "estimator",
+                    "seed",
+                    "dtype",
+                ]
+            ),
+            inner,
+            max_size=5,
+        ),
+    ),
+    max_leaves=20,
+)
+
+GOOD = {
+    "recipe": yaml.safe_load((ROOT / "experiments" / "zoo-dare-ties.yaml").read_text()),
+    "mergekit": yaml.safe_load((ROOT / "experiments" / "zoo-ties.mergekit.yaml").read_text()),
+    "space": yaml.safe_load((ROOT / "search_spaces" / "ps-dfs.yaml").read_text()),
+    "task": {"name": "t", "kind": "logprob", "items": "items.jsonl", "metric": "perplexity"},
+    "experiment": yaml.safe_load((ROOT / "experiments" / "zoo-demo.yaml").read_text()),
+}
+
+
+def _load(kind: str, path: Path) -> Any:
+    if kind == "recipe":
+        return Recipe.load(path)
+    if kind == "mergekit":
+        return load_any(path)
+    if kind == "space":
+        return load_space(path)
+    if kind == "task":
+        (path.parent / "items.jsonl").write_text('{"id": "a", "prompt": "x", "answer": "y"}\n')
+        return load_task(path)
+    return Experiment.load(path)
+
+
+def _only_our_errors(kind: str, text: str | bytes) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"{kind}.yaml"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        try:
+            _load(kind, path)
+        except EvomergeError as e:
+            assert str(e)  # says something (the CLI prints it on one line)
+
+
+def _swap(doc: Any, path: list[int], junk: Any) -> Any:
+    """``doc`` with the value at a pseudo-random position (chosen by ``path``) replaced."""
+    if not path or not isinstance(doc, dict | list) or not doc:
+        return junk
+    keys = list(doc) if isinstance(doc, dict) else list(range(len(doc)))
+    k = keys[path[0] % len(keys)]
+    out = dict(doc) if isinstance(doc, dict) else list(doc)
+    out[k] = _swap(doc[k], path[1:], junk)
+    return out
+
+
+KINDS = sorted(GOOD)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@SETTINGS
+@given(doc=documents)
+def test_arbitrary_documents(kind: str, doc: Any) -> None:
+    _only_our_errors(kind, yaml.safe_dump(doc, allow_unicode=True))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@SETTINGS
+@given(path=st.lists(st.integers(0, 50), min_size=1, max_size=5), junk=documents)
+def test_good_documents_with_one_value_swapped(kind: str, path: list[int], junk: Any) -> None:
+    _only_our_errors(kind, yaml.safe_dump(_swap(GOOD[kind], path, junk), allow_unicode=True))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@SETTINGS
+@given(raw=st.binary(max_size=200) | st.text(max_size=200))
+def test_arbitrary_bytes(kind: str, raw: bytes | str) -> None:
+    _only_our_errors(kind, raw)
+
+
+@pytest.fixture(scope="module")
+def spaces(family: dict[str, Path]) -> list[SearchSpace]:
+    sources = {k: str(v) for k, v in family.items()}
+    out = []
+    for name in ("linear-per-layer", "dare_ties-per-layer", "routing", "layers", "ps-dfs"):
+        out.append(SearchSpace(load_space(name), sources=sources, base="base"))
+    return out
+
+
+genomes = st.lists(
+    st.one_of(
+        st.floats(0.0, 1.0),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([0.0, 1.0, 2.0, -0.0, 0.5, math.nan, math.inf, -math.inf, 1e308]),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_decode_arbitrary_genomes(spaces: list[SearchSpace], data: st.DataObject) -> None:
+    sp = data.draw(st.sampled_from(spaces))
+    n = len(sp.genes)
+    x = data.draw(st.one_of(genomes, st.lists(st.floats(0.0, 1.0), min_size=n, max_size=n)))
+    if data.draw(st.booleans()) and len(x) == n:  # integer genes on valid choices, mostly
+        x = [
+            float(min(int(abs(v) * g.choices), g.choices - 1))
+            if g.choices and math.isfinite(v)
+            else v
+            for g, v in zip(sp.genes, x, strict=True)
+        ]
+    try:
+        recipe = sp.decode(np.array(x, dtype=float))
+    except EvomergeError:
+        return
+    assert isinstance(recipe, Recipe)
+    assert len(x) == n and all(math.isfinite(v) for v in x)  # else it had to be refused
