@@ -277,7 +277,7 @@ class Search:
         limit = self.experiment.workers.max_failures
         if limit is not None and self._streak >= limit and not self._failing:
             self._failing = (
-                f"{self._streak} candidates failed in a row (workers.max_failures: {limit}); "
+                f"{self._streak} failed candidate(s) in a row (workers.max_failures: {limit}); "
                 f"the last: {(ev.error or '?').strip().splitlines()[0]}"
             )
             self.log(f"stopping: {self._failing}")
