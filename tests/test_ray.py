@@ -4,6 +4,7 @@ driver resumed to the same archive, and a cluster reached by address."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -18,8 +19,6 @@ import pytest
 import yaml
 
 pytest.importorskip("ray")
-
-import contextlib
 
 import ray
 from test_search import EXPERIMENT, _trace
