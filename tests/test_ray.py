@@ -62,20 +62,41 @@ def _same_archive(a: Path, b: Path) -> None:
     assert sorted(ta) == sorted(tb)
 
 
+@pytest.mark.parametrize("sigterm_at", [None, 5])
 def test_ray_gives_the_local_archive(
-    cluster: Any, unit_zoo: Path, tmp_path: Path, local_reference: Path
+    cluster: Any, unit_zoo: Path, tmp_path: Path, local_reference: Path, sigterm_at: int | None
 ) -> None:
     """Generational mode: the same recipes and scores as the local backend, whatever order the
-    results arrive in; `status` reads the pool; the actors run this checkout's code."""
-    s, budget = search.start(_ray_exp(tmp_path), tmp_path / "run", zoo=unit_zoo)
+    results arrive in, also when SIGTERM stops it mid-batch and it is resumed; `status` reads
+    the pool; the actors run this checkout's code."""
+    run_dir = tmp_path / "run"
+    s, budget = search.start(_ray_exp(tmp_path), run_dir, zoo=unit_zoo)
+
+    def interrupt(ev: Any) -> None:
+        if ev.number == sigterm_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
     try:
-        assert s.run(budget).status == "finished"
+        out = s.run(budget, on_evaluation=interrupt)
     finally:
         s.close()
-    _same_archive(tmp_path / "run", local_reference)
-    info = search.summary(tmp_path / "run")
+    first = 0
+    if sigterm_at is not None:
+        first = out.evaluations
+        # sending stopped; the candidate in flight on the other actor was awaited and committed
+        assert out.status == "interrupted" and sigterm_at < out.evaluations <= sigterm_at + 2
+        assert search.summary(run_dir)["workers"]["in_flight"] == 0
+        s, budget = search.reopen(run_dir)
+        try:
+            out = s.run(budget)
+        finally:
+            s.close()
+    assert out.status == "finished"
+    _same_archive(run_dir, local_reference)
+    info = search.summary(run_dir)
     w = info["workers"]
-    assert w["evaluations"] == 12 and w["in_flight"] == 0 and w["retries"] == 0
+    assert w["in_flight"] == 0 and w["retries"] == 0
+    assert w["evaluations"] == 12 - first  # this pool's (the resumed run's) evaluations
     assert [a["name"] for a in w["actors"]] == ["ray:0", "ray:1"]
     assert all(0 < a["utilization"] <= 1 for a in w["actors"])
     assert {e.worker for e in s.archive.evaluations} <= {"ray:0", "ray:1"}
@@ -202,15 +223,6 @@ def _kill_session(proc: subprocess.Popen[bytes]) -> None:
     proc.wait(timeout=30)
 
 
-def _trials(run_dir: Path) -> int:
-    if not (run_dir / "archive.db").exists():
-        return 0
-    try:
-        return len(_trace(run_dir))
-    except KeyError:  # no study yet
-        return 0
-
-
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "from evomerge.cli import app; app()", *args]
 
@@ -223,29 +235,31 @@ def _env() -> dict[str, str]:
 def test_driver_sigkilled_mid_batch_resumes_to_the_same_archive(
     cluster: Any, unit_zoo: Path, tmp_path: Path, local_reference: Path
 ) -> None:
-    """`evomerge run` on its own local cluster, SIGKILLed (driver and cluster) in its second
-    batch; `resume` ends with the archive of an uninterrupted run."""
-    run_dir = tmp_path / "run"
+    """`evomerge run` on its own local cluster, SIGKILLed (driver and cluster) while a batch
+    after the first is in flight; `resume` ends with the archive of an uninterrupted run."""
+    run_dir, hook = tmp_path / "run", tmp_path / "hook"
+    hook.mkdir()
     exp = _ray_exp(tmp_path)
     log = (tmp_path / "driver.log").open("wb")
     proc = subprocess.Popen(
         _cli("run", str(exp), "--run-dir", str(run_dir), "--zoo", str(unit_zoo)),
         stdout=log,
         stderr=subprocess.STDOUT,
-        env=_env(),
+        env={**_env(), HANG_HOOK: str(hook)},
         start_new_session=True,
     )
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            if 5 <= _trials(run_dir) < 8:
-                break  # the second batch (trials 4-7) is in flight
-            time.sleep(0.2)
+        # once the first batch is told, a candidate of a later batch hangs: the run is held
+        # mid-batch, with the other actor's results committed around it
+        assert _wait_for(lambda: (run_dir / "optimizer.pkl").exists() or proc.poll() is not None)
+        (hook / "hang").touch()
+        assert _wait_for(lambda: any(hook.glob("hung-*")) or proc.poll() is not None)
+        time.sleep(2)
         assert proc.poll() is None, (tmp_path / "driver.log").read_text()
     finally:
         _kill_session(proc)
     done = len(_trace(run_dir))
-    assert 5 <= done < 12
+    assert 4 <= done < 12
     assert search.summary(run_dir)["stale"]
     s, budget = search.reopen(run_dir)
     try:
@@ -253,6 +267,15 @@ def test_driver_sigkilled_mid_batch_resumes_to_the_same_archive(
     finally:
         s.close()
     _same_archive(run_dir, local_reference)
+
+
+def _wait_for(condition: Any, timeout: float = 240) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 @pytest.mark.slow
