@@ -95,6 +95,7 @@ class Search:
             seed=experiment.seed,
             options=experiment.optimizer.options,
         )
+        owned = worker is None
         if worker is None and experiment.workers.backend == "ray":
             from evomerge.workers.ray_pool import RayPool
 
@@ -104,26 +105,31 @@ class Search:
 
             worker = LocalWorker(experiment, sources, zoo=zoo, log=log)
         self.worker = worker
-        self.worker.plan(self.space.decode(self.space.middle()))  # the space fits the sources
-        self.labels = [o.label for o in experiment.objectives]
-        self.directions = worker.directions
-        self.reference = [
-            experiment.default_reference(o, ob.metric)
-            for o, ob in zip(experiment.objectives, worker.objectives, strict=True)
-        ]
-        self.archive = Archive(
-            storage_url(run_dir),
-            study_name=study_name(run_dir),
-            objectives=self.labels,
-            directions=self.directions,
-            genes=self.space.genes,
-            experiment_hash=experiment.content_hash(),
-        )
-        if experiment.storage is not None:
-            self._claim_study(experiment.storage)
-        state = read_optimizer_state(run_dir)
-        if state is not None:
-            self.optimizer.restore(state)
+        try:
+            self.worker.plan(self.space.decode(self.space.middle()))  # the space fits the sources
+            self.labels = [o.label for o in experiment.objectives]
+            self.directions = worker.directions
+            self.reference = [
+                experiment.default_reference(o, ob.metric)
+                for o, ob in zip(experiment.objectives, worker.objectives, strict=True)
+            ]
+            self.archive = Archive(
+                storage_url(run_dir),
+                study_name=study_name(run_dir),
+                objectives=self.labels,
+                directions=self.directions,
+                genes=self.space.genes,
+                experiment_hash=experiment.content_hash(),
+            )
+            if experiment.storage is not None:
+                self._claim_study(experiment.storage)
+            state = read_optimizer_state(run_dir)
+            if state is not None:
+                self.optimizer.restore(state)
+        except BaseException:
+            if owned:
+                self.close()  # Ray actors do not outlive a run that could not open
+            raise
         self._stop: str | None = None
         self._failing: str | None = None  # max_failures failed candidates in a row: why
         self._streak = 0

@@ -211,17 +211,21 @@ class RayPool:
         idle, pings = self._idle, self._pings
         flight: dict[Any, tuple[Job, int, float]] = {}
         timeout = self.spec.timeout_s
+
+        def send() -> None:
+            while queue and idle and not stop():
+                i, job = idle.popleft(), queue.popleft()
+                job.attempts += 1
+                ref = self.actors[i].evaluate.remote(job.recipe, job.genome, front())
+                now = time.perf_counter()
+                self._first = self._first or now
+                flight[ref] = (job, i, now)
+                self._in_flight = len(flight)
+                self._save()
+
         try:
             while queue or flight:
-                while queue and idle and not stop():
-                    i, job = idle.popleft(), queue.popleft()
-                    job.attempts += 1
-                    ref = self.actors[i].evaluate.remote(job.recipe, job.genome, front())
-                    now = time.perf_counter()
-                    self._first = self._first or now
-                    flight[ref] = (job, i, now)
-                    self._in_flight = len(flight)
-                    self._save()
+                send()
                 if not flight and (stop() or not queue):
                     break  # stopped: the queue is left unscored
                 if not flight and not idle and not pings:
@@ -263,6 +267,7 @@ class RayPool:
                     else:
                         idle.append(i)
                         ev.timings["dispatch"] = max(0.0, now - t0 - ev.timings.get("total", 0.0))
+                    send()  # the actor works on the next candidate while this one is committed
                     yield self._done(i, job, ev)
                 if timeout is not None:
                     now = time.perf_counter()
