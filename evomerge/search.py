@@ -334,6 +334,8 @@ class Search:
                 recipe = self.space.decode(g)
             except SpaceError:
                 ev, is_new = self._evaluate(g)  # recorded (or found) as invalid, no worker
+                if is_new:
+                    self._count_failure(ev)
                 done(i, ev, is_new)
                 continue
             key = recipe.content_hash()
