@@ -173,7 +173,8 @@ class RayPool:
             self.info = ray.get([a.info.remote() for a in self.actors])
         except ray.exceptions.RayError as e:
             self.close()
-            raise RayPoolError(f"a Ray actor could not start: {_first_line(e)}") from None
+            last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            raise RayPoolError(f"a Ray actor could not start: {last}") from None
         hosts = sorted({i["host"] for i in self.info})
         log(f"ray: {w.count} actor(s) ready on {', '.join(hosts)}")
         n = w.count
