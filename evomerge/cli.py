@@ -191,7 +191,10 @@ def demo(
         shutil.rmtree(run_dir)
     s, total = search.start(experiment, run_dir, zoo=zoo, budget=budget, log=console.print)
     console.print(f"\nsearch: {experiment.name} → {run_dir} ({len(s.space.genes)} genes)")
-    outcome = _run_with_progress(s, total)
+    try:
+        outcome = _run_with_progress(s, total)
+    finally:
+        s.close()
     _print_front(run_dir)
     knee = s.archive.knee()
     if knee is not None and knee.recipe:
@@ -238,9 +241,14 @@ def _run_with_progress(s: Any, total: int, hours: float | None = None) -> Any:
 
 
 def _search_and_report(s: Any, total: int, hours: float | None, run_dir: Path) -> None:
-    outcome = _run_with_progress(s, total, hours)
+    try:
+        outcome = _run_with_progress(s, total, hours)
+    finally:
+        s.close()  # Ray actors, engines
     _print_front(run_dir)
     console.print(f"{outcome.status}: {outcome.evaluations} evaluations in {run_dir}")
+    if outcome.reason:
+        console.print(f"stopped because {outcome.reason}; `evomerge resume {run_dir}` goes on")
 
 
 def _print_front(run_dir: Path) -> None:
@@ -306,6 +314,22 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory")]) -> 
         t.add_row(f"best {name}", f"{value:.4f} (trial {number})")
     if info["seconds_per_evaluation"] is not None:
         t.add_row("time per evaluation", f"{info['seconds_per_evaluation']:.2f}s")
+    if info.get("reason"):
+        t.add_row("stopped because", str(info["reason"]))
+    w = info.get("workers")
+    if w:
+        actors = w["actors"]
+        t.add_row("ray actors alive", f"{sum(a['alive'] for a in actors)} of {len(actors)}")
+        t.add_row(
+            "utilization",
+            ", ".join(f"{a['name']} {a['utilization']:.0%} ({a['evaluations']})" for a in actors),
+        )
+        t.add_row("in flight", str(w["in_flight"]))
+        faults = f"{w['retries']} · {w['timeouts']} · {w['deaths']}"
+        t.add_row("retries · timeouts · actor deaths", faults)
+        if w.get("evaluations_per_hour"):
+            t.add_row("throughput", f"{w['evaluations_per_hour']:,.0f} evaluations/hour")
+        t.add_row("pool updated", f"{time.time() - w['updated']:.0f}s ago")
     console.print(t)
 
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, model_validator
 
 from evomerge.errors import EvomergeError
 from evomerge.fileio import read_yaml, validate
@@ -85,11 +85,34 @@ class PromotionSpec(_Spec):
     z: float = 1.0
 
 
+# where candidates run, not what is searched: left out of the experiment's hash, so a run started
+# on one backend resumes on another (the generational loop gives the same archive on both)
+_PLACEMENT = ("backend", "count", "address", "resources", "retries", "timeout_s", "max_failures")
+
+
 class WorkersSpec(_Spec):
-    kind: Literal["local"] = "local"  # Ray actors come next
+    # local: in the driver's process; ray: `count` Ray actors, each with its own resident engine
+    backend: Literal["local", "ray"] = "local"
+    count: int = Field(1, ge=1)  # ray: actors
+    address: str | None = None  # ray: None starts a local cluster; auto | host:port | ray://h:p
+    resources: dict[str, NonNegativeFloat] = Field(default_factory=dict)  # ray, per actor
+    retries: int = Field(2, ge=0)  # ray: a candidate whose actor died is sent again this often
+    timeout_s: float | None = Field(None, gt=0)  # ray: a candidate running longer is failed
+    max_failures: int | None = Field(10, ge=1)  # this many failed candidates in a row stop a run
     device: str = "cpu"
     batch_size: int = Field(256, ge=1)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_is_backend(cls, data: Any) -> Any:
+        """``kind:`` is the key's old name."""
+        if isinstance(data, dict) and "kind" in data:
+            data = dict(data)
+            kind = data.pop("kind")
+            if data.setdefault("backend", kind) != kind:
+                raise ValueError(f"`kind: {kind}` and `backend: {data['backend']}` disagree")
+        return data
 
 
 class Experiment(_Spec):
@@ -127,6 +150,8 @@ class Experiment(_Spec):
         data = self.model_dump(mode="json")
         if ignore_budget:
             data.pop("budget")
+        for key in _PLACEMENT:
+            data["workers"].pop(key)
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 

@@ -3,7 +3,8 @@
 - ``experiment.yaml`` — the experiment as given; ``run.json`` — its hash, the zoo, the budget,
   the status, the storage URL and study name;
 - ``archive.db`` — the Optuna study (unless the experiment names another ``storage:``);
-- ``optimizer.pkl`` — the optimizer's state after its last complete batch.
+- ``optimizer.pkl`` — the optimizer's state after its last complete batch;
+- ``workers.json`` — a Ray run's pool: actors, their utilization, candidates in flight, retries.
 
 Every file here is written atomically (:mod:`evomerge.fileio`): a crash leaves the old version
 or the new one, never half of one.
@@ -28,6 +29,7 @@ RUN_FILE, EXPERIMENT_FILE, ARCHIVE_FILE, OPTIMIZER_FILE = (
     "archive.db",
     "optimizer.pkl",
 )
+WORKERS_FILE = "workers.json"
 STUDY_NAME = "evomerge"  # the study of a run that has its own SQLite file
 
 
@@ -156,3 +158,13 @@ def owner_alive(info: dict[str, Any]) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def write_workers(run_dir: Path, stats: dict[str, Any]) -> None:
+    """The worker pool's live state (actors, utilization, in flight), for ``evomerge status``."""
+    atomic_write_json(Path(run_dir) / WORKERS_FILE, stats)
+
+
+def read_workers(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / WORKERS_FILE
+    return json.loads(path.read_text()) if path.exists() else None

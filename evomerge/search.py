@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from evomerge.run_dir import (
     owner_alive,
     read_info,
     read_optimizer_state,
+    read_workers,
     storage_url,
     study_name,
     update_info,
@@ -55,10 +57,11 @@ class Progress:
 @dataclass
 class Outcome:
     run_dir: Path
-    status: str  # finished | interrupted | time limit
+    status: str  # finished | interrupted | time limit | failing
     evaluations: int
     new: int
     front: list[Evaluation] = field(default_factory=list)
+    reason: str | None = None  # why a failing run stopped
 
 
 class Search:
@@ -92,34 +95,63 @@ class Search:
             seed=experiment.seed,
             options=experiment.optimizer.options,
         )
-        if worker is None:
+        owned = worker is None
+        if worker is None and experiment.workers.backend == "ray":
+            from evomerge.workers.ray_pool import RayPool
+
+            worker = RayPool(experiment, sources, zoo=zoo, log=log, run_dir=run_dir)
+        elif worker is None:
             from evomerge.workers.local import LocalWorker
 
             worker = LocalWorker(experiment, sources, zoo=zoo, log=log)
         self.worker = worker
-        self.worker.plan(self.space.decode(self.space.middle()))  # the space fits the sources
-        self.labels = [o.label for o in experiment.objectives]
-        self.directions = worker.directions
-        self.reference = [
-            experiment.default_reference(o, ob.metric)
-            for o, ob in zip(experiment.objectives, worker.objectives, strict=True)
-        ]
-        self.archive = Archive(
-            storage_url(run_dir),
-            study_name=study_name(run_dir),
-            objectives=self.labels,
-            directions=self.directions,
-            genes=self.space.genes,
-            experiment_hash=experiment.content_hash(),
-        )
-        state = read_optimizer_state(run_dir)
-        if state is not None:
-            self.optimizer.restore(state)
+        try:
+            self.worker.plan(self.space.decode(self.space.middle()))  # the space fits the sources
+            self.labels = [o.label for o in experiment.objectives]
+            self.directions = worker.directions
+            self.reference = [
+                experiment.default_reference(o, ob.metric)
+                for o, ob in zip(experiment.objectives, worker.objectives, strict=True)
+            ]
+            self.archive = Archive(
+                storage_url(run_dir),
+                study_name=study_name(run_dir),
+                objectives=self.labels,
+                directions=self.directions,
+                genes=self.space.genes,
+                experiment_hash=experiment.content_hash(),
+            )
+            if experiment.storage is not None:
+                self._claim_study(experiment.storage)
+            state = read_optimizer_state(run_dir)
+            if state is not None:
+                self.optimizer.restore(state)
+        except BaseException:
+            if owned:
+                self.close()  # Ray actors do not outlive a run that could not open
+            raise
         self._stop: str | None = None
+        self._failing: str | None = None  # max_failures failed candidates in a row: why
+        self._streak = 0
         # seconds spent by the loop itself (not in the worker), for the overhead benchmark
         self.loop_timings: dict[str, float] = dict.fromkeys(
             ("ask", "decode", "lookup", "commit", "tell", "checkpoint"), 0.0
         )
+
+    def _claim_study(self, storage: str) -> None:
+        """One driver per study: a shared database's study is this run directory's alone (two
+        drivers telling one optimizer apart would each miss the other's results)."""
+        ours = f"{socket.gethostname()}:{Path(self.run_dir).resolve()}"
+        theirs = self.archive.study.user_attrs.get("driver")
+        if theirs is None:
+            self.archive.study.set_user_attr("driver", ours)
+        elif theirs != ours:
+            raise RunError(
+                f"the study {study_name(self.run_dir)!r} in {storage} belongs to the run "
+                f"{theirs}; several drivers feeding one study are not supported. Resume that run "
+                "directory (`workers: {backend: ray, count: N}` spreads it over many GPUs), or "
+                "change the experiment's name or seed for a study of its own"
+            )
 
     # -- losses for the optimizer --------------------------------------------------------------
     def _losses(self, ev: Evaluation) -> list[float] | None:
@@ -192,9 +224,18 @@ class Search:
                 # a batch cut short earlier in this process is still pending: finish it first
                 batch = self.optimizer.pending or self.optimizer.ask()
                 self.loop_timings["ask"] += time.perf_counter() - t0
-                losses: list[list[float] | None] = []
-                for g in batch:
-                    if self._stop or len(self.archive) >= budget:
+                losses: list[Any] = []
+                if getattr(self.worker, "concurrent", False):  # Ray: the batch at once
+                    losses, n_new, n_cached, timed_out = self._dispatch(
+                        batch, budget, deadline, start, cached, on_evaluation, on_progress
+                    )
+                    new, cached = new + n_new, cached + n_cached
+                    status = "time limit" if timed_out else status
+                    batch_left = []
+                else:
+                    batch_left = batch
+                for g in batch_left:
+                    if self._stop or self._failing or len(self.archive) >= budget:
                         break
                     if deadline and time.perf_counter() > deadline:
                         status = "time limit"
@@ -202,12 +243,14 @@ class Search:
                     ev, is_new = self._evaluate(g)
                     new += is_new
                     cached += not is_new
+                    if is_new:
+                        self._count_failure(ev)
                     losses.append(self._losses(ev))
                     if on_evaluation:
                         on_evaluation(ev)
                     if on_progress:
                         on_progress(self.progress(budget, cached, start))
-                if len(losses) < len(batch):
+                if len(losses) < len(batch) or any(x is _UNSCORED for x in losses):
                     break  # the batch was cut short: the optimizer is not told; resume re-asks
                 t0 = time.perf_counter()
                 self.optimizer.tell(batch, losses)
@@ -218,10 +261,119 @@ class Search:
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-        if self._stop or (status != "time limit" and len(self.archive) < budget):
+        if self._failing:
+            status = "failing"
+        elif self._stop or (status != "time limit" and len(self.archive) < budget):
             status = "interrupted"
-        update_info(self.run_dir, status=status, evaluations=len(self.archive), updated=time.time())
-        return Outcome(self.run_dir, status, len(self.archive), new, self.archive.front())
+        update_info(
+            self.run_dir,
+            status=status,
+            evaluations=len(self.archive),
+            updated=time.time(),
+            reason=self._failing,
+        )
+        return Outcome(
+            self.run_dir, status, len(self.archive), new, self.archive.front(), self._failing
+        )
+
+    def _count_failure(self, ev: Evaluation) -> None:
+        """A run whose candidates keep failing stops, with the reason, instead of burning its
+        budget (``workers.max_failures`` in a row)."""
+        self._streak = 0 if ev.ok else self._streak + 1
+        limit = self.experiment.workers.max_failures
+        if limit is not None and self._streak >= limit and not self._failing:
+            self._failing = (
+                f"{self._streak} failed candidate(s) in a row (workers.max_failures: {limit}); "
+                f"the last: {(ev.error or '?').strip().splitlines()[0]}"
+            )
+            self.log(f"stopping: {self._failing}")
+
+    def _dispatch(
+        self,
+        batch: list[np.ndarray],
+        budget: int,
+        deadline: float | None,
+        start: float,
+        cached: int,
+        on_evaluation: Callable[[Evaluation], None] | None,
+        on_progress: Callable[[Progress], None] | None,
+    ) -> tuple[list[Any], int, int, bool]:
+        """One batch on a concurrent worker (Ray): every member not in the archive goes out at
+        once, each result is committed the moment it arrives, in any order.
+
+        The members scored are those the one-by-one loop would score (the first new recipes of
+        the batch, up to the budget; a recipe twice in the batch is scored once), so the batch's
+        losses, told in the batch's order, are the same. Returns (losses with ``_UNSCORED``
+        where a member was not reached, new, cached, whether the time limit stopped it).
+        """
+        from evomerge.workers.ray_pool import Job
+
+        losses: list[Any] = [_UNSCORED] * len(batch)
+        jobs: dict[str, Job] = {}
+        n_new = n_cached = 0
+        timed_out = False
+
+        def done(i: int, ev: Evaluation, is_new: bool) -> None:
+            nonlocal n_new, n_cached
+            n_new += is_new
+            n_cached += not is_new
+            losses[i] = self._losses(ev)
+            if on_evaluation:
+                on_evaluation(ev)
+            if on_progress:
+                on_progress(self.progress(budget, cached + n_cached, start))
+
+        for i, g in enumerate(batch):
+            if self._stop or self._failing or len(self.archive) + len(jobs) >= budget:
+                break
+            if deadline and time.perf_counter() > deadline:
+                timed_out = True
+                break
+            t0 = time.perf_counter()
+            try:
+                recipe = self.space.decode(g)
+            except SpaceError:
+                ev, is_new = self._evaluate(g)  # recorded (or found) as invalid, no worker
+                if is_new:
+                    self._count_failure(ev)
+                done(i, ev, is_new)
+                continue
+            key = recipe.content_hash()
+            hit = self.archive.lookup(key)
+            self.loop_timings["decode"] += time.perf_counter() - t0
+            if hit is not None:
+                done(i, hit, False)
+            elif key in jobs:
+                jobs[key].slots.append(i)  # scored once, told twice
+            else:
+                jobs[key] = Job(recipe, [float(x) for x in g], [i])
+
+        def front() -> list[list[float]]:
+            if not self.experiment.promotion.enabled:
+                return []
+            return [e.values for e in self.archive.front() if e.values is not None]
+
+        def stop() -> bool:
+            nonlocal timed_out
+            if deadline and time.perf_counter() > deadline:
+                timed_out = True
+            return bool(self._stop or self._failing or timed_out)
+
+        for job, ev in self.worker.run(list(jobs.values()), front=front, stop=stop):
+            t0 = time.perf_counter()
+            ev = self.archive.record(ev)
+            self.loop_timings["commit"] += time.perf_counter() - t0
+            self._count_failure(ev)
+            done(job.slots[0], ev, True)
+            for i in job.slots[1:]:
+                done(i, ev, False)
+        return losses, n_new, n_cached, timed_out
+
+    def close(self) -> None:
+        """Release the worker's engine (a vLLM engine holds processes and memory)."""
+        close = getattr(self.worker, "close", None)
+        if callable(close):
+            close()
 
     def progress(
         self,
@@ -243,6 +395,9 @@ class Search:
             hypervolume=self.archive.hypervolume(self.reference),
             elapsed=time.perf_counter() - start if start else 0.0,
         )
+
+
+_UNSCORED = object()  # a batch member the loop did not reach
 
 
 def _genome_key(genome: np.ndarray) -> str:
@@ -286,6 +441,11 @@ def reopen(
 ) -> tuple[Search, int]:
     """Continue a run; ``budget`` may raise its budget."""
     experiment, info = load_experiment(run_dir, experiment_file)
+    if info.get("status") == "running" and info.get("pid") != os.getpid() and owner_alive(info):
+        raise RunError(
+            f"{run_dir} is being run by process {info.get('pid')}; one driver per run: stop it "
+            "first (Ctrl-C finishes the candidates in flight)"
+        )
     total = budget or info["budget"]
     search = Search(
         run_dir,
@@ -307,8 +467,10 @@ def summary(run_dir: Path) -> dict[str, Any]:
     """A run's state from its files alone (works while it runs: SQLite allows a reader).
 
     ``run.json``'s fields, plus ``trials``, ``failed``, ``objectives``, ``front_size``,
-    ``best`` (objective → (value, trial)), ``seconds_per_evaluation`` (None before the first)
-    and ``stale`` (the run says it is running but its process is gone).
+    ``best`` (objective → (value, trial)), ``seconds_per_evaluation`` (None before the first),
+    ``stale`` (the run says it is running but its process is gone) and ``workers`` (a Ray
+    run's pool as last written: actors alive, each one's utilization, in flight, retries,
+    timeouts, evaluations per hour; None for a local run).
     """
     info = read_info(run_dir)
     archive = Archive.open(run_dir)
@@ -327,5 +489,6 @@ def summary(run_dir: Path) -> dict[str, Any]:
         best=best,
         seconds_per_evaluation=sum(secs) / len(secs) if secs else None,
         stale=info.get("status") == "running" and not owner_alive(info),
+        workers=read_workers(run_dir),
     )
     return info

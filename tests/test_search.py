@@ -384,3 +384,27 @@ def test_archive_leaves_optuna_logging_as_it_found_it(tmp_path: Path) -> None:
         assert optuna.logging.get_verbosity() == optuna.logging.INFO
     finally:
         optuna.logging.set_verbosity(before)
+
+
+def test_one_driver_per_shared_study(unit_zoo: Path, tmp_path: Path) -> None:
+    """A second run directory of the same experiment on the same `storage:` would feed the same
+    study from a second driver: refused, and nothing is left behind."""
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    exp = _write(tmp_path, budget=2, storage=url, optimizer={"name": "random", "batch": 2})
+    search.start(exp, tmp_path / "run1", zoo=unit_zoo)
+    with pytest.raises(RunError, match=r"belongs to the run .*run1; several drivers feeding"):
+        search.start(exp, tmp_path / "run2", zoo=unit_zoo)
+    assert not (tmp_path / "run2").exists()
+    search.reopen(tmp_path / "run1")  # its own run directory still opens it
+
+
+def test_workers_kind_is_the_old_name_of_backend() -> None:
+    from evomerge.experiment import Experiment
+
+    base = {**EXPERIMENT, "workers": {"kind": "local", "threads": 1}}
+    old = Experiment.parse(base)
+    assert old.workers.backend == "local"
+    ray = Experiment.parse({**EXPERIMENT, "workers": {"backend": "ray", "count": 4, "threads": 1}})
+    assert ray.content_hash() == old.content_hash()  # placement is not part of the search
+    with pytest.raises(ExperimentError, match="disagree"):
+        Experiment.parse({**EXPERIMENT, "workers": {"kind": "local", "backend": "ray"}})
