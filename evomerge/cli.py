@@ -254,6 +254,7 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory")]) -> 
         t.add_row(f"best {name}", f"{value:.4f} (trial {number})")
     if info["seconds_per_evaluation"] is not None:
         t.add_row("time per evaluation", f"{info['seconds_per_evaluation']:.2f}s")
+    t.add_row("engine rebuilds", f"{info['rebuilds']} (recipes of a new depth)")
     console.print(t)
 
 
@@ -355,30 +356,44 @@ def eval_(
         typer.Option(help="Models for anchor/irt calibration, base first (default: the zoo's)"),
     ] = None,
     calibration_merges: int = 8,
+    engine: Annotated[str, typer.Option(help="hf (transformers) or vllm")] = "hf",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto")] = "float32",
+    engine_option: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=YAML engine option, e.g. gpu_memory_utilization=0.8 (vllm)"),
+    ] = None,
     device: str = "cpu",
     seed: int = 0,
 ) -> None:
     """Score one checkpoint on tasks, in full or with a cheap estimator."""
+    import yaml
+
     from evomerge.calibrate import build_calibration, calibration_models, zoo_models
     from evomerge.evaluate.estimators import make_estimator
-    from evomerge.evaluate.hf import HFEngine
     from evomerge.evaluate.scoring import score_task
+    from evomerge.evaluate.select import load_candidate, make_engine
     from evomerge.evaluate.tasks import load_task
+    from evomerge.recipe import Recipe
 
+    if dtype not in ("float32", "bfloat16", "float16", "auto"):
+        raise typer.BadParameter("--dtype must be float32, bfloat16, float16 or auto")
+    options = {}
+    for item in engine_option or []:
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise typer.BadParameter(f"--engine-option {item!r}: write KEY=VALUE")
+        options[key] = yaml.safe_load(val)
     tasks = [load_task(t, zoo=zoo) for t in task]  # every task checked before any scoring
-    est = make_estimator(estimator, seed)
-    engine = HFEngine(model_dir, device=device)
-    if est.needs_calibration:
+    ests = {t.name: make_estimator(estimator, seed) for t in tasks}
+    scorer = make_engine(engine, model_dir, device=device, dtype=dtype, options=options)
+    if any(e.needs_calibration for e in ests.values()):
+        # One engine: the calibration models are swapped into it, then the model itself again
+        # (a vLLM engine costs a start and its memory; a second one would double both).
         models = calibrate_with or calibration_models(zoo_models(zoo), base="base")
-        calib_engine = HFEngine(models[0], device=device)
-    table = Table(title=f"{model_dir} · estimator {estimator}")
-    for col in ("task", "metric", "score", "± stderr", "items used", "time (s)"):
-        table.add_column(col)
-    for t in tasks:
-        if est.needs_calibration:
-            est.calibrate(
+        for t in tasks:
+            ests[t.name].calibrate(
                 build_calibration(
-                    calib_engine,
+                    scorer,
                     t,
                     models,
                     n_merges=calibration_merges,
@@ -386,9 +401,16 @@ def eval_(
                     log=console.print,
                 )
             )
+        itself = Recipe.from_dict({"sources": {"model": str(model_dir)}, "method": "linear"})
+        load_candidate(scorer, itself, device=device)
+    table = Table(title=f"{model_dir} · estimator {estimator} · engine {engine} ({dtype})")
+    for col in ("task", "metric", "score", "± stderr", "items used", "time (s)"):
+        table.add_column(col)
+    for t in tasks:
+        est = ests[t.name]
         t0 = time.perf_counter()
         ids = est.select(t.item_ids)
-        res = score_task(engine, t, ids)
+        res = score_task(scorer, t, ids)
         e = est.estimate(res.scores, t.item_ids)
         se = f"{e.stderr:.4f}" if e.stderr is not None else "-"
         table.add_row(
@@ -399,6 +421,9 @@ def eval_(
             f"{e.items_used}/{e.n_items}",
             f"{time.perf_counter() - t0:.1f}",
         )
+    close = getattr(scorer, "close", None)
+    if callable(close):
+        close()
     console.print(table)
 
 

@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from evomerge.errors import EvomergeError
+from evomerge.evaluate.options import EngineDtype, EngineName, engine_options
 from evomerge.fileio import read_yaml, validate
 from evomerge.recipe import zoo_path
 
@@ -81,10 +82,24 @@ class PromotionSpec(_Spec):
 
 
 class WorkersSpec(_Spec):
+    """Where and through which engine candidates are scored. ``engine: vllm`` needs the vLLM
+    extra; ``engine_options`` are that engine's (:mod:`evomerge.evaluate.options`), checked here:
+    a key the chosen engine does not take is refused by name."""
+
     kind: Literal["local"] = "local"  # Ray actors come next
+    engine: EngineName = "hf"
     device: str = "cpu"
-    batch_size: int = Field(256, ge=1)
+    dtype: EngineDtype = "float32"  # the engine's compute dtype (auto: the checkpoint's)
+    batch_size: int = Field(256, ge=1)  # hf only (vLLM schedules its own batches)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
+    engine_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("engine_options")
+    @classmethod
+    def _options_of_the_engine(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        engine = info.data.get("engine", "hf")
+        # errors come out as workers.engine_options.<key>; what was written is kept (the hash)
+        return engine_options(engine, v).model_dump(exclude_unset=True)
 
 
 class Experiment(_Spec):

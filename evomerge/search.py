@@ -223,6 +223,12 @@ class Search:
         update_info(self.run_dir, status=status, evaluations=len(self.archive), updated=time.time())
         return Outcome(self.run_dir, status, len(self.archive), new, self.archive.front())
 
+    def close(self) -> None:
+        """Release the worker's engine (a vLLM engine holds processes and memory)."""
+        close = getattr(self.worker, "close", None)
+        if callable(close):
+            close()
+
     def progress(
         self,
         budget: int,
@@ -307,8 +313,9 @@ def summary(run_dir: Path) -> dict[str, Any]:
     """A run's state from its files alone (works while it runs: SQLite allows a reader).
 
     ``run.json``'s fields, plus ``trials``, ``failed``, ``objectives``, ``front_size``,
-    ``best`` (objective → (value, trial)), ``seconds_per_evaluation`` (None before the first)
-    and ``stale`` (the run says it is running but its process is gone).
+    ``best`` (objective → (value, trial)), ``seconds_per_evaluation`` (None before the first),
+    ``rebuilds`` (engine models built because a recipe changed the depth: with vLLM each is a
+    new engine) and ``stale`` (the run says it is running but its process is gone).
     """
     info = read_info(run_dir)
     archive = Archive.open(run_dir)
@@ -326,6 +333,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
         front_size=len(archive.front()),
         best=best,
         seconds_per_evaluation=sum(secs) / len(secs) if secs else None,
+        rebuilds=int(sum(e.timings.get("rebuilds", 0.0) for e in evs)),
         stale=info.get("status") == "running" and not owner_alive(info),
     )
     return info
