@@ -52,12 +52,13 @@ def zoo_build(
         str, typer.Option(help="default (≈3 min) or unit (seconds, for tests)")
     ] = "default",
     seed: int = 0,
+    arch: Annotated[str, typer.Option(help="Model family: llama or qwen2")] = "llama",
     force: Annotated[bool, typer.Option(help="Rebuild even if a matching zoo is there")] = False,
 ) -> None:
     """Build the tiny zoo: a base model and one expert per synthetic skill, as HF checkpoints."""
     from evomerge.zoo import build_zoo
 
-    report = build_zoo(out_dir, preset=preset, seed=seed, force=force, log=console.print)
+    report = build_zoo(out_dir, preset=preset, seed=seed, arch=arch, force=force, log=console.print)
     console.print(report.table())
 
 

@@ -123,6 +123,10 @@ class HFEngine:
         if num_layers is not None and num_layers != self.num_layers:
             log.info("rebuilding the engine: %d → %d layers", self.num_layers, num_layers)
             self.config.num_hidden_layers = num_layers
+            for key in ("layer_types", "block_types"):  # per-layer lists follow the depth
+                values = getattr(self.config, key, None)
+                if isinstance(values, list) and values:
+                    setattr(self.config, key, (values * num_layers)[:num_layers])
             self._set_model(AutoModelForCausalLM.from_config(self.config, dtype=self.dtype))
             self.rebuilds += 1
         seen: set[str] = set()
