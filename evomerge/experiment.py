@@ -102,6 +102,11 @@ class WorkersSpec(_Spec):
         return engine_options(engine, v).model_dump(exclude_unset=True)
 
 
+# workers keys added after runs existed: at their defaults they stay out of the hash, so a run
+# started before them still resumes (its experiment hashes as it did)
+_LATER_WORKER_KEYS: dict[str, Any] = {"engine": "hf", "dtype": "float32", "engine_options": {}}
+
+
 class Experiment(_Spec):
     name: str
     description: str = ""
@@ -137,6 +142,9 @@ class Experiment(_Spec):
         data = self.model_dump(mode="json")
         if ignore_budget:
             data.pop("budget")
+        for key, default in _LATER_WORKER_KEYS.items():  # runs started before they existed
+            if data["workers"].get(key) == default:
+                del data["workers"][key]
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 

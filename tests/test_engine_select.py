@@ -73,6 +73,17 @@ def test_workers_options_keep_what_was_written() -> None:
     assert (default.engine, default.dtype, default.engine_options) == ("hf", "float32", {})
 
 
+def test_runs_started_before_the_engine_keys_keep_their_hash() -> None:
+    """The new workers keys at their defaults stay out of the hash: a run directory made before
+    them still resumes (the value below is what the code before them computed)."""
+    exp = {**BASE, "sources": {"a": "p"}, "workers": {"threads": 1}}
+    assert Experiment.parse(exp).content_hash() == "c0ce1795aa4c5453"
+    same = {**exp, "workers": {"threads": 1, "engine": "hf", "dtype": "float32"}}
+    assert Experiment.parse(same).content_hash() == "c0ce1795aa4c5453"
+    other = {**exp, "workers": {"threads": 1, "engine": "vllm"}}
+    assert Experiment.parse(other).content_hash() != "c0ce1795aa4c5453"
+
+
 def test_make_engine_hf_dtypes_and_refusals(unit_zoo: Path) -> None:
     e = make_engine("hf", unit_zoo / "base", dtype="bfloat16")
     assert isinstance(e, HFEngine) and e.dtype == torch.bfloat16
