@@ -9,13 +9,14 @@ excluded), and the median per-candidate load and scoring seconds from the archiv
 Load averages (``uptime``) are printed before and after: on a shared machine they say how far
 the figures can be trusted.
 
-Needs vLLM (``make test-vllm``'s venv on CPU) and a zoo with at least max(K) items per task (the
-default preset has 2000):
+Needs vLLM (``make test-vllm``'s venv on CPU). The zoo: ``--zoo DIR`` (the default preset has
+2000 items per task), else the unit zoo with max(K) held-out items per task, built once under
+``--unit-zoo``:
 
     VLLM_CPU_KVCACHE_SPACE=1 VLLM_WORKER_MULTIPROC_METHOD=spawn VLLM_LOGGING_LEVEL=WARNING \\
       OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false \\
-      .venv-vllm/bin/python bench/engine_search.py --zoo .cache/zoo --items 100 2000 \\
-      --budget 16 --out-json .cache/bench/engine_search.json
+      .venv-vllm/bin/python bench/engine_search.py --items 100 2000 --budget 12 \\
+      --out-json .cache/bench/engine_search.json
 """
 
 from __future__ import annotations
@@ -43,6 +44,24 @@ def uptime() -> str:
         return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     except OSError:
         return "load average: " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def unit_zoo_with_items(path: Path, n: int) -> Path:
+    """The unit tiny zoo (seconds to build) with ``n`` held-out items per task instead of its
+    200: held-out pools are prefixes of larger ones (``held_out_items``), and held-out-ness is a
+    rule on the prompt, so the extra items are as unseen as the first 200. (The default zoo has
+    2000 but takes minutes to build, far more on a loaded machine.)"""
+    from evomerge.zoo import build_zoo, load_zoo_report
+    from evomerge.zoo.skills import held_out_items, write_items
+
+    if not (path / "zoo.json").exists():
+        build_zoo(path, preset="unit", seed=0)
+    report = load_zoo_report(path)
+    for task, info in report.tasks.items():
+        file = path / info.file
+        if sum(1 for _ in file.open()) < n:
+            write_items(file, held_out_items(task, n, report.seed))
+    return path
 
 
 def experiment(engine: str, k: int, budget: int, seed: int, hf_threads: int) -> dict[str, Any]:
@@ -109,7 +128,13 @@ def run_one(zoo: Path, exp: dict[str, Any], work: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--zoo", type=Path, default=ROOT / ".cache" / "zoo")
+    ap.add_argument("--zoo", type=Path, default=None, help="a built zoo (default: --unit-zoo)")
+    ap.add_argument(
+        "--unit-zoo",
+        type=Path,
+        default=ROOT / ".cache" / "bench" / "zoo-unit-2000",
+        help="built here if missing: the unit zoo with max(--items) items per task",
+    )
     ap.add_argument("--items", type=int, nargs="+", default=[100, 2000])
     ap.add_argument("--engines", nargs="+", default=["hf", "vllm"])
     ap.add_argument("--budget", type=int, default=16)
@@ -118,6 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out-json", type=Path, default=None)
     args = ap.parse_args(argv)
 
+    zoo = args.zoo or unit_zoo_with_items(args.unit_zoo, max(args.items))
     before = uptime()
     print("before:", before, flush=True)
     rows = []
@@ -125,7 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         for k in args.items:
             for engine in args.engines:
                 exp = experiment(engine, k, args.budget, args.seed, args.hf_threads)
-                row = run_one(args.zoo, exp, Path(tmp))
+                row = run_one(zoo, exp, Path(tmp))
                 rows.append(row)
                 print(
                     f"{engine:5s} K={k:5d}: start {row['engine_start_s']:6.1f}s  search "
@@ -150,7 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.out_json:
         args.out_json.parent.mkdir(parents=True, exist_ok=True)
         args.out_json.write_text(
-            json.dumps({"before": before, "after": after, "argv": sys.argv, "rows": rows}, indent=1)
+            json.dumps(
+                {"before": before, "after": after, "argv": sys.argv, "zoo": str(zoo), "rows": rows},
+                indent=1,
+            )
         )
 
 
