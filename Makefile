@@ -37,7 +37,7 @@ test-vllm:
 	  $(VVENV)/bin/python -c "import vllm"; \
 	  touch $(VVENV)/.ready; \
 	fi
-	$(VLLM_ENV) $(VVENV)/bin/python -m pytest -m vllm -p no:cacheprovider tests/test_vllm_real.py
+	$(VLLM_ENV) $(VVENV)/bin/python -m pytest -m vllm -p no:cacheprovider tests/test_vllm_real.py tests/test_vllm_search.py
 
 lint: setup
 	$(BIN)/ruff check .

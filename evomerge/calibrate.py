@@ -21,8 +21,8 @@ from evomerge.errors import EvomergeError
 from evomerge.evaluate.engines import Engine
 from evomerge.evaluate.estimators import Calibration, calibration_cache
 from evomerge.evaluate.scoring import score_task
+from evomerge.evaluate.select import load_candidate
 from evomerge.evaluate.tasks import Task
-from evomerge.merge.materialize import materialize, plan
 from evomerge.recipe import Recipe
 
 CACHE_DIR = Path.home() / ".cache" / "evomerge" / "calibration"
@@ -108,7 +108,7 @@ def build_calibration(
         rows = []
         for i, recipe in enumerate(calibration_recipes(models, n_merges, seed)):
             log(f"calibrating {task.name}: model {i + 1}")
-            engine.load_weights(materialize(plan(recipe)))
+            load_candidate(engine, recipe)  # any engine: tensors, or the recipe for vLLM
             scores = score_task(engine, task).scores
             rows.append([scores[j] for j in task.item_ids])
         return Calibration.fit(np.array(rows), task.item_ids, key=key, seed=seed)

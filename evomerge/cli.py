@@ -100,12 +100,13 @@ def zoo_build(
         str, typer.Option(help="default (≈3 min) or unit (seconds, for tests)")
     ] = "default",
     seed: int = 0,
+    arch: Annotated[str, typer.Option(help="Model family: llama or qwen2")] = "llama",
     force: Annotated[bool, typer.Option(help="Rebuild even if a matching zoo is there")] = False,
 ) -> None:
     """Build the tiny zoo: a base model and one expert per synthetic skill, as HF checkpoints."""
     from evomerge.zoo import build_zoo
 
-    report = build_zoo(out_dir, preset=preset, seed=seed, force=force, log=console.print)
+    report = build_zoo(out_dir, preset=preset, seed=seed, arch=arch, force=force, log=console.print)
     console.print(report.table())
 
 
@@ -330,6 +331,7 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory")]) -> 
         if w.get("evaluations_per_hour"):
             t.add_row("throughput", f"{w['evaluations_per_hour']:,.0f} evaluations/hour")
         t.add_row("pool updated", f"{time.time() - w['updated']:.0f}s ago")
+    t.add_row("engine rebuilds", f"{info['rebuilds']} (recipes of a new depth)")
     console.print(t)
 
 
@@ -432,36 +434,50 @@ def eval_(
         typer.Option(help="Models for anchor/irt calibration, base first (default: the zoo's)"),
     ] = None,
     calibration_merges: int = 8,
+    engine: Annotated[str, typer.Option(help="hf (transformers) or vllm")] = "hf",
+    dtype: Annotated[str, typer.Option(help="float32, bfloat16, float16 or auto")] = "float32",
+    engine_option: Annotated[
+        list[str] | None,
+        typer.Option(help="KEY=YAML engine option, e.g. gpu_memory_utilization=0.8 (vllm)"),
+    ] = None,
     device: str = "cpu",
     seed: int = 0,
 ) -> None:
     """Score one checkpoint on tasks, in full or with a cheap estimator."""
+    import yaml
+
     from evomerge.calibrate import build_calibration, calibration_models, zoo_models
     from evomerge.evaluate.estimators import check_estimator, make_estimator
-    from evomerge.evaluate.hf import HFEngine
     from evomerge.evaluate.scoring import score_task
+    from evomerge.evaluate.select import load_candidate, make_engine
     from evomerge.evaluate.tasks import load_task
+    from evomerge.recipe import Recipe
 
+    if dtype not in ("float32", "bfloat16", "float16", "auto"):
+        raise typer.BadParameter("--dtype must be float32, bfloat16, float16 or auto")
+    options = {}
+    for item in engine_option or []:
+        key, eq, val = item.partition("=")
+        if not eq:
+            raise typer.BadParameter(f"--engine-option {item!r}: write KEY=VALUE")
+        options[key] = yaml.safe_load(val)
     tasks = []
     for ref in task:  # every task checked before any scoring
         with _reading(Path(ref)):
             tasks.append(load_task(ref, zoo=zoo))
-    est = make_estimator(estimator, seed)
+    ests = {t.name: make_estimator(estimator, seed) for t in tasks}
     for t in tasks:
         with _reading(Path(t.origin)):
-            check_estimator(est, t.metric, t.unit_metric, t.name)  # IRT: not for log-prob
-    engine = HFEngine(model_dir, device=device)
-    if est.needs_calibration:
+            check_estimator(ests[t.name], t.metric, t.unit_metric, t.name)  # IRT: not log-prob
+    scorer = make_engine(engine, model_dir, device=device, dtype=dtype, options=options)
+    if any(e.needs_calibration for e in ests.values()):
+        # One engine: the calibration models are swapped into it, then the model itself again
+        # (a vLLM engine costs a start and its memory; a second one would double both).
         models = calibrate_with or calibration_models(zoo_models(zoo), base="base")
-        calib_engine = HFEngine(models[0], device=device)
-    table = Table(title=f"{model_dir} · estimator {estimator}")
-    for col in ("task", "metric", "score", "± stderr", "items used", "time (s)"):
-        table.add_column(col)
-    for t in tasks:
-        if est.needs_calibration:
-            est.calibrate(
+        for t in tasks:
+            ests[t.name].calibrate(
                 build_calibration(
-                    calib_engine,
+                    scorer,
                     t,
                     models,
                     n_merges=calibration_merges,
@@ -469,9 +485,16 @@ def eval_(
                     log=console.print,
                 )
             )
+        itself = Recipe.from_dict({"sources": {"model": str(model_dir)}, "method": "linear"})
+        load_candidate(scorer, itself, device=device)
+    table = Table(title=f"{model_dir} · estimator {estimator} · engine {engine} ({dtype})")
+    for col in ("task", "metric", "score", "± stderr", "items used", "time (s)"):
+        table.add_column(col)
+    for t in tasks:
+        est = ests[t.name]
         t0 = time.perf_counter()
         ids = est.select(t.item_ids)
-        res = score_task(engine, t, ids)
+        res = score_task(scorer, t, ids)
         e = est.estimate(res.scores, t.item_ids)
         se = f"{e.stderr:.4f}" if e.stderr is not None else "-"
         table.add_row(
@@ -482,6 +505,9 @@ def eval_(
             f"{e.items_used}/{e.n_items}",
             f"{time.perf_counter() - t0:.1f}",
         )
+    close = getattr(scorer, "close", None)
+    if callable(close):
+        close()
     console.print(table)
 
 

@@ -8,9 +8,18 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from evomerge.errors import EvomergeError
+from evomerge.evaluate.options import EngineDtype, EngineName, engine_options
 from evomerge.fileio import read_yaml, validate
 from evomerge.hub import resolve_sources
 
@@ -91,6 +100,11 @@ _PLACEMENT = ("backend", "count", "address", "resources", "retries", "timeout_s"
 
 
 class WorkersSpec(_Spec):
+    """Where and through which engine candidates are scored. ``backend: ray`` runs ``count``
+    Ray actors, each with its own resident engine; ``engine: vllm`` needs the vLLM extra;
+    ``engine_options`` are that engine's (:mod:`evomerge.evaluate.options`), checked here: a key
+    the chosen engine does not take is refused by name."""
+
     # local: in the driver's process; ray: `count` Ray actors, each with its own resident engine
     backend: Literal["local", "ray"] = "local"
     count: int = Field(1, ge=1)  # ray: actors
@@ -99,9 +113,19 @@ class WorkersSpec(_Spec):
     retries: int = Field(2, ge=0)  # ray: a candidate whose actor died is sent again this often
     timeout_s: float | None = Field(None, gt=0)  # ray: a candidate running longer is failed
     max_failures: int | None = Field(10, ge=1)  # this many failed candidates in a row stop a run
+    engine: EngineName = "hf"
     device: str = "cpu"
-    batch_size: int = Field(256, ge=1)
+    dtype: EngineDtype = "float32"  # the engine's compute dtype (auto: the checkpoint's)
+    batch_size: int = Field(256, ge=1)  # hf only (vLLM schedules its own batches)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
+    engine_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("engine_options")
+    @classmethod
+    def _options_of_the_engine(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        engine = info.data.get("engine", "hf")
+        # errors come out as workers.engine_options.<key>; what was written is kept (the hash)
+        return engine_options(engine, v).model_dump(exclude_unset=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -113,6 +137,11 @@ class WorkersSpec(_Spec):
             if data.setdefault("backend", kind) != kind:
                 raise ValueError(f"`kind: {kind}` and `backend: {data['backend']}` disagree")
         return data
+
+
+# workers keys added after runs existed: at their defaults they stay out of the hash, so a run
+# started before them still resumes (its experiment hashes as it did)
+_LATER_WORKER_KEYS: dict[str, Any] = {"engine": "hf", "dtype": "float32", "engine_options": {}}
 
 
 class Experiment(_Spec):
@@ -152,6 +181,12 @@ class Experiment(_Spec):
             data.pop("budget")
         for key in _PLACEMENT:
             data["workers"].pop(key)
+        # the workers section hashes as it did before placement keys existed (`kind: local`
+        # was then the only placement), so older run directories still resume
+        data["workers"]["kind"] = "local"
+        for key, default in _LATER_WORKER_KEYS.items():  # runs started before they existed
+            if data["workers"].get(key) == default:
+                del data["workers"][key]
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 

@@ -375,6 +375,12 @@ class Search:
         if callable(close):
             close()
 
+    def close(self) -> None:
+        """Release the worker's engine (a vLLM engine holds processes and memory)."""
+        close = getattr(self.worker, "close", None)
+        if callable(close):
+            close()
+
     def progress(
         self,
         budget: int,
@@ -468,8 +474,9 @@ def summary(run_dir: Path) -> dict[str, Any]:
 
     ``run.json``'s fields, plus ``trials``, ``failed``, ``objectives``, ``front_size``,
     ``best`` (objective → (value, trial)), ``seconds_per_evaluation`` (None before the first),
-    ``stale`` (the run says it is running but its process is gone) and ``workers`` (a Ray
-    run's pool as last written: actors alive, each one's utilization, in flight, retries,
+    ``rebuilds`` (engine models built because a recipe changed the depth: with vLLM each is a
+    new engine), ``stale`` (the run says it is running but its process is gone) and ``workers``
+    (a Ray run's pool as last written: actors alive, each one's utilization, in flight, retries,
     timeouts, evaluations per hour; None for a local run).
     """
     info = read_info(run_dir)
@@ -488,6 +495,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
         front_size=len(archive.front()),
         best=best,
         seconds_per_evaluation=sum(secs) / len(secs) if secs else None,
+        rebuilds=int(sum(e.timings.get("rebuilds", 0.0) for e in evs)),
         stale=info.get("status") == "running" and not owner_alive(info),
         workers=read_workers(run_dir),
     )

@@ -23,3 +23,13 @@ def unit_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("zoo")
     build_zoo(d / "zoo", preset="unit", seed=0)
     return d / "zoo"
+
+
+@pytest.fixture(scope="session")
+def unit_zoo_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The unit zoo in the second family: Qwen2 (q/k/v biases, tied embeddings)."""
+    from evomerge.zoo import build_zoo
+
+    d = tmp_path_factory.mktemp("zoo-qwen2")
+    build_zoo(d / "zoo", preset="unit", seed=0, arch="qwen2")
+    return d / "zoo"

@@ -1,6 +1,7 @@
 """The vLLM engine against real vLLM (the CPU build, ``make test-vllm``) and the transformers
-engine, on the unit tiny zoo. One vLLM engine for the module (two depths resident), since each
-start costs half a minute or more on a small CPU.
+engine, on the unit tiny zoo in both families: Llama (untied) and Qwen2 (q/k/v biases, tied
+embeddings). One vLLM engine per family for the module (two depths resident), since each start
+costs half a minute or more on a small CPU; the families run one after the other.
 
 Without vLLM the module is skipped, with the reason; ``make test-vllm`` sets
 ``EVOMERGE_REQUIRE_VLLM=1`` so that a broken vLLM install fails instead of skipping.
@@ -8,6 +9,7 @@ Without vLLM the module is skipped, with the reason; ``make test-vllm`` sets
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import evomerge
 from evomerge.evaluate.engines import EngineError
 from evomerge.evaluate.hf import HFEngine
 from evomerge.evaluate.scoring import prepare, score_prepared
@@ -62,17 +65,22 @@ def _single(zoo: Path, expert: str) -> Recipe:
     )
 
 
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def zoo(request: pytest.FixtureRequest) -> Path:
+    return request.getfixturevalue("unit_zoo" if request.param == "llama" else "unit_zoo_qwen2")
+
+
 @pytest.fixture(scope="module")
-def engines(unit_zoo: Path) -> Iterator[tuple[VLLMEngine, HFEngine]]:
+def engines(zoo: Path) -> Iterator[tuple[VLLMEngine, HFEngine]]:
     vl = VLLMEngine(
-        unit_zoo / "base",
+        zoo / "base",
         dtype="float32",
         enforce_eager=True,
         gpu_memory_utilization=0.1,  # on CPU: the share of host RAM vLLM may take
         max_engines=2,  # the routed depth and the native one stay resident
         block_size=32,  # CPU default 128 > max_model_len 64: prefix caching would never hit
     )
-    hf = HFEngine(unit_zoo / "base")
+    hf = HFEngine(zoo / "base")
     try:
         yield vl, hf
     finally:
@@ -108,13 +116,13 @@ def _compare(vl: VLLMEngine, hf: HFEngine, zoo: Path, where: str) -> dict[str, f
 
 
 def test_recipes_agree_with_transformers_across_swaps_and_depths(
-    engines: tuple[VLLMEngine, HFEngine], unit_zoo: Path
+    engines: tuple[VLLMEngine, HFEngine], zoo: Path
 ) -> None:
     vl, hf = engines
-    a = _recipe(unit_zoo, "linear")
-    b = _recipe(unit_zoo, "ties")
-    c = _recipe(unit_zoo, "dare_ties", dtype="bfloat16")  # cast to the engine's float32
-    routed = _recipe(unit_zoo, "task_arithmetic", routing=[{"layer": i} for i in (0, 1, 1, 2, 3)])
+    a = _recipe(zoo, "linear")
+    b = _recipe(zoo, "ties")
+    c = _recipe(zoo, "dare_ties", dtype="bfloat16")  # cast to the engine's float32
+    routed = _recipe(zoo, "task_arithmetic", routing=[{"layer": i} for i in (0, 1, 1, 2, 3)])
     seen: dict[str, dict[str, float]] = {}
     for step, (label, recipe) in enumerate(
         [
@@ -122,13 +130,13 @@ def test_recipes_agree_with_transformers_across_swaps_and_depths(
             ("B", b),
             ("A", a),
             ("C", c),
-            ("expert", _single(unit_zoo, "rev9")),
+            ("expert", _single(zoo, "rev9")),
             ("routed", routed),
             ("A", a),
         ]
     ):
         _load_both(vl, hf, recipe)
-        got = _compare(vl, hf, unit_zoo, f"step {step} ({label}, {recipe.method})")
+        got = _compare(vl, hf, zoo, f"step {step} ({label}, {recipe.method})")
         if label in seen:  # A → B → A: the same scores as the first time
             assert got == pytest.approx(seen[label], abs=1e-6)
         seen[label] = got
@@ -137,22 +145,44 @@ def test_recipes_agree_with_transformers_across_swaps_and_depths(
     # back to the native depth: the first engine was kept, nothing rebuilt
     assert (vl.num_layers, vl.rebuilds) == (4, 1)
     assert vl.last_load["workers"][0]["tensors"] == len(list(plan(a).jobs))
-    print("agreement:", seen)
+    family = json.loads((zoo / "base" / "config.json").read_text())["model_type"]
+    print(f"agreement {family}:", json.dumps(seen))
+
+
+def test_workers_run_this_checkout(engines: tuple[VLLMEngine, HFEngine]) -> None:
+    """vLLM's worker processes import the same evomerge as this process (PYTHONPATH is
+    inherited by the spawned workers): the code under test is the code that runs there."""
+    (where,) = engines[0]._rpc("evomerge_where")
+    assert where["evomerge"] == str(Path(evomerge.__file__).resolve())
+    assert where["device"] == "cpu"
 
 
 def test_generate_sees_the_new_weights_after_a_swap(
-    engines: tuple[VLLMEngine, HFEngine], unit_zoo: Path
+    engines: tuple[VLLMEngine, HFEngine], zoo: Path
 ) -> None:
     """Same prompt, new weights, new answer: the prefix cache is reset by every swap. Without
     the reset, vLLM reuses the previous model's cached key/values (shown by the control)."""
     vl, hf = engines
     assert vl.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
     tok = vl.tokenizer
-    text = "rev:abcdefgh=hgfedcba rev:ijklmnop=ponmlkji rev:qrstuv="
-    ids = tuple(tok(text, add_special_tokens=False)["input_ids"])
+    old, new = _single(zoo, "rev9"), _single(zoo, "add1")
+    # a prompt on which the two experts answer differently (the transformers engine decides;
+    # the unit zoo's models are weak, so not every prompt tells them apart)
+    texts = [
+        "rev:abcdefgh=hgfedcba rev:ijklmnop=ponmlkji rev:qrstuv=",
+        "add:3+4=7 add:2+5=7 add:1+1=2 add:6+2=8 add:4+4=8 add:3+3=",
+    ]
+    reqs = [
+        [GenerationRequest(tuple(tok(t, add_special_tokens=False)["input_ids"]), 8)] for t in texts
+    ]
+    by_recipe = []
+    for recipe in (old, new):
+        hf.load_weights(materialize(plan(recipe), "cpu"), num_layers=plan(recipe).num_layers)
+        by_recipe.append([hf.generate(r)[0] for r in reqs])
+    pick = next(i for i, (a, b) in enumerate(zip(*by_recipe, strict=True)) if a != b)
+    req = reqs[pick]
+    ids = req[0].prompt
     assert 32 <= len(ids) <= vl.max_length - 8  # a full 32-token block gets cached
-    req = [GenerationRequest(ids, 8)]
-    old, new = _single(unit_zoo, "rev9"), _single(unit_zoo, "add1")
     answers = {}
     for label, recipe in (("old", old), ("new", new)):
         _load_both(vl, hf, recipe)
@@ -172,17 +202,17 @@ def test_generate_sees_the_new_weights_after_a_swap(
 
 
 def test_worker_error_reaches_the_caller_as_engine_error(
-    engines: tuple[VLLMEngine, HFEngine], unit_zoo: Path
+    engines: tuple[VLLMEngine, HFEngine], zoo: Path
 ) -> None:
     vl, _ = engines
     with pytest.raises(EngineError, match="boom in the worker"):
         vl._rpc("evomerge_fail", "boom in the worker")
     # A recipe of another depth sent past the engine's own check: the worker refuses it.
-    routed = _recipe(unit_zoo, "linear", routing=[{"layer": 0}, {"layer": 1}])
+    routed = _recipe(zoo, "linear", routing=[{"layer": 0}, {"layer": 1}])
     with pytest.raises(EngineError, match="makes 2 layers but this vLLM engine holds 4"):
         vl._rpc("evomerge_load_recipe", recipe_to_payload(routed))
     # The engine still works afterwards.
-    _load_both(vl, engines[1], _recipe(unit_zoo, "linear"))
+    _load_both(vl, engines[1], _recipe(zoo, "linear"))
     assert vl.loglikelihood([LoglikelihoodRequest((3, 4), (5,))])
 
 

@@ -18,10 +18,20 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from evomerge.dtypes import to_torch
 from evomerge.evaluate.engines import EngineError, finish_text
 from evomerge.evaluate.tasks import GenerationRequest, LoglikelihoodRequest, LoglikelihoodResult
 
 log = logging.getLogger(__name__)
+
+
+def _dtype_name(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    try:
+        return to_torch(str(name))
+    except KeyError as e:
+        raise EngineError(str(e)) from None
 
 
 class HFEngine:
@@ -30,13 +40,20 @@ class HFEngine:
         model_dir: str | Path,
         *,
         device: str = "cpu",
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         batch_size: int = 256,
         load_weights: bool = True,
     ):
+        """``dtype``: a torch dtype, a name (``bfloat16``), ``"auto"`` (the checkpoint's) or
+        None (float32)."""
         self.model_dir = Path(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         config = AutoConfig.from_pretrained(self.model_dir)
+        if isinstance(dtype, str) and dtype != "auto":
+            dtype = _dtype_name(dtype)
+        if dtype == "auto":  # the checkpoint's own dtype, float32 when it names none
+            named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+            dtype = named if isinstance(named, torch.dtype) else _dtype_name(named)
         dtype = dtype or torch.float32
         if load_weights:
             model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype)
@@ -70,6 +87,7 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.config = model.config
         self.dtype = next(model.parameters()).dtype
+        self.rebuilds = 0  # models built after the first (a routed recipe changed the depth)
         self._set_model(model)
         vocab = self.model.get_input_embeddings().weight.shape[0]
         if len(self.tokenizer) > vocab:
@@ -105,7 +123,12 @@ class HFEngine:
         if num_layers is not None and num_layers != self.num_layers:
             log.info("rebuilding the engine: %d → %d layers", self.num_layers, num_layers)
             self.config.num_hidden_layers = num_layers
+            for key in ("layer_types", "block_types"):  # per-layer lists follow the depth
+                values = getattr(self.config, key, None)
+                if isinstance(values, list) and values:
+                    setattr(self.config, key, (values * num_layers)[:num_layers])
             self._set_model(AutoModelForCausalLM.from_config(self.config, dtype=self.dtype))
+            self.rebuilds += 1
         seen: set[str] = set()
         for name, t in tensors:
             p = self._params.get(name)

@@ -1,11 +1,12 @@
-"""The in-process worker: sources stay open, one engine stays resident, and each candidate is
-merged in memory and swapped into it. Nothing is written to disk per candidate."""
+"""The in-process worker: sources stay open, one engine stays resident (the experiment's
+``workers.engine``: transformers or vLLM), and each candidate is merged in memory and swapped
+into it. Nothing is written to disk per candidate."""
 
 from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,11 @@ from evomerge.calibrate import build_calibration, calibration_models
 from evomerge.checkpoint import ModelSource
 from evomerge.errors import EvomergeError
 from evomerge.evaluate.estimators import Estimate, Estimator, make_estimator
-from evomerge.evaluate.hf import HFEngine
 from evomerge.evaluate.scoring import PreparedTask, prepare, score_prepared
+from evomerge.evaluate.select import load_candidate, make_engine
 from evomerge.evaluate.tasks import Task, load_task
 from evomerge.experiment import Experiment, ObjectiveSpec
-from evomerge.merge.materialize import MergePlan, materialize, plan
+from evomerge.merge.materialize import MergePlan, plan
 from evomerge.recipe import Recipe
 from evomerge.workers.promotion import should_promote
 
@@ -54,25 +55,6 @@ class _Objective:
     @property
     def scored(self) -> bool:
         return self.task is not None or self.lmeval is not None
-
-
-class _Timed:
-    """Wraps the tensor stream so merge time (inside the generator) and swap time (in the
-    engine's copies) are told apart."""
-
-    def __init__(self, stream: Iterator[tuple[str, torch.Tensor]]) -> None:
-        self.stream, self.seconds = stream, 0.0
-
-    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
-        while True:
-            t0 = time.perf_counter()
-            try:
-                item = next(self.stream)
-            except StopIteration:
-                self.seconds += time.perf_counter() - t0
-                return
-            self.seconds += time.perf_counter() - t0
-            yield item
 
 
 def load_objectives(experiment: Experiment, zoo: Path | None) -> list[_Objective]:
@@ -120,7 +102,14 @@ class LocalWorker:
         self.objectives = load_objectives(experiment, zoo)
         self.sources = {n: ModelSource(p, name=n) for n, p in sources.items()}
         ref = sources[experiment.base] if experiment.base else next(iter(sources.values()))
-        self.engine = HFEngine(ref, device=w.device, batch_size=w.batch_size)
+        self.engine = make_engine(
+            w.engine,
+            ref,
+            device=w.device,
+            dtype=w.dtype,
+            batch_size=w.batch_size,
+            options=w.engine_options,
+        )
         self.device = w.device
         calib_models = calibration_models(sources, experiment.base)
         for ob in self.objectives:
@@ -142,6 +131,12 @@ class LocalWorker:
                 )
             ob.item_ids = ob.estimator.select(ob.task.item_ids)  # the same items for everyone
             ob.prepared = prepare(self.engine, ob.task, ob.item_ids)
+
+    def close(self) -> None:
+        """Release the engine (vLLM: shut its processes down and free their memory)."""
+        close = getattr(self.engine, "close", None)
+        if callable(close):
+            close()
 
     @property
     def directions(self) -> list[str]:
@@ -168,11 +163,13 @@ class LocalWorker:
             t0 = time.perf_counter()
             mp = self.plan(recipe)
             timings["plan"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            stream = _Timed(materialize(mp, self.device))
-            self.engine.load_weights(stream, num_layers=mp.num_layers)
-            load = time.perf_counter() - t0
-            timings["merge"], timings["swap"] = stream.seconds, load - stream.seconds
+            # hf: merge and swap timed apart; vllm: one "load" (the merge runs in its workers),
+            # plus "rebuilds"/"rebuild" when the recipe's depth needed a new model
+            timings.update(
+                load_candidate(
+                    self.engine, recipe, plan=mp, sources=self.sources, device=self.device
+                )
+            )
             results = self._score(mp, self.objectives, timings)
             if self.experiment.promotion.enabled and should_promote(
                 self._oriented(results),

@@ -1,7 +1,8 @@
 """The tiny synthetic model zoo: a base and skill experts as real Hugging Face checkpoints.
 
 No weights can be downloaded, so evomerge trains its own zoo on the CPU in a few minutes: a small
-LlamaForCausalLM base, one expert per skill fine-tuned from it, and held-out items per task.
+LlamaForCausalLM (or Qwen2ForCausalLM) base, one expert per skill fine-tuned from it, and
+held-out items per task.
 Merges of these experts land between base and experts, so merge recipes are worth searching.
 
     report = build_zoo(Path("zoo"))     # cached: returns at once if already built

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict
-from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from evomerge.errors import EvomergeError, OutputExistsError
 from evomerge.evaluate.engines import Engine
@@ -41,9 +41,10 @@ from evomerge.zoo.skills import (
     write_items,
 )
 from evomerge.zoo.tokenizer import build_tokenizer, save_tokenizer
-from evomerge.zoo.train import ModelShape, TrainPlan, new_model, train
+from evomerge.zoo.train import ARCHES, ModelShape, TrainPlan, new_model, train
 
 REPORT_FILE = "zoo.json"
+_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 FORMAT_VERSION = 1
 AVERAGE = "uniform_average"
 
@@ -137,6 +138,7 @@ class ZooReport(BaseModel):
     format: int = FORMAT_VERSION
     preset: str
     seed: int
+    arch: str = "llama"  # the model family (zoo.json files written before qwen2 lack it)
     built_at: str
     build_seconds: float
     skills: list[str]
@@ -159,7 +161,10 @@ class ZooReport(BaseModel):
         for model, row in self.scores.items():
             cells = "".join(f"{row[t].exact_match:7.2f}{row[t].token_accuracy:7.2f}" for t in tasks)
             lines.append(model.ljust(name_w) + cells)
-        note = f"({self.preset} preset, seed {self.seed}, first {self.eval_items} items per task)"
+        note = (
+            f"({self.arch} {self.preset} preset, seed {self.seed}, "
+            f"first {self.eval_items} items per task)"
+        )
         return "\n".join([*lines, note])
 
 
@@ -259,7 +264,7 @@ def _mixture_for_expert(p: Preset, skill: str) -> dict[str, float]:
     return {**dict.fromkeys(GENERIC_TASKS, p.replay / len(GENERIC_TASKS)), skill: 1.0 - p.replay}
 
 
-def _save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
+def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path) -> None:
     model.save_pretrained(path)  # safetensors (the default, and the only format in transformers 5)
     save_tokenizer(tokenizer, path)
 
@@ -270,7 +275,9 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def _build_into(work: Path, preset_name: str, seed: int, log: Callable[[str], None]) -> ZooReport:
+def _build_into(
+    work: Path, preset_name: str, seed: int, arch: str, log: Callable[[str], None]
+) -> ZooReport:
     p = PRESETS[preset_name]
     t0 = time.perf_counter()
     tokenizer = build_tokenizer()
@@ -294,7 +301,7 @@ def _build_into(work: Path, preset_name: str, seed: int, log: Callable[[str], No
         scored[name] = items[: p.eval_items]
     log(f"wrote {len(task_names)} task files ({p.held_out} held-out items each)")
 
-    base = new_model(p.shape, seed)
+    base = new_model(p.shape, seed, arch)
     base_plan = TrainPlan(_mixture_for_base(p), p.base_steps, p.base_lr, p.batch_size, p.warmup)
     train(base, base_plan, seed=1000 * seed, log=log, label="base")
     _save(base, tokenizer, work / "base")
@@ -328,6 +335,7 @@ def _build_into(work: Path, preset_name: str, seed: int, log: Callable[[str], No
     report = ZooReport(
         preset=preset_name,
         seed=seed,
+        arch=arch,
         built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         build_seconds=round(time.perf_counter() - t0, 2),
         skills=list(SKILLS),
@@ -350,7 +358,8 @@ def _readme(report: ZooReport) -> str:
     lines = [
         "# Tiny synthetic model zoo",
         "",
-        "Built by `evomerge.zoo.build_zoo`. `base/` is a small LlamaForCausalLM pretrained on",
+        f"Built by `evomerge.zoo.build_zoo`. `base/` is a small {_CLASSES[report.arch]} "
+        "pretrained on",
         "generic character tasks plus a small share of each skill; `experts/<skill>/` are",
         "fine-tuned from it. `tasks/<task>.jsonl` hold held-out items (never trained on).",
         "Prompts are `<prefix>:<input>=`; the answer follows, then `</s>`.",
@@ -371,11 +380,11 @@ def _readme(report: ZooReport) -> str:
     return "\n".join(lines)
 
 
-def _matches(path: Path, preset: str, seed: int) -> ZooReport | None:
+def _matches(path: Path, preset: str, seed: int, arch: str) -> ZooReport | None:
     if not zoo_is_built(path):
         return None
     report = load_zoo_report(path)
-    return report if (report.preset, report.seed) == (preset, seed) else None
+    return report if (report.preset, report.seed, report.arch) == (preset, seed, arch) else None
 
 
 def build_zoo(
@@ -383,27 +392,37 @@ def build_zoo(
     preset: str = "default",
     seed: int = 0,
     *,
+    arch: str = "llama",
     force: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> ZooReport:
     """Build the tiny zoo into `out_dir`, or return the report of the one already there.
 
-    A complete zoo of the same preset and seed is reused (unless `force`). The build goes into a
-    temporary folder beside `out_dir`, renamed at the end, so an interrupted build never leaves a
-    half-built zoo under the final name. An existing non-empty `out_dir` that is not that zoo is
-    only replaced with `force=True`.
+    ``arch``: the model family, ``llama`` (default) or ``qwen2`` (:func:`~.train.new_model`);
+    the presets' sizes and schedules are the same for both.
+
+    A complete zoo of the same preset, seed and family is reused (unless `force`). The build goes
+    into a temporary folder beside `out_dir`, renamed at the end, so an interrupted build never
+    leaves a half-built zoo under the final name. An existing non-empty `out_dir` that is not
+    that zoo is only replaced with `force=True`.
     """
     if preset not in PRESETS:
         raise EvomergeError(f"unknown zoo preset {preset!r}; choose one of {sorted(PRESETS)}")
+    if arch not in ARCHES:
+        raise EvomergeError(f"unknown zoo architecture {arch!r}; choose one of {list(ARCHES)}")
     out_dir = Path(out_dir)
     say = log or (lambda _msg: None)
     if not force:
-        cached = _matches(out_dir, preset, seed)
+        cached = _matches(out_dir, preset, seed, arch)
         if cached is not None:
             say(f"zoo already built at {out_dir}")
             return cached
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-            what = "a zoo of another preset or seed" if zoo_is_built(out_dir) else "other files"
+            what = (
+                "a zoo of another preset, seed or family"
+                if zoo_is_built(out_dir)
+                else "other files"
+            )
             raise OutputExistsError(f"{out_dir}: holds {what}; pass force=True to replace it")
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -411,7 +430,7 @@ def build_zoo(
     work = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         with _quiet_and_threaded(PRESETS[preset].threads):
-            report = _build_into(work, preset, seed, say)
+            report = _build_into(work, preset, seed, arch, say)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -419,7 +438,7 @@ def build_zoo(
         replace_dir(work, out_dir)  # by renames only: the old zoo is moved aside, then deleted
     except OSError:
         shutil.rmtree(work, ignore_errors=True)
-        theirs = None if force else _matches(out_dir, preset, seed)
+        theirs = None if force else _matches(out_dir, preset, seed, arch)
         if theirs is None:
             raise
         return theirs  # another process finished the same zoo first

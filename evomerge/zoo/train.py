@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from evomerge.zoo.skills import sample_mixture
 from evomerge.zoo.tokenizer import BOS_ID, EOS_ID, PAD_ID, VOCAB
@@ -40,9 +47,20 @@ class TrainPlan:
     warmup: int = 50
 
 
-def new_model(shape: ModelShape, seed: int) -> LlamaForCausalLM:
-    """A freshly initialised LlamaForCausalLM for the zoo's vocabulary (untied embeddings)."""
-    config = LlamaConfig(
+ARCHES = ("llama", "qwen2")
+
+
+def new_model(shape: ModelShape, seed: int, arch: str = "llama") -> PreTrainedModel:
+    """A freshly initialised model of family ``arch`` for the zoo's vocabulary.
+
+    - ``llama``: LlamaForCausalLM, untied embeddings (as Llama 2/3 7B+ checkpoints).
+    - ``qwen2``: Qwen2ForCausalLM (q/k/v projections carry biases), **tied** embeddings: the
+      small Qwen2 checkpoints people merge (0.5B, 1.5B) tie theirs, and the Llama zoo already
+      covers the untied case, so this family exercises one tensor under two names (the
+      transformers engine's aliases, vLLM skipping ``lm_head.weight``, merged checkpoints
+      that store it once) on top of the biases.
+    """
+    common = dict(
         vocab_size=len(VOCAB),
         hidden_size=shape.hidden_size,
         intermediate_size=shape.intermediate_size,
@@ -51,14 +69,21 @@ def new_model(shape: ModelShape, seed: int) -> LlamaForCausalLM:
         num_key_value_heads=shape.num_heads,
         max_position_embeddings=shape.max_positions,
         rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
         pad_token_id=PAD_ID,
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
     )
+    if arch == "llama":
+        config: LlamaConfig | Qwen2Config = LlamaConfig(**common, tie_word_embeddings=False)
+        cls: type[PreTrainedModel] = LlamaForCausalLM
+    elif arch == "qwen2":
+        config = Qwen2Config(**common, tie_word_embeddings=True, use_sliding_window=False)
+        cls = Qwen2ForCausalLM
+    else:
+        raise ValueError(f"unknown zoo architecture {arch!r}; choose one of {list(ARCHES)}")
     with torch.random.fork_rng(devices=[]):  # seed the init without touching the caller's RNG
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = cls(config)
     model.generation_config = generation_config()
     return model.float()
 
@@ -95,14 +120,14 @@ def collate(pairs: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tenso
     return ids, targets
 
 
-def answer_loss(model: LlamaForCausalLM, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def answer_loss(model: PreTrainedModel, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the answer (and eos) tokens of a batch."""
     logits = model(input_ids=ids).logits
     return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
 
 
 def train(
-    model: LlamaForCausalLM,
+    model: PreTrainedModel,
     plan: TrainPlan,
     seed: int,
     log: Callable[[str], None] | None = None,

@@ -224,11 +224,18 @@ class VLLMEngine:
 
         payload = recipe_to_payload(recipe)
         mp = plan(recipe, self._sources.for_recipe(recipe))
-        self._use_depth(mp.num_layers)
         t0 = time.perf_counter()
+        before = self.rebuilds
+        self._use_depth(mp.num_layers)
+        t1 = time.perf_counter()
         replies = self._rpc("evomerge_load_recipe", payload)
         self._reset_prefix_cache()
-        self.last_load = {"seconds": time.perf_counter() - t0, "workers": replies}
+        self.last_load = {
+            "seconds": time.perf_counter() - t1,  # merge in the workers + reload + cache reset
+            "rebuilt": self.rebuilds - before,  # engines built for this recipe's depth
+            "rebuild_seconds": t1 - t0,
+            "workers": replies,
+        }
         log.debug("recipe %s loaded: %s", recipe.content_hash(), self.last_load)
 
     def load_weights(self, tensors: Iterable[tuple[str, torch.Tensor]]) -> None:

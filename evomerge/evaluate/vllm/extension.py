@@ -119,6 +119,7 @@ class EvomergeWorkerExtension:
         self.reload_weights(weights_iterator=stream())  # vLLM's Worker.reload_weights
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        retied = self.evomerge_refresh_tied_head()
         missing = sorted(want - fed)
         if missing:
             # vLLM only logs this ("Failed to load weights") and keeps the old values.
@@ -126,7 +127,36 @@ class EvomergeWorkerExtension:
                 f"the recipe left {len(missing)} tensor(s) of the resident model unset "
                 f"(first: {missing[0]!r}): the engine now mixes two models; load a full recipe"
             )
-        return {**tally, "seconds": time.perf_counter() - t0, "device": str(device)}
+        return {
+            **tally,
+            "seconds": time.perf_counter() - t0,
+            "device": str(device),
+            "retied_head": retied,
+        }
+
+    def evomerge_refresh_tied_head(self) -> bool:
+        """Re-derive a tied output head from the reloaded embedding; True if there was one.
+
+        A tied head shares the embedding's tensor but gets no weights of its own in a reload,
+        so vLLM's layer-wise reload leaves it unprocessed ("ParallelLMHead: Failed to load
+        weights" in the log) and keeps what its processing derived from the *old* values: on
+        the CPU backend a prepacked GEMM weight, so logits came from the previous candidate's
+        embedding (found by the Qwen2 zoo, whose embeddings are tied). Its values are the new
+        ones already (shared storage): re-running its processing rebuilds what derives from
+        them."""
+        config = self.vllm_config.model_config.hf_text_config
+        if not getattr(config, "tie_word_embeddings", False):
+            return False
+        model = self.model_runner.get_model()
+        head = getattr(model, "lm_head", None)
+        method = getattr(head, "quant_method", None)
+        if head is None or method is None or not hasattr(head, "weight"):
+            return False
+        from vllm.config import set_current_vllm_config
+
+        with set_current_vllm_config(self.vllm_config), torch.no_grad():
+            method.process_weights_after_loading(head)
+        return True
 
     def evomerge_sources(self) -> SourceCache:
         cache = getattr(self, "_evomerge_source_cache", None)
@@ -140,6 +170,13 @@ class EvomergeWorkerExtension:
         n = len(cache)
         cache.close()
         return n
+
+    def evomerge_where(self) -> dict[str, str]:
+        """Which evomerge this worker imported, and its device (checks that a worker process
+        runs the caller's code, e.g. a source checkout on PYTHONPATH)."""
+        import evomerge
+
+        return {"evomerge": str(Path(evomerge.__file__).resolve()), "device": str(self.device)}
 
     def evomerge_fail(self, message: str) -> None:
         """Raise in the worker (tests prove that the worker's message reaches the caller)."""
