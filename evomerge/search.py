@@ -375,12 +375,6 @@ class Search:
         if callable(close):
             close()
 
-    def close(self) -> None:
-        """Release the worker's engine (a vLLM engine holds processes and memory)."""
-        close = getattr(self.worker, "close", None)
-        if callable(close):
-            close()
-
     def progress(
         self,
         budget: int,
