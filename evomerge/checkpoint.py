@@ -27,22 +27,12 @@ from evomerge import dtypes
 from evomerge.architectures import Architecture, ModuleKind, architecture_of, module_kind
 from evomerge.errors import CheckpointError, IncompatibleSourcesError, OutputExistsError
 from evomerge.fileio import read_json, replace_dir
-from evomerge.hub import is_hub_id, resolve_hub
+from evomerge.hub import TOKENIZER_FILES, is_hub_id, resolve_hub
 
 SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-)
 # Config keys that must agree for tensors of the same name to mean the same thing.
 _KEY_CONFIG_FIELDS = (
     "model_type",

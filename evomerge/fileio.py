@@ -164,18 +164,26 @@ def _count_values(data: Any, limit: int) -> int:
     return n
 
 
+def read_text(path: str | os.PathLike[str], *, error: type[EvomergeError], what: str = "") -> str:
+    """A text file's content; the error names the file (and ``what`` it is) when it is missing,
+    unreadable or not UTF-8."""
+    path = Path(path)
+    label = f"{what}: {path}" if what else str(path)
+    if not path.exists():
+        raise error(f"{label}: no such file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise error(f"{label}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise error(f"{label}: cannot read: {e.strerror}") from None
+
+
 def read_yaml(path: str | os.PathLike[str], *, error: type[EvomergeError]) -> Any:
     """YAML from a file, with an error naming the file (and the line, from the parser). Keys
     written twice and alias expansions past :data:`MAX_YAML_VALUES` values are refused."""
     path = Path(path)
-    if not path.exists():
-        raise error(f"{path}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise error(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise error(f"{path}: cannot read: {e.strerror}") from None
+    text = read_text(path, error=error)
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no Python objects
     except _DuplicateKey as e:

@@ -18,12 +18,8 @@ from pathlib import Path
 
 from evomerge.errors import CheckpointError
 
-# what a merge reads from a hub repository: weights as safetensors only, configs, tokenizer
-ALLOW_PATTERNS = [
-    "*.safetensors",
-    "*.safetensors.index.json",
-    "config.json",
-    "generation_config.json",
+# a checkpoint's tokenizer files (copied beside merged weights, fetched from the hub)
+TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
@@ -32,6 +28,14 @@ ALLOW_PATTERNS = [
     "merges.txt",
     "added_tokens.json",
     "chat_template.jinja",
+)
+# what a merge reads from a hub repository: weights as safetensors only, configs, tokenizer
+ALLOW_PATTERNS = [
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    *TOKENIZER_FILES,
 ]
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
 _HUB_ID = re.compile(

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import EvomergeError
-from evomerge.fileio import read_yaml, resolve_named, validate
+from evomerge.fileio import read_text, read_yaml, resolve_named, validate
 
 FITNESS_DIR = Path(__file__).resolve().parent.parent.parent / "fitness"
 Kind = Literal["multiple_choice", "generate", "logprob"]
@@ -312,12 +312,7 @@ def read_items(path: Path, origin: str) -> list[Item]:
     if not path.exists():
         raise TaskError(f"{origin}: items file {path} does not exist")
     items = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise TaskError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise TaskError(f"{origin}: items file {path}: cannot read: {e.strerror}") from None
+    text = read_text(path, error=TaskError, what=f"{origin}: items file")
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue

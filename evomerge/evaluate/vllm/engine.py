@@ -14,7 +14,6 @@ the first.
 from __future__ import annotations
 
 import gc
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -36,6 +35,7 @@ from evomerge.evaluate.vllm.transport import (
     parse_prompt_logprobs,
     recipe_to_payload,
 )
+from evomerge.fileio import read_json
 from evomerge.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -131,36 +131,25 @@ class VLLMEngine:
         self,
         model_dir: str | Path,
         *,
-        dtype: str | torch.dtype = "auto",
-        seed: int = 0,
-        gpu_memory_utilization: float = 0.5,
-        enforce_eager: bool = False,
-        enable_prefix_caching: bool = True,
-        max_model_len: int | None = None,
-        tensor_parallel_size: int = 1,
         load_weights: bool = True,
         max_engines: int = 1,
-        **llm_extra: Any,
+        **settings: Any,
     ):
+        """``settings`` are :func:`llm_kwargs`' keywords (dtype, seed, gpu_memory_utilization,
+        enforce_eager, enable_prefix_caching, max_model_len, tensor_parallel_size) and any
+        further ``vllm.LLM`` argument; every engine this one builds (one per depth) gets them."""
         self._vllm = _import_vllm()
         from transformers import AutoTokenizer
 
         if max_engines < 1:
             raise EngineError(f"max_engines must be at least 1, got {max_engines}")
         self.model_dir = Path(model_dir).resolve()
-        self.config: dict[str, Any] = json.loads((self.model_dir / "config.json").read_text())
+        self.config: dict[str, Any] = read_json(
+            self.model_dir / "config.json", error=EngineError, what="vLLM engine"
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         self.max_engines = max_engines
-        self._settings: dict[str, Any] = dict(
-            dtype=dtype,
-            seed=seed,
-            gpu_memory_utilization=gpu_memory_utilization,
-            enforce_eager=enforce_eager,
-            enable_prefix_caching=enable_prefix_caching,
-            max_model_len=max_model_len,
-            tensor_parallel_size=tensor_parallel_size,
-            **llm_extra,
-        )
+        self._settings: dict[str, Any] = dict(settings)
         self.rebuilds = 0  # engines built after the first (a routed recipe changed the depth)
         self.last_load: dict[str, Any] = {}  # timing and per-worker replies of the last swap
         self._engines: OrderedDict[int, Any] = OrderedDict()  # depth -> vllm.LLM, LRU last
