@@ -105,7 +105,7 @@ def create(
         raise RunError(
             f"{run_dir} already holds this experiment's run; `evomerge resume {run_dir}`"
         )
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(not _start_leftover(p) for p in run_dir.iterdir()):
         raise RunError(f"{run_dir} exists and is not empty; choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     lock(run_dir)
@@ -128,6 +128,14 @@ def create(
     }
     atomic_write_json(run_dir / RUN_FILE, info)
     return info
+
+
+def _start_leftover(path: Path) -> bool:
+    """What a start killed before its ``run.json`` was written leaves (no trial yet): a new
+    start takes the directory over."""
+    return path.name in (EXPERIMENT_FILE, LOCK_FILE, HOLDER_FILE) or (
+        path.name.startswith(".") and path.name.endswith(".tmp")
+    )
 
 
 def discard(run_dir: Path) -> None:

@@ -508,6 +508,8 @@ def reopen(
                 f"recipes evaluated): {info.get('reason')}"
             )
         if done >= total:
+            if info.get("status") == "running":  # killed after its last commit
+                update_info(run_dir, status="finished", evaluations=done, pid=os.getpid())
             raise NothingToDo(
                 f"{run_dir}: nothing to do — it has spent its budget ({done} of {total} "
                 f"evaluations); pass --budget N with N > {done} to go on"

@@ -406,11 +406,18 @@ def _kill_then_resume(unit_zoo: Path, tmp_path: Path, uninterrupted: Path, point
         timeout=600,
     )
     assert res.returncode == -signal.SIGKILL, res.stdout.decode()[-2000:] + res.stderr.decode()
-    done = _trace(run_dir)  # the archive opens: every committed trial whole
-    assert len(done) < 12 and len({h for h, _ in done}) == len(done)
-    assert done == _trace(uninterrupted)[: len(done)]
-    s, budget = search.reopen(run_dir)  # the dead driver's lock went with it
-    s.run(budget)
+    if not (run_dir / "run.json").exists():  # killed while the run was being created
+        s, budget = search.start(_write(tmp_path), run_dir, zoo=unit_zoo)  # takes it over
+    else:
+        done = _trace(run_dir)  # the archive opens: every committed trial whole
+        assert len({h for h, _ in done}) == len(done)
+        assert done == _trace(uninterrupted)[: len(done)]
+        if len(done) == 12:  # killed after the last commit: nothing to do, status mended
+            with pytest.raises(search.NothingToDo):
+                search.reopen(run_dir)
+            assert read_info(run_dir)["status"] == "finished"
+        s, budget = search.reopen(run_dir, budget=12 if len(done) < 12 else 13)
+    s.run(min(budget, 12))
     s.close()
     assert _trace(run_dir) == _trace(uninterrupted)  # nothing lost, nothing evaluated twice
     ref_front = [e.recipe_hash for e in search.Archive.open(uninterrupted).front()]
