@@ -28,6 +28,7 @@ from evomerge.architectures import Architecture, ModuleKind, architecture_of, mo
 from evomerge.errors import CheckpointError, IncompatibleSourcesError, OutputExistsError
 from evomerge.fileio import read_json, replace_dir
 from evomerge.hub import TOKENIZER_FILES, is_hub_id, resolve_hub
+from evomerge.killpoints import kill_point
 
 SAFETENSORS_SINGLE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -97,6 +98,11 @@ class TensorInfo:
         return self.numel * size
 
 
+def _identity(file: Path) -> tuple[int, int, int]:
+    st = file.stat()  # through links: a hub snapshot's blob
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class ModelSource:
     """One checkpoint directory opened for lazy, per-tensor reads.
 
@@ -116,6 +122,7 @@ class ModelSource:
         _refuse_remote_code(self.config, f"source {self.name!r}: {self.path / 'config.json'}")
         self.architecture: Architecture | None = architecture_of(self.config)
         self._handles: dict[str, Any] = {}
+        self._stats: dict[Path, tuple[int, int, int]] = {}  # (inode, size, mtime) when opened
         self._pickled: dict[str, torch.Tensor] | None = None
         self._expected: set[str] = set()
         self.tensors: dict[str, TensorInfo] = {}
@@ -212,6 +219,7 @@ class ModelSource:
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"source {self.name!r}: cannot read {file}: {e}") from e
         self._handles[file.name] = handle
+        self._stats[file] = _identity(file)
         for key in handle.keys():  # noqa: SIM118 - safe_open has no __iter__
             sl = handle.get_slice(key)
             self.tensors[key] = TensorInfo(
@@ -269,6 +277,25 @@ class ModelSource:
             else self._handles[info.file].get_tensor(name)
         )
         return t.to(device) if str(device) != "cpu" else t
+
+    def check_unchanged(self) -> None:
+        """Refuse to read on when a weight file was deleted, replaced, truncated or rewritten
+        since it was opened: the memory map would give stale tensors, or kill the process
+        (SIGBUS) on pages cut off. A few ``stat`` calls; the search loop makes them before each
+        candidate."""
+        for file, seen in self._stats.items():
+            try:
+                now = _identity(file)
+            except OSError as e:
+                raise CheckpointError(
+                    f"source {self.name!r}: {file} is gone since the run opened it ({e.strerror})"
+                ) from None
+            if now != seen:
+                what = "truncated" if now[1] < seen[1] else "replaced or rewritten"
+                raise CheckpointError(
+                    f"source {self.name!r}: {file} was {what} since the run opened it "
+                    f"({seen[1]} → {now[1]} bytes)"
+                )
 
     def layer_tensors(self, layer: int) -> list[str]:
         return [n for n, t in self.tensors.items() if t.layer == layer]
@@ -435,6 +462,7 @@ class CheckpointWriter:
             self._pending, str(self._tmp / f"shard-{idx:05d}.part"), metadata={"format": "pt"}
         )
         self._shards.append(list(self._pending))
+        kill_point("export")  # the crash-safety sweep: a shard written, the directory not moved
         self._pending = {}
         self._pending_bytes = 0
 

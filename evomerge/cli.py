@@ -248,7 +248,9 @@ def _search_and_report(s: Any, total: int, hours: float | None, run_dir: Path) -
         s.close()  # Ray actors, engines
     _print_front(run_dir)
     console.print(f"{outcome.status}: {outcome.evaluations} evaluations in {run_dir}")
-    if outcome.reason:
+    if outcome.status == "exhausted":
+        console.print(f"the search is exhausted: {outcome.reason}")
+    elif outcome.reason:
         console.print(f"stopped because {outcome.reason}; `evomerge resume {run_dir}` goes on")
 
 
@@ -292,7 +294,13 @@ def resume(
     """Continue a run after Ctrl-C, a crash or a spent budget (with a larger --budget)."""
     from evomerge import search
 
-    s, total = search.reopen(run_dir, budget=budget, experiment_file=experiment, log=console.print)
+    try:
+        s, total = search.reopen(
+            run_dir, budget=budget, experiment_file=experiment, log=console.print
+        )
+    except search.NothingToDo as e:  # exit 0: `until evomerge resume RUN; do …; done` ends
+        console.print(str(e), highlight=False, soft_wrap=True)
+        return
     console.print(f"resuming {run_dir}: {len(s.archive)} of {total} evaluations done")
     _search_and_report(s, total, hours, run_dir)
 
@@ -307,15 +315,20 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory")]) -> 
     t = Table(title=f"run {run_dir}", show_header=False)
     t.add_row("experiment", str(info.get("experiment_file")))
     stale = "stopped unexpectedly — `evomerge resume` continues it"
-    t.add_row("status", stale if info["stale"] else str(info.get("status")))
+    shown = str(info.get("status"))
+    if shown == "stopped" and info.get("reason"):
+        shown = f"stopped: {info['reason']}"
+    t.add_row("status", stale if info["stale"] else shown)
     t.add_row("evaluations", f"{info['trials']} of {info.get('budget')}")
     t.add_row("failed", str(info["failed"]))
+    for kind, (count, example) in info["failures"].items():
+        t.add_row(f"  {kind}", f"{count} (first: {example[:100]})")
     t.add_row("front size", str(info["front_size"]))
     for name, (value, number) in info["best"].items():
         t.add_row(f"best {name}", f"{value:.4f} (trial {number})")
     if info["seconds_per_evaluation"] is not None:
         t.add_row("time per evaluation", f"{info['seconds_per_evaluation']:.2f}s")
-    if info.get("reason"):
+    if info.get("reason") and info.get("status") != "stopped":
         t.add_row("stopped because", str(info["reason"]))
     w = info.get("workers")
     if w:

@@ -21,6 +21,7 @@ import yaml
 from pydantic import ValidationError
 
 from evomerge.errors import EvomergeError
+from evomerge.killpoints import kill_point
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -47,6 +48,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
+            kill_point(f"write:{path.name}")  # the crash-safety sweep: killed before the rename
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)

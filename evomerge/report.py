@@ -14,6 +14,7 @@ from typing import Any
 from rich.table import Table
 
 from evomerge.archive import Archive, Evaluation
+from evomerge.fileio import atomic_write_text
 from evomerge.run_dir import RunError
 
 EXPORT_FORMATS = ("recipe", "mergekit", "hf")
@@ -186,15 +187,18 @@ def export(ev: Evaluation, out: Path, format: str = "recipe") -> Path:
         raise RunError(f"--format must be recipe, mergekit or hf, not {format!r}")
     out = Path(out)
     recipe = Recipe.from_dict(yaml.safe_load(ev.recipe))
-    if format == "hf":
-        from evomerge.merge.materialize import merge_to_dir
+    try:  # whole or not at all: a checkpoint by directory renames, a file by atomic write
+        if format == "hf":
+            from evomerge.merge.materialize import merge_to_dir
 
-        return merge_to_dir(recipe, out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if format == "recipe":
-        out.write_text(ev.recipe)
-    else:
-        from evomerge import mergekit_yaml
+            return merge_to_dir(recipe, out)
+        if format == "recipe":
+            text = ev.recipe
+        else:
+            from evomerge import mergekit_yaml
 
-        out.write_text(mergekit_yaml.dump(mergekit_yaml.to_mergekit(recipe)))
+            text = mergekit_yaml.dump(mergekit_yaml.to_mergekit(recipe))
+        atomic_write_text(out, text)
+    except OSError as e:  # a full disk, a read-only directory: nothing left under `out`
+        raise RunError(f"cannot write {out}: {e.strerror or e}") from None
     return out

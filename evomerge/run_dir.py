@@ -4,7 +4,9 @@
   the status, the storage URL and study name;
 - ``archive.db`` — the Optuna study (unless the experiment names another ``storage:``);
 - ``optimizer.pkl`` — the optimizer's state after its last complete batch;
-- ``workers.json`` — a Ray run's pool: actors, their utilization, candidates in flight, retries.
+- ``workers.json`` — a Ray run's pool: actors, their utilization, candidates in flight, retries;
+- ``run.lock`` — held (an OS lock, ``flock``) by the one process driving the run, released when
+  it exits or dies; ``run.lock.json`` says who holds it (pid, host, since when).
 
 Every file here is written atomically (:mod:`evomerge.fileio`): a crash leaves the old version
 or the new one, never half of one.
@@ -15,9 +17,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from evomerge.errors import EvomergeError
 from evomerge.experiment import Experiment, ExperimentError
@@ -30,6 +35,7 @@ RUN_FILE, EXPERIMENT_FILE, ARCHIVE_FILE, OPTIMIZER_FILE = (
     "optimizer.pkl",
 )
 WORKERS_FILE = "workers.json"
+LOCK_FILE, HOLDER_FILE = "run.lock", "run.lock.json"
 STUDY_NAME = "evomerge"  # the study of a run that has its own SQLite file
 
 
@@ -89,6 +95,7 @@ def create(
     Refuses a directory that holds a run (of this experiment or another) or anything else.
     """
     if (run_dir / RUN_FILE).exists():
+        check_unlocked(run_dir)  # a live run: name its driver
         info = read_info(run_dir)
         if info["experiment_hash"] != experiment.content_hash():
             raise RunError(
@@ -98,9 +105,10 @@ def create(
         raise RunError(
             f"{run_dir} already holds this experiment's run; `evomerge resume {run_dir}`"
         )
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(not _start_leftover(p) for p in run_dir.iterdir()):
         raise RunError(f"{run_dir} exists and is not empty; choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock(run_dir)
     shutil.copyfile(experiment_file, run_dir / EXPERIMENT_FILE)
     info = {
         "experiment_hash": experiment.content_hash(),
@@ -122,9 +130,76 @@ def create(
     return info
 
 
+def _start_leftover(path: Path) -> bool:
+    """What a start killed before its ``run.json`` was written leaves (no trial yet): a new
+    start takes the directory over."""
+    return path.name in (EXPERIMENT_FILE, LOCK_FILE, HOLDER_FILE) or (
+        path.name.startswith(".") and path.name.endswith(".tmp")
+    )
+
+
 def discard(run_dir: Path) -> None:
     """Remove a run that never evaluated anything (its start failed)."""
+    unlock(run_dir, all_=True)
     shutil.rmtree(run_dir)
+
+
+# -- one driver per run directory --------------------------------------------------------------
+_HELD: dict[Path, list[Any]] = {}  # run dirs this process drives: [lock, times taken]
+
+
+def lock(run_dir: Path) -> None:
+    """Take the run's lock, or refuse naming the process (pid, host) that drives it.
+
+    The lock is ``flock`` on ``run.lock``: the operating system releases it when its process
+    exits or dies (SIGKILL, OOM killer, power cut), so a crashed run never stays locked. This
+    process may take it again (a ``Search`` reopened in the same process); :func:`unlock` as
+    often releases it."""
+    key = Path(run_dir).resolve()
+    held = _HELD.get(key)
+    if held is not None:
+        held[1] += 1
+        return
+    fl = FileLock(str(key / LOCK_FILE), timeout=0)
+    try:
+        fl.acquire()
+    except Timeout:
+        raise RunError(f"{run_dir} is being run by {_holder(key)}; one driver per run") from None
+    _HELD[key] = [fl, 1]
+    atomic_write_json(
+        key / HOLDER_FILE, {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    )
+    for tmp in key.glob(".*.tmp"):  # atomic writes a crash cut short (we own the dir now)
+        tmp.unlink(missing_ok=True)
+
+
+def unlock(run_dir: Path, *, all_: bool = False) -> None:
+    key = Path(run_dir).resolve()
+    held = _HELD.get(key)
+    if held is None:
+        return
+    held[1] = 0 if all_ else held[1] - 1
+    if held[1] <= 0:
+        del _HELD[key]
+        held[0].release(force=True)
+
+
+def check_unlocked(run_dir: Path) -> None:
+    """Refuse, naming the holder, when another process drives the run."""
+    lock(run_dir)
+    unlock(run_dir)
+
+
+def _holder(key: Path) -> str:
+    try:
+        h = json.loads((key / HOLDER_FILE).read_text())
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h["since"]))
+        return (
+            f"process {h['pid']} on {h['host']} (since {since}); stop it first (Ctrl-C finishes "
+            "the candidates in flight)"
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (it has not said which yet)"
 
 
 def load_experiment(

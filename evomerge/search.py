@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.archive import Archive, Evaluation
+from evomerge.archive import Archive, ArchiveError, Evaluation
 from evomerge.experiment import Experiment
+from evomerge.hub import resolve_sources
+from evomerge.killpoints import kill_point
 from evomerge.optimize import make_optimizer, optimizer_class
 from evomerge.optimize.base import Optimizer
 from evomerge.run_dir import (
@@ -29,16 +31,19 @@ from evomerge.run_dir import (
     create,
     discard,
     load_experiment,
+    lock,
     owner_alive,
     read_info,
     read_optimizer_state,
     read_workers,
     storage_url,
     study_name,
+    unlock,
     update_info,
     write_optimizer_state,
 )
 from evomerge.space import SearchSpace, SpaceError, load_space
+from evomerge.workers.faults import WorkerFault
 
 
 @dataclass
@@ -57,11 +62,21 @@ class Progress:
 @dataclass
 class Outcome:
     run_dir: Path
-    status: str  # finished | interrupted | time limit | failing
+    status: str  # finished | interrupted | time limit | failing | exhausted | stopped
     evaluations: int
     new: int
     front: list[Evaluation] = field(default_factory=list)
-    reason: str | None = None  # why a failing run stopped
+    reason: str | None = None  # why a failing, exhausted or stopped run ended
+
+
+class NothingToDo(RunError):
+    """A resume found the run complete (budget spent, or space exhausted): not an error."""
+
+
+# this many proposals in a row that are all recipes already in the archive (and at least three
+# batches of them) end a run as `exhausted`: the space has fewer distinct recipes than the
+# budget, or the optimizer has converged on what it knows
+EXHAUSTED_AFTER = 100
 
 
 class Search:
@@ -75,9 +90,11 @@ class Search:
         zoo: Path | None,
         log: Callable[[str], None] = lambda _: None,
         worker: Any = None,
+        revisions: dict[str, str] | None = None,
     ) -> None:
         self.run_dir, self.experiment, self.zoo, self.log = run_dir, experiment, zoo, log
-        sources = experiment.resolved_sources(zoo) if zoo else dict(experiment.sources)
+        # zoo: names, hub ids (at the commits a run recorded, on resume) and paths
+        sources, self.revisions = resolve_sources(experiment.sources, zoo=zoo, revisions=revisions)
         spec = load_space(experiment.space, experiment.space_options)
         self.space = SearchSpace(
             spec,
@@ -110,8 +127,10 @@ class Search:
             self.labels = [o.label for o in experiment.objectives]
             self.directions = worker.directions
             self.reference = [
-                experiment.default_reference(o, ob.metric)
-                for o, ob in zip(experiment.objectives, worker.objectives, strict=True)
+                experiment.default_reference(o, ob.metric, d)
+                for o, ob, d in zip(
+                    experiment.objectives, worker.objectives, self.directions, strict=True
+                )
             ]
             self.archive = Archive(
                 storage_url(run_dir),
@@ -133,6 +152,8 @@ class Search:
         self._stop: str | None = None
         self._failing: str | None = None  # max_failures failed candidates in a row: why
         self._streak = 0
+        self._fault: WorkerFault | None = None  # the system failed: why the run stopped
+        self._exhausted = self._exhaustion(0)
         # seconds spent by the loop itself (not in the worker), for the overhead benchmark
         self.loop_timings: dict[str, float] = dict.fromkeys(
             ("ask", "decode", "lookup", "commit", "tell", "checkpoint"), 0.0
@@ -194,6 +215,7 @@ class Search:
         t3 = time.perf_counter()
         ev = self.archive.record(ev)
         self.loop_timings["commit"] += time.perf_counter() - t3
+        kill_point("commit")
         return ev, True
 
     # -- the loop ------------------------------------------------------------------------------
@@ -219,7 +241,8 @@ class Search:
         for s in previous:
             signal.signal(s, stop)
         try:
-            while len(self.archive) < budget:
+            while len(self.archive) < budget and not self._exhausted:
+                new_before = new
                 t0 = time.perf_counter()
                 # a batch cut short earlier in this process is still pending: finish it first
                 batch = self.optimizer.pending or self.optimizer.ask()
@@ -254,26 +277,54 @@ class Search:
                     break  # the batch was cut short: the optimizer is not told; resume re-asks
                 t0 = time.perf_counter()
                 self.optimizer.tell(batch, losses)
+                self._exhausted = self._exhaustion(len(batch), new - new_before)
+                kill_point("tell")
                 t1 = time.perf_counter()
                 write_optimizer_state(self.run_dir, self.optimizer.state())
                 self.loop_timings["tell"] += t1 - t0
                 self.loop_timings["checkpoint"] += time.perf_counter() - t1
+        except WorkerFault as e:  # the system, not a candidate: stop with everything saved
+            self._fault = e
+            self.log(f"stopping: {e.reason}")
         finally:
             for s, h in previous.items():
                 signal.signal(s, h)
-        if self._failing:
-            status = "failing"
-        elif self._stop or (status != "time limit" and len(self.archive) < budget):
-            status = "interrupted"
+        status, reason = self._status(status, budget)
         update_info(
             self.run_dir,
             status=status,
             evaluations=len(self.archive),
             updated=time.time(),
-            reason=self._failing,
+            reason=reason,
+            traceback=self._fault.detail if self._fault else None,
         )
-        return Outcome(
-            self.run_dir, status, len(self.archive), new, self.archive.front(), self._failing
+        return Outcome(self.run_dir, status, len(self.archive), new, self.archive.front(), reason)
+
+    def _status(self, status: str, budget: int) -> tuple[str, str | None]:
+        """How the loop ended, and why when it is not the budget's end."""
+        if self._fault:
+            return "stopped", self._fault.reason
+        if self._failing:
+            return "failing", self._failing
+        if self._stop or (status != "time limit" and len(self.archive) < budget):
+            return ("exhausted", self._exhausted) if self._exhausted else ("interrupted", None)
+        return status, None
+
+    def _exhaustion(self, proposals: int, new: int = 0) -> str | None:
+        """Count the proposals in a row that brought no new recipe (kept with the optimizer's
+        state, so a resumed run stops exactly where an uninterrupted one does); why the search
+        is exhausted once there are ``EXHAUSTED_AFTER`` of them, else None."""
+        stale = 0 if new else self.optimizer.annotations.get("stale", 0) + proposals
+        self.optimizer.annotations["stale"] = stale
+        batches = self.optimizer.annotations["stale_batches"] = (
+            0 if new else self.optimizer.annotations.get("stale_batches", 0) + bool(proposals)
+        )
+        if stale < EXHAUSTED_AFTER or batches < 3:
+            return None
+        return (
+            f"the optimizer's last {stale} proposals were all recipes already in the archive "
+            f"({len(self.archive)} distinct): the search space has fewer recipes than the "
+            "budget, or the optimizer has converged; a larger budget would not add any"
         )
 
     def _count_failure(self, ev: Evaluation) -> None:
@@ -363,6 +414,7 @@ class Search:
             t0 = time.perf_counter()
             ev = self.archive.record(ev)
             self.loop_timings["commit"] += time.perf_counter() - t0
+            kill_point("commit")
             self._count_failure(ev)
             done(job.slots[0], ev, True)
             for i in job.slots[1:]:
@@ -374,6 +426,7 @@ class Search:
         close = getattr(self.worker, "close", None)
         if callable(close):
             close()
+        unlock(self.run_dir)
 
     def progress(
         self,
@@ -427,7 +480,8 @@ def start(
     except BaseException:
         discard(run_dir)  # nothing was evaluated: leave no half-made run behind
         raise
-    update_info(run_dir, status="running")
+    # hub sources' commits: a resume reads the very same files
+    update_info(run_dir, status="running", revisions=search.revisions)
     return search, info["budget"]
 
 
@@ -439,28 +493,65 @@ def reopen(
     log: Callable[[str], None] = lambda _: None,
     worker: Any = None,
 ) -> tuple[Search, int]:
-    """Continue a run; ``budget`` may raise its budget."""
-    experiment, info = load_experiment(run_dir, experiment_file)
-    if info.get("status") == "running" and info.get("pid") != os.getpid() and owner_alive(info):
-        raise RunError(
-            f"{run_dir} is being run by process {info.get('pid')}; one driver per run: stop it "
-            "first (Ctrl-C finishes the candidates in flight)"
+    """Continue a run; ``budget`` may raise its budget. A run with nothing left to do (its
+    budget spent, its space exhausted) raises :class:`NothingToDo` before any model is opened.
+    Another process driving the run is refused, naming it (the run lock)."""
+    read_info(run_dir)  # a run directory at all
+    lock(run_dir)
+    try:
+        experiment, info = load_experiment(run_dir, experiment_file)
+        total = budget or info["budget"]
+        done = _trials(run_dir)
+        if info.get("status") == "exhausted":
+            raise NothingToDo(
+                f"{run_dir}: nothing to do — its search space is exhausted ({done} distinct "
+                f"recipes evaluated): {info.get('reason')}"
+            )
+        if done >= total:
+            if info.get("status") == "running":  # killed after its last commit
+                update_info(run_dir, status="finished", evaluations=done, pid=os.getpid())
+            raise NothingToDo(
+                f"{run_dir}: nothing to do — it has spent its budget ({done} of {total} "
+                f"evaluations); pass --budget N with N > {done} to go on"
+            )
+        search = Search(
+            run_dir,
+            experiment,
+            zoo=Path(info["zoo"]) if info.get("zoo") else None,
+            log=log,
+            worker=worker,
+            revisions=info.get("revisions"),
         )
-    total = budget or info["budget"]
-    search = Search(
-        run_dir,
-        experiment,
-        zoo=Path(info["zoo"]) if info.get("zoo") else None,
-        log=log,
-        worker=worker,
+    except BaseException:
+        unlock(run_dir)
+        raise
+    update_info(
+        run_dir, budget=total, status="running", pid=os.getpid(), reason=None, traceback=None
     )
-    if len(search.archive) >= total:
-        raise RunError(
-            f"{run_dir} has spent its budget ({len(search.archive)} of {total} evaluations); "
-            f"pass --budget N with N > {len(search.archive)} to go on"
-        )
-    update_info(run_dir, budget=total, status="running", pid=os.getpid())
     return search, total
+
+
+def _trials(run_dir: Path) -> int:
+    try:
+        return len(Archive.open(run_dir))
+    except ArchiveError:  # no study yet (a shared database), or one Search will explain
+        return 0
+
+
+def failures_by_reason(evs: list[Evaluation]) -> dict[str, tuple[int, str]]:
+    """Failed trials grouped by the kind their error names first (``RecipeError``,
+    ``NonFiniteScore``, ``ActorDied``…): kind → (count, the first one's message), most first."""
+    groups: dict[str, tuple[int, str]] = {}
+    for e in evs:
+        if e.ok:
+            continue
+        first = (e.error or "").strip().splitlines()[0] if (e.error or "").strip() else "?"
+        kind, colon, msg = first.partition(":")
+        if not colon or " " in kind.strip():
+            kind, msg = "other", first
+        n, example = groups.get(kind.strip(), (0, msg.strip()))
+        groups[kind.strip()] = (n + 1, example)
+    return dict(sorted(groups.items(), key=lambda kv: -kv[1][0]))
 
 
 def summary(run_dir: Path) -> dict[str, Any]:
@@ -469,9 +560,10 @@ def summary(run_dir: Path) -> dict[str, Any]:
     ``run.json``'s fields, plus ``trials``, ``failed``, ``objectives``, ``front_size``,
     ``best`` (objective → (value, trial)), ``seconds_per_evaluation`` (None before the first),
     ``rebuilds`` (engine models built because a recipe changed the depth: with vLLM each is a
-    new engine), ``stale`` (the run says it is running but its process is gone) and ``workers``
+    new engine), ``stale`` (the run says it is running but its process is gone), ``workers``
     (a Ray run's pool as last written: actors alive, each one's utilization, in flight, retries,
-    timeouts, evaluations per hour; None for a local run).
+    timeouts, evaluations per hour; None for a local run) and ``failures`` (the failed trials by
+    reason: the error's kind → count and the first such error's message).
     """
     info = read_info(run_dir)
     archive = Archive.open(run_dir)
@@ -485,6 +577,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
     info.update(
         trials=len(evs),
         failed=sum(not e.ok for e in evs),
+        failures=failures_by_reason(evs),
         objectives=archive.objectives,
         front_size=len(archive.front()),
         best=best,

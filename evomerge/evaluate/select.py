@@ -20,6 +20,7 @@ import torch
 from evomerge.evaluate.engines import Engine, EngineError
 from evomerge.evaluate.options import ENGINES, HFOptions, VLLMOptions, engine_options
 from evomerge.fileio import validate
+from evomerge.killpoints import kill_point
 
 if TYPE_CHECKING:
     from evomerge.checkpoint import ModelSource
@@ -94,6 +95,7 @@ class _Timed:
                 self.seconds += time.perf_counter() - t0
                 return
             self.seconds += time.perf_counter() - t0
+            kill_point("merge")
             yield item
 
 

@@ -264,6 +264,8 @@ class Optimizer(ABC):
             raise OptimizerError(_options_error(self.name, model, e)) from None
         self.options: dict[str, Any] = self._option_values(parsed)
         self._pending: list[np.ndarray] | None = None
+        # plain data the driving loop checkpoints with the state (and gets back on restore)
+        self.annotations: dict[str, Any] = {}
         self._setup()
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -355,6 +357,7 @@ class Optimizer(ABC):
                 "identity": self._identity(),
                 "versions": self.library_versions(),
                 "pending": pending,
+                "annotations": dict(self.annotations),
                 "payload": dumps_state(self._payload()),
             },
             protocol=pickle.HIGHEST_PROTOCOL,
@@ -391,6 +394,7 @@ class Optimizer(ABC):
         self._pending = (
             None if pending is None else [np.asarray(x, dtype=np.float64) for x in pending]
         )
+        self.annotations = dict(data.get("annotations") or {})
 
     @classmethod
     def library_versions(cls) -> dict[str, str | None]:

@@ -4,6 +4,7 @@ into it. Nothing is written to disk per candidate."""
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -17,13 +18,15 @@ from evomerge.archive import Evaluation
 from evomerge.calibrate import build_calibration, calibration_models
 from evomerge.checkpoint import ModelSource
 from evomerge.errors import EvomergeError
-from evomerge.evaluate.estimators import Estimate, Estimator, make_estimator
+from evomerge.evaluate.estimators import Estimate, Estimator, check_estimator, make_estimator
 from evomerge.evaluate.scoring import PreparedTask, prepare, score_prepared
 from evomerge.evaluate.select import load_candidate, make_engine
 from evomerge.evaluate.tasks import Task, load_task
 from evomerge.experiment import Experiment, ObjectiveSpec
+from evomerge.killpoints import kill_point
 from evomerge.merge.materialize import MergePlan, plan
 from evomerge.recipe import Recipe
+from evomerge.workers.faults import classify, fault, free_memory
 from evomerge.workers.promotion import should_promote
 
 
@@ -80,6 +83,7 @@ def load_objectives(experiment: Experiment, zoo: Path | None) -> list[_Objective
         assert o.task is not None
         task = load_task(o.task, zoo=zoo)
         est = make_estimator(o.estimator, experiment.seed)
+        check_estimator(est, task.metric, task.unit_metric, o.label)  # IRT: scores in [0, 1]
         out.append(_Objective(o, task, est, []))
     return out
 
@@ -98,7 +102,7 @@ class LocalWorker:
         w = experiment.workers
         if w.threads is not None:
             torch.set_num_threads(w.threads)
-        self.experiment = experiment
+        self.experiment, self.log = experiment, log
         self.objectives = load_objectives(experiment, zoo)
         self.sources = {n: ModelSource(p, name=n) for n, p in sources.items()}
         ref = sources[experiment.base] if experiment.base else next(iter(sources.values()))
@@ -148,8 +152,10 @@ class LocalWorker:
     def evaluate(
         self, recipe: Recipe, genome: Sequence[float], front: Sequence[Sequence[float]] = ()
     ) -> Evaluation:
-        """Merge, swap, score. Errors of the candidate itself (bad values, NaN weights, a model
-        the engine cannot hold) come back as a failed Evaluation; the run goes on."""
+        """Merge, swap, score. Errors of the candidate itself (bad values, NaN weights or scores,
+        a model the engine cannot hold) come back as a failed Evaluation; the run goes on.
+        Errors of the system (out of memory, a source file gone, a bug) raise
+        :class:`~evomerge.workers.faults.WorkerFault` after one retry where it may help."""
         timings: dict[str, float] = {}
         ev = Evaluation(
             recipe.content_hash(),
@@ -159,39 +165,61 @@ class LocalWorker:
             worker=self.name,
         )
         t_all = time.perf_counter()
-        try:
-            t0 = time.perf_counter()
-            mp = self.plan(recipe)
-            timings["plan"] = time.perf_counter() - t0
-            # hf: merge and swap timed apart; vllm: one "load" (the merge runs in its workers),
-            # plus "rebuilds"/"rebuild" when the recipe's depth needed a new model
-            timings.update(
-                load_candidate(
-                    self.engine, recipe, plan=mp, sources=self.sources, device=self.device
-                )
-            )
-            results = self._score(mp, self.objectives, timings)
-            if self.experiment.promotion.enabled and should_promote(
-                self._oriented(results),
-                [self._oriented_values(f) for f in front],
-                self.experiment.promotion.margin,
-                self.experiment.promotion.z,
-            ):
-                results = self._promote(mp, results, timings)
-        except EvomergeError as e:
-            ev.status, ev.error = "failed", f"{type(e).__name__}: {e}"
-        except (RuntimeError, ValueError) as e:  # torch errors of a candidate (shapes, OOM…)
-            ev.status = "failed"
-            ev.error = f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"
-        else:
+        for attempt in (1, 2):
+            try:
+                for src in self.sources.values():
+                    src.check_unchanged()  # a truncated memory map would kill the process
+                results = self._merge_and_score(recipe, front, timings)
+            except Exception as e:
+                kind = classify(e)
+                if kind == "candidate":
+                    ev.status, ev.error = "failed", _candidate_error(e)
+                    break
+                if kind == "retry" and attempt == 1:
+                    self.log(
+                        f"{type(e).__name__} on {recipe.content_hash()}: freeing memory, retry"
+                    )
+                    free_memory()
+                    continue
+                raise fault(e, retried=attempt > 1) from e
             ev.values = [r.value if isinstance(r, Estimate) else float(r) for r in results]
+            bad = [
+                f"{ob.spec.label} = {v}"
+                for ob, v in zip(self.objectives, ev.values, strict=True)
+                if not math.isfinite(v)
+            ]
+            if bad:
+                ev.status, ev.error = "failed", f"NonFiniteScore: {', '.join(bad)}"
+                ev.values = None
             for ob, r in zip(self.objectives, results, strict=True):
                 if isinstance(r, Estimate):
                     ev.fidelity[ob.spec.label] = r.fidelity
                     ev.stderr[ob.spec.label] = r.stderr
+            break
         timings["total"] = time.perf_counter() - t_all
         ev.timings = timings
         return ev
+
+    def _merge_and_score(
+        self, recipe: Recipe, front: Sequence[Sequence[float]], timings: dict[str, float]
+    ) -> list[Estimate | float]:
+        t0 = time.perf_counter()
+        mp = self.plan(recipe)
+        timings["plan"] = time.perf_counter() - t0
+        # hf: merge and swap timed apart; vllm: one "load" (the merge runs in its workers),
+        # plus "rebuilds"/"rebuild" when the recipe's depth needed a new model
+        timings.update(
+            load_candidate(self.engine, recipe, plan=mp, sources=self.sources, device=self.device)
+        )
+        results = self._score(mp, self.objectives, timings)
+        if self.experiment.promotion.enabled and should_promote(
+            self._oriented(results),
+            [self._oriented_values(f) for f in front],
+            self.experiment.promotion.margin,
+            self.experiment.promotion.z,
+        ):
+            results = self._promote(mp, results, timings)
+        return results
 
     def _item_scores(
         self, ob: _Objective, *, full: bool = False
@@ -220,6 +248,7 @@ class LocalWorker:
                 out.append(_cost(mp, ob.spec.cost))
                 continue
             assert ob.estimator is not None
+            kill_point("score")
             t0 = time.perf_counter()
             scores, all_ids = self._item_scores(ob)
             t1 = time.perf_counter()
@@ -260,6 +289,12 @@ class LocalWorker:
             v if ob.direction == "maximize" else -v
             for ob, v in zip(self.objectives, values, strict=True)
         ]
+
+
+def _candidate_error(e: BaseException) -> str:
+    if isinstance(e, EvomergeError):
+        return f"{type(e).__name__}: {e}"
+    return f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=3)}"  # torch's, of a candidate
 
 
 def _cost(mp: MergePlan, cost: str | None) -> float:

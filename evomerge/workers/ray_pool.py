@@ -33,6 +33,7 @@ from evomerge.experiment import Experiment
 from evomerge.merge.materialize import MergePlan, plan
 from evomerge.recipe import Recipe
 from evomerge.run_dir import write_workers
+from evomerge.workers.faults import WorkerFault
 from evomerge.workers.local import load_objectives
 
 # a test hook: the first candidate that finds DIR/hang hangs (until its actor is killed)
@@ -259,6 +260,8 @@ class RayPool:
                         )
                     except ray.exceptions.RayTaskError as e:  # a bug, not the candidate's values
                         idle.append(i)
+                        if isinstance(e.cause, WorkerFault):  # the system: the run stops
+                            raise e.cause from None
                         ev = _failed(
                             job,
                             self.names[i],
