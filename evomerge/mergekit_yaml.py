@@ -191,8 +191,10 @@ def _check_shapes(data: dict[str, Any], origin: str) -> None:
 def _import_spec(v: Any, where: str) -> Any:
     if isinstance(v, dict):
         v = [v]
-    if isinstance(v, list) and v and isinstance(v[0], dict):
+    if isinstance(v, list) and v and any(isinstance(c, dict) for c in v):
         for c in v:
+            if not isinstance(c, dict):
+                raise RecipeError(f"{where}: every conditional entry is a mapping of filter/value")
             if set(c) - {"filter", "value"}:
                 raise RecipeError(f"{where}: conditional entries take filter and value")
     return v
