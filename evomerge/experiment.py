@@ -99,6 +99,9 @@ class WorkersSpec(_Spec):
     retries: int = Field(2, ge=0)  # ray: a candidate whose actor died is sent again this often
     timeout_s: float | None = Field(None, gt=0)  # ray: a candidate running longer is failed
     max_failures: int | None = Field(10, ge=1)  # this many failed candidates in a row stop a run
+    # batch: the optimizer's batches, told whole; async: a new candidate as soon as one finishes
+    # (optimizers that ask one at a time). Part of the hash: it changes what is asked
+    dispatch: Literal["batch", "async"] = "batch"
     device: str = "cpu"
     batch_size: int = Field(256, ge=1)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
@@ -152,6 +155,8 @@ class Experiment(_Spec):
             data.pop("budget")
         for key in _PLACEMENT:
             data["workers"].pop(key)
+        if data["workers"]["dispatch"] == "batch":  # the default: hashes from before the key
+            data["workers"].pop("dispatch")
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
