@@ -7,6 +7,7 @@ SIGTERM and after SIGKILL of the driver too, the candidates in flight at the kil
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pickle
 import signal
@@ -23,7 +24,7 @@ from test_search import EXPERIMENT, _trace
 
 from evomerge import search
 from evomerge.experiment import ExperimentError
-from evomerge.optimize import Gene, OptimizerError, make_optimizer
+from evomerge.optimize import OPTIMIZERS, Gene, OptimizerError, make_optimizer
 from evomerge.run_dir import STUDY_NAME, read_optimizer_state, storage_url
 
 GENES = [Gene("a"), Gene("b"), Gene("layer", 3)]
@@ -47,7 +48,26 @@ def _write(tmp_path: Path, name: str = "exp.yaml", **changes: Any) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["optuna-tpe", "random"])
+ASYNCHRONOUS = [
+    pytest.param(n, marks=pytest.mark.skip(reason="no 'cmaes' package"))
+    if n == "optuna-cmaes" and importlib.util.find_spec("cmaes") is None
+    else n
+    for n, cls in sorted(OPTIMIZERS.items())
+    if cls.asynchronous
+]
+
+
+def test_which_optimizers_ask_one_at_a_time() -> None:
+    assert [n for n, c in sorted(OPTIMIZERS.items()) if c.asynchronous] == [
+        *(f"optuna-{s}" for s in ("cmaes", "gp", "nsga2", "nsga3", "tpe")),
+        "random",
+    ]
+    batch = make_optimizer("random", GENES, 1, seed=5, options={"batch": 3}).ask()
+    one = make_optimizer("random", GENES, 1, seed=5)
+    assert all(np.array_equal(a, one.ask_one()[1]) for a in batch)  # the batches' draws
+
+
+@pytest.mark.parametrize("name", ASYNCHRONOUS)
 def test_ask_one_tell_out_of_order_and_resume_with_tickets_pending(name: str) -> None:
     """Tickets told in any order; a state written with tickets pending restores them and goes
     on exactly (the same next genomes)."""
