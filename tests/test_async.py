@@ -7,10 +7,12 @@ SIGTERM and after SIGKILL of the driver too, the candidates in flight at the kil
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pickle
 import signal
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -208,15 +210,16 @@ def test_driver_sigkilled_resumes_without_loss_or_repeat(
         start_new_session=True,
     )
     try:
-        assert _wait_for(lambda: (run_dir / "archive.db").exists() or proc.poll() is not None)
-        assert _wait_for(lambda: len(_trials(run_dir)) >= 3 or proc.poll() is not None)
+        # optimizer.pkl: written after the first ask, once the archive's tables exist
+        assert _wait_for(lambda: (run_dir / "optimizer.pkl").exists() or proc.poll() is not None)
+        assert _wait_for(lambda: _committed(run_dir) >= 3 or proc.poll() is not None)
         (hook / "hang").touch()  # the next candidate sent hangs; the other actor goes on
         assert _wait_for(lambda: any(hook.glob("hung-*")) or proc.poll() is not None)
         time.sleep(2)
         assert proc.poll() is None, (tmp_path / "driver.log").read_text()
     finally:
         _kill_session(proc)
-    before = {t.user_attrs["hash"] for t in _trials(run_dir)}
+    before = {t.user_attrs["hash"] for t in _exactly_once(run_dir, _committed(run_dir))}
     assert 3 <= len(before) < 12
     s, budget = search.reopen(run_dir)
     try:
@@ -230,8 +233,13 @@ def test_driver_sigkilled_resumes_without_loss_or_repeat(
     assert before | lost <= after  # the candidates in flight at the kill were scored on resume
 
 
-def _trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
+def _committed(run_dir: Path) -> int:
+    """Trials in the archive, read without touching its schema (optuna.load_study would create
+    the tables, racing the driver that is creating them)."""
     try:
-        return optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir)).trials
-    except KeyError:  # the study is not created yet
-        return []
+        with contextlib.closing(
+            sqlite3.connect(f"file:{run_dir / 'archive.db'}?mode=ro", uri=True)
+        ) as db:
+            return int(db.execute("SELECT count(*) FROM trials").fetchone()[0])
+    except sqlite3.Error:
+        return 0
