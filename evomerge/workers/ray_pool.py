@@ -7,10 +7,12 @@ the local worker builds it — so a candidate travels as its recipe (a few KB) a
 actor's device and swapped in. Nothing is written to disk per candidate.
 
 The driver keeps the archive and the optimizer; :meth:`RayPool.run` hands out the candidates of a
-batch one per idle actor and yields each result as it arrives (``ray.wait``), so the loop commits
-it at once. Faults: an actor that dies (killed, OOM) is restarted by Ray and its candidate is sent
-again up to ``retries`` times, then failed with the reason; a candidate running past
-``timeout_s`` has its actor killed (and restarted) and is failed. Neither stops the run.
+batch one per idle actor (or, with ``workers.dispatch: async``, asks the loop for the next one
+whenever an actor is free) and yields each result as it arrives (``ray.wait``), so the loop
+commits it at once. Faults: an actor that dies (killed, OOM) is restarted by Ray and its
+candidate is sent again up to ``retries`` times, then failed with the reason; a candidate
+running past ``timeout_s`` has its actor killed (and restarted) and is failed. Neither stops the
+run.
 """
 
 from __future__ import annotations
