@@ -8,6 +8,8 @@ The zoo is built first if missing. Every mode runs the same experiment (NSGA-II,
 ``--pop``, per-layer DARE-TIES, three objectives on ``--k`` items each), in a fresh run dir;
 Ray's modes start a private local cluster (no dashboard) and its actors before the clock starts
 (the start is reported apart). ``uptime``'s load averages are recorded before and after each.
+``--async-actors 1 2`` adds optuna-tpe on Ray with N actors, in batches of ``--pop`` and with
+``workers.dispatch: async`` (one candidate asked as each finishes).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ SOURCES = {
 }
 
 
-def experiment(args: argparse.Namespace, workers: dict[str, Any]) -> dict[str, Any]:
+def experiment(args: argparse.Namespace, workers: dict[str, Any], tpe: bool) -> dict[str, Any]:
     return {
         "name": "bench-ray",
         "sources": SOURCES,
@@ -41,10 +43,19 @@ def experiment(args: argparse.Namespace, workers: dict[str, Any]) -> dict[str, A
         "objectives": [
             {"task": t, "estimator": f"subsample:{args.k}"} for t in ("rev9", "shift3", "add1")
         ],
-        "optimizer": {"name": "nsga2", "pop_size": args.pop},
+        # async dispatch needs an optimizer that asks one at a time: TPE (batches of --pop when
+        # it runs in batch mode)
+        "optimizer": (
+            {"name": "optuna-tpe", "n_startup_trials": args.pop, "batch": args.pop}
+            if tpe
+            else {"name": "nsga2", "pop_size": args.pop}
+        ),
         "budget": args.budget,
         "seed": 0,
         "workers": {"threads": 1, **workers},
+        # a candidate that could enter the front is re-scored on every item (~10x): the spread
+        # of candidate times an asynchronous dispatch absorbs
+        "promotion": {"enabled": args.promotion},
     }
 
 
@@ -52,12 +63,14 @@ def load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def one(args: argparse.Namespace, label: str, workers: dict[str, Any]) -> dict[str, Any]:
+def one(
+    args: argparse.Namespace, label: str, workers: dict[str, Any], tpe: bool = False
+) -> dict[str, Any]:
     from evomerge import search
 
     d = Path(tempfile.mkdtemp(prefix=f"raybench-{label}-"))
     exp = d / "exp.yaml"
-    exp.write_text(yaml.safe_dump(experiment(args, workers)))
+    exp.write_text(yaml.safe_dump(experiment(args, workers, tpe)))
     before = load()
     t0 = time.perf_counter()
     s, budget = search.start(exp, d / "run", zoo=args.zoo)
@@ -111,8 +124,17 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=32)
     ap.add_argument("--pop", type=int, default=8)
     ap.add_argument("--k", type=int, default=200)
-    ap.add_argument("--actors", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--actors", type=int, nargs="*", default=[1, 2])
     ap.add_argument("--no-local", action="store_true")
+    ap.add_argument(
+        "--async-actors",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also optuna-tpe on Ray with N actors, batch then `dispatch: async` (not in the "
+        "same-archive check: another optimizer, and async depends on arrival order)",
+    )
+    ap.add_argument("--promotion", action="store_true", help="promotion: {enabled: true}")
     ap.add_argument("--out-json", type=Path)
     args = ap.parse_args()
     if not (args.zoo / "zoo.json").exists():
@@ -124,9 +146,13 @@ def main() -> None:
         rows.append(
             one(args, f"ray x{n}", {"backend": "ray", "count": n, "resources": {"num_cpus": 1}})
         )
-    fronts = {r["mode"]: r.pop("front") for r in rows}
-    same = len({json.dumps(f) for f in fronts.values()}) == 1
-    print(f"same archive (recipes and scores) in every mode: {same}")
+    for n in args.async_actors:
+        ray = {"backend": "ray", "count": n, "resources": {"num_cpus": 1}}
+        rows.append(one(args, f"ray x{n} tpe batch", ray, tpe=True))
+        rows.append(one(args, f"ray x{n} tpe async", {**ray, "dispatch": "async"}, tpe=True))
+    fronts = {r["mode"]: r.pop("front") for r in rows if "tpe" not in r["mode"]}
+    same = len({json.dumps(f) for f in fronts.values()}) == 1 if len(fronts) > 1 else None
+    print(f"same archive (recipes and scores) in every batch mode: {same}")
     head = "| mode | start (s) | wall (s) | evaluations/hour | utilization | load before → after |"
     print(head)
     print("|---|---:|---:|---:|---|---|")

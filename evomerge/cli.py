@@ -338,7 +338,7 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory")]) -> 
             "utilization",
             ", ".join(f"{a['name']} {a['utilization']:.0%} ({a['evaluations']})" for a in actors),
         )
-        t.add_row("in flight", str(w["in_flight"]))
+        t.add_row("in flight", f"{w['in_flight']} (dispatch: {w.get('dispatch', 'batch')})")
         faults = f"{w['retries']} · {w['timeouts']} · {w['deaths']}"
         t.add_row("retries · timeouts · actor deaths", faults)
         if w.get("evaluations_per_hour"):

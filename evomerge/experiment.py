@@ -114,6 +114,9 @@ class WorkersSpec(_Spec):
     timeout_s: float | None = Field(None, gt=0)  # ray: a candidate running longer is failed
     max_failures: int | None = Field(10, ge=1)  # this many failed candidates in a row stop a run
     engine: EngineName = "hf"
+    # batch: the optimizer's batches, told whole; async: a new candidate as soon as one finishes
+    # (optimizers that ask one at a time). Part of the hash: it changes what is asked
+    dispatch: Literal["batch", "async"] = "batch"
     device: str = "cpu"
     dtype: EngineDtype = "float32"  # the engine's compute dtype (auto: the checkpoint's)
     batch_size: int = Field(256, ge=1)  # hf only (vLLM schedules its own batches)
@@ -187,6 +190,8 @@ class Experiment(_Spec):
         for key, default in _LATER_WORKER_KEYS.items():  # runs started before they existed
             if data["workers"].get(key) == default:
                 del data["workers"][key]
+        if data["workers"]["dispatch"] == "batch":  # the default: hashes from before the key
+            data["workers"].pop("dispatch")
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 

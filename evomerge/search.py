@@ -104,6 +104,10 @@ class Search:
             dtype=experiment.dtype,
         )
         self.multi = optimizer_class(experiment.optimizer.name).multi_objective
+        if experiment.workers.dispatch == "async":  # one candidate at a time: search_async.py
+            from evomerge.search_async import check_async
+
+            check_async(experiment)
         n_obj = len(experiment.objectives) if self.multi else 1
         self.optimizer: Optimizer = make_optimizer(
             experiment.optimizer.name,
@@ -242,6 +246,14 @@ class Search:
             signal.signal(s, stop)
         try:
             while len(self.archive) < budget and not self._exhausted:
+                if self.experiment.workers.dispatch == "async":  # search_async.py
+                    from evomerge.search_async import run_async
+
+                    n_new, cached, timed_out = run_async(
+                        self, budget, deadline, start, on_evaluation, on_progress
+                    )
+                    new, status = n_new, "time limit" if timed_out else status
+                    break
                 new_before = new
                 t0 = time.perf_counter()
                 # a batch cut short earlier in this process is still pending: finish it first

@@ -234,6 +234,9 @@ class Optimizer(ABC):
     # the distributions whose objects the state pickles (numpy always): a state is resumed only
     # under the versions it was written with
     libraries: ClassVar[tuple[str, ...]] = ()
+    # asks one candidate at a time and takes its loss in any order (``ask_one``/``tell_one``:
+    # ``workers.dispatch: async``); generational optimizers ask whole batches only
+    asynchronous: ClassVar[bool] = False
 
     def __init__(
         self, genes: Sequence[Gene], n_objectives: int, *, seed: int = 0, **options: Any
@@ -266,6 +269,9 @@ class Optimizer(ABC):
         self._pending: list[np.ndarray] | None = None
         # plain data the driving loop checkpoints with the state (and gets back on restore)
         self.annotations: dict[str, Any] = {}
+        # asynchronous mode: ticket -> (genome, the library's handle), asked and not yet told
+        self._tickets: dict[int, tuple[np.ndarray, Any]] = {}
+        self._serial = 0  # the next ticket
         self._setup()
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -299,10 +305,23 @@ class Optimizer(ABC):
     def _load(self, payload: Any) -> None:
         """Inverse of ``_payload`` on a freshly constructed twin."""
 
+    def _ask_one(self) -> tuple[Any, np.ndarray]:
+        """Asynchronous optimizers: one genome and a (picklable) handle ``_tell_one`` gets back."""
+        raise NotImplementedError
+
+    def _tell_one(self, handle: Any, loss: np.ndarray | None) -> None:
+        """Asynchronous optimizers: the loss of the genome asked with ``handle``, in any order."""
+        raise NotImplementedError
+
     # -- public interface --------------------------------------------------------------------
 
     def ask(self) -> list[np.ndarray]:
         """One batch of genomes to evaluate; tell their losses before asking again."""
+        if self._tickets:
+            raise OptimizerError(
+                f"optimizer {self.name!r}: ask() while {len(self._tickets)} genome(s) asked one "
+                "at a time are not told; tell_one() them first"
+            )
         if self._pending is not None:
             raise OptimizerError(
                 f"optimizer {self.name!r}: ask() called twice; tell() the losses of the "
@@ -344,11 +363,44 @@ class Optimizer(ABC):
         self._tell(self._parse_losses(losses, len(pending)))
         self._pending = None
 
+    def ask_one(self) -> tuple[int, np.ndarray]:
+        """One genome and its ticket, for optimizers that are ``asynchronous``: ask again before
+        telling, tell (``tell_one``) in any order."""
+        if not self.asynchronous:
+            raise OptimizerError(
+                f"optimizer {self.name!r} asks whole batches (generations); it cannot ask one "
+                "candidate at a time"
+            )
+        if self._pending is not None:
+            raise OptimizerError(
+                f"optimizer {self.name!r}: ask_one() while a batch is pending; tell() it first"
+            )
+        handle, x = self._ask_one()
+        genome = clip_genome(self.genes, x)
+        ticket, self._serial = self._serial, self._serial + 1
+        self._tickets[ticket] = (genome, handle)
+        return ticket, genome.copy()
+
+    def tell_one(self, ticket: int, loss: Sequence[float] | float | None) -> None:
+        """The minimized loss of the genome asked with ``ticket`` (None or non-finite: failed)."""
+        if ticket not in self._tickets:
+            raise OptimizerError(
+                f"optimizer {self.name!r}: tell_one() of ticket {ticket!r}, which is not pending"
+            )
+        (parsed,) = self._parse_losses([loss], 1)
+        self._tell_one(self._tickets[ticket][1], parsed)
+        del self._tickets[ticket]
+
+    @property
+    def tickets(self) -> dict[int, np.ndarray]:
+        """The genomes asked one at a time and not yet told (after ``restore`` too), by ticket."""
+        return {t: g.copy() for t, (g, _) in self._tickets.items()}
+
     def state(self) -> bytes:
         """Opaque bytes from which ``restore`` continues exactly (trusted input: a pickle).
 
         The library objects are pickled apart from a plain header (identity, library versions,
-        pending batch), so a state is checked before any of them is unpickled.
+        pending batch or tickets), so a state is checked before any of them is unpickled.
         """
         pending = None if self._pending is None else [x.tolist() for x in self._pending]
         return pickle.dumps(
@@ -358,6 +410,8 @@ class Optimizer(ABC):
                 "versions": self.library_versions(),
                 "pending": pending,
                 "annotations": dict(self.annotations),
+                "tickets": [(t, g.tolist(), h) for t, (g, h) in self._tickets.items()],
+                "serial": self._serial,
                 "payload": dumps_state(self._payload()),
             },
             protocol=pickle.HIGHEST_PROTOCOL,
@@ -395,6 +449,10 @@ class Optimizer(ABC):
             None if pending is None else [np.asarray(x, dtype=np.float64) for x in pending]
         )
         self.annotations = dict(data.get("annotations") or {})
+        self._tickets = {
+            int(t): (np.asarray(g, dtype=np.float64), h) for t, g, h in data.get("tickets", ())
+        }
+        self._serial = int(data.get("serial", 0))
 
     @classmethod
     def library_versions(cls) -> dict[str, str | None]:

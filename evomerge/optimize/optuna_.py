@@ -60,6 +60,7 @@ class _OptunaOptimizer(Optimizer):
 
     sampler_name: ClassVar[str]
     libraries: ClassVar[tuple[str, ...]] = ("optuna",)
+    asynchronous: ClassVar[bool] = True  # optuna's samplers take trials told in any order
 
     @classmethod
     def _sampler_class(cls) -> type:
@@ -102,23 +103,32 @@ class _OptunaOptimizer(Optimizer):
     def _ask(self) -> list[np.ndarray]:
         batch = []
         self._trials = []
-        with _quiet():
-            for _ in range(self.options["batch"]):
-                trial = self._study.ask(self._distributions)
-                self._trials.append(trial.number)
-                batch.append(np.array([trial.params[g.name] for g in self.genes], dtype=float))
+        for _ in range(self.options["batch"]):
+            number, genome = self._ask_one()
+            self._trials.append(number)
+            batch.append(genome)
         return batch
 
     def _tell(self, losses: list[np.ndarray | None]) -> None:
+        for number, loss in zip(self._trials, losses, strict=True):
+            self._tell_one(number, loss)
+        self._trials = []
+
+    # asynchronous: one trial of the study per candidate, told in any order; the trials asked
+    # and not told are RUNNING, which TPE's constant liar (on by default) steers away from
+    def _ask_one(self) -> tuple[int, np.ndarray]:
+        with _quiet():
+            trial = self._study.ask(self._distributions)
+        return trial.number, np.array([trial.params[g.name] for g in self.genes], dtype=float)
+
+    def _tell_one(self, number: int, loss: np.ndarray | None) -> None:
         from optuna.trial import TrialState
 
         with _quiet():
-            for number, loss in zip(self._trials, losses, strict=True):
-                if loss is None:
-                    self._study.tell(number, state=TrialState.FAIL)
-                else:
-                    self._study.tell(number, [float(v) for v in loss])
-        self._trials = []
+            if loss is None:
+                self._study.tell(number, state=TrialState.FAIL)
+            else:
+                self._study.tell(number, [float(v) for v in loss])
 
     def _payload(self) -> Any:
         return {"study": self._study, "trials": self._trials}

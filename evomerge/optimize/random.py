@@ -17,6 +17,7 @@ class RandomSearch(Optimizer):
 
     name: ClassVar[str] = "random"
     multi_objective: ClassVar[bool] = True
+    asynchronous: ClassVar[bool] = True  # the draws are the batches' draws, one at a time
 
     class Options(OptimizerOptions):
         batch: Count = 8
@@ -25,17 +26,18 @@ class RandomSearch(Optimizer):
         self._rng = np.random.default_rng(self.seed)
 
     def _ask(self) -> list[np.ndarray]:
-        batch = []
-        for _ in range(self.options["batch"]):
-            x = np.empty(len(self.genes))
-            for i, gene in enumerate(self.genes):
-                x[i] = (
-                    self._rng.random() if gene.choices is None else self._rng.integers(gene.choices)
-                )
-            batch.append(x)
-        return batch
+        return [self._ask_one()[1] for _ in range(self.options["batch"])]
 
     def _tell(self, losses: list[np.ndarray | None]) -> None:
+        pass
+
+    def _ask_one(self) -> tuple[None, np.ndarray]:
+        x = np.empty(len(self.genes))
+        for i, gene in enumerate(self.genes):
+            x[i] = self._rng.random() if gene.choices is None else self._rng.integers(gene.choices)
+        return None, x
+
+    def _tell_one(self, handle: None, loss: np.ndarray | None) -> None:
         pass
 
     def _payload(self) -> Any:

@@ -7,10 +7,12 @@ the local worker builds it — so a candidate travels as its recipe (a few KB) a
 actor's device and swapped in. Nothing is written to disk per candidate.
 
 The driver keeps the archive and the optimizer; :meth:`RayPool.run` hands out the candidates of a
-batch one per idle actor and yields each result as it arrives (``ray.wait``), so the loop commits
-it at once. Faults: an actor that dies (killed, OOM) is restarted by Ray and its candidate is sent
-again up to ``retries`` times, then failed with the reason; a candidate running past
-``timeout_s`` has its actor killed (and restarted) and is failed. Neither stops the run.
+batch one per idle actor (or, with ``workers.dispatch: async``, asks the loop for the next one
+whenever an actor is free) and yields each result as it arrives (``ray.wait``), so the loop
+commits it at once. Faults: an actor that dies (killed, OOM) is restarted by Ray and its
+candidate is sent again up to ``retries`` times, then failed with the reason; a candidate
+running past ``timeout_s`` has its actor killed (and restarted) and is failed. Neither stops the
+run.
 """
 
 from __future__ import annotations
@@ -204,18 +206,28 @@ class RayPool:
         *,
         front: Callable[[], list[list[float]]],
         stop: Callable[[], bool],
+        more: Callable[[], Job | None] | None = None,
     ) -> Iterator[tuple[Job, Evaluation]]:
         """Score ``jobs`` on the actors, one per idle actor; yield each (job, evaluation) as it
         arrives. Once ``stop()`` is true nothing more is sent: the candidates in flight are
-        awaited and yielded, the rest are not scored."""
+        awaited and yielded, the rest are not scored.
+
+        ``more`` (asynchronous dispatch): called for the next job whenever an actor is idle and
+        ``jobs`` are spent, after the last result was yielded (so it has been told); None: none
+        for now (the pool ends once nothing is in flight)."""
         ray = self._ray
         queue: deque[Job] = deque(jobs)
         idle, pings = self._idle, self._pings
         flight: dict[Any, tuple[Job, int, float]] = {}
         timeout = self.spec.timeout_s
 
-        def send() -> None:
-            while queue and idle and not stop():
+        def send(ask: bool = True) -> None:
+            while idle and not stop():
+                if not queue:
+                    job = more() if ask and more is not None else None
+                    if job is None:
+                        break
+                    queue.append(job)
                 i, job = idle.popleft(), queue.popleft()
                 job.attempts += 1
                 ref = self.actors[i].evaluate.remote(job.recipe, job.genome, front())
@@ -226,10 +238,10 @@ class RayPool:
                 self._save()
 
         try:
-            while queue or flight:
+            while True:
                 send()
-                if not flight and (stop() or not queue):
-                    break  # stopped: the queue is left unscored
+                if not flight and (stop() or (not queue and (more is None or idle))):
+                    break  # stopped (the queue is left unscored), or nothing more to score
                 if not flight and not idle and not pings:
                     raise RayPoolError("every Ray actor is dead; see the Ray logs")
                 ready, _ = ray.wait([*flight, *pings], num_returns=1, timeout=_POLL_S)
@@ -271,7 +283,9 @@ class RayPool:
                     else:
                         idle.append(i)
                         ev.timings["dispatch"] = max(0.0, now - t0 - ev.timings.get("total", 0.0))
-                    send()  # the actor works on the next candidate while this one is committed
+                    # the actor works on the next candidate while this one is committed (a
+                    # job of the batch; ``more`` is asked once this result has been told)
+                    send(ask=False)
                     yield self._done(i, job, ev)
                 if timeout is not None:
                     now = time.perf_counter()
@@ -326,6 +340,7 @@ class RayPool:
         wall = now - self._first if self._first else 0.0
         return {
             "backend": "ray",
+            "dispatch": self.spec.dispatch,
             "address": self.spec.address,
             "updated": time.time(),
             "wall_s": wall,
