@@ -26,6 +26,7 @@ from evomerge.hub import resolve_sources
 from evomerge.killpoints import kill_point
 from evomerge.optimize import make_optimizer, optimizer_class
 from evomerge.optimize.base import Optimizer
+from evomerge.recipe import Recipe
 from evomerge.run_dir import (
     RunError,
     create,
@@ -339,6 +340,17 @@ class Search:
             "budget, or the optimizer has converged; a larger budget would not add any"
         )
 
+    def _decode(self, genome: np.ndarray) -> tuple[Recipe | None, Evaluation | None, bool]:
+        """The genome's recipe; a genome that makes no model is recorded (or found) as an
+        invalid trial instead, with no worker involved: (None, its evaluation, is it new)."""
+        try:
+            return self.space.decode(genome), None, False
+        except SpaceError:
+            ev, is_new = self._evaluate(genome)
+            if is_new:
+                self._count_failure(ev)
+            return None, ev, is_new
+
     def _count_failure(self, ev: Evaluation) -> None:
         """A run whose candidates keep failing stops, with the reason, instead of burning its
         budget (``workers.max_failures`` in a row)."""
@@ -393,13 +405,9 @@ class Search:
                 timed_out = True
                 break
             t0 = time.perf_counter()
-            try:
-                recipe = self.space.decode(g)
-            except SpaceError:
-                ev, is_new = self._evaluate(g)  # recorded (or found) as invalid, no worker
-                if is_new:
-                    self._count_failure(ev)
-                done(i, ev, is_new)
+            recipe, invalid, is_new = self._decode(g)
+            if recipe is None:
+                done(i, invalid, is_new)
                 continue
             key = recipe.content_hash()
             hit = self.archive.lookup(key)

@@ -30,7 +30,6 @@ from evomerge.archive import Evaluation
 from evomerge.experiment import Experiment, ExperimentError
 from evomerge.optimize import optimizer_class
 from evomerge.run_dir import write_optimizer_state
-from evomerge.space import SpaceError
 from evomerge.workers.ray_pool import Job
 
 if TYPE_CHECKING:
@@ -92,13 +91,9 @@ def run_async(
         """A job to send, or None: the candidate was told already (found in the archive,
         invalid) or joined the job scoring the same recipe."""
         t0 = time.perf_counter()
-        try:
-            recipe = search.space.decode(genome)
-        except SpaceError:
-            ev, is_new = search._evaluate(genome)  # recorded (or found) as invalid, no worker
-            if is_new:
-                search._count_failure(ev)
-            tell(ticket, ev, is_new)
+        recipe, invalid, is_new = search._decode(genome)
+        if recipe is None:
+            tell(ticket, invalid, is_new)
             return None
         key = recipe.content_hash()
         hit = archive.lookup(key)

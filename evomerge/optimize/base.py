@@ -307,11 +307,11 @@ class Optimizer(ABC):
 
     def _ask_one(self) -> tuple[Any, np.ndarray]:
         """Asynchronous optimizers: one genome and a (picklable) handle ``_tell_one`` gets back."""
-        raise NotImplementedError
+        raise OptimizerError(f"optimizer {self.name!r} does not ask one candidate at a time")
 
     def _tell_one(self, handle: Any, loss: np.ndarray | None) -> None:
         """Asynchronous optimizers: the loss of the genome asked with ``handle``, in any order."""
-        raise NotImplementedError
+        raise OptimizerError(f"optimizer {self.name!r} does not ask one candidate at a time")
 
     # -- public interface --------------------------------------------------------------------
 
