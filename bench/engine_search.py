@@ -72,14 +72,11 @@ def experiment(engine: str, k: int, budget: int, seed: int, hf_threads: int) -> 
             "gpu_memory_utilization": 0.1,  # CPU: the share of host RAM
             "kv_cache_space_gb": 1,
         }
+    from evomerge.zoo import SOURCES
+
     return {
         "name": f"engine-bench-{engine}-{k}",
-        "sources": {
-            "base": "zoo:base",
-            "rev9": "zoo:experts/rev9",
-            "shift3": "zoo:experts/shift3",
-            "add1": "zoo:experts/add1",
-        },
+        "sources": dict(SOURCES),
         "base": "base",
         "space": "dare_ties-per-layer",
         "space_options": {"granularity": 2},

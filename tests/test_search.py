@@ -17,15 +17,11 @@ from evomerge.archive import Evaluation
 from evomerge.errors import EvomergeError
 from evomerge.experiment import ExperimentError
 from evomerge.run_dir import ARCHIVE_FILE, EXPERIMENT_FILE, STUDY_NAME, RunError, storage_url
+from evomerge.zoo import SOURCES as ZOO_SOURCES
 
 EXPERIMENT: dict[str, Any] = {
     "name": "unit-search",
-    "sources": {
-        "base": "zoo:base",
-        "rev9": "zoo:experts/rev9",
-        "shift3": "zoo:experts/shift3",
-        "add1": "zoo:experts/add1",
-    },
+    "sources": dict(ZOO_SOURCES),
     "base": "base",
     "space": "dare_ties-per-layer",
     "space_options": {"granularity": 2},

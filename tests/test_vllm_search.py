@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from evomerge import search
+from evomerge.zoo import SOURCES as ZOO_SOURCES
 
 pytestmark = pytest.mark.vllm
 
@@ -34,12 +35,7 @@ def _experiment(engine: str) -> dict[str, Any]:
         }
     return {
         "name": f"vllm-search-{engine}",
-        "sources": {
-            "base": "zoo:base",
-            "rev9": "zoo:experts/rev9",
-            "shift3": "zoo:experts/shift3",
-            "add1": "zoo:experts/add1",
-        },
+        "sources": dict(ZOO_SOURCES),
         "base": "base",
         "space": "dare_ties-per-layer",
         "space_options": {"granularity": 2},

@@ -32,11 +32,15 @@ from evomerge.zoo.evaluate import (
 from evomerge.zoo.skills import CROSS_TASKS, SKILLS, TASKS, TaskItem
 from evomerge.zoo.tokenizer import build_tokenizer
 
+#: the zoo's base and experts as ``zoo:`` source paths, as an experiment on the zoo names them
+SOURCES: dict[str, str] = {"base": "zoo:base", **{s: f"zoo:experts/{s}" for s in SKILLS}}
+
 __all__ = [
     "AVERAGE",
     "CROSS_TASKS",
     "PRESETS",
     "SKILLS",
+    "SOURCES",
     "TASKS",
     "Preset",
     "Score",
