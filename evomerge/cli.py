@@ -181,7 +181,7 @@ def demo(
     import shutil
 
     from evomerge import search
-    from evomerge.report import export
+    from evomerge.export import export
     from evomerge.zoo import build_zoo
 
     t0 = time.perf_counter()
@@ -380,8 +380,8 @@ def export(
 ) -> None:
     """Export one evaluated recipe: our YAML, mergekit YAML, or a materialized HF checkpoint."""
     from evomerge.archive import Archive
-    from evomerge.report import export as write
-    from evomerge.report import pick
+    from evomerge.export import export as write
+    from evomerge.export import pick
 
     ev = pick(Archive.open(run_dir), trial=trial, best=best, knee=knee, where=str(run_dir))
     write(ev, out, format)

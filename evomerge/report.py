@@ -1,5 +1,4 @@
-"""Fronts and run summaries for people: rich tables, JSON, plots (PNG, or HTML embedding it), and
-the export of one evaluated recipe."""
+"""Fronts and run summaries for people: rich tables, JSON, plots (PNG, or HTML embedding it)."""
 
 from __future__ import annotations
 
@@ -14,10 +13,6 @@ from typing import Any
 from rich.table import Table
 
 from evomerge.archive import Archive, Evaluation
-from evomerge.fileio import atomic_write_text
-from evomerge.run_dir import RunError
-
-EXPORT_FORMATS = ("recipe", "mergekit", "hf")
 
 
 def front_rows(archive: Archive) -> list[dict[str, Any]]:
@@ -151,54 +146,3 @@ def _scatter(ax: Any, evs: Sequence[Evaluation], i: int, j: int, **kw: Any) -> N
     xs = [e.values[i] for e in evs if e.values]
     ys = [e.values[j] if i != j else e.number for e in evs if e.values]
     ax.scatter(xs, ys, **kw)
-
-
-def pick(
-    archive: Archive,
-    *,
-    trial: int | None = None,
-    best: str | None = None,
-    knee: bool = False,
-    where: str = "the run",
-) -> Evaluation:
-    """One evaluated recipe of a run (``where``, in errors): a trial by number, the best on an
-    objective, or the knee."""
-    if sum(x is not None and x is not False for x in (trial, best, knee)) != 1:
-        raise RunError("choose exactly one of --trial N, --best OBJECTIVE, --knee")
-    ev = (
-        archive.trial(trial)
-        if trial is not None
-        else archive.best(best)
-        if best is not None
-        else archive.knee()
-    )
-    if ev is None or not ev.recipe:
-        raise RunError(f"{where}: no evaluated recipe to export yet")
-    return ev
-
-
-def export(ev: Evaluation, out: Path, format: str = "recipe") -> Path:
-    """Write ``ev``'s recipe as our YAML, as mergekit YAML, or materialized (``hf``: a dir)."""
-    import yaml
-
-    from evomerge.recipe import Recipe
-
-    if format not in EXPORT_FORMATS:
-        raise RunError(f"--format must be recipe, mergekit or hf, not {format!r}")
-    out = Path(out)
-    recipe = Recipe.from_dict(yaml.safe_load(ev.recipe))
-    try:  # whole or not at all: a checkpoint by directory renames, a file by atomic write
-        if format == "hf":
-            from evomerge.merge.materialize import merge_to_dir
-
-            return merge_to_dir(recipe, out)
-        if format == "recipe":
-            text = ev.recipe
-        else:
-            from evomerge import mergekit_yaml
-
-            text = mergekit_yaml.dump(mergekit_yaml.to_mergekit(recipe))
-        atomic_write_text(out, text)
-    except OSError as e:  # a full disk, a read-only directory: nothing left under `out`
-        raise RunError(f"cannot write {out}: {e.strerror or e}") from None
-    return out
