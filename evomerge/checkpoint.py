@@ -441,6 +441,7 @@ class CheckpointWriter:
         self._max = max_shard_size
         self._pending: dict[str, torch.Tensor] = {}
         self._pending_bytes = 0
+        self._ptrs: set[int] = set()  # storages of the pending tensors
         self._shards: list[list[str]] = []
         self._total = 0
         self._done = False
@@ -450,6 +451,9 @@ class CheckpointWriter:
         size = t.numel() * t.element_size()
         if self._pending and self._pending_bytes + size > self._max:
             self._flush()
+        if t.data_ptr() in self._ptrs:  # a routed layer used twice: safetensors stores copies
+            t = t.clone()
+        self._ptrs.add(t.data_ptr())
         self._pending[name] = t
         self._pending_bytes += size
         self._total += size
@@ -465,6 +469,7 @@ class CheckpointWriter:
         kill_point("export")  # the crash-safety sweep: a shard written, the directory not moved
         self._pending = {}
         self._pending_bytes = 0
+        self._ptrs = set()
 
     def finish(
         self,
@@ -472,8 +477,10 @@ class CheckpointWriter:
         num_layers: int | None = None,
         tokenizer_from: Path | None = None,
         model_card: str | None = None,
+        extra_files: Mapping[str, str] | None = None,
     ) -> Path:
-        """Write index, config, tokenizer and card, then move the checkpoint into place."""
+        """Write index, config, tokenizer, card and ``extra_files`` (name → text), then move
+        the checkpoint into place."""
         self._flush()
         n = len(self._shards)
         weight_map: dict[str, str] = {}
@@ -497,6 +504,8 @@ class CheckpointWriter:
                     shutil.copy2(Path(tokenizer_from) / f, self._tmp / f)
         if model_card is not None:
             (self._tmp / "README.md").write_text(model_card)
+        for name, text in (extra_files or {}).items():
+            (self._tmp / name).write_text(text)
         # mkdtemp made the directory private (0700) and safetensors writes 0600 files: the
         # checkpoint gets the modes the user's umask gives any new file
         mask = _umask()

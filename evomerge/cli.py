@@ -199,7 +199,7 @@ def demo(
     _print_front(run_dir)
     knee = s.archive.knee()
     if knee is not None and knee.recipe:
-        export(knee, out / "recipe.yaml")
+        export(knee, out / "recipe.yaml", force=True)  # the demo rewrites its own output
         console.print(
             f"knee recipe (trial {knee.number}) → {out / 'recipe.yaml'}  "
             f"(materialize: evomerge merge {out / 'recipe.yaml'} DIR --zoo {zoo})"
@@ -376,15 +376,33 @@ def export(
     trial: Annotated[int | None, typer.Option(help="Trial number")] = None,
     best: Annotated[str | None, typer.Option(help="Best trial on this objective")] = None,
     knee: Annotated[bool, typer.Option(help="The front's knee point")] = False,
+    prefer: Annotated[
+        str | None,
+        typer.Option(
+            help="W1,W2,…: the front member with the largest weighted sum of its objectives, "
+            "each scaled to 0 (the front's worst) … 1 (the front's best)"
+        ),
+    ] = None,
     format: Annotated[str, typer.Option(help="recipe, mergekit or hf")] = "recipe",
+    force: Annotated[bool, typer.Option(help="Replace an existing --out")] = False,
 ) -> None:
-    """Export one evaluated recipe: our YAML, mergekit YAML, or a materialized HF checkpoint."""
+    """Export one evaluated recipe: our YAML, mergekit YAML, or a materialized HF checkpoint
+    (with a model card and recipe.yaml): the model the search scored."""
     from evomerge.archive import Archive
     from evomerge.export import export as write
-    from evomerge.export import pick
+    from evomerge.export import parse_weights, pick
 
-    ev = pick(Archive.open(run_dir), trial=trial, best=best, knee=knee, where=str(run_dir))
-    write(ev, out, format)
+    archive = Archive.open(run_dir)
+    weights = parse_weights(prefer, archive.objectives) if prefer is not None else None
+    ev = pick(archive, trial=trial, best=best, knee=knee, prefer=weights, where=str(run_dir))
+    write(
+        ev,
+        out,
+        format,
+        force=force,
+        run_dir=run_dir,
+        warn=lambda m: err.print(f"[bold yellow]warning:[/] {m}", highlight=False, soft_wrap=True),
+    )
     console.print(f"trial {ev.number} ({ev.recipe_hash}) → {out} [{format}]")
 
 

@@ -1,63 +1,275 @@
 """Taking a recipe out of a run: choosing one evaluated recipe and writing it as our YAML, as
-mergekit YAML, or as a materialized checkpoint."""
+mergekit YAML, or as a materialized checkpoint with its model card.
+
+An export is the model the search scored, or it says why not: ``hf`` runs the same merge the
+workers ran (same plan, same masks); mergekit YAML of a random-mask method (DARE, DELLA) warns
+that mergekit draws other masks. Exports are atomic and never replace an existing file or
+directory unless ``force``; what they write gets the modes the user's umask gives new files.
+"""
 
 from __future__ import annotations
 
+import math
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
 
 from evomerge.archive import Archive, Evaluation
+from evomerge.errors import OutputExistsError
 from evomerge.fileio import atomic_write_text
+from evomerge.recipe import Recipe
 from evomerge.run_dir import RunError
 
 EXPORT_FORMATS = ("recipe", "mergekit", "hf")
+RECIPE_FILE = "recipe.yaml"  # beside an hf export's weights: `evomerge merge recipe.yaml OUT`
 
 
+# -- choosing ----------------------------------------------------------------------------------
 def pick(
     archive: Archive,
     *,
     trial: int | None = None,
     best: str | None = None,
     knee: bool = False,
+    prefer: Sequence[float] | None = None,
     where: str = "the run",
 ) -> Evaluation:
     """One evaluated recipe of a run (``where``, in errors): a trial by number, the best on an
-    objective, or the knee."""
-    if sum(x is not None and x is not False for x in (trial, best, knee)) != 1:
-        raise RunError("choose exactly one of --trial N, --best OBJECTIVE, --knee")
-    ev = (
-        archive.trial(trial)
-        if trial is not None
-        else archive.best(best)
-        if best is not None
-        else archive.knee()
-    )
+    objective, the knee, or the front member ``prefer``'s weights favour (:func:`preferred`)."""
+    chosen = (trial is not None, best is not None, bool(knee), prefer is not None)
+    if sum(chosen) != 1:
+        raise RunError("choose exactly one of --trial N, --best OBJECTIVE, --knee, --prefer W,…")
+    if trial is not None:
+        ev: Evaluation | None = archive.trial(trial)
+    elif best is not None:
+        ev = archive.best(best)
+    elif knee:
+        ev = archive.knee()
+    else:
+        ev = preferred(archive, prefer)  # type: ignore[arg-type]
     if ev is None or not ev.recipe:
         raise RunError(f"{where}: no evaluated recipe to export yet")
     return ev
 
 
-def export(ev: Evaluation, out: Path, format: str = "recipe") -> Path:
-    """Write ``ev``'s recipe as our YAML, as mergekit YAML, or materialized (``hf``: a dir)."""
-    import yaml
+def parse_weights(text: str, objectives: Sequence[str]) -> list[float]:
+    """``--prefer`` as given: one weight per objective, in the run's objective order."""
+    try:
+        weights = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise RunError(f"--prefer {text!r}: expected numbers separated by commas") from None
+    if len(weights) != len(objectives):
+        raise RunError(
+            f"--prefer {text!r}: {len(weights)} weight(s) for {len(objectives)} objectives "
+            f"({', '.join(objectives)})"
+        )
+    return weights
 
-    from evomerge.recipe import Recipe
 
+def front_utility(archive: Archive, front: Sequence[Evaluation]) -> np.ndarray:
+    """Each front member's objectives on a common scale: 0 for the front's worst value of an
+    objective, 1 for its best (directions taken into account), linear in between; an objective
+    on which the whole front ties counts 1 for every member."""
+    values = np.array([e.values for e in front], dtype=float).reshape(len(front), -1)
+    lo, hi = values.min(axis=0), values.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    up = (values - lo) / span
+    maximize = np.array([d == "maximize" for d in archive.directions])
+    out = np.where(maximize, up, 1.0 - up)
+    return np.where(hi > lo, out, 1.0)
+
+
+def preferred(archive: Archive, weights: Sequence[float]) -> Evaluation | None:
+    """The front member with the largest weighted sum of :func:`front_utility` (ties: the
+    earliest trial). Weights are relative: (2, 1) and (4, 2) choose the same member."""
+    w = np.array([float(x) for x in weights])
+    if len(w) != len(archive.objectives):
+        raise RunError(
+            f"--prefer: {len(w)} weight(s) for {len(archive.objectives)} objectives "
+            f"({', '.join(archive.objectives)})"
+        )
+    if not all(math.isfinite(x) and x >= 0 for x in w) or w.sum() <= 0:
+        raise RunError(f"--prefer: weights must be finite, >= 0 and not all 0, got {list(w)}")
+    front = archive.front()
+    if not front:
+        return None
+    score = front_utility(archive, front) @ w
+    return front[int(np.argmax(score))]  # the front is in trial order: the first best wins
+
+
+# -- writing -----------------------------------------------------------------------------------
+def _stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def export(
+    ev: Evaluation,
+    out: Path,
+    format: str = "recipe",
+    *,
+    force: bool = False,
+    run_dir: Path | None = None,
+    warn: Callable[[str], None] = _stderr,
+) -> Path:
+    """Write ``ev``'s recipe as our YAML, as mergekit YAML, or materialized (``hf``: a dir with
+    a model card and ``recipe.yaml``; ``run_dir`` gives the card the run's facts). An existing
+    ``out`` is replaced only with ``force`` (and then atomically)."""
     if format not in EXPORT_FORMATS:
         raise RunError(f"--format must be recipe, mergekit or hf, not {format!r}")
     out = Path(out)
+    if (out.exists() or out.is_symlink()) and not force:
+        raise OutputExistsError(f"{out} exists; choose another --out or pass --force to replace it")
     recipe = Recipe.from_dict(yaml.safe_load(ev.recipe))
     try:  # whole or not at all: a checkpoint by directory renames, a file by atomic write
         if format == "hf":
-            from evomerge.merge.materialize import merge_to_dir
-
-            return merge_to_dir(recipe, out)
-        if format == "recipe":
-            text = ev.recipe
-        else:
-            from evomerge import mergekit_yaml
-
-            text = mergekit_yaml.dump(mergekit_yaml.to_mergekit(recipe))
+            return _export_hf(ev, recipe, out, run_dir=run_dir, force=force)
+        text = ev.recipe if format == "recipe" else _mergekit_text(ev, recipe, warn)
         atomic_write_text(out, text)
     except OSError as e:  # a full disk, a read-only directory: nothing left under `out`
         raise RunError(f"cannot write {out}: {e.strerror or e}") from None
     return out
+
+
+def _mergekit_text(ev: Evaluation, recipe: Recipe, warn: Callable[[str], None]) -> str:
+    from evomerge import mergekit_yaml
+
+    comments = [
+        f"mergekit config exported by evomerge from trial {ev.number} (recipe {ev.recipe_hash})"
+    ]
+    caveat = mergekit_yaml.random_mask_caveat(recipe)
+    if caveat is not None:
+        warn(caveat)
+        comments.append(f"WARNING: {caveat}")
+    data = mergekit_yaml.to_mergekit(recipe)
+    if recipe.routing is not None:
+        comments.append(
+            "routed layers as passthrough slices; a slot's input scale is folded into its "
+            "output projections as mergekit's `scale` parameter (1 / the cumulative scale)"
+        )
+    return mergekit_yaml.dump(data, comments=comments)
+
+
+def _export_hf(
+    ev: Evaluation, recipe: Recipe, out: Path, *, run_dir: Path | None, force: bool
+) -> Path:
+    """The merge the workers ran (same plan and masks), written shard by shard into a temporary
+    sibling directory that is renamed onto ``out`` once complete."""
+    from evomerge.checkpoint import CheckpointWriter
+    from evomerge.merge.materialize import materialize, plan
+
+    portable, card = model_card(ev, recipe, out=out, run_dir=run_dir)
+    mp = plan(recipe)
+    with CheckpointWriter(out, config=mp.config, overwrite=force) as writer:
+        for name, tensor in materialize(mp):
+            writer.add(name, tensor)
+        return writer.finish(
+            num_layers=mp.num_layers if recipe.routing else None,
+            tokenizer_from=mp.sources[recipe.tokenizer_name].path,
+            model_card=card,
+            extra_files={RECIPE_FILE: portable},
+        )
+
+
+# -- the model card ----------------------------------------------------------------------------
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("evomerge")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _shown(path: Path) -> str:
+    """A path as a command in the card shows it: as typed when relative, else only its name
+    (the card never names this machine's directories)."""
+    return str(path) if not path.is_absolute() else path.name
+
+
+def _heldout(run_dir: Path | None, ev: Evaluation) -> dict[str, float]:
+    """Confirmed held-out scores of ``ev`` where the run has them (``evomerge.confirm``)."""
+    if run_dir is None:
+        return {}
+    try:
+        from evomerge import confirm  # type: ignore[attr-defined]
+    except ImportError:
+        return {}
+    get = getattr(confirm, "confirmed_scores", None)
+    if get is None:
+        return {}
+    scores = get(run_dir, ev)
+    return {str(k): float(v) for k, v in (scores or {}).items()}
+
+
+def model_card(
+    ev: Evaluation, recipe: Recipe, *, out: Path, run_dir: Path | None = None
+) -> tuple[str, str]:
+    """``(recipe.yaml, README.md)`` for an hf export of ``ev``: the recipe with its sources as
+    the experiment named them (hub ids pinned to the revision the run used, ``zoo:`` names,
+    local paths), and the card."""
+    from evomerge import model_card as mc
+
+    experiment: Any = None
+    info: dict[str, Any] = {}
+    objectives: list[str] = []
+    directions: list[str] = []
+    if run_dir is not None:
+        from evomerge.experiment import Experiment
+        from evomerge.run_dir import EXPERIMENT_FILE, read_info
+
+        info = read_info(run_dir)
+        experiment = Experiment.load(Path(run_dir) / EXPERIMENT_FILE)
+        archive = Archive.open(run_dir)
+        objectives, directions = archive.objectives, archive.directions
+    refs: dict[str, str] = dict(experiment.sources) if experiment is not None else {}
+    revisions: dict[str, str] = dict(info.get("revisions") or {})
+    facts, portable_sources = [], {}
+    for name, src in recipe.sources.items():
+        ref = refs.get(name, src.path)
+        fact = mc.source_fact(name, ref, revision=revisions.get(name), local_dir=src.path)
+        facts.append(fact)
+        pinned = f"{fact.ref}@{fact.revision}" if fact.kind == "hub" and fact.revision else ref
+        portable_sources[name] = src.model_copy(update={"path": pinned})
+    portable = recipe.model_copy(update={"sources": portable_sources}).to_yaml()
+    estimators = {o.label: o.estimator for o in experiment.objectives} if experiment else {}
+    obj = mc.objective_facts(
+        objectives or [f"objective{i}" for i in range(len(ev.values or []))],
+        directions or ["?"] * len(ev.values or []),
+        ev.values or [],
+        estimators=estimators,
+        fidelity=ev.fidelity,
+        stderr=ev.stderr,
+        heldout=_heldout(run_dir, ev),
+    )
+    run = f"{experiment.name}-{info['experiment_hash']}" if experiment is not None else "unknown"
+    zoo = " --zoo ZOO_DIR" if any(f.kind == "zoo" for f in facts) else ""
+    commands = [
+        f"evomerge merge {RECIPE_FILE} OUT_DIR{zoo}  # from this directory",
+    ]
+    if run_dir is not None:
+        commands.insert(
+            0,
+            f"evomerge export {_shown(Path(run_dir))} --trial {ev.number} --format hf "
+            f"--out {_shown(out)}",
+        )
+    notes = ["`ZOO_DIR`: the tiny zoo's directory (`evomerge zoo build`)."] if zoo else []
+    card = mc.render(
+        mc.CardFacts(
+            recipe_yaml=portable,
+            recipe_hash=ev.recipe_hash,
+            method=recipe.method,
+            base=recipe.base,
+            sources=facts,
+            objectives=obj,
+            run=run,
+            trial=int(ev.number if ev.number is not None else -1),
+            version=_version(),
+            commands=commands,
+            notes=notes,
+        )
+    )
+    return portable, card

@@ -7,12 +7,13 @@ that would make different weights in mergekit.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from evomerge.checkpoint import ModelSource
+from evomerge.checkpoint import ModelSource, layer_index
 from evomerge.errors import RecipeError
 from evomerge.fileio import read_yaml
 from evomerge.recipe import (
@@ -205,10 +206,7 @@ def to_mergekit(recipe: Recipe, sources: dict[str, ModelSource] | None = None) -
     """The mergekit config that makes the same weights; sources (opened from the recipe's paths
     when not given) let module-kind parameters become verified name filters."""
     if recipe.routing is not None:
-        raise RecipeError(
-            "routing: mergekit export of routed recipes is not supported; export "
-            "the recipe (--format recipe) or a checkpoint (--format hf)"
-        )
+        return routed_to_mergekit(recipe, sources)
     srcs = sources or {n: ModelSource(s.path, name=n) for n, s in recipe.sources.items()}
     ref = srcs[recipe.base or sorted(srcs)[0]]
     names = list(ref.tensors)
@@ -305,5 +303,112 @@ def _verify(ours: Recipe, theirs: Recipe, ref: ModelSource) -> None:
                     )
 
 
-def dump(data: dict[str, Any]) -> str:
-    return yaml.safe_dump(data, sort_keys=False)
+def dump(data: dict[str, Any], *, comments: Sequence[str] = ()) -> str:
+    """YAML text; ``comments`` go on top as ``#`` lines (what a reader of the file must know)."""
+    head = "".join(f"# {line}\n" for c in comments for line in c.splitlines())
+    return head + yaml.safe_dump(data, sort_keys=False)
+
+
+# -- export of routed recipes: passthrough slices ----------------------------------------------
+def random_mask_caveat(recipe: Recipe) -> str | None:
+    """Why mergekit would not rebuild the scored model, for methods that draw random masks (DARE,
+    DELLA): mergekit draws its own (``torch.bernoulli``), we draw ours from a seeded hash. No
+    stock mergekit option takes masks from outside, so there is no exact mergekit export."""
+    from evomerge.merge.methods import get_method
+
+    if not get_method(recipe.method).random:
+        return None
+    return (
+        f"method {recipe.method!r} drops parameters at random: mergekit draws its own random "
+        "masks, so the model it builds from this config is NOT the model evomerge scored "
+        "(same recipe, other masks). For the scored model, export with --format hf."
+    )
+
+
+def routed_to_mergekit(
+    recipe: Recipe, sources: dict[str, ModelSource] | None = None
+) -> dict[str, Any]:
+    """A routed recipe as mergekit ``passthrough`` slices, where that is exact.
+
+    Each output layer is one source's layer, copied; a slot's cumulative input scale c folds into
+    mergekit's per-tensor ``scale`` parameter as 1/c on the family's fold points (the output
+    projections), as our merge does. mergekit takes the embeddings from the first slice's model
+    and the final norm and head from the last slice's: the recipe must take them from those very
+    models (as one source with weight 1, every other 0). Anything else is refused with the
+    reason rather than exported as a different model.
+    """
+    from evomerge.merge.materialize import plan
+
+    def refuse(why: str) -> RecipeError:
+        return RecipeError(
+            f"routing: {why}; mergekit's passthrough cannot build this model exactly. "
+            "Export the scored model with --format hf (or the recipe with --format recipe)"
+        )
+
+    mp = plan(recipe, sources)
+    route = recipe.routing
+    assert route is not None
+    merged = [i for i, s in enumerate(route) if s.source is None]
+    if merged:
+        raise refuse(f"slot {merged[0]} merges layer {route[merged[0]].layer} across sources")
+    ref = mp.sources[recipe.base or next(iter(mp.sources))]
+    arch = ref.architecture
+    scales: list[float] = [1.0] * len(route)
+    outer: dict[str, str] = {}  # non-layer tensor -> the one source it is copied from
+    for job in mp.jobs:
+        if job.layer is None:
+            outer[job.out_name] = _copied_from(recipe, mp.models, job) or ""
+            if not outer[job.out_name]:
+                raise refuse(
+                    f"tensor {job.out_name!r} is merged by {recipe.method!r} across sources, "
+                    "not copied from one"
+                )
+        elif job.scale != 1.0:
+            scales[layer_index(job.out_name)] = job.scale  # type: ignore[index]
+    first, last = route[0].source, route[-1].source
+    for name, src in outer.items():
+        want = first if ref.tensors[name].kind.value == "embedding" else last
+        if src != want:
+            where = "first" if want == first else "last"
+            raise refuse(
+                f"tensor {name!r} comes from {src!r}, but mergekit takes it from the {where} "
+                f"slice's model ({want!r})"
+            )
+    folds = arch.fold_points if arch is not None else ()
+    if any(s != 1.0 for s in scales):
+        for name in ref.layer_tensors(0):  # mergekit filters are substrings of tensor names
+            if any(f in name for f in folds) != arch.is_fold_point(name):  # type: ignore[union-attr]
+                raise refuse(f"no name filter selects exactly the fold points ({name!r})")
+    slices: list[dict[str, Any]] = []
+    runs: list[tuple[str, int, int, float]] = []  # source, first layer, end, scale
+    for slot, s in zip(route, scales, strict=True):
+        assert slot.source is not None
+        if runs and runs[-1][0] == slot.source and runs[-1][2] == slot.layer and runs[-1][3] == s:
+            runs[-1] = (slot.source, runs[-1][1], slot.layer + 1, s)
+        else:
+            runs.append((slot.source, slot.layer, slot.layer + 1, s))
+    for src, lo, hi, s in runs:
+        entry: dict[str, Any] = {"model": recipe.sources[src].path, "layer_range": [lo, hi]}
+        if s != 1.0:
+            entry["parameters"] = {
+                "scale": [{"filter": f, "value": s} for f in folds] + [{"value": 1.0}]
+            }
+        slices.append({"sources": [entry]})
+    out: dict[str, Any] = {"merge_method": "passthrough", "slices": slices}
+    if recipe.dtype:
+        out["dtype"] = recipe.dtype
+    return out
+
+
+def _copied_from(recipe: Recipe, models: list[str], job: Any) -> str | None:
+    """The source a merged non-layer tensor equals bit for bit: a linear merge whose weights
+    are one 1 and zeros (1·x + 0·y = x, divided by 1)."""
+    if job.copy_from is not None:
+        return str(job.copy_from)
+    if recipe.method != "linear" or job.params is None:
+        return None
+    weights = job.params.per_source["weight"]
+    ones = [m for m, w in zip(models, weights, strict=True) if w == 1.0]
+    if len(ones) == 1 and all(w in (0.0, 1.0) for w in weights):
+        return ones[0]
+    return None
