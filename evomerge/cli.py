@@ -160,7 +160,11 @@ def convert(
         if to == "recipe":
             text = recipe.to_yaml()
         else:
-            text = mergekit_yaml.dump(mergekit_yaml.to_mergekit(recipe.with_zoo(zoo)))
+            caveat = mergekit_yaml.random_mask_caveat(recipe)
+            data = mergekit_yaml.to_mergekit(recipe.with_zoo(zoo))
+            text = mergekit_yaml.dump(data, comments=[f"WARNING: {caveat}"] if caveat else [])
+            if caveat:
+                err.print(f"[bold yellow]warning:[/] {caveat}", highlight=False, soft_wrap=True)
     console.print(text, end="", highlight=False, markup=False)
 
 

@@ -409,3 +409,27 @@ def test_routed_exports_mergekit_cannot_make_exactly_are_refused(
     with pytest.raises(RecipeError):
         export(ev, tmp_path / "x.yaml", "mergekit")
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_routed_qwen2_with_tied_embeddings_through_mergekit(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """The second family: q/k/v biases and no lm_head (tied), the head's source the last slice's."""
+    from models import make_family
+
+    fam = make_family(
+        tmp_path_factory.mktemp("qwen2"), model_type="qwen2", tie_word_embeddings=True
+    )
+    route = [
+        {"layer": 0, "source": "ft1"},
+        {"layer": 1, "source": "ft0", "scale": 0.5},
+        {"layer": 2, "source": "ft1", "scale": 1.7},
+    ]
+    recipe = _routed(fam, route, emb="ft1")
+    ev = Evaluation(recipe.content_hash(), recipe.to_yaml(), [], [0.0], number=0)
+    export(ev, tmp_path / "mk.yaml", "mergekit")
+    theirs = _run_mergekit(yaml.safe_load((tmp_path / "mk.yaml").read_text()), tmp_path / "mk")
+    export(ev, tmp_path / "hf", "hf")
+    ours = _state(tmp_path / "hf")
+    assert "lm_head.weight" not in ours and set(ours) == set(theirs)
+    assert all(torch.equal(ours[n], theirs[n]) for n in ours)
