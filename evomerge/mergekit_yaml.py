@@ -328,14 +328,17 @@ def random_mask_caveat(recipe: Recipe) -> str | None:
 def routed_to_mergekit(
     recipe: Recipe, sources: dict[str, ModelSource] | None = None
 ) -> dict[str, Any]:
-    """A routed recipe as mergekit ``passthrough`` slices, where that is exact.
+    """A routed recipe as mergekit slices that make the same tensors, or a refusal that says
+    why.
 
     Each output layer is one source's layer, copied; a slot's cumulative input scale c folds into
-    mergekit's per-tensor ``scale`` parameter as 1/c on the family's fold points (the output
-    projections), as our merge does. mergekit takes the embeddings from the first slice's model
-    and the final norm and head from the last slice's: the recipe must take them from those very
-    models (as one source with weight 1, every other 0). Anything else is refused with the
-    reason rather than exported as a different model.
+    the family's fold points (the output projections) as 1/c, as our merge does. mergekit takes
+    the embeddings from the first slice's models and the final norm and head from the last
+    slice's. When those are the models the recipe takes them from: ``passthrough`` slices, the
+    scales as its per-tensor ``scale``. Otherwise: ``linear`` slices without normalizing, the
+    lending model added to the first/last slice with weight 1 on its tensors (filtered by their
+    full names) and 0 elsewhere (1·x + 0·y = x exactly). Slots merged across sources and
+    non-layer tensors merged from several sources have no exact slice form: refused.
     """
     from evomerge.merge.materialize import plan
 
@@ -365,21 +368,11 @@ def routed_to_mergekit(
                 )
         elif job.scale != 1.0:
             scales[layer_index(job.out_name)] = job.scale  # type: ignore[index]
-    first, last = route[0].source, route[-1].source
-    for name, src in outer.items():
-        want = first if ref.tensors[name].kind.value == "embedding" else last
-        if src != want:
-            where = "first" if want == first else "last"
-            raise refuse(
-                f"tensor {name!r} comes from {src!r}, but mergekit takes it from the {where} "
-                f"slice's model ({want!r})"
-            )
     folds = arch.fold_points if arch is not None else ()
     if any(s != 1.0 for s in scales):
         for name in ref.layer_tensors(0):  # mergekit filters are substrings of tensor names
             if any(f in name for f in folds) != arch.is_fold_point(name):  # type: ignore[union-attr]
                 raise refuse(f"no name filter selects exactly the fold points ({name!r})")
-    slices: list[dict[str, Any]] = []
     runs: list[tuple[str, int, int, float]] = []  # source, first layer, end, scale
     for slot, s in zip(route, scales, strict=True):
         assert slot.source is not None
@@ -387,14 +380,52 @@ def routed_to_mergekit(
             runs[-1] = (slot.source, runs[-1][1], slot.layer + 1, s)
         else:
             runs.append((slot.source, slot.layer, slot.layer + 1, s))
-    for src, lo, hi, s in runs:
-        entry: dict[str, Any] = {"model": recipe.sources[src].path, "layer_range": [lo, hi]}
-        if s != 1.0:
-            entry["parameters"] = {
-                "scale": [{"filter": f, "value": s} for f in folds] + [{"value": 1.0}]
-            }
-        slices.append({"sources": [entry]})
-    out: dict[str, Any] = {"merge_method": "passthrough", "slices": slices}
+    # mergekit plans the embeddings over the first slice's models, the final norm and head over
+    # the last slice's: those from another model need it in that slice (linear, weight 1 there)
+    borrowed: dict[int, dict[str, str]] = {}  # slice -> {outer tensor: its source}
+    for name, src in outer.items():
+        at = 0 if ref.tensors[name].kind.value == "embedding" else len(runs) - 1
+        if src != runs[at][0]:
+            if any(name in other for other in ref.tensors if other != name):
+                raise refuse(f"no name filter selects {name!r} alone")
+            borrowed.setdefault(at, {})[name] = src
+    path = {n: src.path for n, src in recipe.sources.items()}
+    slices: list[dict[str, Any]] = []
+    if not borrowed:  # every slice one model: passthrough, scales as mergekit's `scale`
+        for src, lo, hi, s in runs:
+            entry: dict[str, Any] = {"model": path[src], "layer_range": [lo, hi]}
+            if s != 1.0:
+                entry["parameters"] = {
+                    "scale": [{"filter": f, "value": s} for f in folds] + [{"value": 1.0}]
+                }
+            slices.append({"sources": [entry]})
+        out: dict[str, Any] = {"merge_method": "passthrough", "slices": slices}
+    else:  # linear without normalizing: 1·x + 0·y = x, s·x + 0·y = s·x, bit for bit
+        for k, (src, lo, hi, s) in enumerate(runs):
+            lent = borrowed.get(k, {})
+            own: list[dict[str, Any]] = [{"filter": n, "value": 0.0} for n in lent]
+            own += [{"filter": f, "value": s} for f in folds] if s != 1.0 else []
+            sources = [
+                {
+                    "model": path[src],
+                    "layer_range": [lo, hi],
+                    "parameters": {"weight": [*own, {"value": 1.0}] if own else 1.0},
+                }
+            ]
+            for other in sorted(set(lent.values())):
+                names = [n for n, m in lent.items() if m == other]
+                sources.append(
+                    {
+                        "model": path[other],
+                        "layer_range": [lo, hi],
+                        "parameters": {
+                            "weight": [{"filter": n, "value": 1.0} for n in names]
+                            + [{"value": 0.0}]
+                        },
+                    }
+                )
+            slices.append({"sources": sources})
+        out = {"merge_method": "linear", "slices": slices, "parameters": {"normalize": False}}
     if recipe.dtype:
         out["dtype"] = recipe.dtype
     return out

@@ -327,6 +327,15 @@ ROUTES = {
         {"layer": 2, "source": "base"},
     ],
     "shallower": [{"layer": 0, "source": "base", "scale": 2.0}, {"layer": 2, "source": "base"}],
+    # the embeddings, norm and head from base, which neither the first nor the last slot uses
+    "lent": [
+        {"layer": 0, "source": "ft1"},
+        {"layer": 1, "source": "ft0", "scale": 0.5},
+        {"layer": 1, "source": "ft1"},
+        {"layer": 2, "source": "ft0", "scale": 1.3},
+    ],
+    # one slice, both ends lent
+    "one-slot": [{"layer": 1, "source": "ft0", "scale": 0.7}],
 }
 
 
@@ -355,7 +364,8 @@ def test_routed_recipe_through_mergekit_is_the_same_model(
     assert warned == []
     text = (tmp_path / "mk.yaml").read_text()
     config = yaml.safe_load(text)
-    assert config["merge_method"] == "passthrough"
+    lent = case in ("lent", "one-slot")
+    assert config["merge_method"] == ("linear" if lent else "passthrough")
     if case == "runs":
         assert [s["sources"][0]["layer_range"] for s in config["slices"]] == [
             [0, 2],
@@ -377,10 +387,7 @@ def test_routed_exports_mergekit_cannot_make_exactly_are_refused(
 ) -> None:
     from evomerge.mergekit_yaml import to_mergekit
 
-    # the head and final norm from base, but mergekit takes them from the last slice's model
     r = _routed(family, [{"layer": 0, "source": "base"}, {"layer": 1, "source": "ft0"}])
-    with pytest.raises(RecipeError, match=r"comes from 'base'.*last slice's model \('ft0'\)"):
-        to_mergekit(r)
     # a slot merged across sources is no passthrough slice
     merged = Recipe.from_dict(
         {
