@@ -140,11 +140,14 @@ def _mergekit_text(ev: Evaluation, recipe: Recipe, warn: Callable[[str], None]) 
     comments = [
         f"mergekit config exported by evomerge from trial {ev.number} (recipe {ev.recipe_hash})"
     ]
-    caveat = mergekit_yaml.random_mask_caveat(recipe)
-    if caveat is not None:
-        warn(caveat)
-        comments.append(f"WARNING: {caveat}")
     data = mergekit_yaml.to_mergekit(recipe)
+    for caveat in (
+        mergekit_yaml.random_mask_caveat(recipe),
+        mergekit_yaml.depth_caveat(recipe),
+    ):
+        if caveat is not None:
+            warn(caveat)
+            comments.append(f"WARNING: {caveat}")
     if recipe.routing is not None:
         comments.append(
             "routed layers as passthrough slices; a slot's input scale is folded into its "

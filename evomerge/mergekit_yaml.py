@@ -325,6 +325,24 @@ def random_mask_caveat(recipe: Recipe) -> str | None:
     )
 
 
+def depth_caveat(recipe: Recipe) -> str | None:
+    """A routed recipe that changes the depth of a family whose config lists one entry per
+    layer (``layer_types``: Qwen2, Qwen3…): mergekit writes the new layer count but keeps the
+    sources' list, a config recent transformers refuse to load (our hf export resizes it)."""
+    if recipe.routing is None:
+        return None
+    src = recipe.sources[recipe.base or sorted(recipe.sources)[0]]
+    config = ModelSource(src.path).config
+    types = config.get("layer_types")
+    if not isinstance(types, list) or len(types) == len(recipe.routing):
+        return None
+    return (
+        f"the route has {len(recipe.routing)} layers but mergekit keeps the sources' "
+        f"`layer_types` ({len(types)} entries) in the config it writes, which recent "
+        "transformers refuse to load; resize it by hand, or export with --format hf"
+    )
+
+
 def routed_to_mergekit(
     recipe: Recipe, sources: dict[str, ModelSource] | None = None
 ) -> dict[str, Any]:

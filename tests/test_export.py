@@ -434,9 +434,17 @@ def test_routed_qwen2_with_tied_embeddings_through_mergekit(
     ]
     recipe = _routed(fam, route, emb="ft1")
     ev = Evaluation(recipe.content_hash(), recipe.to_yaml(), [], [0.0], number=0)
-    export(ev, tmp_path / "mk.yaml", "mergekit")
+    warned: list[str] = []
+    export(ev, tmp_path / "mk.yaml", "mergekit", warn=warned.append)
+    assert warned == []  # same depth: the config's layer_types still fit
     theirs = _run_mergekit(yaml.safe_load((tmp_path / "mk.yaml").read_text()), tmp_path / "mk")
     export(ev, tmp_path / "hf", "hf")
     ours = _state(tmp_path / "hf")
     assert "lm_head.weight" not in ours and set(ours) == set(theirs)
     assert all(torch.equal(ours[n], theirs[n]) for n in ours)
+
+    deeper = _routed(fam, [*route, route[0]], emb="ft1")
+    ev = Evaluation(deeper.content_hash(), deeper.to_yaml(), [], [0.0], number=0)
+    export(ev, tmp_path / "deeper.yaml", "mergekit", warn=warned.append)
+    assert len(warned) == 1 and "layer_types" in warned[0] and "--format hf" in warned[0]
+    assert "# WARNING: the route has 4 layers" in (tmp_path / "deeper.yaml").read_text()
