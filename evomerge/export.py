@@ -19,11 +19,22 @@ def pick(
     best: str | None = None,
     knee: bool = False,
     where: str = "the run",
+    by: str = "estimate",
 ) -> Evaluation:
     """One evaluated recipe of a run (``where``, in errors): a trial by number, the best on an
-    objective, or the knee."""
+    objective, or the knee. ``by="confirmed"`` ranks best and knee by the scores ``evomerge
+    confirm`` measured (held-out, else full), among the confirmed trials only; the trial comes
+    back as the search recorded it."""
     if sum(x is not None and x is not False for x in (trial, best, knee)) != 1:
         raise RunError("choose exactly one of --trial N, --best OBJECTIVE, --knee")
+    if by not in ("estimate", "confirmed"):
+        raise RunError(f"--by {by!r}: choose estimate or confirmed")
+    if by == "confirmed" and trial is None:
+        view = archive.confirmed()  # refuses a run with nothing confirmed
+        chosen = view.best(best) if best is not None else view.knee()
+        if chosen is None or chosen.number is None:
+            raise RunError(f"{where}: no confirmed trial to export")
+        return archive.trial(chosen.number)
     ev = (
         archive.trial(trial)
         if trial is not None
