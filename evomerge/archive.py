@@ -11,8 +11,10 @@ already evaluated (same hash), so a resumed run never evaluates one twice.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from evomerge.errors import EvomergeError
 from evomerge.genes import Gene
 from evomerge.run_dir import STUDY_NAME, read_info, storage_url, study_name
+
+# study user attributes: every item id scored during the search, per objective; and one
+# confirmation per (set, trial), e.g. "confirmation:holdout:12"
+SCORED_ITEMS, CONFIRMATION = "scored_items", "confirmation:"
+CONFIRMATION_SETS = ("holdout", "full")
 
 # what opening a storage URL raises: a bad URL or database, optuna's own, a missing DB driver
 _STORAGE_ERRORS = (SQLAlchemyError, OptunaError, ImportError)
@@ -52,6 +59,8 @@ class Evaluation:
     timings: dict[str, float] = field(default_factory=dict)
     worker: str = "local"
     number: int | None = None  # the Optuna trial number once recorded
+    # item ids scored per objective (search-time only: the run keeps their union, note_scored)
+    scored_items: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -117,6 +126,7 @@ class Archive:
             self._from_trial(t) for t in self.study.get_trials(deepcopy=False)
         ]
         self._by_hash = {e.recipe_hash: e for e in self._evals}
+        self._scored: dict[str, set[str]] | None = None
 
     @classmethod
     def open(cls, run_dir: Path) -> Archive:
@@ -180,6 +190,33 @@ class Archive:
         self._evals.append(ev)
         self._by_hash[ev.recipe_hash] = ev
         return ev
+
+    def note_scored(self, items: Mapping[str, Iterable[str]]) -> None:
+        """Add ``items`` (objective → item ids a candidate was scored on) to the run's record of
+        every item the search has scored. Rewritten only when an id is new (the first candidate,
+        the first promotion); the search notes a candidate's items before it records the trial,
+        so the record never misses an item that was scored."""
+        have = self._scored if self._scored is not None else self.scored_items()
+        grown = False
+        for label, ids in items.items():
+            seen = have.setdefault(label, set())
+            n = len(seen)
+            seen.update(ids)
+            grown |= len(seen) > n
+        self._scored = have
+        if grown:
+            self.study.set_user_attr(SCORED_ITEMS, {k: sorted(v) for k, v in sorted(have.items())})
+
+    def record_confirmation(self, number: int, kind: str, result: Mapping[str, Any]) -> None:
+        """Commit trial ``number``'s scores on a confirmation set (``holdout``: the items the
+        search never saw; ``full``: every item), next to its search-time values: one study user
+        attribute per (set, trial), each its own transaction, so a crash loses none committed.
+        ``result["scores"]`` maps objectives to their confirmed values (:mod:`evomerge.confirm`
+        writes the rest: stderr, items, fidelity, the estimate it confirms)."""
+        if kind not in CONFIRMATION_SETS:
+            raise ArchiveError(f"confirmation set {kind!r}: choose one of {CONFIRMATION_SETS}")
+        self.trial(number)
+        self.study.set_user_attr(f"{CONFIRMATION}{kind}:{number}", dict(result))
 
     def _from_trial(self, t: FrozenTrial) -> Evaluation:
         a = t.user_attrs
@@ -273,3 +310,70 @@ class Archive:
         if not 0 <= number < len(self._evals):
             raise ArchiveError(f"no trial {number}; the run has trials 0…{len(self._evals) - 1}")
         return self._evals[number]
+
+    def scored_items(self) -> dict[str, set[str]]:
+        """Objective → every item id the search has scored on it (``note_scored``), read from
+        the storage: a held-out item must never be among them."""
+        stored = self.study.user_attrs.get(SCORED_ITEMS, {})
+        return {k: set(v) for k, v in stored.items()}
+
+    def confirmations(self, kind: str = "holdout") -> dict[int, dict[str, Any]]:
+        """Trial number → its confirmation on set ``kind`` (``record_confirmation``), by trial."""
+        prefix = f"{CONFIRMATION}{kind}:"
+        found = {
+            int(k[len(prefix) :]): v
+            for k, v in self.study.user_attrs.items()
+            if k.startswith(prefix)
+        }
+        return dict(sorted(found.items()))
+
+    def confirmed(self, kind: str | None = None) -> Archive:
+        """This run seen through its confirmations: only the confirmed trials, each scored
+        objective's value replaced by its confirmed score (costs are exact already), fidelity
+        and stderr those of the confirmation. ``front``, ``knee``, ``best`` and ``hypervolume``
+        of the view rank by confirmed scores. ``kind``: ``holdout``, ``full``, or None for
+        held-out confirmations where there are any, else full ones."""
+        kinds = [kind] if kind is not None else list(CONFIRMATION_SETS)
+        for k in kinds:
+            rows = self.confirmations(k)
+            if rows:
+                break
+        else:
+            which = f"on {kind} items " if kind else ""
+            raise ArchiveError(
+                f"no trial of this run is confirmed {which}yet; `evomerge confirm RUN_DIR` "
+                "scores the front on its held-out items (--full: on every item)"
+            )
+        evs = []
+        for n, c in rows.items():
+            e = self._evals[n] if n < len(self._evals) else None
+            if e is None or e.values is None or not e.ok:
+                continue
+            scores = c.get("scores", {})
+            values = [
+                float(scores.get(o, v)) for o, v in zip(self.objectives, e.values, strict=True)
+            ]
+            evs.append(
+                dataclasses.replace(
+                    e,
+                    values=values,
+                    fidelity={**e.fidelity, **c.get("fidelity", {})},
+                    stderr={**e.stderr, **c.get("stderr", {})},
+                )
+            )
+        return _View(self, evs)
+
+
+class _View(Archive):
+    """An archive's reading methods over other evaluations of the same run (``confirmed``)."""
+
+    def __init__(self, parent: Archive, evaluations: Sequence[Evaluation]) -> None:
+        self.__dict__.update(copy.copy(parent.__dict__))
+        self._evals = list(evaluations)
+        self._by_hash = {e.recipe_hash: e for e in self._evals}
+
+    def trial(self, number: int) -> Evaluation:
+        for e in self._evals:
+            if e.number == number:
+                return e
+        raise ArchiveError(f"trial {number} is not among the confirmed trials")

@@ -208,6 +208,10 @@ def demo(
             f"knee recipe (trial {knee.number}) → {out / 'recipe.yaml'}  "
             f"(materialize: evomerge merge {out / 'recipe.yaml'} DIR --zoo {zoo})"
         )
+        from evomerge.confirm import confirm
+
+        confirmed = confirm(run_dir, trials=[knee.number or 0], zoo=zoo, log=console.print)
+        console.print(_confirmation_table(confirmed, "the knee on items the search never saw"))
     console.print(f"demo {outcome.status} in {time.perf_counter() - t0:.0f}s")
 
 
@@ -349,7 +353,28 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory")]) -> 
             t.add_row("throughput", f"{w['evaluations_per_hour']:,.0f} evaluations/hour")
         t.add_row("pool updated", f"{time.time() - w['updated']:.0f}s ago")
     t.add_row("engine rebuilds", f"{info['rebuilds']} (recipes of a new depth)")
+    from evomerge.archive import Archive
+    from evomerge.confirm import estimator_error
+
+    archive = Archive.open(run_dir)
+    for kind, items in (("holdout", "held-out"), ("full", "all")):
+        for name, e in estimator_error(archive, kind).items():
+            t.add_row(
+                f"estimator error {name}",
+                f"{e['mae']:.4f} mean |estimate − score on {items} items| over {e['n']:.0f} "
+                f"confirmed (bias {e['bias']:+.4f}, max {e['max']:.4f})",
+            )
     console.print(t)
+
+
+_BY_HELP = "estimate (search-time scores) or confirmed (`evomerge confirm`'s, confirmed only)"
+
+
+def _by(archive: Any, by: str) -> Any:
+    """The run's archive, or its view through the confirmed scores (``--by confirmed``)."""
+    if by not in ("estimate", "confirmed"):
+        raise OptionError(f"--by {by!r}: choose estimate or confirmed")
+    return archive.confirmed() if by == "confirmed" else archive
 
 
 @app.command()
@@ -358,16 +383,18 @@ def front(
     run_dir: Annotated[Path, typer.Argument(help="A run directory")],
     plot: Annotated[Path | None, typer.Option(help="Write a plot: FILE.png or FILE.html")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the front as JSON")] = False,
+    by: Annotated[str, typer.Option(help=_BY_HELP)] = "estimate",
 ) -> None:
     """The Pareto front of a run (every recipe once, at the fidelity it was scored at)."""
     from evomerge.archive import Archive
     from evomerge.report import front_json, front_table, plot_front
 
-    archive = Archive.open(run_dir)
+    archive = _by(Archive.open(run_dir), by)
     if json_:
         typer.echo(front_json(archive))  # plain: rich would wrap long lines
     else:
-        console.print(front_table(archive, title=f"Pareto front of {run_dir}"))
+        scores = " by confirmed scores" if by == "confirmed" else ""
+        console.print(front_table(archive, title=f"Pareto front of {run_dir}{scores}"))
     if plot is not None:
         console.print(f"plot → {plot_front(archive, plot)}")
 
@@ -389,6 +416,7 @@ def export(
     ] = None,
     format: Annotated[str, typer.Option(help="recipe, mergekit or hf")] = "recipe",
     force: Annotated[bool, typer.Option(help="Replace an existing --out")] = False,
+    by: Annotated[str, typer.Option(help=f"--best/--knee ranked by: {_BY_HELP}")] = "estimate",
 ) -> None:
     """Export one evaluated recipe: our YAML, mergekit YAML, or a materialized HF checkpoint
     (with a model card and recipe.yaml): the model the search scored."""
@@ -398,7 +426,9 @@ def export(
 
     archive = Archive.open(run_dir)
     weights = parse_weights(prefer, archive.objectives) if prefer is not None else None
-    ev = pick(archive, trial=trial, best=best, knee=knee, prefer=weights, where=str(run_dir))
+    ev = pick(
+        archive, trial=trial, best=best, knee=knee, prefer=weights, where=str(run_dir), by=by
+    )
     write(
         ev,
         out,
@@ -408,6 +438,48 @@ def export(
         warn=lambda m: err.print(f"[bold yellow]warning:[/] {m}", highlight=False, soft_wrap=True),
     )
     console.print(f"trial {ev.number} ({ev.recipe_hash}) → {out} [{format}]")
+
+
+@app.command("confirm")
+@_friendly
+def confirm_(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory")],
+    trial: Annotated[list[int] | None, typer.Option(help="Trial number; repeat for more")] = None,
+    top: Annotated[int | None, typer.Option(help="The K best: front by front, knee first")] = None,
+    front: Annotated[bool, typer.Option(help="The Pareto front (the default)")] = False,
+    full: Annotated[bool, typer.Option(help="Score every item, not the held-out ones")] = False,
+    again: Annotated[bool, typer.Option(help="Score trials already confirmed again")] = False,
+    zoo: Annotated[Path | None, typer.Option(help="Where zoo: paths point (the run's)")] = None,
+) -> None:
+    """Score chosen recipes on the items the search never saw (experiment `holdout:`) and store
+    the scores in the run's archive next to the search-time estimates; resumable."""
+    from evomerge.confirm import confirm
+
+    if sum((bool(trial), top is not None, front)) > 1:
+        raise OptionError("choose one of --trial N…, --top K, --front")
+    results = confirm(
+        run_dir, trials=trial, top=top, full=full, again=again, zoo=zoo, log=console.print
+    )
+    console.print(_confirmation_table(results, f"{run_dir}: confirmed"))
+
+
+def _confirmation_table(results: list[Any], title: str) -> Table:
+    t = Table(title=title)
+    for col in ("trial", "objective", "estimate", "on items", "score", "± stderr", "gap"):
+        t.add_column(col, justify="left" if col == "objective" else "right")
+    for c in results:
+        for o in c.scores:
+            se = c.stderr[o]
+            t.add_row(
+                str(c.trial),
+                o,
+                f"{c.estimate[o]:.4f} ({c.estimate_fidelity[o]:.0%})",
+                f"{c.items[o]} {'held-out' if c.kind == 'holdout' else '(all)'}",
+                f"{c.scores[o]:.4f}",
+                "-" if se is None else f"{se:.4f}",
+                f"{c.gap[o]:+.4f}",
+            )
+    return t
 
 
 @space_app.command("show")

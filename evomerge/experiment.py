@@ -39,6 +39,22 @@ class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
+class HoldoutSpec(_Spec):
+    """Items the search never sees, kept for ``evomerge confirm``: about ``fraction`` of each
+    task's items, chosen by a hash of (task, item id, ``seed``; default: the experiment's), so
+    the same items whatever the run order. ``holdout: 0.2`` is short for ``{fraction: 0.2}``."""
+
+    fraction: float = Field(ge=0.0, lt=1.0)
+    seed: int | None = Field(None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_fraction(cls, data: Any) -> Any:
+        if isinstance(data, int | float) and not isinstance(data, bool):
+            return {"fraction": data}
+        return data
+
+
 class ObjectiveSpec(_Spec):
     """A fitness task or an lm-evaluation-harness task, scored by an estimator; or a cost of the
     merged model."""
@@ -54,11 +70,14 @@ class ObjectiveSpec(_Spec):
     name: str | None = None
     weight: float = 1.0  # in the weighted sum given to single-objective optimizers
     reference: float | None = None  # hypervolume reference (the worst value that still counts)
+    holdout: HoldoutSpec | None = None  # overrides the experiment's `holdout:` (0: none here)
 
     @model_validator(mode="after")
     def _one_kind(self) -> ObjectiveSpec:
         if sum(x is not None for x in (self.task, self.lmeval, self.cost)) != 1:
             raise ValueError("an objective names exactly one of `task:`, `lmeval:` or `cost:`")
+        if self.cost is not None and self.holdout is not None:
+            raise ValueError(f"cost {self.cost!r} has no items to hold out; remove `holdout:`")
         if self.cost is not None and self.reference is None:
             raise ValueError(
                 f"cost {self.cost!r} needs `reference:` (the largest value that still counts "
@@ -162,6 +181,7 @@ class Experiment(_Spec):
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     storage: str | None = None  # SQLAlchemy URL of the archive; default: SQLite in the run dir
+    holdout: HoldoutSpec | None = None  # items kept from the search for `evomerge confirm`
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
@@ -192,8 +212,21 @@ class Experiment(_Spec):
                 del data["workers"][key]
         if data["workers"]["dispatch"] == "batch":  # the default: hashes from before the key
             data["workers"].pop("dispatch")
+        if data["holdout"] is None:  # keys added later: unset, they hash as before they existed
+            data.pop("holdout")
+        for o in data["objectives"]:
+            if o["holdout"] is None:
+                o.pop("holdout")
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    def holdout_of(self, objective: ObjectiveSpec) -> tuple[float, int] | None:
+        """(fraction, seed) of the items ``objective`` keeps from the search, or None: its own
+        ``holdout:`` if set, else the experiment's; costs have no items."""
+        h = objective.holdout if objective.holdout is not None else self.holdout
+        if objective.cost is not None or h is None or h.fraction == 0.0:
+            return None
+        return h.fraction, self.seed if h.seed is None else h.seed
 
     def resolved_sources(
         self, zoo: str | Path | None, revisions: dict[str, str] | None = None

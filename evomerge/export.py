@@ -37,20 +37,32 @@ def pick(
     knee: bool = False,
     prefer: Sequence[float] | None = None,
     where: str = "the run",
+    by: str = "estimate",
 ) -> Evaluation:
     """One evaluated recipe of a run (``where``, in errors): a trial by number, the best on an
-    objective, the knee, or the front member ``prefer``'s weights favour (:func:`preferred`)."""
+    objective, the knee, or the front member ``prefer``'s weights favour (:func:`preferred`).
+    ``by="confirmed"`` ranks best, knee and prefer by the scores ``evomerge confirm`` measured
+    (held-out, else full), among the confirmed trials only; the trial comes back as the search
+    recorded it."""
     chosen = (trial is not None, best is not None, bool(knee), prefer is not None)
     if sum(chosen) != 1:
         raise RunError("choose exactly one of --trial N, --best OBJECTIVE, --knee, --prefer W,…")
+    if by not in ("estimate", "confirmed"):
+        raise RunError(f"--by {by!r}: choose estimate or confirmed")
     if trial is not None:
         ev: Evaluation | None = archive.trial(trial)
-    elif best is not None:
-        ev = archive.best(best)
-    elif knee:
-        ev = archive.knee()
     else:
-        ev = preferred(archive, prefer)  # type: ignore[arg-type]
+        ranked = archive.confirmed() if by == "confirmed" else archive  # refuses none confirmed
+        if best is not None:
+            ev = ranked.best(best)
+        elif knee:
+            ev = ranked.knee()
+        else:
+            ev = preferred(ranked, prefer)  # type: ignore[arg-type]
+        if by == "confirmed":
+            if ev is None or ev.number is None:
+                raise RunError(f"{where}: no confirmed trial to export")
+            ev = archive.trial(ev.number)
     if ev is None or not ev.recipe:
         raise RunError(f"{where}: no evaluated recipe to export yet")
     return ev
@@ -194,18 +206,16 @@ def _shown(path: Path) -> str:
 
 
 def _heldout(run_dir: Path | None, ev: Evaluation) -> dict[str, float]:
-    """Confirmed held-out scores of ``ev`` where the run has them (``evomerge.confirm``)."""
-    if run_dir is None:
+    """``ev``'s scores on the items the search never saw, where ``evomerge confirm`` measured
+    them (else nothing: the card says the trial was not confirmed)."""
+    if run_dir is None or ev.number is None:
         return {}
-    try:
-        from evomerge import confirm  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
-    get = getattr(confirm, "confirmed_scores", None)
-    if get is None:
-        return {}
-    scores = get(run_dir, ev)
-    return {str(k): float(v) for k, v in (scores or {}).items()}
+    from evomerge.confirm import confirmations
+
+    for c in confirmations(Archive.open(run_dir), "holdout"):
+        if c.trial == ev.number:
+            return {str(k): float(v) for k, v in c.scores.items()}
+    return {}
 
 
 def model_card(

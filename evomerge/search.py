@@ -218,6 +218,7 @@ class Search:
             return hit, False
         ev = self.worker.evaluate(recipe, genome, front)
         t3 = time.perf_counter()
+        self.archive.note_scored(ev.scored_items)  # before the trial: never an item missed
         ev = self.archive.record(ev)
         self.loop_timings["commit"] += time.perf_counter() - t3
         kill_point("commit")
@@ -432,6 +433,7 @@ class Search:
 
         for job, ev in self.worker.run(list(jobs.values()), front=front, stop=stop):
             t0 = time.perf_counter()
+            self.archive.note_scored(ev.scored_items)
             ev = self.archive.record(ev)
             self.loop_timings["commit"] += time.perf_counter() - t0
             kill_point("commit")

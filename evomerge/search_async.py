@@ -140,6 +140,7 @@ def run_async(
 
     for job, ev in _results(search, more, front, stop):
         t0 = time.perf_counter()
+        archive.note_scored(ev.scored_items)
         ev = archive.record(ev)
         search.loop_timings["commit"] += time.perf_counter() - t0
         del flight[job.recipe.content_hash()]

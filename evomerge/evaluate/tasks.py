@@ -187,6 +187,11 @@ class Task:
         templates.append(self.spec.target)
         return set().union(*(_fields(t) for t in templates))
 
+    def only(self, ids: Sequence[str]) -> Task:
+        """This task (same name and spec) with only the items ``ids``: a holdout's search pool,
+        which every estimator, calibration and promotion then takes as the whole task."""
+        return Task(self.spec, self.subset(ids), self.origin)
+
     def subset(self, ids: Sequence[str]) -> list[Item]:
         index = {it.id: it for it in self.items}
         try:

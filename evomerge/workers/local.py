@@ -8,7 +8,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,14 @@ from evomerge.archive import Evaluation
 from evomerge.calibrate import build_calibration, calibration_models
 from evomerge.checkpoint import ModelSource
 from evomerge.errors import EvomergeError
-from evomerge.evaluate.estimators import Estimate, Estimator, check_estimator, make_estimator
+from evomerge.evaluate.estimators import (
+    Estimate,
+    Estimator,
+    EstimatorError,
+    check_estimator,
+    make_estimator,
+)
+from evomerge.evaluate.holdout import HoldoutError, split_items
 from evomerge.evaluate.scoring import PreparedTask, prepare, score_prepared
 from evomerge.evaluate.select import load_candidate, make_engine
 from evomerge.evaluate.tasks import Task, load_task
@@ -39,7 +46,11 @@ class _Objective:
     prepared: PreparedTask | None = None  # the chosen items' requests, tokenized once
     prepared_full: PreparedTask | None = None  # every item's, made on the first promotion
     lmeval: Any = None  # an LMEvalObjective holding one task
-    all_ids: list[str] | None = None
+    all_ids: list[str] | None = None  # lm-eval: the search's items (all but the held-out ones)
+    # items kept from the search (experiment `holdout:`), and the task with them (fitness
+    # tasks; ``task`` then holds only the search's items): what `evomerge confirm` scores
+    held_out: list[str] = field(default_factory=list)
+    whole_task: Task | None = None
 
     @property
     def direction(self) -> str:
@@ -77,15 +88,41 @@ def load_objectives(experiment: Experiment, zoo: Path | None) -> list[_Objective
                     "name one task per objective"
                 )
             est = make_estimator(o.estimator, experiment.seed)
-            ids = lm.item_ids(lm.tasks[0])
-            out.append(_Objective(o, None, est, [], lmeval=lm, all_ids=ids))
+            ids, held = _split(experiment, o, lm.tasks[0], lm.item_ids(lm.tasks[0]), est)
+            out.append(_Objective(o, None, est, [], lmeval=lm, all_ids=ids, held_out=held))
             continue
         assert o.task is not None
-        task = load_task(o.task, zoo=zoo)
+        whole = load_task(o.task, zoo=zoo)
         est = make_estimator(o.estimator, experiment.seed)
-        check_estimator(est, task.metric, task.unit_metric, o.label)  # IRT: scores in [0, 1]
-        out.append(_Objective(o, task, est, []))
+        check_estimator(est, whole.metric, whole.unit_metric, o.label)  # IRT: scores in [0, 1]
+        ids, held = _split(experiment, o, whole.name, whole.item_ids, est)
+        task = whole.only(ids) if held else whole  # the search sees nothing else of the task
+        out.append(_Objective(o, task, est, [], held_out=held, whole_task=whole))
     return out
+
+
+def _split(
+    experiment: Experiment, o: ObjectiveSpec, task: str, ids: list[str], est: Estimator
+) -> tuple[list[str], list[str]]:
+    """(the search's items, the held-out ones) of an objective; every item and none held out
+    without a holdout. A holdout that keeps nothing, or too little for the estimator, is
+    refused here, before any model is opened."""
+    ho = experiment.holdout_of(o)
+    if ho is None:
+        return ids, []
+    pool, held = split_items(task, ids, *ho)
+    if not held or not pool:
+        what = "no item" if not held else "every item"
+        raise HoldoutError(
+            f"objective {o.label!r}: holdout {ho[0]} of task {task!r}'s {len(ids)} items holds "
+            f"out {what}; change the fraction"
+        )
+    if est.k is not None and est.k > len(pool):
+        raise EstimatorError(
+            f"objective {o.label!r}: {est.spec} asks for {est.k} items but {len(pool)} of "
+            f"task {task!r}'s {len(ids)} are left to the search after the holdout"
+        )
+    return pool, held
 
 
 class LocalWorker:
@@ -104,6 +141,7 @@ class LocalWorker:
             torch.set_num_threads(w.threads)
         self.experiment, self.log = experiment, log
         self.objectives = load_objectives(experiment, zoo)
+        self._scored: dict[str, set[str]] = {}  # item ids scored per objective, this candidate
         self.sources = {n: ModelSource(p, name=n) for n, p in sources.items()}
         ref = sources[experiment.base] if experiment.base else next(iter(sources.values()))
         self.engine = make_engine(
@@ -165,6 +203,7 @@ class LocalWorker:
             worker=self.name,
         )
         t_all = time.perf_counter()
+        self._scored = {}
         for attempt in (1, 2):
             try:
                 for src in self.sources.values():
@@ -198,6 +237,7 @@ class LocalWorker:
             break
         timings["total"] = time.perf_counter() - t_all
         ev.timings = timings
+        ev.scored_items = {k: sorted(v) for k, v in self._scored.items()}
         return ev
 
     def _merge_and_score(
@@ -225,19 +265,22 @@ class LocalWorker:
         self, ob: _Objective, *, full: bool = False
     ) -> tuple[dict[str, float], list[str]]:
         """Per-item scores of the resident weights on the objective's chosen items (or all of
-        them), and the ids of the full set. Fitness requests are tokenized once per run."""
+        the search's), and the ids of the search's full set. Fitness requests are tokenized
+        once per run. The ids scored are noted for the archive (``Evaluation.scored_items``)."""
         if ob.lmeval is not None:
             assert ob.all_ids is not None
             name, ids = ob.lmeval.tasks[0], ob.all_ids if full else ob.item_ids
-            return ob.lmeval.evaluate(self.engine, items={name: ids}, per_item=True)[
-                name
-            ].scores, ob.all_ids
+            scores = ob.lmeval.evaluate(self.engine, items={name: ids}, per_item=True)[name].scores
+            self._scored.setdefault(ob.spec.label, set()).update(scores)
+            return scores, ob.all_ids
         assert ob.task is not None
         if full and ob.prepared_full is None:  # promotions are rare: prepared on first use
             ob.prepared_full = prepare(self.engine, ob.task)
         prep = ob.prepared_full if full else ob.prepared
         assert prep is not None
-        return score_prepared(self.engine, prep).scores, ob.task.item_ids
+        scores = score_prepared(self.engine, prep).scores
+        self._scored.setdefault(ob.spec.label, set()).update(scores)
+        return scores, ob.task.item_ids
 
     def _score(
         self, mp: MergePlan, objectives: Iterable[_Objective], timings: dict[str, float]
