@@ -204,6 +204,7 @@ def _import_spec(v: Any, where: str) -> Any:
 def to_mergekit(recipe: Recipe, sources: dict[str, ModelSource] | None = None) -> dict[str, Any]:
     """The mergekit config that makes the same weights; sources (opened from the recipe's paths
     when not given) let module-kind parameters become verified name filters."""
+    recipe = _one_method(recipe)
     if recipe.routing is not None:
         raise RecipeError(
             "routing: mergekit export of routed recipes is not supported; export "
@@ -244,6 +245,24 @@ def to_mergekit(recipe: Recipe, sources: dict[str, ModelSource] | None = None) -
         del out["tokenizer_source"]
     _verify(recipe, from_mergekit(out), ref)
     return out
+
+
+def _one_method(recipe: Recipe) -> Recipe:
+    """A recipe whose layer_methods all repeat its method is a plain mergekit config; one with a
+    method per layer group is not: mergekit 0.1.5 takes one ``merge_method`` per config, and its
+    ``slices`` and ``modules`` carry sources, a base and parameters but no method."""
+    if not recipe.layer_methods:
+        return recipe
+    for i, lm in enumerate(recipe.layer_methods):
+        if lm.method != recipe.method or lm.models:
+            what = f"{lm.method!r}" + (f" with models {lm.models}" if lm.models else "")
+            raise RecipeError(
+                f"layer_methods.{i}: layers {list(lm.layers)} merge by {what} while the recipe's "
+                f"method is {recipe.method!r}; mergekit takes one merge_method per config (its "
+                "slices carry no method), so it cannot express a method per layer group. "
+                "Export the recipe (--format recipe) or a checkpoint (--format hf)"
+            )
+    return recipe.model_copy(update={"layer_methods": None})
 
 
 def _export_spec(spec: ParamSpec, ref: ModelSource, names: list[str]) -> Any:
