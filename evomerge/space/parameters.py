@@ -377,9 +377,9 @@ class MethodGenes(ParamGenes):
             lo, hi = g * self.gran, min(self.n_layers, (g + 1) * self.gran)
             last = entries[-1] if entries else None
             if last and last.layers[1] == lo and (last.method, last.models) == (name, models):
-                entries[-1] = last.model_copy(update={"layers": (last.layers[0], hi)})
+                entries[-1] = last.model_copy(update={"layers": [last.layers[0], hi]})
             else:
-                entries.append(LayerMethod(layers=(lo, hi), method=name, models=models or None))
+                entries.append(LayerMethod(layers=[lo, hi], method=name, models=models or None))
         base = space.base if self.method.needs_base else None
         names = set(self.models) | ({base} if base else set())
         if routing:
