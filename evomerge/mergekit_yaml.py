@@ -120,8 +120,11 @@ def from_mergekit(
     else:
         raise RecipeError(f"{origin}: neither models nor slices given")
     tok = data.get("tokenizer_source")
-    if tok == "union" or data.get("tokenizer"):
-        raise RecipeError(f"{origin}: tokenizer_source: union tokenizers are not supported")
+    if data.get("tokenizer"):
+        raise RecipeError(
+            f"{origin}: tokenizer: per-token embedding settings are not supported; "
+            "use tokenizer_source (base, union or a model)"
+        )
     recipe = {
         "sources": sources,
         "method": data["merge_method"],
@@ -132,9 +135,7 @@ def from_mergekit(
         },
         "routing": routing,
         "dtype": data.get("out_dtype") or data.get("dtype"),
-        "tokenizer_source": (base if tok == "base" else name_of(tok, "tokenizer_source"))
-        if tok
-        else None,
+        "tokenizer_source": _import_tokenizer_source(tok, base, name_of),
     }
     return Recipe.from_dict(recipe, origin=origin, base_dir=base_dir)
 
@@ -235,16 +236,31 @@ def to_mergekit(recipe: Recipe, sources: dict[str, ModelSource] | None = None) -
         }
     if recipe.dtype:
         out["dtype"] = recipe.dtype
-    tok = recipe.tokenizer_source
-    out["tokenizer_source"] = (
-        "base"
-        if (tok is None and recipe.base) or tok == recipe.base
-        else (recipe.sources[tok].path if tok else None)
-    )
-    if out["tokenizer_source"] is None:
-        del out["tokenizer_source"]
+    exported = _export_tokenizer_source(recipe)
+    if exported is not None:
+        out["tokenizer_source"] = exported
     _verify(recipe, from_mergekit(out), ref)
     return out
+
+
+def _import_tokenizer_source(tok: Any, base: str | None, name_of: Any) -> str | None:
+    """mergekit's ``base`` / ``union`` / a model path → ours (``base`` / ``union`` / a name)."""
+    if not tok:
+        return None
+    if tok == "union":
+        return "union"
+    if tok == "base":
+        return base if base is not None else "base"
+    return str(name_of(tok, "tokenizer_source"))
+
+
+def _export_tokenizer_source(recipe: Recipe) -> str | None:
+    tok = recipe.tokenizer_source
+    if tok == "union":
+        return "union"
+    if (tok is None and recipe.base) or tok in ("base", recipe.base):
+        return "base"
+    return recipe.sources[tok].path if tok else None
 
 
 def _one_method(recipe: Recipe) -> Recipe:

@@ -215,7 +215,7 @@ class LayerMethod(_Frozen):
     but the base); slerp, which takes one model besides the base, names it here when there are
     several. Parameters stay where they are: each tensor reads only its method's parameters."""
 
-    layers: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]]
+    layers: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]
     method: str
     models: list[str] | None = None
 
@@ -248,12 +248,11 @@ class Recipe(_Frozen):
     def _names_exist(self) -> Recipe:
         if not self.sources:
             raise ValueError("sources: at least one source is needed")
-        for key in ("base", "tokenizer_source"):
-            name = getattr(self, key)
-            if name is not None and name not in self.sources:
-                raise ValueError(
-                    f"{key}: {name!r} is not one of the sources {sorted(self.sources)}"
-                )
+        if self.base is not None and self.base not in self.sources:
+            raise ValueError(
+                f"base: {self.base!r} is not one of the sources {sorted(self.sources)}"
+            )
+        _check_tokenizer_source(self)
         for i, slot in enumerate(self.routing or []):
             if slot.source is not None and slot.source not in self.sources:
                 raise ValueError(f"routing.{i}.source: {slot.source!r} is not a source")
@@ -290,7 +289,11 @@ class Recipe(_Frozen):
 
     @property
     def tokenizer_name(self) -> str:
-        return self.tokenizer_source or self.base or sorted(self.sources)[0]
+        """The source whose tokenizer a merge without vocabulary surgery copies."""
+        tok = self.tokenizer_source
+        if tok in (None, "base", "union"):
+            return self.base or sorted(self.sources)[0]
+        return tok  # type: ignore[return-value]
 
     def with_zoo(self, zoo_dir: str | Path) -> Recipe:
         """Resolve ``zoo:NAME`` source paths (e.g. ``zoo:experts/rev9``) against a built zoo."""
@@ -338,6 +341,28 @@ class Recipe(_Frozen):
         path = Path(path)
         data = read_yaml(path, error=RecipeError)
         return cls.from_dict(data, origin=str(path), base_dir=path.parent)
+
+
+def _check_tokenizer_source(recipe: Recipe) -> None:
+    """mergekit's values: ``base``, ``union`` or a model (here: a source's name)."""
+    tok, names = recipe.tokenizer_source, sorted(recipe.sources)
+    if tok is None:
+        return
+    if tok == "union":
+        if "union" in recipe.sources:
+            raise ValueError("tokenizer_source: 'union' is also a source's name; rename it")
+    elif tok == "base":
+        if recipe.base is None:
+            raise ValueError("tokenizer_source: 'base' needs `base:` set")
+        if "base" in recipe.sources and recipe.base != "base":
+            raise ValueError(
+                f"tokenizer_source: 'base' is ambiguous: a source is named 'base' but the "
+                f"recipe's base is {recipe.base!r}; name the source instead"
+            )
+    elif tok not in recipe.sources:
+        raise ValueError(
+            f"tokenizer_source: {tok!r} is neither 'base', 'union' nor one of the sources {names}"
+        )
 
 
 def _check_layer_methods(recipe: Recipe) -> None:

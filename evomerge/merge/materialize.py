@@ -9,6 +9,8 @@ of sources plus its output. The same stream feeds a checkpoint writer or a resid
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +28,7 @@ from evomerge.checkpoint import (
 )
 from evomerge.errors import MergeError, RecipeError
 from evomerge.merge.methods import Method, Params, get_method
+from evomerge.merge.vocab import VocabPlan, vocab_plan
 from evomerge.recipe import Recipe, Slot, resolve, rules, spec_values
 
 
@@ -55,6 +58,7 @@ class MergePlan:
     num_layers: int
     out_dtype: torch.dtype | None
     config: dict[str, Any]
+    vocab: VocabPlan | None = None  # tokenizer_source: inputs re-indexed to one vocabulary
 
     @property
     def models(self) -> list[str]:
@@ -80,10 +84,19 @@ def open_sources(recipe: Recipe, *, allow_pickle: bool = False) -> dict[str, Mod
     }
 
 
+_AUTO: Any = object()
+
+
 def plan(
-    recipe: Recipe, sources: Mapping[str, ModelSource] | None = None, *, allow_pickle: bool = False
+    recipe: Recipe,
+    sources: Mapping[str, ModelSource] | None = None,
+    *,
+    allow_pickle: bool = False,
+    vocab: VocabPlan | None = _AUTO,
 ) -> MergePlan:
-    """Validate a recipe against its sources and resolve every tensor's parameters."""
+    """Validate a recipe against its sources and resolve every tensor's parameters.
+    ``vocab``: the vocabulary surgery, when a caller already made it (default: from the
+    recipe's tokenizer_source)."""
     method = get_method(recipe.method)
     srcs = dict(sources) if sources is not None else open_sources(recipe, allow_pickle=allow_pickle)
     if recipe.layer_methods:
@@ -108,7 +121,9 @@ def plan(
     _check_parameters(recipe, method, models)
     ordered = {n: srcs[n] for n in sorted(srcs)}
     ref = ordered[recipe.base or next(iter(ordered))]
-    check_compatible({ref.name: ref, **ordered})
+    if vocab is _AUTO:
+        vocab = vocab_plan(recipe, {n: ordered[n] for n in recipe.sources})
+    check_compatible({ref.name: ref, **ordered}, vocab_tensors=vocab.tensors if vocab else ())
     if ref.architecture is None:
         _refuse_module_kinds(recipe, ref)
     n_layers = ref.num_layers
@@ -143,7 +158,9 @@ def plan(
     if recipe.dtype:
         config["torch_dtype"] = recipe.dtype
         config["dtype"] = recipe.dtype
-    return MergePlan(recipe, method, ordered, jobs, out_layers, out_dtype, config)
+    if vocab is not None:
+        config["vocab_size"] = vocab.size
+    return MergePlan(recipe, method, ordered, jobs, out_layers, out_dtype, config, vocab)
 
 
 def _folded_scales(route: list[Slot], ref: ModelSource) -> list[float]:
@@ -305,12 +322,12 @@ def materialize(
             yield job.out_name, out
             continue
         method, models, job_base = _job_inputs(mp, job, base)
-        raw = [mp.sources[m].get(job.src_name, device) for m in models]
+        raw = _read_inputs(mp, job, [*models, *([job_base] if job_base else [])], device)
         dtype = raw[0].dtype
         work = torch.float64 if dtype == torch.float64 else torch.float32
-        tensors = [t.to(work) for t in raw]
+        tensors = [t.to(work) for t in raw[: len(models)]]
+        base_t = raw[len(models)].to(work) if job_base else None
         del raw
-        base_t = mp.sources[job_base].get(job.src_name, device).to(work) if job_base else None
         assert job.params is not None
         out = method(tensors, base_t, job.params)
         if job.scale != 1.0:
@@ -318,6 +335,16 @@ def materialize(
         out = out.to(mp.out_dtype or dtype)
         _check_finite(mp, job, out, models + ([job_base] if job_base else []))
         yield job.out_name, out
+
+
+# -- sources with different vocabularies (recipe.tokenizer_source) -----------------------------
+def _read_inputs(
+    mp: MergePlan, job: TensorJob, names: list[str], device: torch.device
+) -> list[torch.Tensor]:
+    got = {n: mp.sources[n].get(job.src_name, device) for n in names}
+    if mp.vocab is not None and job.src_name in mp.vocab.tensors:
+        got = mp.vocab.permute(got)
+    return [got[n] for n in names]
 
 
 # -- a method per layer group (recipe.layer_methods) ----------------------------------------------
@@ -352,7 +379,8 @@ def _plan_layer_methods(recipe: Recipe, srcs: dict[str, ModelSource]) -> MergePl
                 f"parameters.{key}: no method of this recipe reads it "
                 f"(methods: {sorted({v.method for v in views.values()})})"
             )
-    plans = {k: plan(v, srcs) for k, v in views.items()}
+    vocab = vocab_plan(recipe, {n: srcs[n] for n in recipe.sources})
+    plans = {k: plan(v, srcs, vocab=vocab) for k, v in views.items()}
     first = next(iter(plans.values()))
     by_name = {k: {j.out_name: j for j in p.jobs} for k, p in plans.items()}
     jobs = []
@@ -448,9 +476,16 @@ def merge_to_dir(
     ) as writer:
         for name, tensor in materialize(mp, device):
             writer.add(name, tensor)
-        tok = mp.sources[recipe.tokenizer_name].path
-        return writer.finish(
-            num_layers=mp.num_layers if recipe.routing else None,
-            tokenizer_from=tok,
-            model_card=model_card(recipe),
-        )
+        with tempfile.TemporaryDirectory() as built:
+            tok = mp.sources[recipe.tokenizer_name].path
+            if mp.vocab is not None:  # the output vocabulary's tokenizer, as mergekit saves it
+                mp.vocab.save_tokenizer(built)
+                gen = Path(tok) / "generation_config.json"
+                if gen.exists():
+                    shutil.copy2(gen, Path(built) / gen.name)
+                tok = built
+            return writer.finish(
+                num_layers=mp.num_layers if recipe.routing else None,
+                tokenizer_from=tok,
+                model_card=model_card(recipe),
+            )
