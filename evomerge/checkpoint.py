@@ -540,12 +540,16 @@ def iter_state(source: ModelSource) -> Iterator[tuple[str, torch.Tensor]]:
         yield name, source.get(name)
 
 
-def num_layers(sources: Mapping[str, str | os.PathLike[str]], base: str | None) -> int:
+def num_layers(
+    sources: Mapping[str, str | os.PathLike[str]], base: str | None, *, loose_vocab: bool = False
+) -> int:
     """The layer count every source shares (``base``'s, else the first source's).
 
-    Raises IncompatibleSourcesError when the sources cannot be merged tensor by tensor.
+    Raises IncompatibleSourcesError when the sources cannot be merged tensor by tensor
+    (``loose_vocab``: their vocabularies may differ, as a tokenizer_source re-indexes them).
     """
     opened = {n: ModelSource(p, name=n) for n, p in sources.items()}
     ref = opened[base] if base else next(iter(opened.values()))
-    check_compatible({ref.name: ref, **opened})
+    vocab = [n for n, i in ref.tensors.items() if i.kind.value in ("embedding", "head")]
+    check_compatible({ref.name: ref, **opened}, vocab_tensors=vocab if loose_vocab else ())
     return ref.num_layers

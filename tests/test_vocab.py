@@ -131,3 +131,77 @@ def test_tokenizer_source_values(pair: dict[str, Path], value: str, match: str |
     else:
         with pytest.raises(RecipeError, match=match):
             _recipe(pair, ["add1"], tokenizer_source=value)
+
+
+def test_search_with_tokenizer_source_scores_the_exported_model(
+    pair: dict[str, Path], unit_zoo: Path, tmp_path: Path
+) -> None:
+    """A search over sources with different vocabularies: it resumes exactly, every candidate is
+    a union-vocabulary merge, and the checkpoint exported from the archive scores as recorded
+    (the resident engine held the merges' vocabulary)."""
+    import os
+    import signal
+
+    import optuna
+    import yaml
+
+    from evomerge import search
+    from evomerge.archive import Evaluation
+    from evomerge.evaluate.estimators import make_estimator
+    from evomerge.evaluate.hf import HFEngine
+    from evomerge.evaluate.scoring import score_task
+    from evomerge.evaluate.tasks import load_task
+    from evomerge.run_dir import STUDY_NAME, storage_url
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        yaml.safe_dump(
+            {
+                "name": "unit-vocab",
+                "sources": {n: str(pair[n]) for n in ("base", "add1", "rev9x")},
+                "base": "base",
+                "tokenizer_source": "union",
+                "space": "dare_ties-per-layer",
+                "space_options": {"granularity": 2},
+                "objectives": [
+                    {"task": "rev9", "estimator": "subsample:8"},
+                    {"task": "add1", "estimator": "subsample:8"},
+                ],
+                "optimizer": {"name": "nsga2", "pop_size": 4},
+                "budget": 6,
+                "seed": 3,
+                "workers": {"threads": 1},
+            }
+        )
+    )
+
+    def trace(run: Path) -> list[tuple[str, tuple[float, ...]]]:
+        study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run))
+        return [(t.user_attrs["hash"], tuple(t.values or ())) for t in study.get_trials()]
+
+    s, budget = search.start(exp, tmp_path / "a", zoo=unit_zoo)
+    assert s.run(budget).status == "finished"
+    s, budget = search.start(exp, tmp_path / "b", zoo=unit_zoo)
+
+    def interrupt(ev: Evaluation) -> None:
+        if ev.number == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    assert s.run(budget, on_evaluation=interrupt).status == "interrupted"
+    s2, budget2 = search.reopen(tmp_path / "b")
+    s2.run(budget2)
+    assert trace(tmp_path / "b") == trace(tmp_path / "a") and len(trace(tmp_path / "a")) == 6
+    evs = [e for e in s2.archive.evaluations if e.values]
+    assert len(evs) == 6
+    best = max(evs, key=lambda e: sum(e.values or ()))
+    recipe = Recipe.from_dict(yaml.safe_load(best.recipe))
+    assert recipe.tokenizer_source == "union"
+    out = merge_to_dir(recipe, tmp_path / "best")
+    engine = HFEngine(out)
+    assert len(engine.tokenizer) == 47
+    for name, recorded in zip(["rev9", "add1"], best.values or (), strict=True):
+        task = load_task(name, zoo=unit_zoo)
+        est = make_estimator("subsample:8", 3)
+        ids = est.select(task.item_ids)
+        value = est.estimate(score_task(engine, task, ids).scores, task.item_ids).value
+        assert value == pytest.approx(recorded, abs=1e-9)

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -198,3 +199,36 @@ def _union(base_tok: Any, tokenizers: Sequence[tuple[str, Any, int | None]]) -> 
     for info in added.values():
         res.add_tokens(info)
     return res
+
+
+def engine_template(
+    sources: Mapping[str, str], base: str | None, tokenizer_source: str, out_dir: str | Path
+) -> Path | None:
+    """A checkpoint with the output vocabulary (its tokenizer, config and tensor shapes: the
+    reference source's tensors, re-indexed) for a resident engine that candidates are swapped
+    into; None when the sources need no re-indexing (the reference source itself will do)."""
+    from evomerge.checkpoint import CheckpointWriter
+
+    recipe = Recipe.model_validate(
+        {
+            "sources": dict(sources),
+            "method": "linear",
+            "base": base,
+            "tokenizer_source": tokenizer_source,
+        }
+    )
+    opened = {n: ModelSource(p, name=n) for n, p in sources.items()}
+    vp = vocab_plan(recipe, opened)
+    if vp is None:
+        return None
+    ref = opened[base or sorted(opened)[0]]
+    out = Path(out_dir) / "engine"
+    with CheckpointWriter(out, config={**ref.config, "vocab_size": vp.size}) as writer:
+        for name in ref.tensors:
+            t = ref.get(name)
+            if name in vp.tensors:
+                t = vp.permute({ref.name: t})[ref.name].to(t.dtype)
+            writer.add(name, t)
+        with tempfile.TemporaryDirectory() as tok:
+            vp.save_tokenizer(tok)
+            return writer.finish(tokenizer_from=Path(tok))
