@@ -332,3 +332,18 @@ def test_search_with_methods_runs_and_resumes_exactly(unit_zoo: Path, tmp_path: 
     assert {r.method for r in recipes} | {
         lm.method for r in recipes for lm in r.layer_methods or []
     } >= {"ties", "slerp"}
+    # export: recipe YAML (same hash), hf (a loadable checkpoint), mergekit (a clear refusal)
+    from transformers import AutoModelForCausalLM
+
+    from evomerge.export import export
+
+    ev = next(e for e in s2.archive.evaluations if e.values and "layer_methods" in e.recipe)
+    mixed = Recipe.from_dict(yaml.safe_load(ev.recipe))
+    back = Recipe.load(export(ev, tmp_path / "r.yaml", "recipe"))
+    assert back.content_hash() == mixed.content_hash() == ev.recipe_hash
+    model = AutoModelForCausalLM.from_pretrained(export(ev, tmp_path / "hf", "hf"))
+    assert model.config.num_hidden_layers == 4
+    if any(lm.method != mixed.method or lm.models for lm in mixed.layer_methods or []):
+        with pytest.raises(RecipeError, match="one merge_method per config"):
+            export(ev, tmp_path / "mk.yaml", "mergekit")
+        assert not (tmp_path / "mk.yaml").exists()

@@ -69,11 +69,13 @@ class MergePlan:
         """Bytes of source tensors a materialization reads (the benchmark's unit)."""
         total = 0
         for job in self.jobs:
-            names = [job.copy_from] if job.copy_from else self._inputs()
+            names = [job.copy_from] if job.copy_from else self._inputs(job)
             total += sum(self.sources[n].tensors[job.src_name].nbytes for n in names)
         return total
 
-    def _inputs(self) -> list[str]:
+    def _inputs(self, job: TensorJob | None = None) -> list[str]:
+        if job is not None and job.method is not None:  # a layer_methods recipe
+            return [*(job.models or ()), *([job.base] if job.base else [])]
         return self.models + ([self.recipe.base] if self.method.needs_base else [])
 
 
