@@ -258,7 +258,7 @@ def _export_tokenizer_source(recipe: Recipe) -> str | None:
     tok = recipe.tokenizer_source
     if tok == "union":
         return "union"
-    if (tok is None and recipe.base) or tok in ("base", recipe.base):
+    if tok == "base" or (recipe.base is not None and tok in (None, recipe.base)):
         return "base"
     return recipe.sources[tok].path if tok else None
 
