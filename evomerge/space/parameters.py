@@ -402,15 +402,16 @@ class MethodGenes(ParamGenes):
         for g in range(self.n_groups):
             lm = recipe.method_at(g * self.gran)
             name, models = (lm.method, lm.models or []) if lm else (recipe.method, [])
-            idx = [m.name for m in self.methods].index(name) if name in self._names() else None
-            if idx is None:
+            if name not in self._names():
                 raise SpaceError(
                     f"recipe merges layer {g * self.gran} by {name!r}, not one of "
                     f"the space's methods {self._names()}"
                 )
+            idx = self._names().index(name)
             chosen.append(float(idx))
-            if self.partners:
-                p = models[0] if len(models) == 1 else self.partners[0]
+            if self.partners:  # inactive outside one-model groups: its first choice
+                one = self.methods[idx].max_models == 1 and len(models) == 1
+                p = models[0] if one else self.partners[0]
                 if p not in self.partners:
                     raise SpaceError(
                         f"recipe pairs layer {g * self.gran} with {p!r}, not a model of the space"
