@@ -342,13 +342,18 @@ def _refuse_remote_code(config: Mapping[str, Any], where: str) -> None:
 
 
 def check_compatible(
-    sources: Mapping[str, ModelSource], tensors: Iterable[str] | None = None
+    sources: Mapping[str, ModelSource],
+    tensors: Iterable[str] | None = None,
+    *,
+    vocab_tensors: Iterable[str] = (),
 ) -> None:
     """Fail before any compute if the sources cannot be merged tensor by tensor.
 
     ``tensors`` restricts the name/shape check (routing may only touch some layers); the
-    architecture check always runs.
+    architecture check always runs. ``vocab_tensors`` (re-indexed to one vocabulary before the
+    merge) may differ in their first dimension, and then ``vocab_size`` may differ too.
     """
+    loose = set(vocab_tensors)
     items = list(sources.items())
     if not items:
         raise IncompatibleSourcesError("no sources given")
@@ -361,6 +366,8 @@ def check_compatible(
                 f"source {name!r} ({src.path}) is {arch} but source {ref_name!r} is {ref_arch}"
             )
         for key in _KEY_CONFIG_FIELDS:
+            if key == "vocab_size" and loose:
+                continue
             a, b = ref.config.get(key), src.config.get(key)
             if a is not None and b is not None and a != b:
                 raise IncompatibleSourcesError(
@@ -384,6 +391,8 @@ def check_compatible(
                     f"tensor {t!r} is absent from source {name!r} ({src.path})"
                 )
             ref_info = ref.tensors.get(t)
+            if t in loose and ref_info is not None and ref_info.shape[1:] == info.shape[1:]:
+                continue
             if ref_info is not None and ref_info.shape != info.shape:
                 raise IncompatibleSourcesError(
                     f"tensor {t!r}: source {ref_name!r} has shape {list(ref_info.shape)}, "
@@ -540,12 +549,16 @@ def iter_state(source: ModelSource) -> Iterator[tuple[str, torch.Tensor]]:
         yield name, source.get(name)
 
 
-def num_layers(sources: Mapping[str, str | os.PathLike[str]], base: str | None) -> int:
+def num_layers(
+    sources: Mapping[str, str | os.PathLike[str]], base: str | None, *, loose_vocab: bool = False
+) -> int:
     """The layer count every source shares (``base``'s, else the first source's).
 
-    Raises IncompatibleSourcesError when the sources cannot be merged tensor by tensor.
+    Raises IncompatibleSourcesError when the sources cannot be merged tensor by tensor
+    (``loose_vocab``: their vocabularies may differ, as a tokenizer_source re-indexes them).
     """
     opened = {n: ModelSource(p, name=n) for n, p in sources.items()}
     ref = opened[base] if base else next(iter(opened.values()))
-    check_compatible({ref.name: ref, **opened})
+    vocab = [n for n, i in ref.tensors.items() if i.kind.value in ("embedding", "head")]
+    check_compatible({ref.name: ref, **opened}, vocab_tensors=vocab if loose_vocab else ())
     return ref.num_layers

@@ -426,9 +426,7 @@ def export(
 
     archive = Archive.open(run_dir)
     weights = parse_weights(prefer, archive.objectives) if prefer is not None else None
-    ev = pick(
-        archive, trial=trial, best=best, knee=knee, prefer=weights, where=str(run_dir), by=by
-    )
+    ev = pick(archive, trial=trial, best=best, knee=knee, prefer=weights, where=str(run_dir), by=by)
     write(
         ev,
         out,

@@ -178,6 +178,8 @@ class Experiment(_Spec):
     budget: int = Field(ge=1)
     seed: int = Field(0, ge=0, lt=2**63)
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    # sources with different vocabularies: mergekit's base | union | a source's name
+    tokenizer_source: str | None = None
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     storage: str | None = None  # SQLAlchemy URL of the archive; default: SQLite in the run dir
@@ -191,6 +193,14 @@ class Experiment(_Spec):
             raise ValueError(
                 f"base: {self.base!r} is not one of the sources {sorted(self.sources)}"
             )
+        tok = self.tokenizer_source
+        if tok is not None and tok not in ("base", "union", *self.sources):
+            raise ValueError(
+                f"tokenizer_source: {tok!r} is neither 'base', 'union' nor one of the sources "
+                f"{sorted(self.sources)}"
+            )
+        if tok == "base" and self.base is None:
+            raise ValueError("tokenizer_source: 'base' needs `base:` set")
         labels = [o.label for o in self.objectives]
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:
@@ -202,6 +212,8 @@ class Experiment(_Spec):
         data = self.model_dump(mode="json")
         if ignore_budget:
             data.pop("budget")
+        if data.get("tokenizer_source") is None:  # runs started before the key existed
+            data.pop("tokenizer_source", None)
         for key in _PLACEMENT:
             data["workers"].pop(key)
         # the workers section hashes as it did before placement keys existed (`kind: local`

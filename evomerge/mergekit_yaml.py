@@ -121,8 +121,11 @@ def from_mergekit(
     else:
         raise RecipeError(f"{origin}: neither models nor slices given")
     tok = data.get("tokenizer_source")
-    if tok == "union" or data.get("tokenizer"):
-        raise RecipeError(f"{origin}: tokenizer_source: union tokenizers are not supported")
+    if data.get("tokenizer"):
+        raise RecipeError(
+            f"{origin}: tokenizer: per-token embedding settings are not supported; "
+            "use tokenizer_source (base, union or a model)"
+        )
     recipe = {
         "sources": sources,
         "method": data["merge_method"],
@@ -133,9 +136,7 @@ def from_mergekit(
         },
         "routing": routing,
         "dtype": data.get("out_dtype") or data.get("dtype"),
-        "tokenizer_source": (base if tok == "base" else name_of(tok, "tokenizer_source"))
-        if tok
-        else None,
+        "tokenizer_source": _import_tokenizer_source(tok, base, name_of),
     }
     return Recipe.from_dict(recipe, origin=origin, base_dir=base_dir)
 
@@ -205,6 +206,7 @@ def _import_spec(v: Any, where: str) -> Any:
 def to_mergekit(recipe: Recipe, sources: dict[str, ModelSource] | None = None) -> dict[str, Any]:
     """The mergekit config that makes the same weights; sources (opened from the recipe's paths
     when not given) let module-kind parameters become verified name filters."""
+    recipe = _one_method(recipe)
     if recipe.routing is not None:
         return routed_to_mergekit(recipe, sources)
     srcs = sources or {n: ModelSource(s.path, name=n) for n, s in recipe.sources.items()}
@@ -232,16 +234,49 @@ def to_mergekit(recipe: Recipe, sources: dict[str, ModelSource] | None = None) -
         }
     if recipe.dtype:
         out["dtype"] = recipe.dtype
-    tok = recipe.tokenizer_source
-    out["tokenizer_source"] = (
-        "base"
-        if (tok is None and recipe.base) or tok == recipe.base
-        else (recipe.sources[tok].path if tok else None)
-    )
-    if out["tokenizer_source"] is None:
-        del out["tokenizer_source"]
+    exported = _export_tokenizer_source(recipe)
+    if exported is not None:
+        out["tokenizer_source"] = exported
     _verify(recipe, from_mergekit(out), ref)
     return out
+
+
+def _import_tokenizer_source(tok: Any, base: str | None, name_of: Any) -> str | None:
+    """mergekit's ``base`` / ``union`` / a model path → ours (``base`` / ``union`` / a name)."""
+    if not tok:
+        return None
+    if tok == "union":
+        return "union"
+    if tok == "base":
+        return base if base is not None else "base"
+    return str(name_of(tok, "tokenizer_source"))
+
+
+def _export_tokenizer_source(recipe: Recipe) -> str | None:
+    tok = recipe.tokenizer_source
+    if tok == "union":
+        return "union"
+    if tok == "base" or (recipe.base is not None and tok in (None, recipe.base)):
+        return "base"
+    return recipe.sources[tok].path if tok else None
+
+
+def _one_method(recipe: Recipe) -> Recipe:
+    """A recipe whose layer_methods all repeat its method is a plain mergekit config; one with a
+    method per layer group is not: mergekit 0.1.5 takes one ``merge_method`` per config, and its
+    ``slices`` and ``modules`` carry sources, a base and parameters but no method."""
+    if not recipe.layer_methods:
+        return recipe
+    for i, lm in enumerate(recipe.layer_methods):
+        if lm.method != recipe.method or lm.models:
+            what = f"{lm.method!r}" + (f" with models {lm.models}" if lm.models else "")
+            raise RecipeError(
+                f"layer_methods.{i}: layers {list(lm.layers)} merge by {what} while the recipe's "
+                f"method is {recipe.method!r}; mergekit takes one merge_method per config (its "
+                "slices carry no method), so it cannot express a method per layer group. "
+                "Export the recipe (--format recipe) or a checkpoint (--format hf)"
+            )
+    return recipe.model_copy(update={"layer_methods": None})
 
 
 def _export_spec(spec: ParamSpec, ref: ModelSource, names: list[str]) -> Any:

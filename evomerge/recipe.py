@@ -11,11 +11,17 @@ A parameter is a *spec* that resolves to one number per tensor:
   module kind (missing kinds fall back to ``default``);
 - ``[{filter: self_attn, value: spec}, {value: spec}]`` — mergekit's conditional form: the first
   entry whose filter is a substring of the tensor name wins.
+
+``layer_methods: [{layers: [lo, hi], method: slerp, models: [NAME]}]`` merges source layers
+``[lo, hi)`` by another method than ``method`` (a method per layer group); each tensor reads only
+its method's parameters, and tensors outside layers follow layer 0's method, as they take the
+values at t = 0. mergekit has one method per config, so only recipes without it export there.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,11 +209,29 @@ class Slot(_Frozen):
     scale: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
 
 
+class LayerMethod(_Frozen):
+    """Layers ``[lo, hi)`` (source layer indices, as mergekit's ``layer_range``) merged by
+    another method than the recipe's. ``models`` narrows the models that take part (default: all
+    but the base); slerp, which takes one model besides the base, names it here when there are
+    several. Parameters stay where they are: each tensor reads only its method's parameters."""
+
+    layers: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]
+    method: str
+    models: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> LayerMethod:
+        if self.layers[0] >= self.layers[1]:
+            raise ValueError(f"layers: [{self.layers[0]}, {self.layers[1]}) is empty")
+        return self
+
+
 class Recipe(_Frozen):
     sources: dict[str, Source]
     method: str
     base: str | None = None
     parameters: dict[str, GlobalValue] = Field(default_factory=dict)
+    layer_methods: list[LayerMethod] | None = None
     routing: list[Slot] | None = None
     dtype: DTypeName | None = None
     tokenizer_source: str | None = None
@@ -224,18 +248,28 @@ class Recipe(_Frozen):
     def _names_exist(self) -> Recipe:
         if not self.sources:
             raise ValueError("sources: at least one source is needed")
-        for key in ("base", "tokenizer_source"):
-            name = getattr(self, key)
-            if name is not None and name not in self.sources:
-                raise ValueError(
-                    f"{key}: {name!r} is not one of the sources {sorted(self.sources)}"
-                )
+        if self.base is not None and self.base not in self.sources:
+            raise ValueError(
+                f"base: {self.base!r} is not one of the sources {sorted(self.sources)}"
+            )
+        _check_tokenizer_source(self)
         for i, slot in enumerate(self.routing or []):
             if slot.source is not None and slot.source not in self.sources:
                 raise ValueError(f"routing.{i}.source: {slot.source!r} is not a source")
         if self.routing is not None and not self.routing:
             raise ValueError("routing: an empty route has no layers")
+        _check_layer_methods(self)
         return self
+
+    def method_at(self, layer: int | None) -> LayerMethod | None:
+        """The override that merges source layer ``layer``; None: the recipe's ``method``
+        (always so outside transformer blocks: embeddings, final norm and head)."""
+        if layer is None:
+            return None
+        for lm in self.layer_methods or []:
+            if lm.layers[0] <= layer < lm.layers[1]:
+                return lm
+        return None
 
     # -- identity ---------------------------------------------------------------------------
     def content_hash(self) -> str:
@@ -255,7 +289,11 @@ class Recipe(_Frozen):
 
     @property
     def tokenizer_name(self) -> str:
-        return self.tokenizer_source or self.base or sorted(self.sources)[0]
+        """The source whose tokenizer a merge without vocabulary surgery copies."""
+        tok = self.tokenizer_source
+        if tok in (None, "base", "union"):
+            return self.base or sorted(self.sources)[0]
+        return tok  # type: ignore[return-value]
 
     def with_zoo(self, zoo_dir: str | Path) -> Recipe:
         """Resolve ``zoo:NAME`` source paths (e.g. ``zoo:experts/rev9``) against a built zoo."""
@@ -303,6 +341,44 @@ class Recipe(_Frozen):
         path = Path(path)
         data = read_yaml(path, error=RecipeError)
         return cls.from_dict(data, origin=str(path), base_dir=path.parent)
+
+
+def _check_tokenizer_source(recipe: Recipe) -> None:
+    """mergekit's values: ``base``, ``union`` or a model (here: a source's name)."""
+    tok, names = recipe.tokenizer_source, sorted(recipe.sources)
+    if tok is None:
+        return
+    if tok == "union":
+        if "union" in recipe.sources:
+            raise ValueError("tokenizer_source: 'union' is also a source's name; rename it")
+    elif tok == "base":
+        if recipe.base is None:
+            raise ValueError("tokenizer_source: 'base' needs `base:` set")
+        if "base" in recipe.sources and recipe.base != "base":
+            raise ValueError(
+                f"tokenizer_source: 'base' is ambiguous: a source is named 'base' but the "
+                f"recipe's base is {recipe.base!r}; name the source instead"
+            )
+    elif tok not in recipe.sources:
+        raise ValueError(
+            f"tokenizer_source: {tok!r} is neither 'base', 'union' nor one of the sources {names}"
+        )
+
+
+def _check_layer_methods(recipe: Recipe) -> None:
+    if recipe.layer_methods is not None and not recipe.layer_methods:
+        raise ValueError("layer_methods: give at least one entry or leave the key out")
+    spans = sorted((lm.layers, i) for i, lm in enumerate(recipe.layer_methods or []))
+    for (a, i), (b, j) in itertools.pairwise(spans):
+        if b[0] < a[1]:
+            raise ValueError(f"layer_methods.{j}: layers {list(b)} overlap layer_methods.{i}")
+    for i, lm in enumerate(recipe.layer_methods or []):
+        for m in lm.models or []:
+            if m not in recipe.sources or m == recipe.base:
+                raise ValueError(
+                    f"layer_methods.{i}.models: {m!r} is not one of the non-base sources "
+                    f"{sorted(n for n in recipe.sources if n != recipe.base)}"
+                )
 
 
 def zoo_path(path: str, zoo_dir: str | Path) -> str:

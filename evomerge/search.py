@@ -103,6 +103,7 @@ class Search:
             base=experiment.base,
             seed=experiment.seed,
             dtype=experiment.dtype,
+            tokenizer_source=experiment.tokenizer_source,
         )
         self.multi = optimizer_class(experiment.optimizer.name).multi_objective
         if experiment.workers.dispatch == "async":  # one candidate at a time: search_async.py

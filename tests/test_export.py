@@ -127,7 +127,7 @@ def test_model_card_states_what_was_scored(run: Path, unit_zoo: Path, tmp_path: 
     assert [o["fidelity"] for o in evo["objectives"]] == [
         ev.fidelity[k] for k in archive.objectives
     ]
-    assert {o["estimator"] for o in evo["objectives"]} == {"subsample:200"}
+    assert {o["estimator"] for o in evo["objectives"]} == {"subsample:150"}
     assert {s["name"]: s["ref"] for s in evo["sources"]} == {
         "base": "zoo:base",
         "rev9": "zoo:experts/rev9",
@@ -140,6 +140,25 @@ def test_model_card_states_what_was_scored(run: Path, unit_zoo: Path, tmp_path: 
     for secret in (str(tmp_path), str(unit_zoo), str(run.parent)):
         assert secret not in text and secret not in (out / "recipe.yaml").read_text()
     assert Recipe.from_dict(yaml.safe_load((out / "recipe.yaml").read_text())).method == "dare_ties"
+
+
+def test_model_card_of_a_confirmed_trial_states_its_held_out_scores(
+    run: Path, tmp_path: Path
+) -> None:
+    from evomerge.confirm import confirmations
+
+    confirmed = {c.trial: c for c in confirmations(Archive.open(run))}  # the demo confirms its knee
+    knee = Archive.open(run).knee()
+    assert knee is not None and knee.number in confirmed
+    out = tmp_path / "card"
+    assert _export(run, out, "--knee", "--format", "hf").exit_code == 0
+    objectives = front_matter((out / "README.md").read_text())["evomerge"]["objectives"]
+    assert {o["name"]: o["heldout"] for o in objectives} == confirmed[knee.number].scores
+    out2 = tmp_path / "unconfirmed"
+    other = next(n for n in range(8) if n not in confirmed)
+    assert _export(run, out2, "--trial", str(other), "--format", "hf").exit_code == 0
+    objectives = front_matter((out2 / "README.md").read_text())["evomerge"]["objectives"]
+    assert all(o.get("heldout") is None for o in objectives)
 
 
 def test_license_and_base_model_from_the_sources_cards(tmp_path: Path) -> None:

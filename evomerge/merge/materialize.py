@@ -9,6 +9,8 @@ of sources plus its output. The same stream feeds a checkpoint writer or a resid
 from __future__ import annotations
 
 import hashlib
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,6 +28,7 @@ from evomerge.checkpoint import (
 )
 from evomerge.errors import MergeError, RecipeError
 from evomerge.merge.methods import Method, Params, get_method
+from evomerge.merge.vocab import VocabPlan, vocab_plan
 from evomerge.recipe import Recipe, Slot, resolve, rules, spec_values
 
 
@@ -40,6 +43,10 @@ class TensorJob:
     params: Params | None
     seed: int
     scale: float = 1.0  # folded routing scale (output projections of routed layers)
+    # a layer_methods recipe: this tensor's method and inputs (None: the plan's)
+    method: Method | None = None
+    models: tuple[str, ...] | None = None
+    base: str | None = None
 
 
 @dataclass
@@ -51,6 +58,7 @@ class MergePlan:
     num_layers: int
     out_dtype: torch.dtype | None
     config: dict[str, Any]
+    vocab: VocabPlan | None = None  # tokenizer_source: inputs re-indexed to one vocabulary
 
     @property
     def models(self) -> list[str]:
@@ -61,11 +69,13 @@ class MergePlan:
         """Bytes of source tensors a materialization reads (the benchmark's unit)."""
         total = 0
         for job in self.jobs:
-            names = [job.copy_from] if job.copy_from else self._inputs()
+            names = [job.copy_from] if job.copy_from else self._inputs(job)
             total += sum(self.sources[n].tensors[job.src_name].nbytes for n in names)
         return total
 
-    def _inputs(self) -> list[str]:
+    def _inputs(self, job: TensorJob | None = None) -> list[str]:
+        if job is not None and job.method is not None:  # a layer_methods recipe
+            return [*(job.models or ()), *([job.base] if job.base else [])]
         return self.models + ([self.recipe.base] if self.method.needs_base else [])
 
 
@@ -76,12 +86,23 @@ def open_sources(recipe: Recipe, *, allow_pickle: bool = False) -> dict[str, Mod
     }
 
 
+_AUTO: Any = object()
+
+
 def plan(
-    recipe: Recipe, sources: Mapping[str, ModelSource] | None = None, *, allow_pickle: bool = False
+    recipe: Recipe,
+    sources: Mapping[str, ModelSource] | None = None,
+    *,
+    allow_pickle: bool = False,
+    vocab: VocabPlan | None = _AUTO,
 ) -> MergePlan:
-    """Validate a recipe against its sources and resolve every tensor's parameters."""
+    """Validate a recipe against its sources and resolve every tensor's parameters.
+    ``vocab``: the vocabulary surgery, when a caller already made it (default: from the
+    recipe's tokenizer_source)."""
     method = get_method(recipe.method)
     srcs = dict(sources) if sources is not None else open_sources(recipe, allow_pickle=allow_pickle)
+    if recipe.layer_methods:
+        return _plan_layer_methods(recipe, srcs)
     missing = set(recipe.sources) - set(srcs)
     if missing:
         raise RecipeError(f"sources: {sorted(missing)} named in the recipe but not opened")
@@ -102,7 +123,9 @@ def plan(
     _check_parameters(recipe, method, models)
     ordered = {n: srcs[n] for n in sorted(srcs)}
     ref = ordered[recipe.base or next(iter(ordered))]
-    check_compatible({ref.name: ref, **ordered})
+    if vocab is _AUTO:
+        vocab = vocab_plan(recipe, {n: ordered[n] for n in recipe.sources})
+    check_compatible({ref.name: ref, **ordered}, vocab_tensors=vocab.tensors if vocab else ())
     if ref.architecture is None:
         _refuse_module_kinds(recipe, ref)
     n_layers = ref.num_layers
@@ -137,7 +160,9 @@ def plan(
     if recipe.dtype:
         config["torch_dtype"] = recipe.dtype
         config["dtype"] = recipe.dtype
-    return MergePlan(recipe, method, ordered, jobs, out_layers, out_dtype, config)
+    if vocab is not None:
+        config["vocab_size"] = vocab.size
+    return MergePlan(recipe, method, ordered, jobs, out_layers, out_dtype, config, vocab)
 
 
 def _folded_scales(route: list[Slot], ref: ModelSource) -> list[float]:
@@ -298,19 +323,113 @@ def materialize(
             _check_finite(mp, job, out, [job.copy_from])
             yield job.out_name, out
             continue
-        raw = [mp.sources[m].get(job.src_name, device) for m in mp.models]
+        method, models, job_base = _job_inputs(mp, job, base)
+        raw = _read_inputs(mp, job, [*models, *([job_base] if job_base else [])], device)
         dtype = raw[0].dtype
         work = torch.float64 if dtype == torch.float64 else torch.float32
-        tensors = [t.to(work) for t in raw]
+        tensors = [t.to(work) for t in raw[: len(models)]]
+        base_t = raw[len(models)].to(work) if job_base else None
         del raw
-        base_t = mp.sources[base].get(job.src_name, device).to(work) if base else None
         assert job.params is not None
-        out = mp.method(tensors, base_t, job.params)
+        out = method(tensors, base_t, job.params)
         if job.scale != 1.0:
             out = out * job.scale
         out = out.to(mp.out_dtype or dtype)
-        _check_finite(mp, job, out, mp.models + ([base] if base else []))
+        _check_finite(mp, job, out, models + ([job_base] if job_base else []))
         yield job.out_name, out
+
+
+# -- sources with different vocabularies (recipe.tokenizer_source) -----------------------------
+def _read_inputs(
+    mp: MergePlan, job: TensorJob, names: list[str], device: torch.device
+) -> list[torch.Tensor]:
+    got = {n: mp.sources[n].get(job.src_name, device) for n in names}
+    if mp.vocab is not None and job.src_name in mp.vocab.tensors:
+        got = mp.vocab.permute(got)
+    return [got[n] for n in names]
+
+
+# -- a method per layer group (recipe.layer_methods) ----------------------------------------------
+def _job_inputs(
+    mp: MergePlan, job: TensorJob, base: str | None
+) -> tuple[Method, list[str], str | None]:
+    if job.method is None:
+        return mp.method, mp.models, base
+    return job.method, list(job.models or ()), job.base
+
+
+def _plan_layer_methods(recipe: Recipe, srcs: dict[str, ModelSource]) -> MergePlan:
+    """Each (method, models) of the recipe is planned as the single-method recipe it is (so each
+    is validated as such, parameters filtered to those its method reads); each tensor then takes
+    its job from the plan of the method that merges its layer (outside layers: layer 0's)."""
+    ref = srcs[recipe.base or sorted(srcs)[0]]
+    n_layers = ref.num_layers
+    for i, lm in enumerate(recipe.layer_methods or []):
+        if lm.layers[1] > n_layers:
+            raise RecipeError(
+                f"layer_methods.{i}.layers: {list(lm.layers)} but the sources have "
+                f"{n_layers} layers"
+            )
+    layers = sorted({s.layer for s in recipe.routing}) if recipe.routing else list(range(n_layers))
+    keys = {_view_key(recipe, layer) for layer in [0, *layers]}
+    views = {k: _view(recipe, *k) for k in sorted(keys, key=str)}
+    readers = {p for v in views.values() for p in get_method(v.method).param_index}
+    named = [*recipe.parameters] + [k for s in recipe.sources.values() for k in s.parameters]
+    for key in named:
+        if key not in readers:
+            raise RecipeError(
+                f"parameters.{key}: no method of this recipe reads it "
+                f"(methods: {sorted({v.method for v in views.values()})})"
+            )
+    vocab = vocab_plan(recipe, {n: srcs[n] for n in recipe.sources})
+    plans = {k: plan(v, srcs, vocab=vocab) for k, v in views.items()}
+    first = next(iter(plans.values()))
+    by_name = {k: {j.out_name: j for j in p.jobs} for k, p in plans.items()}
+    jobs = []
+    for job in first.jobs:
+        key = _view_key(recipe, job.layer if job.layer is not None else 0)
+        sub, own = plans[key], by_name[key][job.out_name]
+        if own.copy_from is None:
+            base = sub.recipe.base if sub.method.needs_base else None
+            own = replace(own, method=sub.method, models=tuple(sub.models), base=base)
+        jobs.append(own)
+    return replace(first, recipe=recipe, sources=dict(sorted(srcs.items())), jobs=jobs)
+
+
+def _view_key(recipe: Recipe, layer: int) -> tuple[str, tuple[str, ...] | None]:
+    lm = recipe.method_at(layer)
+    if lm is None:
+        return recipe.method, None
+    return lm.method, tuple(lm.models) if lm.models else None
+
+
+def _view(recipe: Recipe, method_name: str, models: tuple[str, ...] | None) -> Recipe:
+    """The single-method recipe that merges the layers of one (method, models)."""
+    method = get_method(method_name)
+    base = recipe.base if method.needs_base else None
+    keep = set(recipe.sources) if models is None else set(models) | ({base} if base else set())
+    params = method.param_index
+    sources = {
+        n: s.model_copy(
+            update={
+                "parameters": {
+                    k: v for k, v in s.parameters.items() if k in params and params[k].per_source
+                }
+            }
+        )
+        for n, s in recipe.sources.items()
+        if n in keep
+    }
+    return recipe.model_copy(
+        update={
+            "method": method_name,
+            "sources": sources,
+            "base": base if base in sources else None,
+            "parameters": {k: v for k, v in recipe.parameters.items() if k in params},
+            "layer_methods": None,
+            "tokenizer_source": None,
+        }
+    )
 
 
 def _check_finite(mp: MergePlan, job: TensorJob, out: torch.Tensor, inputs: list[str]) -> None:
@@ -359,9 +478,16 @@ def merge_to_dir(
     ) as writer:
         for name, tensor in materialize(mp, device):
             writer.add(name, tensor)
-        tok = mp.sources[recipe.tokenizer_name].path
-        return writer.finish(
-            num_layers=mp.num_layers if recipe.routing else None,
-            tokenizer_from=tok,
-            model_card=model_card(recipe),
-        )
+        with tempfile.TemporaryDirectory() as built:
+            tok = mp.sources[recipe.tokenizer_name].path
+            if mp.vocab is not None:  # the output vocabulary's tokenizer, as mergekit saves it
+                mp.vocab.save_tokenizer(built)
+                gen = Path(tok) / "generation_config.json"
+                if gen.exists():
+                    shutil.copy2(gen, Path(built) / gen.name)
+                tok = built
+            return writer.finish(
+                num_layers=mp.num_layers if recipe.routing else None,
+                tokenizer_from=tok,
+                model_card=model_card(recipe),
+            )

@@ -117,11 +117,13 @@ def load_space(
 # the interface
 
 
-def sources_depth(sources: Mapping[str, str], base: str | None) -> int:
+def sources_depth(
+    sources: Mapping[str, str], base: str | None, *, loose_vocab: bool = False
+) -> int:
     """The layer count the sources share, read from their checkpoints; SpaceError when they
     cannot be merged tensor by tensor (a space over them would make no model)."""
     try:
-        return num_layers(sources, base)
+        return num_layers(sources, base, loose_vocab=loose_vocab)
     except IncompatibleSourcesError as e:
         raise SpaceError(f"the sources do not fit one search space: {e}") from None
 
@@ -151,13 +153,15 @@ class SearchSpace(ABC):
         num_layers: int | None = None,
         seed: int = 0,
         dtype: str | None = None,
+        tokenizer_source: str | None = None,
     ) -> None:
         if base is not None and base not in sources:
             raise SpaceError(f"base {base!r} is not one of the sources {sorted(sources)}")
         if num_layers is None:
-            num_layers = sources_depth(sources, base)
+            num_layers = sources_depth(sources, base, loose_vocab=tokenizer_source is not None)
         self.spec, self.sources, self.base = spec, dict(sources), base
         self.num_layers, self.seed, self.dtype = num_layers, seed, dtype
+        self.tokenizer_source = tokenizer_source  # every decoded recipe's (sources' vocabularies)
 
     @abstractmethod
     def decode(self, genome: np.ndarray) -> Recipe:
@@ -220,6 +224,8 @@ class SearchSpace(ABC):
         data = {**fields, "seed": self.seed}
         if self.dtype:
             data["dtype"] = self.dtype
+        if self.tokenizer_source:
+            data["tokenizer_source"] = self.tokenizer_source
         try:
             return Recipe.model_validate(data)
         except ValidationError as e:

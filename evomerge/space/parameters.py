@@ -12,11 +12,12 @@ from pydantic import Field
 
 from evomerge.errors import RecipeError
 from evomerge.genes import Gene
-from evomerge.merge.methods import get_method
+from evomerge.merge.methods import Method, get_method
 from evomerge.recipe import (
     ByModule,
     GlobalValue,
     Gradient,
+    LayerMethod,
     ParamSpec,
     PerLayer,
     Recipe,
@@ -29,7 +30,9 @@ from evomerge.space.base import Bound, SearchSpace, SpaceError, SpaceSpec, regis
 
 class ParametersSpec(SpaceSpec):
     kind: Literal["parameters"] = "parameters"
-    method: str
+    method: str | None = None  # required unless `methods` is given
+    # a categorical `method` gene per layer group among these (see `MethodGenes`)
+    methods: Annotated[list[str], Field(min_length=2)] | None = None
     models: list[str] | None = None  # default: every source but the base
     genes: dict[str, Bound]
     fixed: dict[str, GlobalValue] = Field(default_factory=dict)
@@ -44,7 +47,9 @@ class ParametersSpace(SearchSpace):
 
     def __init__(self, spec: ParametersSpec, **kw: Any) -> None:
         super().__init__(spec, **kw)
-        self.params = ParamGenes.of(self, spec, spec.granularity, spec.split, spec.smoothing)
+        self.params = ParamGenes.of(
+            self, spec, spec.granularity, spec.split, spec.smoothing, allow_methods=True
+        )
         self._set_genes(self.params.genes)
 
     def decode(self, genome: np.ndarray) -> Recipe:
@@ -75,7 +80,16 @@ class ParamGenes:
         granularity: int,
         split: Sequence[str],
         smoothing: bool,
+        *,
+        allow_methods: bool = False,
     ) -> ParamGenes:
+        methods = getattr(spec, "methods", None)
+        if methods is not None:
+            if not allow_methods:
+                raise SpaceError("methods: a method gene is offered by `kind: parameters` only")
+            return MethodGenes.of(space, spec, granularity, split, smoothing)
+        if spec.method is None:
+            raise SpaceError("method: required (or give `methods: [...]` to search it)")
         models = space._models(spec.models, needs_base=get_method(spec.method).needs_base)
         return cls(spec, models, space.num_layers, granularity, split, smoothing)
 
@@ -88,19 +102,19 @@ class ParamGenes:
         split: Sequence[str],
         smoothing: bool,
     ) -> None:
-        self.method = get_method(spec.method)
+        self.method = self._primary(spec)
         self.fixed: dict[str, GlobalValue] = dict(spec.fixed)
         self.models, self.n_layers, self.gran = models, n_layers, granularity
         self.kinds: list[str | None] = [*split, "default"] if split else [None]
         self.smoothing = smoothing
         self.n_groups = math.ceil(n_layers / granularity)
         self.bounds: dict[str, Bound] = dict(spec.genes)
-        params = self.method.param_index
+        params = self._param_index()
         for name, bound in self.bounds.items():
             p = params.get(name)
             if p is None:
                 raise SpaceError(
-                    f"genes.{name}: not a parameter of {self.method.name!r} (known: "
+                    f"genes.{name}: not a parameter of {self._method_names()} (known: "
                     f"{sorted(params)})"
                 )
             if p.is_flag:
@@ -112,7 +126,7 @@ class ParamGenes:
                     raise SpaceError(str(e)) from None
         for name in spec.fixed:
             if name not in params:
-                raise SpaceError(f"fixed.{name}: not a parameter of {self.method.name!r}")
+                raise SpaceError(f"fixed.{name}: not a parameter of {self._method_names()}")
             if name in self.bounds:
                 raise SpaceError(f"fixed.{name}: also a searched gene; choose one")
         self.keys: list[tuple[str, str | None, int, str | None]] = []  # param, model, group, kind
@@ -122,8 +136,17 @@ class ParamGenes:
                     for kind in self.kinds:
                         self.keys.append((name, owner, g, kind))
 
+    def _primary(self, spec: Any) -> Method:
+        return get_method(spec.method)
+
+    def _param_index(self) -> dict[str, Any]:
+        return dict(self.method.param_index)
+
+    def _method_names(self) -> str:
+        return repr(self.method.name)
+
     def _owners(self, name: str) -> list[str | None]:
-        return list(self.models) if self.method.param_index[name].per_source else [None]
+        return list(self.models) if self._param_index()[name].per_source else [None]
 
     @property
     def genes(self) -> list[Gene]:
@@ -182,17 +205,22 @@ class ParamGenes:
     def encode(self, recipe: Recipe) -> np.ndarray:
         out = np.empty(len(self.keys))
         for i, (name, owner, g, kind) in enumerate(self.keys):
-            if owner is None:
-                spec = recipe.parameters.get(name)
-            else:
-                src = recipe.sources.get(owner)
-                if src is None:
-                    raise SpaceError(f"recipe has no source {owner!r} that the space searches")
-                spec = src.parameters.get(name, recipe.parameters.get(name))
-            if spec is None or isinstance(spec, bool):
-                raise SpaceError(f"recipe gives no value for {name!r} of {owner or 'the merge'}")
-            out[i] = self.bounds[name].unit(self._read(spec, g, kind))
+            out[i] = self._encode_one(recipe, name, owner, g, kind)
         return out
+
+    def _encode_one(
+        self, recipe: Recipe, name: str, owner: str | None, g: int, kind: str | None
+    ) -> float:
+        if owner is None:
+            spec = recipe.parameters.get(name)
+        else:
+            src = recipe.sources.get(owner)
+            if src is None:
+                raise SpaceError(f"recipe has no source {owner!r} that the space searches")
+            spec = src.parameters.get(name, recipe.parameters.get(name))
+        if spec is None or isinstance(spec, bool):
+            raise SpaceError(f"recipe gives no value for {name!r} of {owner or 'the merge'}")
+        return self.bounds[name].unit(self._read(spec, g, kind))
 
     def _read(self, spec: ParamSpec, g: int, kind: str | None) -> float:
         try:
@@ -205,3 +233,197 @@ class ParamGenes:
         if self.smoothing and self.n_groups > 1:
             layer = round(g * (self.n_layers - 1) / (self.n_groups - 1))
         return at_layer(values, layer, self.n_layers)
+
+
+class MethodGenes(ParamGenes):
+    """``methods: [ties, dare_ties, slerp]``: besides the coefficients, a categorical ``method``
+    gene per layer group, and, when a one-model method (slerp) is among them and the space has
+    several models, a ``partner`` gene per group: the model that group slerps the base toward
+    (mergekit's slerp merges the base with exactly one other model).
+
+    A coefficient the group's method does not read (``t`` in a TIES group, ``density`` in a SLERP
+    group) is an inactive gene: decoding writes the middle of its bounds in its place, and leaves
+    out a parameter no chosen method reads, so genomes that differ only in inactive genes make
+    one recipe and one hash. Embeddings, the final norm and the head follow layer 0's method, as
+    they follow its parameter values.
+    """
+
+    @classmethod
+    def of(  # type: ignore[override]
+        cls,
+        space: SearchSpace,
+        spec: Any,
+        granularity: int,
+        split: Sequence[str],
+        smoothing: bool,
+    ) -> MethodGenes:
+        if spec.method is not None and spec.method not in spec.methods:
+            raise SpaceError(
+                f"method: {spec.method!r} is not among methods {spec.methods}; a space with "
+                "`methods` searches the method (a preset's `method` may stay if it is one of them)"
+            )
+        if len(set(spec.methods)) != len(spec.methods):
+            raise SpaceError(f"methods: {spec.methods} names a method twice")
+        if smoothing:
+            raise SpaceError(
+                "methods: with smoothing, a group's inactive coefficients would shape its "
+                "neighbours' interpolated values; use steps (smoothing: false)"
+            )
+        found = [get_method(m) for m in spec.methods]
+        if len({m.needs_base for m in found}) != 1:
+            raise SpaceError(
+                f"methods: {spec.methods} mix methods that merge onto a base with methods that "
+                "do not; they would merge different models"
+            )
+        models = space._models(spec.models, needs_base=found[0].needs_base)
+        return cls(spec, models, space.num_layers, granularity, split, smoothing)
+
+    def __init__(self, spec: Any, models: list[str], *args: Any) -> None:
+        self.methods = [get_method(m) for m in spec.methods]
+        super().__init__(spec, models, *args)
+        for m in self.methods:
+            for p in m.params:
+                if p.default is None and p.name not in self.bounds and p.name not in self.fixed:
+                    raise SpaceError(
+                        f"methods: {m.name!r} requires {p.name!r}; search it under `genes:` or "
+                        "set it under `fixed:`"
+                    )
+            if m.min_models > len(models):
+                raise SpaceError(
+                    f"methods: {m.name!r} needs at least {m.min_models} models, the space has "
+                    f"{models}"
+                )
+        # the models a one-model method may pair with the base; empty: nothing to choose
+        single = any(m.max_models == 1 for m in self.methods)
+        self.partners: list[str] = list(models) if single and len(models) > 1 else []
+
+    def _primary(self, spec: Any) -> Method:
+        return get_method(spec.methods[0])
+
+    def _param_index(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for m in self.methods:
+            for name, p in m.param_index.items():
+                if name in out and out[name].per_source != p.per_source:
+                    raise SpaceError(
+                        f"methods: parameter {name!r} is per model in one method and shared "
+                        "in another"
+                    )
+                out.setdefault(name, p)
+        return out
+
+    def _method_names(self) -> str:
+        return "any of " + ", ".join(repr(m.name) for m in self.methods)
+
+    @property
+    def genes(self) -> list[Gene]:
+        labels = [_group_label(g, self.gran, self.n_layers) for g in range(self.n_groups)]
+        names = "|".join(m.name for m in self.methods)
+        out = super().genes + [
+            Gene(f"{la}.method[{names}]", choices=len(self.methods)) for la in labels
+        ]
+        if self.partners:
+            who = "|".join(self.partners)
+            out += [Gene(f"{la}.partner[{who}]", choices=len(self.partners)) for la in labels]
+        return out
+
+    def values(self, x: np.ndarray) -> Values:
+        n, g = len(self.keys), self.n_groups
+        chosen = [min(round(u), len(self.methods) - 1) for u in x[n : n + g]]
+        partner = [round(u) for u in x[n + g : n + 2 * g]] if self.partners else []
+        out: Values = {}
+        for (name, owner, grp, kind), u in zip(self.keys, x[:n], strict=True):
+            active = name in self.methods[chosen[grp]].param_index
+            out.setdefault((name, owner, kind), []).append(
+                self.bounds[name].value(u if active else 0.5)
+            )
+        out[("@method", None, None)] = [float(c) for c in chosen]
+        out[("@partner", None, None)] = [float(p) for p in partner]
+        return out
+
+    def _group_method(self, values: Mapping[Any, list[float]], g: int) -> tuple[str, list[str]]:
+        m = self.methods[int(values[("@method", None, None)][g])]
+        partners = values[("@partner", None, None)]
+        if m.max_models == 1 and self.partners:
+            return m.name, [self.partners[int(partners[g])]]
+        return m.name, []
+
+    def recipe(
+        self,
+        space: SearchSpace,
+        values: Mapping[Any, list[float]],
+        routing: list[Slot] | None = None,
+    ) -> Recipe:
+        groups = [self._group_method(values, g) for g in range(self.n_groups)]
+        used = {name for name, _ in groups}
+        known = {p for m in self.methods if m.name in used for p in m.param_index}
+        per_model: dict[str, dict[str, ParamSpec]] = {m: {} for m in self.models}
+        shared: dict[str, ParamSpec] = {}
+        for name in self.bounds:
+            if name not in known:
+                continue
+            for owner in self._owners(name):
+                by_kind = {k: self._layer_spec(values[(name, owner, k)]) for k in self.kinds}
+                spec = by_kind[None] if self.kinds == [None] else ByModule(**by_kind)  # type: ignore[arg-type]
+                if owner is None:
+                    shared[name] = spec
+                else:
+                    per_model[owner][name] = spec
+        top = groups[0][0]
+        entries: list[LayerMethod] = []
+        for g, (name, models) in enumerate(groups):
+            if (name, models) == (top, []):
+                continue
+            lo, hi = g * self.gran, min(self.n_layers, (g + 1) * self.gran)
+            last = entries[-1] if entries else None
+            if last and last.layers[1] == lo and (last.method, last.models) == (name, models):
+                entries[-1] = last.model_copy(update={"layers": [last.layers[0], hi]})
+            else:
+                entries.append(LayerMethod(layers=[lo, hi], method=name, models=models or None))
+        base = space.base if self.method.needs_base else None
+        names = set(self.models) | ({base} if base else set())
+        if routing:
+            names |= {s.source for s in routing if s.source}
+        sources = {
+            m: {"path": space.sources[m], "parameters": per_model.get(m, {})} for m in sorted(names)
+        }
+        fixed = {k: v for k, v in self.fixed.items() if k in known}
+        return space._recipe(
+            method=top,
+            base=base,
+            sources=sources,
+            parameters={**fixed, **shared},
+            layer_methods=entries or None,
+            routing=routing,
+        )
+
+    def encode(self, recipe: Recipe) -> np.ndarray:
+        chosen, partner = [], []
+        for g in range(self.n_groups):
+            lm = recipe.method_at(g * self.gran)
+            name, models = (lm.method, lm.models or []) if lm else (recipe.method, [])
+            if name not in self._names():
+                raise SpaceError(
+                    f"recipe merges layer {g * self.gran} by {name!r}, not one of "
+                    f"the space's methods {self._names()}"
+                )
+            idx = self._names().index(name)
+            chosen.append(float(idx))
+            if self.partners:  # inactive outside one-model groups: its first choice
+                one = self.methods[idx].max_models == 1 and len(models) == 1
+                p = models[0] if one else self.partners[0]
+                if p not in self.partners:
+                    raise SpaceError(
+                        f"recipe pairs layer {g * self.gran} with {p!r}, not a model of the space"
+                    )
+                partner.append(float(self.partners.index(p)))
+        out = np.empty(len(self.keys))
+        for i, (name, owner, g, kind) in enumerate(self.keys):
+            if name not in self.methods[int(chosen[g])].param_index:
+                out[i] = 0.5
+                continue
+            out[i] = self._encode_one(recipe, name, owner, g, kind)
+        return np.concatenate([out, chosen, partner])
+
+    def _names(self) -> list[str]:
+        return [m.name for m in self.methods]

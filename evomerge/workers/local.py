@@ -5,6 +5,8 @@ into it. Nothing is written to disk per candidate."""
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -144,6 +146,15 @@ class LocalWorker:
         self._scored: dict[str, set[str]] = {}  # item ids scored per objective, this candidate
         self.sources = {n: ModelSource(p, name=n) for n, p in sources.items()}
         ref = sources[experiment.base] if experiment.base else next(iter(sources.values()))
+        self._vocab_dir: str | None = None
+        if experiment.tokenizer_source:  # the engine holds the merges' vocabulary
+            from evomerge.merge.vocab import engine_template
+
+            self._vocab_dir = tempfile.mkdtemp(prefix="evomerge-vocab-")
+            template = engine_template(
+                sources, experiment.base, experiment.tokenizer_source, self._vocab_dir
+            )
+            ref = str(template) if template else ref
         self.engine = make_engine(
             w.engine,
             ref,
@@ -179,6 +190,8 @@ class LocalWorker:
         close = getattr(self.engine, "close", None)
         if callable(close):
             close()
+        if self._vocab_dir is not None:
+            shutil.rmtree(self._vocab_dir, ignore_errors=True)
 
     @property
     def directions(self) -> list[str]:
