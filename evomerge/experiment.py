@@ -162,6 +162,9 @@ class Experiment(_Spec):
     workers: WorkersSpec = Field(default_factory=WorkersSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     storage: str | None = None  # SQLAlchemy URL of the archive; default: SQLite in the run dir
+    # score the base, each source and the uniform merge once at the start (front plots' markers);
+    # how a run is shown, not what it searches: outside the hash
+    reference_points: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
@@ -182,6 +185,7 @@ class Experiment(_Spec):
         data = self.model_dump(mode="json")
         if ignore_budget:
             data.pop("budget")
+        data.pop("reference_points")
         for key in _PLACEMENT:
             data["workers"].pop(key)
         # the workers section hashes as it did before placement keys existed (`kind: local`
