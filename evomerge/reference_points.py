@@ -136,8 +136,8 @@ def ensure_reference_points(search: Search) -> None:
         points = []
         t0 = time.perf_counter()
         recipes = reference_recipes(search.space, search.experiment.base)
-        for label, (kind, recipe) in recipes.items():
-            ev = _score(search, recipe)
+        evs = _score(search, [r for _, r in recipes.values()])
+        for (label, (kind, recipe)), ev in zip(recipes.items(), evs, strict=True):
             ok = ev.ok and all(math.isfinite(v) for v in ev.values or [])
             points.append(
                 ReferencePoint(
@@ -164,19 +164,21 @@ def ensure_reference_points(search: Search) -> None:
     )
 
 
-def _score(search: Search, recipe: Recipe) -> Any:
-    """One reference model through the run's worker, never promoted: the front it is given is a
-    point no estimate can beat, so it is scored exactly as a fresh candidate's first rung."""
+def _score(search: Search, recipes: list[Recipe]) -> list[Any]:
+    """The reference models through the run's worker (a Ray pool: all at once), never promoted:
+    the front they are given is a point no estimate can beat, so each is scored as a fresh
+    candidate's first rung is."""
     unbeatable = [[math.inf if d == "maximize" else -math.inf for d in search.directions]]
     worker = search.worker
-    if getattr(worker, "concurrent", False):  # Ray: one job through the pool
+    if getattr(worker, "concurrent", False):
         from evomerge.workers.ray_pool import Job
 
-        (_, ev), *_ = worker.run(
-            [Job(recipe, [], [0])], front=lambda: unbeatable, stop=lambda: False
-        )
-        return ev
-    return worker.evaluate(recipe, [], unbeatable)
+        jobs = [Job(r, [], [i]) for i, r in enumerate(recipes)]
+        out: list[Any] = [None] * len(jobs)
+        for job, ev in worker.run(jobs, front=lambda: unbeatable, stop=lambda: False):
+            out[job.slots[0]] = ev
+        return out
+    return [worker.evaluate(r, [], unbeatable) for r in recipes]
 
 
 def _read_raw(path: Path) -> dict[str, Any]:

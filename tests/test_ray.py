@@ -127,6 +127,7 @@ def test_actor_killed_mid_candidate(
         optimizer={"name": "random", "batch": 4},
         budget=4,
         workers={**RAY, "retries": retries},
+        reference_points=False,  # the hook hangs the pool's first candidate: a trial's
     )
     s, budget = search.start(exp, tmp_path / "run", zoo=unit_zoo)
     killed: list[int] = []
@@ -170,6 +171,7 @@ def test_hung_candidate_is_timed_out(
         optimizer={"name": "random", "batch": 4},
         budget=6,
         workers={**RAY, "timeout_s": 8},
+        reference_points=False,  # the hook hangs the pool's first candidate: a trial's
     )
     s, budget = search.start(exp, tmp_path / "run", zoo=unit_zoo)
     try:
