@@ -154,7 +154,7 @@ def _front_splom(
         fig.add_trace(
             go.Splom(
                 dimensions=[
-                    {"label": view.axis_label(i), "values": [p.values[i] for p in pts]}
+                    {"label": _short(view, i), "values": [p.values[i] for p in pts]}
                     for i in range(len(view.names))
                 ],
                 name=name,
@@ -182,6 +182,12 @@ def _front_splom(
             },
         )
     return fig
+
+
+def _short(view: RunView, i: int) -> str:
+    """A matrix cell's axis: the objective and which way is better."""
+    o = view.objectives[i]
+    return f"{o.name} {'↑' if o.direction == 'maximize' else '↓'}"
 
 
 def _front_parcoords(view: RunView, evaluated: list[Point], refs: list[Point]) -> go.Figure:
