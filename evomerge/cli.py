@@ -7,6 +7,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -263,10 +264,10 @@ def _search_and_report(s: Any, total: int, hours: float | None, run_dir: Path) -
 
 
 def _print_front(run_dir: Path) -> None:
-    from evomerge.archive import Archive
-    from evomerge.report import front_table
+    from evomerge.report import RunView, front_table
 
-    console.print(front_table(Archive.open(run_dir), title=f"Pareto front of {run_dir}"))
+    view = RunView.open(run_dir)
+    console.print(front_table(view, title=f"Pareto front of {view.run_name}"))
 
 
 @app.command()
@@ -381,22 +382,72 @@ def _by(archive: Any, by: str) -> Any:
 @_friendly
 def front(
     run_dir: Annotated[Path, typer.Argument(help="A run directory")],
-    plot: Annotated[Path | None, typer.Option(help="Write a plot: FILE.png or FILE.html")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Write a plot: FILE.png (image) or FILE.html (interactive, offline)"),
+    ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the front as JSON")] = False,
     by: Annotated[str, typer.Option(help=_BY_HELP)] = "estimate",
+    all_: Annotated[
+        bool, typer.Option("--all", help="Every evaluated recipe, with its front rank")
+    ] = False,
 ) -> None:
-    """The Pareto front of a run (every recipe once, at the fidelity it was scored at)."""
-    from evomerge.archive import Archive
-    from evomerge.report import front_json, front_table, plot_front
+    """The Pareto front of a run (every recipe once, at the fidelity it was scored at), with
+    the reference points (base, sources, uniform merge) scored as the run started."""
+    from evomerge.report import RunView, front_json, front_table, plot_front
 
-    archive = _by(Archive.open(run_dir), by)
+    view = RunView.open(run_dir)
+    if by != "estimate":
+        view = replace(view, archive=_by(view.archive, by))
     if json_:
-        typer.echo(front_json(archive))  # plain: rich would wrap long lines
+        typer.echo(front_json(view, all_=all_))  # plain: rich would wrap long lines
     else:
         scores = " by confirmed scores" if by == "confirmed" else ""
-        console.print(front_table(archive, title=f"Pareto front of {run_dir}{scores}"))
+        title = f"{'Evaluated recipes' if all_ else 'Pareto front'} of {view.run_name}{scores}"
+        console.print(front_table(view, title=title, all_=all_))
     if plot is not None:
-        console.print(f"plot → {plot_front(archive, plot)}")
+        _check_suffix(plot, "--plot")
+        console.print(f"plot → {plot_front(view, plot)}")
+
+
+def _check_suffix(path: Path, option: str) -> None:
+    if path.suffix not in (".png", ".html"):
+        raise OptionError(f"{option} {path}: write FILE.png (an image) or FILE.html (interactive)")
+
+
+@app.command()
+@_friendly
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory")],
+    what: Annotated[str, typer.Option(help="progress or recipe")],
+    out: Annotated[Path, typer.Option(help="FILE.html (interactive, offline) or FILE.png")],
+    trial: Annotated[int | None, typer.Option(help="--what recipe: which trial")] = None,
+) -> None:
+    """Plot a run's progress (hypervolume and best per objective over evaluations, failures
+    marked) or one trial's recipe (per-layer coefficients; routing as a slot diagram)."""
+    from evomerge.report import RunView, plot_progress, plot_recipe
+
+    _check_suffix(out, "--out")
+    if what not in ("progress", "recipe"):
+        raise OptionError(f"--what {what!r}: choose progress or recipe")
+    if what == "recipe" and trial is None:
+        raise OptionError("--what recipe needs --trial N")
+    view = RunView.open(run_dir)
+    path = plot_progress(view, out) if what == "progress" else plot_recipe(view, trial, out)  # type: ignore[arg-type]
+    console.print(f"{what} → {path}")
+
+
+@app.command()
+@_friendly
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory")],
+    out: Annotated[Path, typer.Option(help="Output directory (DIR/index.html)")],
+) -> None:
+    """One self-contained HTML page for a run: summary, front with reference points, progress,
+    the knee's coefficients and the held-out confirmation. Opens with no network."""
+    from evomerge.report import write_report
+
+    console.print(f"report → {write_report(run_dir, out)}")
 
 
 @app.command()

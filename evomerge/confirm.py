@@ -307,3 +307,25 @@ def estimator_error(archive: Archive, kind: str = "holdout") -> dict[str, dict[s
         }
         for o, g in gaps.items()
     }
+
+
+def confirmation_rows(archive: Archive) -> list[dict[str, Any]]:
+    """One flat row per confirmed trial and objective, held-out set first, then full: what a
+    report's table shows (trial, set, objective, estimate, confirmed score ± stderr, items, gap)."""
+    rows: list[dict[str, Any]] = []
+    for kind in CONFIRMATION_SETS:
+        for c in confirmations(archive, kind):
+            for o, score in c.scores.items():
+                rows.append(
+                    {
+                        "trial": c.trial,
+                        "set": kind,
+                        "objective": o,
+                        "estimate": c.estimate[o],
+                        "confirmed": score,
+                        "stderr": c.stderr.get(o),
+                        "items": c.items.get(o),
+                        "gap": c.gap[o],
+                    }
+                )
+    return rows

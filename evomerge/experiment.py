@@ -184,6 +184,9 @@ class Experiment(_Spec):
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     storage: str | None = None  # SQLAlchemy URL of the archive; default: SQLite in the run dir
     holdout: HoldoutSpec | None = None  # items kept from the search for `evomerge confirm`
+    # score the base, each source and the uniform merge once at the start (front plots' markers);
+    # how a run is shown, not what it searches: outside the hash
+    reference_points: bool = True
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
@@ -214,6 +217,7 @@ class Experiment(_Spec):
             data.pop("budget")
         if data.get("tokenizer_source") is None:  # runs started before the key existed
             data.pop("tokenizer_source", None)
+        data.pop("reference_points")
         for key in _PLACEMENT:
             data["workers"].pop(key)
         # the workers section hashes as it did before placement keys existed (`kind: local`

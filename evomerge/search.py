@@ -234,6 +234,9 @@ class Search:
         on_progress: Callable[[Progress], None] | None = None,
         on_evaluation: Callable[[Evaluation], None] | None = None,
     ) -> Outcome:
+        from evomerge.reference_points import ensure_reference_points
+
+        ensure_reference_points(self)  # once per run (a file in the run dir); not trials
         start, new, cached = time.perf_counter(), 0, 0
         deadline = start + hours * 3600 if hours else None
         status = "finished"

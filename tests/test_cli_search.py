@@ -52,7 +52,8 @@ def test_status_and_front(demo_run: Path, tmp_path: Path) -> None:
         res = runner.invoke(app, ["front", str(demo_run), "--plot", str(tmp_path / f"f.{ext}")])
         assert res.exit_code == 0, res.output
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
-    assert "data:image/png;base64" in (tmp_path / "f.html").read_text()
+    page = (tmp_path / "f.html").read_text()
+    assert "Plotly.newPlot" in page and "<script src=" not in page  # plotly.js inlined
 
 
 def test_export_formats(demo_run: Path, unit_zoo: Path, tmp_path: Path) -> None:

@@ -1,0 +1,241 @@
+"""What the tables, plots and report read from a run: its archive, its objectives (direction,
+metric, estimator), its reference points, front ranks, error bars and the progress curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from evomerge.archive import Archive, Evaluation
+from evomerge.recipe import Recipe, spec_values
+from evomerge.reference_points import ObjectiveInfo, ReferencePoint, read_reference
+from evomerge.run_dir import EXPERIMENT_FILE, read_info
+
+
+@dataclass
+class Point:
+    """One thing drawn or listed: a trial, or a reference point (``trial`` None)."""
+
+    label: str
+    trial: int | None
+    values: list[float]
+    stderr: list[float | None]
+    fidelity: list[float | None]
+    summary: str
+    kind: str = "trial"  # trial | base | source | uniform
+    knee: bool = False
+    rank: int | None = None  # 1 = the Pareto front
+
+
+@dataclass
+class RunView:
+    """A run as the report sees it. ``run_dir`` is None for a bare archive (tests, tools)."""
+
+    archive: Archive
+    objectives: list[ObjectiveInfo]
+    references: list[ReferencePoint] = field(default_factory=list)
+    run_dir: Path | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    experiment: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, run_dir: Path) -> RunView:
+        run_dir = Path(run_dir)
+        archive = Archive.open(run_dir)
+        infos, refs = read_reference(run_dir)
+        exp: dict[str, Any] = {}
+        try:
+            loaded = yaml.safe_load((run_dir / EXPERIMENT_FILE).read_text())
+            exp = loaded if isinstance(loaded, dict) else {}
+        except (OSError, yaml.YAMLError):
+            pass
+        if infos is None:  # a run from before reference_points.json: what the archive knows
+            specs = exp.get("objectives") or []
+            infos = [
+                ObjectiveInfo(
+                    name,
+                    d,
+                    None,
+                    specs[i].get("estimator", "full")
+                    if i < len(specs) and isinstance(specs[i], dict)
+                    else None,
+                    None,
+                )
+                for i, (name, d) in enumerate(
+                    zip(archive.objectives, archive.directions, strict=True)
+                )
+            ]
+        return cls(archive, infos, refs, run_dir, read_info(run_dir), exp)
+
+    @classmethod
+    def of(cls, source: RunView | Archive) -> RunView:
+        if isinstance(source, RunView):
+            return source
+        infos = [
+            ObjectiveInfo(n, d, None, None, None)
+            for n, d in zip(source.objectives, source.directions, strict=True)
+        ]
+        return cls(source, infos)
+
+    # -- naming ---------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return self.archive.objectives
+
+    @property
+    def run_name(self) -> str:
+        name = self.experiment.get("name")
+        where = str(self.run_dir) if self.run_dir is not None else "an archive"
+        return f"{name} ({where})" if name else where
+
+    def scoring(self) -> str:
+        """Each objective's metric and estimator, for titles: 'rev9: token_accuracy,
+        subsample:8'."""
+        parts = []
+        for o in self.objectives:
+            what = ", ".join(x for x in (o.metric, o.estimator) if x)
+            parts.append(f"{o.name}: {what}" if what else o.name)
+        return "; ".join(parts)
+
+    def axis_label(self, i: int) -> str:
+        o = self.objectives[i]
+        better = "higher" if o.direction == "maximize" else "lower"
+        metric = f" · {o.metric}" if o.metric else ""
+        return f"{o.name}{metric} ({better} is better)"
+
+    # -- points -----------------------------------------------------------------------------------
+    def ranks(self) -> dict[int, int]:
+        """trial number → front rank (1 = non-dominated) for every successful trial."""
+        ok = [e for e in self.archive.evaluations if e.ok]
+        if not ok:
+            return {}
+        from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+        fronts = NonDominatedSorting().do(self.losses([e.values for e in ok]))  # type: ignore[misc]
+        return {int(ok[i].number or 0): r + 1 for r, f in enumerate(fronts) for i in f}
+
+    def losses(self, values: Sequence[Sequence[float]]) -> np.ndarray:
+        sign = np.array([-1.0 if o.direction == "maximize" else 1.0 for o in self.objectives])
+        return np.asarray(values, dtype=float).reshape(-1, len(sign)) * sign
+
+    def trial_point(self, e: Evaluation, ranks: dict[int, int], knee: int | None) -> Point:
+        assert e.values is not None
+        return Point(
+            f"trial {e.number}",
+            e.number,
+            list(e.values),
+            [_num(e.stderr.get(n)) for n in self.names],
+            [_num(e.fidelity.get(n)) for n in self.names],
+            recipe_summary(e.recipe),
+            knee=e.number == knee,
+            rank=ranks.get(int(e.number or 0)),
+        )
+
+    def points(self, *, front_only: bool = False) -> list[Point]:
+        """The trials that succeeded (or only the front's), in trial order, ranked."""
+        ranks = self.ranks()
+        knee = self.archive.knee()
+        k = knee.number if knee is not None else None
+        evs = self.archive.front() if front_only else [e for e in self.archive.evaluations if e.ok]
+        return [self.trial_point(e, ranks, k) for e in sorted(evs, key=lambda e: e.number or 0)]
+
+    def reference_points(self) -> list[Point]:
+        return [
+            Point(
+                r.label,
+                None,
+                list(r.values),
+                [_num(r.stderr.get(n)) for n in self.names],
+                [_num(r.fidelity.get(n)) for n in self.names],
+                recipe_summary(r.recipe),
+                kind=r.kind,
+            )
+            for r in self.references
+            if r.values is not None and len(r.values) == len(self.names)
+        ]
+
+    # -- progress -----------------------------------------------------------------------------
+    def progress(self) -> dict[str, Any]:
+        """Per evaluation (trial order): the hypervolume of the front so far, the best value so
+        far of each objective, and which evaluations failed. The hypervolume's reference is the
+        run's (``reference:`` or a metric's worst end); where it has none, the worst value of the
+        whole run, so the curve is one fixed box and never falls."""
+        from pymoo.indicators.hv import HV
+
+        evs = self.archive.evaluations
+        ok_values = [e.values for e in evs if e.ok]
+        ref = self.hv_reference(ok_values)
+        hv: list[float] = []
+        best: list[list[float | None]] = [[] for _ in self.names]
+        running: list[float | None] = [None] * len(self.names)
+        front: np.ndarray = np.empty((0, len(self.names)))
+        current = 0.0
+        sign = self.losses([[1.0] * len(self.names)])[0]
+        for e in evs:
+            if e.ok:
+                loss = self.losses([e.values])  # type: ignore[list-item]
+                if not np.any(np.all(front <= loss, axis=1)):  # not dominated: the front moves
+                    keep = ~np.all(loss <= front, axis=1)
+                    front = np.vstack([front[keep], loss])
+                    inside = front[np.all(front < ref, axis=1)]
+                    current = float(HV(ref_point=ref)(inside)) if len(inside) else 0.0
+                for i, v in enumerate(e.values or []):
+                    r = running[i]
+                    running[i] = v if r is None else (max if sign[i] < 0 else min)(r, v)
+            hv.append(current)
+            for i, r in enumerate(running):
+                best[i].append(r)
+        return {
+            "trial": [e.number for e in evs],
+            "hypervolume": hv,
+            "best": dict(zip(self.names, best, strict=True)),
+            "failed": [e.number for e in evs if not e.ok],
+            "reference": [float(r * s) for r, s in zip(ref, sign, strict=True)],
+        }
+
+    def hv_reference(self, ok_values: Sequence[Sequence[float]]) -> np.ndarray:
+        """The hypervolume reference in loss space (minimized)."""
+        sign = self.losses([[1.0] * len(self.names)])[0]
+        worst = self.losses(ok_values).max(axis=0) if ok_values else np.zeros(len(sign))
+        return np.array(
+            [
+                w if o.reference is None else float(o.reference) * s
+                for o, s, w in zip(self.objectives, sign, worst, strict=True)
+            ]
+        )
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+def recipe_summary(text: str) -> str:
+    """One line: the method, its models, each parameter's range, the routing's length."""
+    if not text:
+        return "(no recipe)"
+    try:
+        r = Recipe.from_dict(yaml.safe_load(text))
+    except Exception:  # a recipe this version cannot read still gets a row
+        return "(unreadable recipe)"
+    parts = [r.method, f"{len(r.model_names)} model{'s' * (len(r.model_names) != 1)}"]
+    if r.base:
+        parts[-1] += f" on {r.base}"
+    ranges: dict[str, list[float]] = {}
+    for src in r.sources.values():
+        for name, spec in src.parameters.items():
+            ranges.setdefault(name, []).extend(spec_values(spec))
+    for name, spec in r.parameters.items():
+        if not isinstance(spec, bool):
+            ranges.setdefault(name, []).extend(spec_values(spec))
+    for name, vals in ranges.items():
+        if vals:
+            lo, hi = min(vals), max(vals)
+            parts.append(f"{name} {lo:.2f}" if lo == hi else f"{name} {lo:.2f}–{hi:.2f}")
+    if r.routing:
+        parts.append(f"routed {len(r.routing)} layers")
+    return " · ".join(parts)

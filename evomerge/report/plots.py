@@ -1,0 +1,357 @@
+"""Interactive figures (plotly): the front with its reference points, the run's progress and a
+recipe's per-layer coefficients. Each trace carries the trial numbers in ``customdata`` (None
+for reference points), so what is drawn can be read back from the page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from evomerge.recipe import Recipe
+from evomerge.report.data import Point, RunView
+from evomerge.report.recipes import layer_panels, routing_slots
+
+_GREY, _FRONT, _KNEE, _REF = "#b0b0b0", "#1f77b4", "#d62728", "#2ca02c"
+_REF_SYMBOLS = {"base": "square", "source": "diamond", "uniform": "cross"}
+
+
+def hover(view: RunView, p: Point) -> str:
+    """Trial (or reference model), each objective with its error bar and fidelity, the recipe."""
+    head = p.label + (" (knee)" if p.knee else "") + (f" · front rank {p.rank}" if p.rank else "")
+    lines = [f"<b>{head}</b>"]
+    for name, v, se, fid in zip(view.names, p.values, p.stderr, p.fidelity, strict=True):
+        err = f" ± {se:.4f}" if se is not None else ""
+        items = f" ({fid:.0%} of items)" if fid is not None else ""
+        lines.append(f"{name} = {v:.4f}{err}{items}")
+    lines.append(p.summary)
+    return "<br>".join(lines)
+
+
+def front_figure(view: RunView) -> go.Figure:
+    """2 objectives: a scatter, the front as a staircase; 3: a scatter matrix; more: parallel
+    coordinates. Every evaluated recipe in grey, the front in colour, the knee as a star, the
+    reference points as labelled markers."""
+    evaluated = view.points()
+    front = [p for p in evaluated if p.rank == 1]
+    refs = view.reference_points()
+    k = len(view.names)
+    if k <= 2:
+        fig = _front_2d(view, evaluated, front, refs)
+    elif k == 3:
+        fig = _front_splom(view, evaluated, front, refs)
+    else:
+        fig = _front_parcoords(view, evaluated, refs)
+    fig.update_layout(
+        title=f"Pareto front of {view.run_name}<br><sup>{view.scoring()}</sup>",
+        template="plotly_white",
+        height=560,
+        legend={"orientation": "h", "y": -0.15},
+    )
+    return fig
+
+
+def _xy(view: RunView, pts: list[Point]) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+    if len(view.names) == 1:  # one objective: its value over trials
+        return (
+            [p.trial for p in pts],
+            [p.values[0] for p in pts],
+            [None] * len(pts),
+            [p.stderr[0] or 0 for p in pts],
+        )
+    return (
+        [p.values[0] for p in pts],
+        [p.values[1] for p in pts],
+        [p.stderr[0] or 0 for p in pts],
+        [p.stderr[1] or 0 for p in pts],
+    )
+
+
+def _front_2d(
+    view: RunView, evaluated: list[Point], front: list[Point], refs: list[Point]
+) -> go.Figure:
+    fig = go.Figure()
+
+    def add(pts: list[Point], name: str, marker: dict[str, Any], **kw: Any) -> None:
+        if not pts:
+            return
+        x, y, ex, ey = _xy(view, pts)
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=y,
+                name=name,
+                customdata=[p.trial for p in pts],
+                hovertext=[hover(view, p) for p in pts],
+                hoverinfo="text",
+                marker=marker,
+                error_x={
+                    "type": "data",
+                    "array": ex,
+                    "visible": len(view.names) > 1,
+                    "thickness": 1,
+                    "color": marker.get("color"),
+                },
+                error_y={
+                    "type": "data",
+                    "array": ey,
+                    "visible": True,
+                    "thickness": 1,
+                    "color": marker.get("color"),
+                },
+                **{"mode": "markers", **kw},
+            )
+        )
+
+    add([p for p in evaluated if p.rank != 1], "evaluated", {"color": _GREY, "size": 7})
+    if len(view.names) == 2 and front:
+        stair = sorted(front, key=lambda p: p.values[0])
+        fig.add_trace(
+            go.Scatter(
+                x=[p.values[0] for p in stair],
+                y=[p.values[1] for p in stair],
+                name="front (staircase)",
+                mode="lines",
+                line={
+                    "shape": "vh" if view.objectives[0].direction == "maximize" else "hv",
+                    "color": _FRONT,
+                },
+                hoverinfo="skip",
+            )
+        )
+    add(front, "front", {"color": _FRONT, "size": 10})
+    add([p for p in front if p.knee], "knee", {"color": _KNEE, "size": 18, "symbol": "star"})
+    for p in refs:
+        add(
+            [p],
+            p.label,
+            {
+                "color": _REF,
+                "size": 12,
+                "symbol": _REF_SYMBOLS.get(p.kind, "circle"),
+                "line": {"width": 1, "color": "black"},
+            },
+            mode="markers+text",
+            text=[p.label],
+            textposition="top center",
+            legendgroup="reference points",
+            legendgrouptitle_text="reference points",
+        )
+    fig.update_xaxes(title=view.axis_label(0) if len(view.names) == 2 else "trial")
+    fig.update_yaxes(title=view.axis_label(1 if len(view.names) == 2 else 0))
+    return fig
+
+
+def _front_splom(
+    view: RunView, evaluated: list[Point], front: list[Point], refs: list[Point]
+) -> go.Figure:
+    fig = go.Figure()
+
+    def add(pts: list[Point], name: str, marker: dict[str, Any]) -> None:
+        if not pts:
+            return
+        fig.add_trace(
+            go.Splom(
+                dimensions=[
+                    {"label": _short(view, i), "values": [p.values[i] for p in pts]}
+                    for i in range(len(view.names))
+                ],
+                name=name,
+                customdata=[p.trial for p in pts],
+                hovertext=[hover(view, p) for p in pts],
+                hoverinfo="text",
+                marker=marker,
+                diagonal_visible=False,
+                showupperhalf=False,
+            )
+        )
+
+    add([p for p in evaluated if p.rank != 1], "evaluated", {"color": _GREY, "size": 6})
+    add(front, "front", {"color": _FRONT, "size": 9})
+    add([p for p in front if p.knee], "knee", {"color": _KNEE, "size": 16, "symbol": "star"})
+    for p in refs:  # one trace each: the legend names them
+        add(
+            [p],
+            f"reference: {p.label}",
+            {
+                "color": _REF,
+                "size": 11,
+                "symbol": _REF_SYMBOLS.get(p.kind, "circle"),
+                "line": {"width": 1, "color": "black"},
+            },
+        )
+    return fig
+
+
+def _short(view: RunView, i: int) -> str:
+    """A matrix cell's axis: the objective and which way is better."""
+    o = view.objectives[i]
+    return f"{o.name} {'↑' if o.direction == 'maximize' else '↓'}"
+
+
+def _front_parcoords(view: RunView, evaluated: list[Point], refs: list[Point]) -> go.Figure:
+    pts = evaluated + refs
+    colour = [2 if p.knee else 1 if p.rank == 1 else 3 if p.trial is None else 0 for p in pts]
+    dims = [
+        {
+            "label": "trial (-1: reference)",
+            "values": [p.trial if p.trial is not None else -1 for p in pts],
+        }
+    ]
+    dims += [
+        {"label": view.axis_label(i), "values": [p.values[i] for p in pts]}
+        for i in range(len(view.names))
+    ]
+    fig = go.Figure(
+        go.Parcoords(
+            dimensions=dims,
+            line={
+                "color": colour,
+                "colorscale": [[0, _GREY], [0.33, _FRONT], [0.67, _KNEE], [1, _REF]],
+                "cmin": 0,
+                "cmax": 3,
+            },
+            customdata=[p.trial for p in pts],
+        )
+    )
+    names = ", ".join(p.label for p in refs)
+    fig.add_annotation(
+        text=f"grey: evaluated · blue: front · red: knee · green: reference points ({names})",
+        showarrow=False,
+        xref="paper",
+        yref="paper",
+        x=0,
+        y=-0.12,
+    )
+    return fig
+
+
+def progress_figure(view: RunView) -> go.Figure:
+    """Hypervolume and the best value of each objective over evaluations; failures marked."""
+    prog = view.progress()
+    k = len(view.names)
+    fig = make_subplots(
+        rows=1 + k,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.04,
+        subplot_titles=["hypervolume", *[f"best {n}" for n in view.names]],
+    )
+    x = prog["trial"]
+    fig.add_trace(
+        go.Scatter(
+            x=x,
+            y=prog["hypervolume"],
+            name="hypervolume",
+            customdata=x,
+            mode="lines",
+            line={"shape": "hv", "color": _FRONT},
+        ),
+        row=1,
+        col=1,
+    )
+    failed = set(prog["failed"])
+    if failed:
+        fig.add_trace(
+            go.Scatter(
+                x=[t for t in x if t in failed],
+                y=[h for t, h in zip(x, prog["hypervolume"], strict=True) if t in failed],
+                name="failed",
+                customdata=[t for t in x if t in failed],
+                mode="markers",
+                marker={"symbol": "x", "color": _KNEE, "size": 9},
+            ),
+            row=1,
+            col=1,
+        )
+    for i, name in enumerate(view.names):
+        fig.add_trace(
+            go.Scatter(
+                x=x,
+                y=prog["best"][name],
+                name=f"best {name}",
+                customdata=x,
+                mode="lines",
+                line={"shape": "hv"},
+            ),
+            row=2 + i,
+            col=1,
+        )
+        for r in view.reference_points():
+            fig.add_hline(
+                y=r.values[i],
+                line={"dash": "dot", "color": _REF, "width": 1},
+                annotation_text=r.label,
+                annotation_font_size=9,
+                row=2 + i,
+                col=1,
+            )
+    fig.update_xaxes(title="evaluation (trial)", row=1 + k, col=1)
+    fig.update_layout(
+        title=f"Progress of {view.run_name}",
+        template="plotly_white",
+        height=220 * (1 + k),
+        showlegend=False,
+    )
+    return fig
+
+
+def recipe_figure(recipe: Recipe, num_layers: int, title: str) -> go.Figure:
+    """A heatmap of per-layer coefficients (layers × sources, one panel per parameter); a
+    routed recipe adds its slot diagram (output position × source, colour: input scale)."""
+    panels = layer_panels(recipe, num_layers)
+    slots = routing_slots(recipe)
+    n = len(panels) + (1 if slots else 0)
+    titles = [p.title for p in panels] + (["routing (colour: input scale)"] if slots else [])
+    fig = make_subplots(
+        rows=1,
+        cols=max(n, 1),
+        subplot_titles=titles or ["(no parameters)"],
+        horizontal_spacing=0.06,
+    )
+    for c, p in enumerate(panels, start=1):
+        fig.add_trace(
+            go.Heatmap(
+                z=p.values,
+                x=p.sources,
+                y=[f"L{la}" for la in range(len(p.values))],
+                name=p.title,
+                colorscale="Viridis",
+                showscale=False,
+                texttemplate="%{z:.2f}",
+                hovertemplate=f"{p.title}<br>%{{x}} · %{{y}}: %{{z:.4f}}<extra></extra>",
+            ),
+            row=1,
+            col=c,
+        )
+        fig.update_yaxes(autorange="reversed", row=1, col=c)
+    if slots:
+        fig.add_trace(
+            go.Scatter(
+                x=[s[0] for s in slots],
+                y=[s[1] for s in slots],
+                text=[f"L{s[2]}" for s in slots],
+                mode="markers+text",
+                name="routing",
+                marker={
+                    "size": 16,
+                    "symbol": "square",
+                    "color": [s[3] for s in slots],
+                    "colorscale": "RdBu",
+                    "cmid": 1.0,
+                    "showscale": True,
+                },
+                hovertemplate="slot %{x}: %{y} %{text}, scale %{marker.color:.3f}<extra></extra>",
+            ),
+            row=1,
+            col=n,
+        )
+        fig.update_xaxes(title="output layer", row=1, col=n)
+    fig.update_layout(
+        title=title,
+        template="plotly_white",
+        height=max(360, 28 * num_layers + 160),
+        width=max(520, 260 * n),
+    )
+    return fig

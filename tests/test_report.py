@@ -1,0 +1,470 @@
+"""The report on a small search of the unit zoo: reference points scored once (outside the
+budget and the optimizer), every plot and the report page read back (the front's trials, the
+reference labels, the hypervolume against pymoo's, the heatmap against the recipe), and the page
+looked at in a real browser where Chromium is installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from evomerge import search
+from evomerge.archive import Archive, Evaluation
+from evomerge.cli import app
+from evomerge.genes import Gene
+from evomerge.recipe import Recipe
+from evomerge.reference_points import REFERENCE_FILE, read_reference
+from evomerge.report import RunView, plot_front, plot_progress, plot_recipe
+from evomerge.zoo import SOURCES as ZOO_SOURCES
+
+runner = CliRunner()
+
+EXPERIMENT: dict[str, Any] = {
+    "name": "unit-report",
+    "sources": dict(ZOO_SOURCES),
+    "base": "base",
+    "space": "dare_ties-per-layer",
+    "space_options": {"granularity": 2},
+    "objectives": [
+        {"task": "rev9", "estimator": "subsample:8"},
+        {"task": "shift3", "estimator": "subsample:8"},
+    ],
+    "optimizer": {"name": "nsga2", "pop_size": 4},
+    "budget": 12,
+    "seed": 3,
+    "workers": {"threads": 1},
+}
+
+
+def _run(root: Path, zoo: Path, **changes: Any) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    exp = root / "exp.yaml"
+    exp.write_text(yaml.safe_dump({**EXPERIMENT, **changes}))
+    s, budget = search.start(exp, root / "run", zoo=zoo)
+    try:
+        assert s.run(budget).status == "finished"
+    finally:
+        s.close()
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def run(unit_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _run(tmp_path_factory.mktemp("report"), unit_zoo)
+
+
+def _figures(page: str) -> dict[str, list[dict[str, Any]]]:
+    """Every plotly figure's traces in a page, by div id."""
+    out = {}
+    for m in re.finditer(r'Plotly\.newPlot\(\s*"([^"]+)",\s*', page):
+        out[m.group(1)], _ = json.JSONDecoder().raw_decode(page, m.end())
+    return out
+
+
+def _losses(values: list[list[float]]) -> np.ndarray:
+    return -np.asarray(values, dtype=float)  # both objectives maximized
+
+
+def _dominated(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether loss vector ``a`` is dominated by ``b``."""
+    return bool(np.all(b <= a) and np.any(b < a))
+
+
+def _ranks_by_peeling(values: dict[int, list[float]]) -> dict[int, int]:
+    """Front ranks by hand: peel off the non-dominated set again and again."""
+    left, ranks, r = dict(values), {}, 1
+    while left:
+        losses = {t: _losses([v])[0] for t, v in left.items()}
+        layer = [t for t in left if not any(_dominated(losses[t], losses[u]) for u in left)]
+        for t in layer:
+            ranks[t] = r
+            del left[t]
+        r += 1
+    return ranks
+
+
+# -- reference points ----------------------------------------------------------------------------
+
+
+def test_reference_points_scored_with_the_runs_estimators(run: Path, unit_zoo: Path) -> None:
+    """The base's reference point is what `evomerge eval` gives the base checkpoint with the same
+    estimator and seed; they are no trials: the archive holds exactly the budget."""
+    from evomerge.evaluate.estimators import make_estimator
+    from evomerge.evaluate.scoring import score_task
+    from evomerge.evaluate.select import make_engine
+    from evomerge.evaluate.tasks import load_task
+
+    infos, points = read_reference(run)
+    assert [p.label for p in points] == ["base", "add1", "rev9", "shift3", "uniform dare_ties"]
+    assert [p.kind for p in points] == ["base", "source", "source", "source", "uniform"]
+    assert (
+        infos is not None
+        and [(o.metric, o.estimator) for o in infos] == [("token_accuracy", "subsample:8")] * 2
+    )
+    archive = Archive.open(run)
+    assert len(archive) == EXPERIMENT["budget"]
+    engine = make_engine("hf", unit_zoo / "base", device="cpu", dtype="float32")
+    for i, name in enumerate(("rev9", "shift3")):
+        task = load_task(name, zoo=unit_zoo)
+        est = make_estimator("subsample:8", EXPERIMENT["seed"])
+        res = score_task(engine, task, est.select(task.item_ids))
+        e = est.estimate(res.scores, task.item_ids)
+        assert points[0].values[i] == pytest.approx(e.value, abs=1e-6)
+        assert points[0].stderr[name] == pytest.approx(e.stderr, abs=1e-6)
+        assert points[0].fidelity[name] == pytest.approx(8 / len(task.item_ids))
+
+
+def test_uniform_merge_is_alike_everywhere(run: Path) -> None:
+    """The uniform merge: dare_ties over the three experts on the base, every model and layer
+    with the method's defaults (weight 1, density 1), which the space's bounds allow."""
+    _, points = read_reference(run)
+    uniform = Recipe.from_dict(yaml.safe_load(points[-1].recipe))
+    assert uniform.method == "dare_ties" and uniform.base == "base"
+    assert uniform.model_names == ["add1", "rev9", "shift3"]
+    for m in uniform.model_names:
+        for p in ("weight", "density"):
+            spec = uniform.sources[m].parameters[p]
+            vals = spec.per_layer if hasattr(spec, "per_layer") else [spec]
+            assert set(vals) == {1.0}
+
+
+def test_reference_points_survive_resume_and_leave_the_search_alone(
+    run: Path, unit_zoo: Path, tmp_path: Path
+) -> None:
+    """A resumed run does not score them again (the file is untouched); a run without them
+    (`reference_points: false`) asks and scores the very same recipes."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    ref = copy / REFERENCE_FILE
+    before = (ref.read_bytes(), ref.stat().st_mtime_ns)
+    s, total = search.reopen(copy, budget=EXPERIMENT["budget"] + 4)
+    try:
+        s.run(total)
+    finally:
+        s.close()
+    assert (ref.read_bytes(), ref.stat().st_mtime_ns) == before
+    assert len(Archive.open(copy)) == EXPERIMENT["budget"] + 4
+
+    off = _run(tmp_path / "off", unit_zoo, reference_points=False)
+    infos, points = read_reference(off)
+    assert points == [] and infos is not None  # objectives still described
+    trace = [(e.recipe_hash, e.values) for e in Archive.open(off).evaluations]
+    assert trace == [(e.recipe_hash, e.values) for e in Archive.open(run).evaluations]
+
+
+# -- tables and JSON -----------------------------------------------------------------------------
+
+
+def test_front_all_ranks_and_json(run: Path) -> None:
+    res = runner.invoke(app, ["front", str(run), "--all", "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    archive = Archive.open(run)
+    values = {e.number: e.values for e in archive.evaluations if e.ok}
+    assert {r["trial"]: r["rank"] for r in data["evaluated"]} == _ranks_by_peeling(values)
+    assert [o["metric"] for o in data["objective_info"]] == ["token_accuracy"] * 2
+    assert [o["direction"] for o in data["objective_info"]] == ["maximize"] * 2
+    first = data["evaluated"][0]
+    ev = archive.trial(first["trial"])
+    assert first["stderr"] == ev.stderr and first["fidelity"] == ev.fidelity
+    assert {p["label"] for p in data["reference_points"]} >= {"base", "uniform dare_ties"}
+    res = runner.invoke(app, ["front", str(run), "--all"])
+    assert res.exit_code == 0 and "rank" in res.output
+
+
+# -- plots ---------------------------------------------------------------------------------------
+
+
+def test_front_html_holds_the_front_and_reference_points(run: Path, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["front", str(run), "--plot", str(tmp_path / "f.html")])
+    assert res.exit_code == 0, res.output
+    page = (tmp_path / "f.html").read_text()
+    assert not re.search(r"<script[^>]+src=", page)  # nothing fetched: plotly.js inlined
+    traces = {t.get("name"): t for t in _figures(page)["front"]}
+    archive = Archive.open(run)
+    values = {e.number: e.values for e in archive.evaluations if e.ok}
+    front = sorted(t for t, r in _ranks_by_peeling(values).items() if r == 1)
+    assert sorted(traces["front"]["customdata"]) == front
+    assert traces["knee"]["customdata"] == [archive.knee().number]
+    for label in ("base", "add1", "rev9", "shift3", "uniform dare_ties"):
+        assert traces[label]["text"] == [label]
+    t0 = front[0]
+    i = traces["front"]["customdata"].index(t0)
+    assert traces["front"]["x"][i] == values[t0][0] and traces["front"]["y"][i] == values[t0][1]
+    se = archive.trial(t0).stderr["rev9"]
+    assert traces["front"]["error_x"]["array"][i] == pytest.approx(se)
+    assert f"rev9 = {values[t0][0]:.4f} ± {se:.4f}" in traces["front"]["hovertext"][i]
+    # the table: the knee's row marked, error and fidelity columns, the run and metric named
+    assert f"<tr class=knee data-trial={archive.knee().number}>" in page
+    assert "± error</th>" in page and "fidelity</th>" in page
+    assert "unit-report" in page and "token_accuracy, subsample:8" in page
+
+
+def test_progress_hypervolume_matches_pymoo(run: Path, tmp_path: Path) -> None:
+    from pymoo.indicators.hv import HV
+
+    plot_progress(RunView.open(run), tmp_path / "p.html")
+    traces = {t["name"]: t for t in _figures((tmp_path / "p.html").read_text())["progress"]}
+    evs = Archive.open(run).evaluations
+    ref = np.zeros(2)  # token accuracy, maximized: the worst end 0 (negated: 0)
+    expected = []
+    for n in range(1, len(evs) + 1):
+        pts = _losses([e.values for e in evs[:n] if e.ok])
+        pts = pts[np.all(pts < ref, axis=1)]
+        expected.append(float(HV(ref_point=ref)(pts)) if len(pts) else 0.0)
+    assert traces["hypervolume"]["y"] == pytest.approx(expected, rel=1e-12)
+    best = [max(e.values[0] for e in evs[:n] if e.ok) for n in range(1, len(evs) + 1)]
+    assert traces["best rev9"]["y"] == pytest.approx(best)
+    assert plot_progress(RunView.open(run), tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_progress_marks_failures_and_boxes_unbounded_objectives(tmp_path: Path) -> None:
+    """Failed trials are marked; with no reference the box is the run's worst values."""
+    from pymoo.indicators.hv import HV
+
+    archive = Archive(
+        f"sqlite:///{tmp_path / 'a.db'}",
+        objectives=["ppl", "lp"],
+        directions=["minimize", "maximize"],
+        genes=[Gene("g")],
+        experiment_hash="x",
+    )
+    rows = [(5.0, -2.0), None, (3.0, -3.0), (8.0, -1.0), None, (4.0, -1.5)]
+    for i, r in enumerate(rows):
+        archive.record(
+            Evaluation(
+                f"h{i}",
+                "",
+                [0.1],
+                None if r is None else list(r),
+                status="ok" if r else "failed",
+                error=None if r else "RecipeError: x",
+            )
+        )
+    prog = RunView.of(archive).progress()
+    assert prog["failed"] == [1, 4]
+    losses = np.array([[r[0], -r[1]] for r in rows if r])
+    ref = losses.max(axis=0)
+    expected = []
+    for n in range(1, len(rows) + 1):
+        pts = np.array([[r[0], -r[1]] for r in rows[:n] if r])
+        pts = pts[np.all(pts < ref, axis=1)]
+        expected.append(float(HV(ref_point=ref)(pts)) if len(pts) else 0.0)
+    assert prog["hypervolume"] == pytest.approx(expected)
+    page = plot_progress(archive, tmp_path / "p.html").read_text()
+    failed = next(t for t in _figures(page)["progress"] if t["name"] == "failed")
+    assert failed["customdata"] == [1, 4]
+
+
+def test_recipe_heatmap_shows_the_recipes_values(run: Path, tmp_path: Path) -> None:
+    archive = Archive.open(run)
+    knee = archive.knee()
+    res = runner.invoke(
+        app,
+        [
+            "plot",
+            str(run),
+            "--what",
+            "recipe",
+            "--trial",
+            str(knee.number),
+            "--out",
+            str(tmp_path / "r.html"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    traces = {t["name"]: t for t in _figures((tmp_path / "r.html").read_text())["recipe"]}
+    raw = yaml.safe_load(knee.recipe)  # the per_layer lists as stored, no resolver involved
+    for param in ("weight", "density"):
+        t = traces[param]
+        for col, m in enumerate(t["x"]):
+            column = [row[col] for row in t["z"]]
+            assert column == pytest.approx(raw["sources"][m]["parameters"][param]["per_layer"])
+    assert traces["lambda"]["z"] == [[1.0]] * 4
+    assert plot_recipe(archive, knee.number, tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_routing_recipe_as_slot_diagram(tmp_path: Path) -> None:
+    recipe = Recipe.from_dict(
+        {
+            "sources": {"a": "/a", "b": "/b"},
+            "method": "linear",
+            "parameters": {"normalize": True},
+            "routing": [
+                {"layer": 0, "source": "a"},
+                {"layer": 1, "source": "b", "scale": 1.5},
+                {"layer": 1, "source": "a", "scale": 0.75},
+            ],
+        }
+    )
+    archive = Archive(
+        f"sqlite:///{tmp_path / 'a.db'}",
+        objectives=["x"],
+        directions=["maximize"],
+        genes=[Gene("g")],
+        experiment_hash="x",
+    )
+    archive.record(Evaluation("h0", recipe.to_yaml(), [0.5], [1.0]))
+    page = plot_recipe(archive, 0, tmp_path / "r.html").read_text()
+    slots = next(t for t in _figures(page)["recipe"] if t["name"] == "routing")
+    assert slots["x"] == [0, 1, 2] and slots["y"] == ["a", "b", "a"]
+    assert slots["text"] == ["L0", "L1", "L1"]
+    assert slots["marker"]["color"] == [1.0, 1.5, 0.75]
+
+
+@pytest.mark.parametrize(("k", "kind"), [(3, "splom"), (4, "parcoords")])
+def test_more_objectives(tmp_path: Path, k: int, kind: str) -> None:
+    names = [f"o{i}" for i in range(k)]
+    archive = Archive(
+        f"sqlite:///{tmp_path / 'a.db'}",
+        objectives=names,
+        directions=["maximize"] * k,
+        genes=[Gene("g")],
+        experiment_hash="x",
+    )
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        archive.record(Evaluation(f"h{i}", "", [0.1], list(rng.random(k))))
+    page = plot_front(archive, tmp_path / "f.html").read_text()
+    traces = _figures(page)["front"]
+    assert {t["type"] for t in traces} == {kind}
+    drawn = {x for t in traces for x in t["customdata"]}
+    assert drawn == set(range(8))
+    assert plot_front(archive, tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- the report page -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def report(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("rep") / "report"
+    res = runner.invoke(app, ["report", str(run), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    return out / "index.html"
+
+
+def test_report_page_structure(run: Path, report: Path) -> None:
+    page = report.read_text()
+    assert not re.search(r"<script[^>]+src=", page) and "cdn." not in page.lower()[:2000]
+    figs = _figures(page)
+    assert set(figs) == {"front", "progress", "knee-recipe"}
+    archive = Archive.open(run)
+    front = {t["name"]: t for t in figs["front"]}
+    assert sorted(front["front"]["customdata"]) == sorted(e.number for e in archive.front())
+    assert "uniform dare_ties" in front and "base" in front
+    for text in (
+        "unit-report",
+        "budget</th><td>12",
+        "evaluations</th><td>12 (0 failed)",
+        "estimator subsample:8",
+        "Not confirmed",
+    ):
+        assert text in page
+    assert f"The knee&#x27;s recipe (trial {archive.knee().number})" in page
+
+
+def test_report_shows_the_held_out_confirmation(
+    unit_zoo: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A run with held-out items, its knee confirmed: the page's confirmation table holds the
+    confirmed scores and the summary the estimator error, both recomputed here from the scores
+    the archive stores."""
+    from evomerge.confirm import confirm
+
+    root = tmp_path_factory.mktemp("report-holdout")
+    run = _run(root, unit_zoo, holdout=0.2, budget=8, reference_points=False)
+    knee = Archive.open(run).knee()
+    assert knee is not None
+    (c,) = confirm(run, trials=[knee.number], zoo=unit_zoo)
+    out = root / "report"
+    assert runner.invoke(app, ["report", str(run), "--out", str(out)]).exit_code == 0
+    page = (out / "index.html").read_text()
+    assert "Not confirmed" not in page
+    table = page.split("<table class=confirm>", 1)[1].split("</table>", 1)[0]
+    rows = [re.findall(r"<td>([^<]*)</td>", r) for r in table.split("<tr>")[2:]]
+    assert len(rows) == 2  # one per objective
+    for row in rows:
+        trial, kind, objective, estimate, score = row[:5]
+        assert (int(trial), kind) == (knee.number, "holdout")
+        i = Archive.open(run).objectives.index(objective)
+        assert float(estimate) == pytest.approx(knee.values[i], abs=5e-5)
+        assert float(score) == pytest.approx(c.scores[objective], abs=5e-5)
+    for objective in ("rev9", "shift3"):
+        gap = abs(c.scores[objective] - knee.values[Archive.open(run).objectives.index(objective)])
+        assert f"estimator error {objective}</th><td>mean |estimate − held-out| {gap:.4f}" in page
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium binary")
+def test_report_in_a_real_browser(run: Path, report: Path, tmp_path: Path) -> None:
+    """Chromium opens the page offline: plotly draws (its SVG is in the DOM with the reference
+    labels), the front's trial ids are there, and the screenshot is not blank."""
+    from PIL import Image
+
+    base = [
+        _chromium(),
+        *_FLAGS,
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=8000",
+    ]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    dom = subprocess.run(
+        [*base, "--dump-dom", report.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    ).stdout
+    assert 'class="main-svg"' in dom  # plotly ran, with nothing fetched
+    assert re.search(r'class="legendtext"[^>]*>uniform dare_ties<', dom)
+    for e in Archive.open(run).front():
+        assert f"data-trial={e.number}" in dom or f'data-trial="{e.number}"' in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [*base, "--window-size=1200,1600", f"--screenshot={shot}", report.as_uri()],
+        capture_output=True,
+        timeout=120,
+        env=env,
+        check=True,
+    )
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (1600, 1200) and pixels.std() > 10
+
+
+def test_plot_options_refused_clearly(run: Path, tmp_path: Path) -> None:
+    res = runner.invoke(
+        app, ["plot", str(run), "--what", "recipe", "--out", str(tmp_path / "x.html")]
+    )
+    assert res.exit_code == 2 and "--trial" in res.output
+    res = runner.invoke(
+        app, ["plot", str(run), "--what", "nope", "--out", str(tmp_path / "x.html")]
+    )
+    assert res.exit_code == 2 and "progress or recipe" in res.output
+    res = runner.invoke(app, ["front", str(run), "--plot", str(tmp_path / "x.svg")])
+    assert res.exit_code == 2 and "FILE.png" in res.output
