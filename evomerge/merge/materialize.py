@@ -25,6 +25,7 @@ from evomerge.checkpoint import (
     rename_layer,
 )
 from evomerge.errors import MergeError, RecipeError
+from evomerge.merge.chunked import merge_chunked
 from evomerge.merge.methods import Method, Params, get_method
 from evomerge.recipe import Recipe, Slot, resolve, rules, spec_values
 
@@ -299,23 +300,46 @@ def materialize(
             yield job.out_name, out
             continue
         raw = [mp.sources[m].get(job.src_name, device) for m in mp.models]
+        base_raw = mp.sources[base].get(job.src_name, device) if base else None
+        inputs = mp.models + ([base] if base else [])
         dtype = raw[0].dtype
+        assert job.params is not None
+        kernel = mp.method.kernel
+        if kernel is not None:  # row chunks, straight from the sources' dtype to the output's
+            out, total = merge_chunked(
+                kernel, raw, base_raw, job.params, out_dtype=mp.out_dtype or dtype, scale=job.scale
+            )
+            del raw, base_raw
+            _check_finite(mp, job, out, inputs, total)
+            yield job.out_name, out
+            continue
         work = torch.float64 if dtype == torch.float64 else torch.float32
         tensors = [t.to(work) for t in raw]
-        del raw
-        base_t = mp.sources[base].get(job.src_name, device).to(work) if base else None
-        assert job.params is not None
+        base_t = base_raw.to(work) if base_raw is not None else None
+        del raw, base_raw
         out = mp.method(tensors, base_t, job.params)
+        del tensors, base_t
         if job.scale != 1.0:
             out = out * job.scale
         out = out.to(mp.out_dtype or dtype)
-        _check_finite(mp, job, out, mp.models + ([base] if base else []))
+        _check_finite(mp, job, out, inputs)
         yield job.out_name, out
 
 
-def _check_finite(mp: MergePlan, job: TensorJob, out: torch.Tensor, inputs: list[str]) -> None:
-    # One reduction over the output on the hot path; inputs are inspected only on failure.
-    if not out.is_floating_point() or bool(torch.isfinite(out).all()):
+def _check_finite(
+    mp: MergePlan,
+    job: TensorJob,
+    out: torch.Tensor,
+    inputs: list[str],
+    total: torch.Tensor | None = None,
+) -> None:
+    """A finite sum of the output proves every element finite (the merge kernels take it while
+    each chunk is in cache); otherwise, and only then, the exact check and the inputs."""
+    if not out.is_floating_point():
+        return
+    if total is None:
+        total = torch.sum(out, dtype=torch.float64 if out.dtype == torch.float64 else torch.float32)
+    if bool(torch.isfinite(total)) or bool(torch.isfinite(out).all()):
         return
     for name in inputs:
         if not bool(torch.isfinite(mp.sources[name].get(job.src_name).float()).all()):
