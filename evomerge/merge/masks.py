@@ -35,17 +35,16 @@ def seed_offset(seed: int) -> int:
     return _i32(seed * 2654435761 + 0x5BD1E995)
 
 
-_RAMPS: dict[tuple[int, str], torch.Tensor] = {}
+_RAMPS: dict[torch.device, torch.Tensor] = {}
 
 
 def _ramp(n: int, device: torch.device) -> torch.Tensor:
     """``arange(n) * 0x9E3779B1`` in wrapping int32, cached per device (grown by doubling)."""
-    key = (0, str(device))
-    r = _RAMPS.get(key)
+    r = _RAMPS.get(device)
     if r is None or r.numel() < n:
         size = max(n, 2 * r.numel() if r is not None else 1 << 16)
         r = torch.arange(size, dtype=torch.int32, device=device).mul_(_GOLDEN)
-        _RAMPS[key] = r
+        _RAMPS[device] = r
     return r[:n]
 
 
