@@ -18,16 +18,19 @@ import math
 
 import torch
 
-BITS = 16
-SCALE = 1 << BITS  # draws are k / SCALE, k in [0, SCALE)
-_GOLDEN = -1640531535  # 0x9E3779B1 as int32
-_M1 = 0x7FEB352D
-_M2 = -2073188725  # 0x846CA68B as int32
-
 
 def _i32(v: int) -> int:
+    """``v`` mod 2**32 as a signed int32 value."""
     v &= 0xFFFFFFFF
     return v - 2**32 if v >= 2**31 else v
+
+
+BITS = 16
+SCALE = 1 << BITS  # draws are k / SCALE, k in [0, SCALE)
+_GOLDEN = _i32(0x9E3779B1)
+_M1 = _i32(0x7FEB352D)  # lowbias32's multipliers
+_M2 = _i32(0x846CA68B)
+_HALF_FLIP = _i32(0x80008000)  # k -> k - 2**15 in each signed 16-bit half
 
 
 def seed_offset(seed: int) -> int:
@@ -57,7 +60,7 @@ def draws16(start: int, count: int, seed: int, device: torch.device) -> torch.Te
     n = last - first
     if first + n > 2**31:
         raise ValueError(f"masks: {start + count} elements exceed the 2**32 the hash indexes")
-    x = torch.add(_ramp(n, device), _i32(first * -1640531535 + seed_offset(seed)))
+    x = torch.add(_ramp(n, device), _i32(first * _GOLDEN + seed_offset(seed)))
     tmp = torch.empty_like(x)
     torch.bitwise_right_shift(x, 16, out=tmp).bitwise_and_(0xFFFF)
     x.bitwise_xor_(tmp).mul_(_M1)
@@ -67,7 +70,7 @@ def draws16(start: int, count: int, seed: int, device: torch.device) -> torch.Te
     x.bitwise_xor_(tmp)
     # little-endian halves (every torch device): element 2j is the low half of pair j. The
     # xor with 0x8000 on each half maps k to k - 2**15 in signed int16.
-    x.bitwise_xor_(-2147450880)  # 0x80008000 as int32
+    x.bitwise_xor_(_HALF_FLIP)
     off = start - 2 * first
     return x.view(torch.int16)[off : off + count]
 
