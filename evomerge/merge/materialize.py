@@ -312,6 +312,7 @@ def materialize(
             del raw, base_raw
             _check_finite(mp, job, out, inputs, total)
             yield job.out_name, out
+            del out  # not held while the next tensor merges: the consumer has it
             continue
         work = torch.float64 if dtype == torch.float64 else torch.float32
         tensors = [t.to(work) for t in raw]
@@ -324,6 +325,7 @@ def materialize(
         out = out.to(mp.out_dtype or dtype)
         _check_finite(mp, job, out, inputs)
         yield job.out_name, out
+        del out
 
 
 def _check_finite(
