@@ -14,10 +14,13 @@ method and pointing at the module that registers it (or at a :class:`Method`)::
 
 They are imported only when a recipe asks for a method no loaded module registered.
 
-Tensors arrive in float32 (float64 stays float64); the caller casts the result.
-Random methods draw from :func:`uniform`, a counter-based hash of (seed, element index) in
-exact integer arithmetic: the same recipe gives the same weights on the CPU and on any GPU, so
-the model a search scored on its GPU is the model exported on a laptop.
+Tensors arrive in float32 (float64 stays float64); the caller casts the result. Methods with a
+row-chunk :class:`~evomerge.merge.chunked.Kernel` (linear, task arithmetic, DARE, DELLA) are
+merged by :mod:`evomerge.merge.materialize` a block of rows at a time, straight from the sources'
+dtype. Random methods draw from :mod:`evomerge.merge.masks`, a counter-based hash of (seed,
+element index) in exact integer arithmetic: the same recipe gives the same weights on the CPU and
+on any GPU, whatever the chunking, so the model a search scored on its GPU is the model exported
+on a laptop.
 
 Note mergekit's ``rescale`` matches the L1 norm of each sparsified task vector to
 the original's (not the 1/density of the DARE paper); we do the same.
