@@ -430,6 +430,105 @@ def machine() -> dict[str, Any]:
     return info
 
 
+# -- peak memory ---------------------------------------------------------------------------------
+def _rss_kib() -> dict[str, int]:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, val = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "VmHWM"):
+            out[key] = int(val.split()[0])
+    return out
+
+
+def rss_child(args: argparse.Namespace, fam: dict[str, Path]) -> int:
+    """One merge in this (fresh) process; prints its memory as JSON. RssAnon (the process's
+    own memory: outputs, working set) is sampled every 2 ms by a thread; VmHWM (peak RSS, as
+    /usr/bin/time reports it) also counts the source files' page-cache pages the memory map
+    touched, which the kernel reclaims at will."""
+    import resource
+    import threading
+
+    method, mode = args.rss_child.split(":")
+    recipe = recipes(fam)[method]
+    mp = plan(recipe)
+    before = _rss_kib()
+    peak = {"anon": before["RssAnon"]}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak["anon"] = max(peak["anon"], _rss_kib()["RssAnon"])
+            stop.wait(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    largest = 0
+    t0 = time.perf_counter()
+    if mode == "stream":
+        for _name, t in materialize(mp, "cpu"):
+            largest = max(largest, t.numel() * t.element_size())
+            del t
+    else:
+        out = args.work_dir / "out" / f"rss-{method}"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        merge_to_dir(recipe, out, overwrite=True)
+        shutil.rmtree(out, ignore_errors=True)
+        largest = max(
+            info.nbytes
+            for info in mp.sources[next(iter(mp.sources))].tensors.values()  # bf16 out = in
+        )
+    secs = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    after = _rss_kib()
+    print(
+        json.dumps(
+            dict(
+                case=f"{method}:{mode}",
+                before_anon_kib=before["RssAnon"],
+                peak_anon_kib=peak["anon"],
+                vm_hwm_kib=after["VmHWM"],
+                ru_maxrss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                largest_output_bytes=largest,
+                bytes_read=mp.bytes_read,
+                secs=secs,
+            )
+        )
+    )
+    return 0
+
+
+def peak_rss(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import subprocess
+
+    rows = []
+    for case in ("linear:stream", "dare_ties:stream", "linear:disk", "dare_ties:disk"):
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--rss-child", case]
+        cmd = [c for c in cmd if c not in ("--peak-rss", "--rss-only")]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return rows
+
+
+def rss_table(rows: list[dict[str, Any]], threads: int) -> str:
+    lines = [
+        "| merge (fresh process) | sources read | largest output tensor | anon before | "
+        "anon peak | peak - before | VmHWM (incl. mapped page cache) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mib = 1024
+        lines.append(
+            f"| {r['case']} | {r['bytes_read'] / 1e6:,.0f} MB | "
+            f"{r['largest_output_bytes'] / 2**20:,.0f} MiB | "
+            f"{r['before_anon_kib'] / mib:,.0f} MiB | "
+            f"{r['peak_anon_kib'] / mib:,.0f} MiB | "
+            f"{(r['peak_anon_kib'] - r['before_anon_kib']) / mib:,.0f} MiB | "
+            f"{r['vm_hwm_kib'] / mib:,.0f} MiB |"
+        )
+    return "\n".join(lines) + f"\n\n(torch threads {threads}; 1 MiB = 2^20 B)"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hidden", type=int, default=1024)
@@ -458,6 +557,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out-json", type=Path, default=None, help="write the figures here")
     ap.add_argument("--no-mergekit", action="store_true", help="skip the mergekit cases")
     ap.add_argument(
+        "--peak-rss",
+        action="store_true",
+        help="also measure peak memory of each evomerge merge, each in a fresh subprocess",
+    )
+    ap.add_argument("--rss-only", action="store_true", help="measure peak memory only (no timing)")
+    ap.add_argument("--rss-child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument(
         "--work-dir",
         type=Path,
         default=ROOT / ".cache" / "bench",
@@ -473,10 +579,18 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     args.work_dir.mkdir(parents=True, exist_ok=True)
     fam = build_family(family_dir(args.work_dir, args), args)
+    if args.rss_child:
+        return rss_child(args, fam)
+    if args.rss_only:
+        print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(rss_table(peak_rss(args), torch.get_num_threads()))
+        print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        return 0
     out_root = args.work_dir / "out"
     shutil.rmtree(out_root, ignore_errors=True)
     out_root.mkdir()
     info = machine()
+    load_before = os.getloadavg()
     print(
         f"machine: {info['nproc']} CPUs ({info['cpu']}), {info['ram_gib']} GiB RAM, "
         f"torch {info['torch']} ({info['torch_threads']} threads), load "
@@ -517,10 +631,18 @@ def main(argv: list[str] | None = None) -> int:
     print(table(rows))
     print()
     print("\n".join(lines))
+    load_after = os.getloadavg()
     print(
         f"\n{note}; timed part {time.perf_counter() - t_runs:.0f} s, load average (1 min) "
-        f"{min(min(c.load) for c in cases):.2f}..{max(max(c.load) for c in cases):.2f}"
+        f"{min(min(c.load) for c in cases):.2f}..{max(max(c.load) for c in cases):.2f}; "
+        f"before {' '.join(f'{x:.2f}' for x in load_before)}, after "
+        f"{' '.join(f'{x:.2f}' for x in load_after)} (1/5/15 min)"
     )
+    rss_rows = None
+    if args.peak_rss:
+        rss_rows = peak_rss(args)
+        print()
+        print(rss_table(rss_rows, torch.get_num_threads()))
     if args.out_json:
         args.out_json.parent.mkdir(parents=True, exist_ok=True)
         args.out_json.write_text(
@@ -536,6 +658,9 @@ def main(argv: list[str] | None = None) -> int:
                     rows=rows,
                     speedups=speedups,
                     verdicts=lines,
+                    load_before=load_before,
+                    load_after=load_after,
+                    peak_rss=rss_rows,
                 ),
                 indent=2,
             )

@@ -145,24 +145,22 @@ def _key(delta: torch.Tensor) -> tuple:
 def _share_masks(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
     """mergekit draws DARE/DELLA masks with torch.bernoulli, we with a seeded hash: for the
     comparison, mergekit's draw for a task vector is replaced by ours for that same vector
-    (found by its content), so the rescale and the sign election are compared too. Our
-    functions run unchanged; they are only watched to record their draws."""
+    (found by its content), so the rescale and the sign election are compared too. Our merge
+    runs unchanged; it is only watched, to record each task vector and its draws."""
     from mergekit.merge_methods import generalized_task_arithmetic as gta
 
-    from evomerge.merge import methods
+    from evomerge.merge import chunked, materialize, methods
 
     draws: dict[tuple, torch.Tensor] = {}
     used: list[tuple] = []
-    real_bernoulli, real_della, real_sparsify = methods._bernoulli, methods._della, gta.sparsify
+    real_merge, real_sparsify = materialize.merge_chunked, gta.sparsify
 
-    def bernoulli(delta, density, rescale, seed):  # type: ignore[no-untyped-def]
-        draws[_key(delta)] = methods.uniform(delta.shape, seed, delta.device)
-        return real_bernoulli(delta, density, rescale, seed)
-
-    def della(delta, density, epsilon, rescale, seed):  # type: ignore[no-untyped-def]
-        x = delta.unsqueeze(0) if delta.dim() < 2 else delta
-        draws[_key(delta)] = methods.uniform(x.shape, seed, delta.device)
-        return real_della(delta, density, epsilon, rescale, seed)
+    def merge_chunked(kernel, tensors, base, p, **kw):  # type: ignore[no-untyped-def]
+        shape = chunked.as_rows(base.shape)  # DELLA ranks a vector as one row, as mergekit
+        for i, t in enumerate(tensors):
+            delta = t.float() - base.float()
+            draws[_key(delta)] = methods.uniform(shape, methods.task_seed(p, i), t.device)
+        return real_merge(kernel, tensors, base, p, **kw)
 
     def sparsify(tensor, *args, **kwargs):  # type: ignore[no-untyped-def]
         mine = draws.get(_key(tensor))
@@ -176,8 +174,7 @@ def _share_masks(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
         finally:
             torch.bernoulli = real
 
-    monkeypatch.setattr(methods, "_bernoulli", bernoulli)
-    monkeypatch.setattr(methods, "_della", della)
+    monkeypatch.setattr(materialize, "merge_chunked", merge_chunked)
     monkeypatch.setattr(gta, "sparsify", sparsify)
     return used
 

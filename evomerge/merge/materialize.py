@@ -27,6 +27,7 @@ from evomerge.checkpoint import (
     rename_layer,
 )
 from evomerge.errors import MergeError, RecipeError
+from evomerge.merge.chunked import merge_chunked
 from evomerge.merge.methods import Method, Params, get_method
 from evomerge.merge.vocab import VocabPlan, vocab_plan
 from evomerge.recipe import Recipe, Slot, resolve, rules, spec_values
@@ -326,17 +327,37 @@ def materialize(
         method, models, job_base = _job_inputs(mp, job, base)
         raw = _read_inputs(mp, job, [*models, *([job_base] if job_base else [])], device)
         dtype = raw[0].dtype
+        assert job.params is not None
+        inputs = models + ([job_base] if job_base else [])
+        if (
+            method.kernel is not None
+        ):  # row chunks, straight from the sources' dtype to the output's
+            base_raw = raw[len(models)] if job_base else None
+            out, total = merge_chunked(
+                method.kernel,
+                raw[: len(models)],
+                base_raw,
+                job.params,
+                out_dtype=mp.out_dtype or dtype,
+                scale=job.scale,
+            )
+            del raw, base_raw
+            _check_finite(mp, job, out, inputs, total)
+            yield job.out_name, out
+            del out  # not held while the next tensor merges: the consumer has it
+            continue
         work = torch.float64 if dtype == torch.float64 else torch.float32
         tensors = [t.to(work) for t in raw[: len(models)]]
         base_t = raw[len(models)].to(work) if job_base else None
         del raw
-        assert job.params is not None
         out = method(tensors, base_t, job.params)
+        del tensors, base_t
         if job.scale != 1.0:
             out = out * job.scale
         out = out.to(mp.out_dtype or dtype)
-        _check_finite(mp, job, out, models + ([job_base] if job_base else []))
+        _check_finite(mp, job, out, inputs)
         yield job.out_name, out
+        del out
 
 
 # -- sources with different vocabularies (recipe.tokenizer_source) -----------------------------
@@ -432,9 +453,20 @@ def _view(recipe: Recipe, method_name: str, models: tuple[str, ...] | None) -> R
     )
 
 
-def _check_finite(mp: MergePlan, job: TensorJob, out: torch.Tensor, inputs: list[str]) -> None:
-    # One reduction over the output on the hot path; inputs are inspected only on failure.
-    if not out.is_floating_point() or bool(torch.isfinite(out).all()):
+def _check_finite(
+    mp: MergePlan,
+    job: TensorJob,
+    out: torch.Tensor,
+    inputs: list[str],
+    total: torch.Tensor | None = None,
+) -> None:
+    """A finite sum of the output proves every element finite (the merge kernels take it while
+    each chunk is in cache); otherwise, and only then, the exact check and the inputs."""
+    if not out.is_floating_point():
+        return
+    if total is None:
+        total = torch.sum(out, dtype=torch.float64 if out.dtype == torch.float64 else torch.float32)
+    if bool(torch.isfinite(total)) or bool(torch.isfinite(out).all()):
         return
     for name in inputs:
         if not bool(torch.isfinite(mp.sources[name].get(job.src_name).float()).all()):

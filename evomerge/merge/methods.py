@@ -14,10 +14,13 @@ method and pointing at the module that registers it (or at a :class:`Method`)::
 
 They are imported only when a recipe asks for a method no loaded module registered.
 
-Tensors arrive in float32 (float64 stays float64); the caller casts the result.
-Random methods draw from :func:`uniform`, a counter-based hash of (seed, element index) in
-exact integer arithmetic: the same recipe gives the same weights on the CPU and on any GPU, so
-the model a search scored on its GPU is the model exported on a laptop.
+Tensors arrive in float32 (float64 stays float64); the caller casts the result. Methods with a
+row-chunk :class:`~evomerge.merge.chunked.Kernel` (linear, task arithmetic, DARE, DELLA) are
+merged by :mod:`evomerge.merge.materialize` a block of rows at a time, straight from the sources'
+dtype. Random methods draw from :mod:`evomerge.merge.masks`, a counter-based hash of (seed,
+element index) in exact integer arithmetic: the same recipe gives the same weights on the CPU and
+on any GPU, whatever the chunking, so the model a search scored on its GPU is the model exported
+on a laptop.
 
 Note mergekit's ``rescale`` matches the L1 norm of each sparsified task vector to
 the original's (not the 1/density of the DARE paper); we do the same.
@@ -27,15 +30,14 @@ from __future__ import annotations
 
 import importlib.metadata
 import math
-import os
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import torch
 
 from evomerge.errors import RecipeError
+from evomerge.merge import masks
+from evomerge.merge.chunked import Chunk, Kernel, merge_chunked, row_sums
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class Method:
     max_models: int | None = None
     random: bool = False
     negative_weights: bool = True
+    # the row-chunk form of ``fn`` (see :mod:`evomerge.merge.chunked`), for methods that have one
+    kernel: Kernel | None = None
     param_index: dict[str, Param] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -112,12 +116,13 @@ def register(
     max_models: int | None = None,
     random: bool = False,
     negative_weights: bool = True,
+    kernel: Kernel | None = None,
 ) -> Callable[[MergeFn], MergeFn]:
     def deco(fn: MergeFn) -> MergeFn:
         if name in METHODS:
             raise ValueError(f"merge method {name!r} registered twice")
         METHODS[name] = Method(
-            name, fn, params, needs_base, min_models, max_models, random, negative_weights
+            name, fn, params, needs_base, min_models, max_models, random, negative_weights, kernel
         )
         return fn
 
@@ -220,103 +225,57 @@ def _magnitude_outliers(
     return _rescale_l1(delta, kept) if rescale else kept
 
 
-class _DrawCache:
-    """Recently used random draws, bounded in bytes. A search merges the same tensors with the
-    same seeds for every candidate (only densities and weights change), so DARE/DELLA masks
-    re-use their draws instead of re-hashing every element. Callers must not modify them."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes, self.bytes = max_bytes, 0
-        self._items: OrderedDict[tuple[Any, ...], torch.Tensor] = OrderedDict()
-
-    def get(self, key: tuple[Any, ...], make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        hit = self._items.get(key)
-        if hit is not None:
-            self._items.move_to_end(key)
-            return hit
-        t = make()
-        size = t.numel() * t.element_size()
-        if size <= self.max_bytes:
-            self._items[key] = t
-            self.bytes += size
-            while self.bytes > self.max_bytes:
-                _, old = self._items.popitem(last=False)
-                self.bytes -= old.numel() * old.element_size()
-        return t
-
-
-_DRAWS = _DrawCache(int(float(os.environ.get("EVOMERGE_DRAW_CACHE_MB", "256")) * 2**20))
-
-
 def uniform(shape: torch.Size | tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
-    """Uniform [0, 1) floats (shared and cached: do not modify the result); see :func:`_uniform`."""
-    key = (tuple(shape), seed, str(device))
-    return _DRAWS.get(key, lambda: _uniform(shape, seed, device))
+    """The [0, 1) draws DARE/DELLA compare with their keep probabilities, for a whole tensor
+    (see :mod:`evomerge.merge.masks`: the merge draws them a chunk at a time)."""
+    return masks.uniform_at(tuple(shape), 0, seed, torch.device(device))
 
 
-def _uniform(shape: torch.Size | tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
-    """Uniform [0, 1) floats from a 32-bit integer hash (lowbias32) of each element's index.
-
-    int32 products wrap identically on every device, so the draw is device independent, unlike
-    torch.rand whose CPU and CUDA streams differ. 24 bits of each hash make the float exactly.
-    """
-    n = math.prod(shape)
-    idx_dtype = torch.int32 if n < 2**31 else torch.int64
-    x = torch.arange(n, dtype=idx_dtype, device=device)
-    x.mul_(-1640531535).add_(_i32(seed * 2654435761 + 0x5BD1E995))  # 0x9E3779B1 as int32
-    x.bitwise_xor_(x.bitwise_right_shift(16).bitwise_and_(0xFFFF))
-    x.mul_(0x7FEB352D)
-    x.bitwise_xor_(x.bitwise_right_shift(15).bitwise_and_(0x1FFFF))
-    x.mul_(-2073188725)  # 0x846CA68B as int32
-    x.bitwise_xor_(x.bitwise_right_shift(16).bitwise_and_(0xFFFF))
-    return x.bitwise_and_(0xFFFFFF).to(torch.float32).mul_(1.0 / 2**24).reshape(shape)
-
-
-def _i32(v: int) -> int:
-    v &= 0xFFFFFFFF
-    return v - 2**32 if v >= 2**31 else v
-
-
-def _bernoulli(delta: torch.Tensor, density: float, rescale: bool, seed: int) -> torch.Tensor:
-    if density >= 1:
-        return delta
-    keep = uniform(delta.shape, seed, delta.device) < density
-    kept = delta * keep
-    return _rescale_l1(delta, kept) if rescale else kept
-
-
-def _della(
-    delta: torch.Tensor, density: float, epsilon: float, rescale: bool, seed: int
-) -> torch.Tensor:
-    if density >= 1:
-        return delta
-    if density + epsilon >= 1 or density - epsilon <= 0:
-        raise RecipeError(
-            f"della: density ± epsilon must lie in (0, 1); got density={density}, epsilon={epsilon}"
-        )
-    x = delta.unsqueeze(0) if delta.dim() < 2 else delta
+def _della_probs(x: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """DELLA's keep probabilities: density ± epsilon, linear in each row's magnitude rank."""
     ranks = x.abs().argsort(dim=1).argsort(dim=1).to(x.dtype) + 1
     lo, hi = ranks.min(dim=1, keepdim=True).values, ranks.max(dim=1, keepdim=True).values
     rank_norm = ((ranks - lo) / (hi - lo)).clamp(0, 1)
-    probs = (density - epsilon) + rank_norm * 2 * epsilon
-    keep = uniform(probs.shape, seed, x.device) < probs
-    kept = (x * keep).reshape(delta.shape)
-    return _rescale_l1(delta, kept) if rescale else kept
+    return (density - epsilon) + rank_norm * 2 * epsilon
 
 
 # --------------------------------------------------------------------------------------------
 # Generalized task arithmetic: sparsify each task vector, weight, optionally elect signs (TIES).
-def _task_arithmetic_family(
-    tensors: Sequence[torch.Tensor],
-    base: torch.Tensor,
-    p: Params,
-    *,
-    sparsify: str | None,
-    consensus: bool,
+def _combine(deltas: torch.Tensor, weights: Sequence[float], p: Params, consensus: bool):
+    """Σ of the weighted task vectors (S, ...), with TIES's sign election, normalization and
+    lambda as the method asks: the sign election only for the *_ties methods, the divisor only
+    when normalizing."""
+    normalize = bool(p.shared.get("normalize", False))
+    if consensus:
+        majority = deltas.sum(dim=0) >= 0
+        divisor = None
+        if normalize:  # the divisor is a pass of its own: only when it is used
+            w = torch.tensor(weights, dtype=deltas.dtype, device=deltas.device)
+            agree = torch.where(majority, deltas > 0, deltas < 0).to(deltas.dtype)
+            divisor = (w.view(-1, *([1] * (deltas.dim() - 1))) * agree).sum(dim=0)
+            divisor[divisor == 0] = 1
+        # Σ of the deltas whose sign is the majority's: the positives where it is +, else the
+        # negatives (a zero delta agrees with neither)
+        pos = deltas.clamp(min=0).sum(dim=0)
+        neg = deltas.clamp_(max=0).sum(dim=0)
+        mixed = torch.where(majority, pos, neg)
+        if divisor is not None:
+            mixed /= divisor
+    else:
+        mixed = deltas.sum(dim=0)
+        if normalize:
+            total = float(torch.tensor(weights, dtype=deltas.dtype).sum())
+            mixed /= total if abs(total) >= 1e-8 else 1.0
+    lam = float(p.shared.get("lambda", 1.0))
+    if lam != 1:
+        mixed *= lam
+    return mixed
+
+
+def _whole_tensor_gta(
+    tensors: Sequence[torch.Tensor], base: torch.Tensor, p: Params, sparsify: str | None
 ) -> torch.Tensor:
-    assert base is not None
-    if not tensors:
-        return base
+    """TIES and breadcrumbs: their magnitude selection ranks a whole task vector at once."""
     weights = p.per_source["weight"]
     densities = p.per_source.get("density")
     rescale = bool(p.shared.get("rescale", False))
@@ -325,35 +284,94 @@ def _task_arithmetic_family(
         d = torch.sub(t, base, out=deltas[i])
         if sparsify == "magnitude":
             deltas[i] = _magnitude(d, densities[i], rescale)
-        elif sparsify == "random":
-            deltas[i] = _bernoulli(d, densities[i], rescale, p.seed * 1000003 + i)
         elif sparsify == "outliers":
             deltas[i] = _magnitude_outliers(d, densities[i], p.per_source["gamma"][i], rescale)
-        elif sparsify == "della":
-            deltas[i] = _della(
-                d, densities[i], p.per_source["epsilon"][i], rescale, p.seed * 1000003 + i
-            )
-    w = torch.tensor(weights, dtype=base.dtype, device=base.device).view(-1, *([1] * base.dim()))
-    deltas.mul_(w)
-    normalize = bool(p.shared.get("normalize", False))
-    if consensus:
-        majority = deltas.sum(dim=0) >= 0
-        agree = (deltas.sign() == (majority.to(base.dtype) * 2 - 1)).to(base.dtype)
-        mixed = (deltas * agree).sum(dim=0)
-        if normalize:  # the divisor is a full pass of its own: only when it is used
-            divisor = (w * agree).sum(dim=0)
-            divisor[divisor == 0] = 1
-            mixed /= divisor
-    else:
-        mixed = deltas.sum(dim=0)
-        if normalize:
-            divisor = w.sum(dim=0).expand_as(mixed).clone()
-            divisor[divisor.abs() < 1e-8] = 1
-            mixed /= divisor
-    lam = float(p.shared.get("lambda", 1.0))
-    if lam != 1:
-        mixed *= lam
-    return base + mixed
+        if weights[i] != 1:
+            deltas[i].mul_(weights[i])
+    return deltas
+
+
+_EPS_L1 = 1e-7  # below this L1 norm a task vector is not rescaled (as mergekit)
+
+
+def task_seed(p: Params, i: int) -> int:
+    """The seed of source ``i``'s DARE/DELLA draws for the tensor ``p`` belongs to."""
+    return p.seed * 1000003 + i
+
+
+def _random_keep(c: Chunk, i: int, d: torch.Tensor, p: Params, sparsify: str) -> torch.Tensor:
+    """Minus the keep mask (-1 kept, 0 dropped) of task vector ``i`` over chunk ``c``, in the
+    work dtype: a float multiply is far cheaper than boolean indexing, and the sign is undone
+    by the weight."""
+    density = p.per_source["density"][i]
+    seed = task_seed(p, i)
+    if sparsify == "random":
+        k = masks.draws16(c.start, d.numel(), seed, d.device).reshape(d.shape)
+        return k.to(d.dtype).sub_(masks.keep_below(density)).clamp_(-1, 0)
+    epsilon = p.per_source["epsilon"][i]
+    if density + epsilon >= 1 or density - epsilon <= 0:
+        raise RecipeError(
+            f"della: density ± epsilon must lie in (0, 1); got density={density}, epsilon={epsilon}"
+        )
+    probs = _della_probs(d, density, epsilon)
+    u = masks.uniform_at(tuple(d.shape), c.start, seed, d.device)
+    return torch.lt(u, probs).to(d.dtype).neg_()
+
+
+def _sparse(p: Params, i: int, sparsify: str | None) -> bool:
+    return sparsify is not None and p.per_source["density"][i] < 1
+
+
+def _gta_kernel(sparsify: str | None, consensus: bool) -> Kernel:
+    """Row chunks of task arithmetic, DARE and DELLA: elementwise but for DELLA's per-row
+    ranks; the L1 rescale's norms come from a first pass (:attr:`Kernel.stats`)."""
+
+    def task_vectors(c: Chunk, p: Params, *, stats: bool) -> torch.Tensor:
+        assert c.base is not None
+        b = c.to_work(c.base)
+        n = len(c.tensors)
+        deltas = torch.empty((n, *b.shape), dtype=c.work, device=b.device)
+        sums = []
+        rescale = bool(p.shared.get("rescale", False))
+        for i, t in enumerate(c.tensors):
+            d = c.to_work(t, deltas[i]).sub_(b)
+            if not _sparse(p, i, sparsify):
+                if stats:
+                    sums += [row_sums(d.abs())] * 2
+                elif p.per_source["weight"][i] != 1:
+                    d.mul_(p.per_source["weight"][i])
+                continue
+            keep = _random_keep(c, i, d, p, sparsify)  # type: ignore[arg-type]
+            if stats:
+                sums.append(row_sums(d.abs()))
+                sums.append(row_sums(d.mul_(keep).abs_()))
+                continue
+            d.mul_(keep)  # -(kept delta)
+            factor = -1.0
+            if rescale:
+                assert c.totals is not None
+                before, after = float(c.totals[2 * i]), float(c.totals[2 * i + 1])
+                if before >= _EPS_L1 and after >= _EPS_L1:
+                    factor = -(before / after)
+            d.mul_(factor)
+            if p.per_source["weight"][i] != 1:
+                d.mul_(p.per_source["weight"][i])
+        return torch.stack(sums) if stats else deltas
+
+    def apply(c: Chunk, p: Params) -> torch.Tensor:
+        deltas = task_vectors(c, p, stats=False)
+        mixed = _combine(deltas, p.per_source["weight"], p, consensus)
+        assert c.base is not None
+        return mixed.add_(c.base)
+
+    def stats(c: Chunk, p: Params) -> torch.Tensor:
+        return task_vectors(c, p, stats=True)
+
+    def wants_stats(p: Params) -> bool:
+        rescale = bool(p.shared.get("rescale", False))
+        return rescale and any(_sparse(p, i, sparsify) for i in range(len(p.per_source["weight"])))
+
+    return Kernel(apply, stats, wants_stats)
 
 
 def _gta(
@@ -365,8 +383,17 @@ def _gta(
     extra: tuple[Param, ...] = (),
     random: bool = False,
 ) -> None:
+    chunkable = sparsify in (None, "random", "della")
+    kernel = _gta_kernel(sparsify, consensus) if chunkable else None
+
     def fn(tensors: Sequence[torch.Tensor], base: torch.Tensor | None, p: Params) -> torch.Tensor:
-        return _task_arithmetic_family(tensors, base, p, sparsify=sparsify, consensus=consensus)
+        assert base is not None
+        if not tensors:
+            return base
+        if kernel is not None:
+            return merge_chunked(kernel, tensors, base, p)[0]
+        deltas = _whole_tensor_gta(tensors, base, p, sparsify)
+        return base + _combine(deltas, p.per_source["weight"], p, consensus)
 
     fn.__name__ = name
     params = (
@@ -378,7 +405,7 @@ def _gta(
         _flag("int8_mask", False),
         *extra,
     )
-    register(name, params=params, needs_base=True, random=random)(fn)
+    register(name, params=params, needs_base=True, random=random, kernel=kernel)(fn)
 
 
 # mergekit's general task arithmetic family: name → (sparsify, consensus, normalize, rescale,
@@ -398,21 +425,42 @@ for _name, _flags in _GTA_FAMILY.items():
 
 
 # --------------------------------------------------------------------------------------------
+def _linear_apply(c: Chunk, p: Params) -> torch.Tensor:
+    weights = p.per_source["weight"]
+    out = c.to_work(c.tensors[0]).mul_(float(weights[0]))
+    scratch = None
+    for t, w in zip(c.tensors[1:], weights[1:], strict=True):
+        if t.dtype != out.dtype:  # a mixed-dtype add_ is several times slower than a cast
+            scratch = c.to_work(t, scratch if scratch is not None else torch.empty_like(out))
+            t = scratch
+        out.add_(t, alpha=float(w))
+    if p.shared.get("normalize", True):
+        out.div_(_linear_total(weights))
+    return out
+
+
+def _linear_total(weights: Sequence[float]) -> float:
+    total = float(sum(weights))
+    if abs(total) < 1e-12:
+        raise RecipeError("linear: weights sum to 0, cannot normalize")
+    return total
+
+
+_LINEAR = Kernel(_linear_apply)
+
+
 @register(
-    "linear", params=(_WEIGHT, _flag("normalize", True)), needs_base=False, negative_weights=False
+    "linear",
+    params=(_WEIGHT, _flag("normalize", True)),
+    needs_base=False,
+    negative_weights=False,
+    kernel=_LINEAR,
 )
 def linear(tensors: Sequence[torch.Tensor], base: torch.Tensor | None, p: Params) -> torch.Tensor:
     """Model soup: Σ wᵢθᵢ, divided by Σ wᵢ when normalizing. Every source is an input."""
-    weights = p.per_source["weight"]
-    out = torch.mul(tensors[0], float(weights[0]))
-    for t, w in zip(tensors[1:], weights[1:], strict=True):
-        out.add_(t, alpha=float(w))
     if p.shared.get("normalize", True):
-        total = float(sum(weights))
-        if abs(total) < 1e-12:
-            raise RecipeError("linear: weights sum to 0, cannot normalize")
-        out.div_(total)
-    return out
+        _linear_total(p.per_source["weight"])  # before any work
+    return merge_chunked(_LINEAR, tensors, None, p)[0]
 
 
 @register(
