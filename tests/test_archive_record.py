@@ -89,7 +89,8 @@ def test_the_fast_insert_writes_what_add_trial_writes(tmp_path: Path) -> None:
         assert (a.datetime_start, a.datetime_complete) == (b.datetime_start, b.datetime_complete)
     # and against what was recorded, independently of both
     assert got[1].state == optuna.trial.TrialState.FAIL and got[1].values is None
-    assert got[2].values[1] == math.inf  # stored as optuna's INF_POS, read back as inf
+    assert got[0].values == _evaluation(0).values and got[3].values == _evaluation(3).values
+    assert got[2].state == optuna.trial.TrialState.FAIL  # a non-finite score is a failure
     assert got[0].params["route"] == 0 and got[3].params["route"] == 0
     assert got[0].params["g0"] == pytest.approx(_evaluation(0).genome[0], rel=1e-12)
     # reopened, the archive serves the same evaluations
