@@ -1,11 +1,15 @@
 """Every evaluation of a run, kept as an Optuna study in RDB storage.
 
-One evaluated recipe is one Optuna trial: genes as params, objective values as values, and the
-rest (recipe YAML and hash, fidelity, estimator error, timings, worker, error) as user attrs.
-A failed candidate is a FAIL trial. So ``optuna.load_study`` and optuna-dashboard open a run as
-it is, SQLite by default and any SQLAlchemy URL (PostgreSQL…) for many machines.
+One evaluated recipe is one Optuna trial: genes as params, objective values as values (named
+with ``set_metric_names``), start and end of its evaluation as the trial's datetimes, and the
+rest (recipe YAML and hash, the recipe's values as ``recipe.<source>.<param>``, fidelity,
+estimator error, timings, worker, error) as user attrs; the study's ``knee_trial`` attr names
+the front's knee. A failed candidate is a FAIL trial. So ``optuna.load_study`` and
+optuna-dashboard open a run as it is, SQLite by default and any SQLAlchemy URL (PostgreSQL…)
+for many machines.
 
-Each trial is committed before the optimizer hears of it; :meth:`Archive.lookup` serves recipes
+Each trial is committed before the optimizer hears of it (one transaction of a few inserts:
+:mod:`evomerge.trial_writer`); :meth:`Archive.lookup` serves recipes
 already evaluated (same hash), so a resumed run never evaluates one twice.
 """
 
@@ -14,14 +18,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
+import yaml
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.exceptions import OptunaError
 from optuna.trial import FrozenTrial, TrialState
@@ -30,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from evomerge.errors import EvomergeError
 from evomerge.genes import Gene
 from evomerge.run_dir import STUDY_NAME, read_info, storage_url, study_name
+from evomerge.trial_writer import writer_for
 
 # study user attributes: every item id scored during the search, per objective; and one
 # confirmation per (set, trial), e.g. "confirmation:holdout:12"
@@ -61,6 +70,8 @@ class Evaluation:
     number: int | None = None  # the Optuna trial number once recorded
     # item ids scored per objective (search-time only: the run keeps their union, note_scored)
     scored_items: dict[str, list[str]] = field(default_factory=dict)
+    # when its work began (epoch seconds); unset: the commit time less ``timings["total"]``
+    started: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -76,6 +87,42 @@ def _quiet() -> Iterator[None]:
         yield
     finally:
         optuna.logging.set_verbosity(verbosity)
+
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's: 10x faster
+
+
+def recipe_attrs(recipe_yaml: str) -> dict[str, Any]:
+    """The recipe's values as short user attrs, one per source and parameter
+    (``recipe.rev9.weight.per_layer``: a list per layer, 4 decimals; ``recipe.lambda``), so
+    optuna-dashboard shows the decoded recipe next to the raw genes; paths and the seed are
+    left out (the full YAML is the ``recipe`` attr)."""
+    try:
+        tree = yaml.load(recipe_yaml, Loader=_YAML_LOADER) if recipe_yaml else None
+    except yaml.YAMLError:
+        return {}
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, key: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("sources", "parameters"):  # recipe.rev9.weight, recipe.lambda
+                    walk(v, key)
+                elif k not in ("path", "seed", "dtype", "tokenizer"):
+                    walk(v, f"{key}.{k}")
+        elif isinstance(node, list) and any(isinstance(v, (dict, list)) for v in node):
+            for i, v in enumerate(node):
+                walk(v, f"{key}.{i}")
+        elif isinstance(node, float):
+            out[key] = round(node, 4)
+        elif isinstance(node, list):
+            out[key] = [round(v, 4) if isinstance(v, float) else v for v in node]
+        elif node is not None:
+            out[key] = node
+
+    if isinstance(tree, dict):
+        walk(tree, "recipe")
+    return out
 
 
 def _distributions(genes: Sequence[Gene]) -> dict[str, BaseDistribution]:
@@ -122,6 +169,12 @@ class Archive:
                 f"storage {storage} holds a run of another experiment "
                 f"({attrs.get('experiment_hash')}, not {experiment_hash}); use another run dir"
             )
+        if self.objectives and self.study.metric_names != self.objectives:
+            with warnings.catch_warnings():  # set_metric_names is "experimental" in optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names(self.objectives)  # optuna-dashboard's axis names
+        self._knee = attrs.get("knee_trial")
+        self._writer = writer_for(self.study)
         self._evals: list[Evaluation] = [
             self._from_trial(t) for t in self.study.get_trials(deepcopy=False)
         ]
@@ -158,7 +211,10 @@ class Archive:
 
     # -- writing -----------------------------------------------------------------------------
     def record(self, ev: Evaluation) -> Evaluation:
-        """Commit one evaluation (a transaction in the storage) and index it."""
+        """Commit one evaluation (one transaction in the storage) and index it."""
+        finished = time.time()
+        total = ev.timings.get("total")
+        started = ev.started if ev.started is not None else finished - (total or 0.0)
         params = {
             g.name: (float(v) if g.choices is None else round(v))
             for g, v in zip(self.genes, ev.genome, strict=True)
@@ -172,18 +228,29 @@ class Archive:
             "timings": ev.timings,
             "worker": ev.worker,
             "genome": [float(v) for v in ev.genome],
+            **recipe_attrs(ev.recipe),
         }
         if ev.error:
             attrs["error"] = ev.error
         ok = ev.ok and all(math.isfinite(v) for v in ev.values or [])
-        trial = optuna.trial.create_trial(
+        trial = FrozenTrial(
+            number=-1,  # the storage numbers it
             state=TrialState.COMPLETE if ok else TrialState.FAIL,
+            value=None,
             values=list(ev.values) if ok else None,
+            datetime_start=datetime.fromtimestamp(min(started, finished)),
+            datetime_complete=datetime.fromtimestamp(finished),
             params=params,
             distributions=self._dists,
             user_attrs=attrs,
+            system_attrs={},
+            intermediate_values={},
+            trial_id=-1,
         )
-        self.study.add_trial(trial)
+        if self._writer is not None:
+            self._writer.add(trial)
+        else:
+            self.study.add_trial(trial)
         ev.number = len(self._evals)
         if not ok:
             ev.status = "failed"
@@ -217,6 +284,23 @@ class Archive:
             raise ArchiveError(f"confirmation set {kind!r}: choose one of {CONFIRMATION_SETS}")
         self.trial(number)
         self.study.set_user_attr(f"{CONFIRMATION}{kind}:{number}", dict(result))
+
+    def sync(self) -> None:
+        """A durability barrier: every evaluation recorded so far survives a power loss (a
+        commit already survives the process being killed). Called before the optimizer's
+        checkpoint is written, so no checkpoint is ever ahead of the archive."""
+        if self._writer is not None:
+            self._writer.sync()
+
+    def tag_knee(self) -> int | None:
+        """Name the front's knee in the study (user attr ``knee_trial``, what optuna-dashboard
+        shows with the study), written only when it moved; the knee's trial number."""
+        knee = self.knee()
+        number = None if knee is None else knee.number
+        if number != self._knee:
+            self.study.set_user_attr("knee_trial", number)
+            self._knee = number
+        return number
 
     def _from_trial(self, t: FrozenTrial) -> Evaluation:
         a = t.user_attrs

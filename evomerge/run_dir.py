@@ -4,12 +4,16 @@
   the status, the storage URL and study name;
 - ``archive.db`` — the Optuna study (unless the experiment names another ``storage:``);
 - ``optimizer.pkl`` — the optimizer's state after its last complete batch;
+  ``optimizer.journal`` — the history that state needs, for optimizers whose history grows
+  with the run (the optuna samplers' trials): appended, so a checkpoint costs the same at
+  the 5,000th candidate as at the 5th;
 - ``workers.json`` — a Ray run's pool: actors, their utilization, candidates in flight, retries;
 - ``run.lock`` — held (an OS lock, ``flock``) by the one process driving the run, released when
   it exits or dies; ``run.lock.json`` says who holds it (pid, host, since when).
 
 Every file here is written atomically (:mod:`evomerge.fileio`): a crash leaves the old version
-or the new one, never half of one.
+or the new one, never half of one; the journal is appended, and a torn tail is cut off when it
+is read.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ import json
 import os
 import shutil
 import socket
+import struct
 import time
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,7 @@ from filelock import FileLock, Timeout
 from evomerge.errors import EvomergeError
 from evomerge.experiment import Experiment, ExperimentError
 from evomerge.fileio import atomic_write_bytes, atomic_write_json
+from evomerge.killpoints import kill_point
 
 RUN_FILE, EXPERIMENT_FILE, ARCHIVE_FILE, OPTIMIZER_FILE = (
     "run.json",
@@ -80,6 +88,54 @@ def read_optimizer_state(run_dir: Path) -> bytes | None:
 
 def write_optimizer_state(run_dir: Path, state: bytes) -> None:
     atomic_write_bytes(Path(run_dir) / OPTIMIZER_FILE, state)
+
+
+# the optimizer's journal (``Optimizer.checkpoint``): records appended, each framed as
+# (index, length, crc32) + bytes; the last record written with an index wins, and a torn tail
+# (a kill mid-append) is cut off when the journal is read
+JOURNAL_FILE = "optimizer.journal"
+_FRAME = struct.Struct("<QQI")
+
+
+def append_optimizer_journal(run_dir: Path, first: int, records: Sequence[bytes]) -> None:
+    """Append ``records`` as journal entries ``first``, ``first + 1``…, durably (fsync), before
+    the state that needs them is written."""
+    if not records:
+        return
+    blob = b"".join(
+        _FRAME.pack(first + i, len(r), zlib.crc32(r)) + r for i, r in enumerate(records)
+    )
+    with open(Path(run_dir) / JOURNAL_FILE, "ab") as fh:
+        fh.write(blob)
+        fh.flush()
+        kill_point(f"write:{JOURNAL_FILE}")
+        os.fsync(fh.fileno())
+
+
+def read_optimizer_journal(run_dir: Path) -> list[bytes]:
+    """The journal's records by index (0, 1, 2… as long as they run on); a torn tail is cut
+    off the file, so the next append follows the last whole record."""
+    path = Path(run_dir) / JOURNAL_FILE
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    by_index: dict[int, bytes] = {}
+    pos = 0
+    while pos + _FRAME.size <= len(data):
+        index, length, crc = _FRAME.unpack_from(data, pos)
+        body = data[pos + _FRAME.size : pos + _FRAME.size + length]
+        if len(body) != length or zlib.crc32(body) != crc:
+            break
+        by_index[index] = body
+        pos += _FRAME.size + length
+    if pos != len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(pos)
+            os.fsync(fh.fileno())
+    out = []
+    while len(out) in by_index:
+        out.append(by_index[len(out)])
+    return out
 
 
 def create(

@@ -29,12 +29,14 @@ from evomerge.optimize.base import Optimizer
 from evomerge.recipe import Recipe
 from evomerge.run_dir import (
     RunError,
+    append_optimizer_journal,
     create,
     discard,
     load_experiment,
     lock,
     owner_alive,
     read_info,
+    read_optimizer_journal,
     read_optimizer_state,
     read_workers,
     storage_url,
@@ -150,7 +152,7 @@ class Search:
                 self._claim_study(experiment.storage)
             state = read_optimizer_state(run_dir)
             if state is not None:
-                self.optimizer.restore(state)
+                self.optimizer.restore(state, read_optimizer_journal(run_dir))
         except BaseException:
             if owned:
                 self.close()  # Ray actors do not outlive a run that could not open
@@ -217,7 +219,10 @@ class Search:
         self.loop_timings["lookup"] += t2 - t1
         if hit is not None:
             return hit, False
+        started = time.time()
         ev = self.worker.evaluate(recipe, genome, front)
+        if ev.started is None:
+            ev.started = started  # the trial's start in the archive (its end: the commit)
         t3 = time.perf_counter()
         self.archive.note_scored(ev.scored_items)  # before the trial: never an item missed
         ev = self.archive.record(ev)
@@ -298,7 +303,9 @@ class Search:
                 self._exhausted = self._exhaustion(len(batch), new - new_before)
                 kill_point("tell")
                 t1 = time.perf_counter()
-                write_optimizer_state(self.run_dir, self.optimizer.state())
+                self.archive.sync()  # no checkpoint ahead of the archive, even on power loss
+                self.archive.tag_knee()
+                save_optimizer(self.run_dir, self.optimizer)
                 self.loop_timings["tell"] += t1 - t0
                 self.loop_timings["checkpoint"] += time.perf_counter() - t1
         except WorkerFault as e:  # the system, not a candidate: stop with everything saved
@@ -308,6 +315,7 @@ class Search:
             for s, h in previous.items():
                 signal.signal(s, h)
         status, reason = self._status(status, budget)
+        self.archive.tag_knee()
         update_info(
             self.run_dir,
             status=status,
@@ -477,6 +485,14 @@ class Search:
 
 
 _UNSCORED = object()  # a batch member the loop did not reach
+
+
+def save_optimizer(run_dir: Path, optimizer: Optimizer) -> None:
+    """The optimizer's checkpoint: its new journal records appended (durably), then its state,
+    which needs them, written over the last."""
+    state, records = optimizer.checkpoint()
+    append_optimizer_journal(run_dir, optimizer.journal_length - len(records), records)
+    write_optimizer_state(run_dir, state)
 
 
 def _genome_key(genome: np.ndarray) -> str:

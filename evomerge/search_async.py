@@ -29,7 +29,6 @@ import numpy as np
 from evomerge.archive import Evaluation
 from evomerge.experiment import Experiment, ExperimentError
 from evomerge.optimize import optimizer_class
-from evomerge.run_dir import write_optimizer_state
 from evomerge.workers.ray_pool import Job
 
 if TYPE_CHECKING:
@@ -64,6 +63,8 @@ def run_async(
 ) -> tuple[int, int, bool]:
     """Run until the archive holds ``budget`` evaluations, a signal, the deadline or failures
     in a row stop it; (new, cached, whether the time limit stopped it)."""
+    from evomerge.search import save_optimizer
+
     opt, archive = search.optimizer, search.archive
     flight: dict[str, Job] = {}  # recipe hash -> the job scoring it (its tickets in ``slots``)
     redo = deque(opt.tickets.items())  # asked before an interruption and never told
@@ -125,7 +126,8 @@ def run_async(
                 t0 = time.perf_counter()
                 ticket, genome = opt.ask_one()
                 t1 = time.perf_counter()
-                write_optimizer_state(search.run_dir, opt.state())  # before it is sent
+                archive.sync()  # no checkpoint ahead of the archive, even on power loss
+                save_optimizer(search.run_dir, opt)  # before it is sent
                 search.loop_timings["ask"] += t1 - t0
                 search.loop_timings["checkpoint"] += time.perf_counter() - t1
             job = settle(ticket, genome)
@@ -148,7 +150,8 @@ def run_async(
         for i, ticket in enumerate(job.slots):
             tell(ticket, ev, i == 0)
     t0 = time.perf_counter()
-    write_optimizer_state(search.run_dir, opt.state())
+    archive.sync()
+    save_optimizer(search.run_dir, opt)
     search.loop_timings["checkpoint"] += time.perf_counter() - t0
     return counts["new"], counts["cached"], timed_out
 

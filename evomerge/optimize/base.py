@@ -272,6 +272,7 @@ class Optimizer(ABC):
         # asynchronous mode: ticket -> (genome, the library's handle), asked and not yet told
         self._tickets: dict[int, tuple[np.ndarray, Any]] = {}
         self._serial = 0  # the next ticket
+        self._journal_len = 0  # journal records handed out by ``checkpoint``
         self._setup()
 
     # -- what subclasses provide -------------------------------------------------------------
@@ -304,6 +305,15 @@ class Optimizer(ABC):
     @abstractmethod
     def _load(self, payload: Any) -> None:
         """Inverse of ``_payload`` on a freshly constructed twin."""
+
+    def _checkpoint_payload(self) -> tuple[Any, list[Any]] | None:
+        """Optimizers with a journal: (the flat payload, the history records not handed out
+        yet); None: ``checkpoint`` is ``state``."""
+        return None
+
+    def _load_journaled(self, payload: Any, records: list[Any]) -> None:
+        """Inverse of the ``_checkpoint_payload`` calls so far, given all their records."""
+        raise OptimizerError(f"optimizer {self.name!r} keeps no journal")
 
     def _ask_one(self) -> tuple[Any, np.ndarray]:
         """Asynchronous optimizers: one genome and a (picklable) handle ``_tell_one`` gets back."""
@@ -402,6 +412,31 @@ class Optimizer(ABC):
         The library objects are pickled apart from a plain header (identity, library versions,
         pending batch or tickets), so a state is checked before any of them is unpickled.
         """
+        return self._header(dumps_state(self._payload()))
+
+    def checkpoint(self) -> tuple[bytes, list[bytes]]:
+        """(state, journal records): what a long run saves after each batch.
+
+        Optimizers whose history grows with the run (the optuna studies) keep the state flat:
+        the history goes out as records, each handed out once, for the caller to append to a
+        journal; ``restore(state, journal)`` needs the journal's records up to this state.
+        Others return ``(state(), [])``.
+        """
+        got = self._checkpoint_payload()
+        if got is None:
+            return self.state(), []
+        payload, records = got
+        self._journal_len += len(records)
+        return self._header(dumps_state(payload), journal=self._journal_len), [
+            dumps_state(r) for r in records
+        ]
+
+    @property
+    def journal_length(self) -> int:
+        """Journal records handed out by ``checkpoint`` (or restored) so far."""
+        return self._journal_len
+
+    def _header(self, payload: bytes, journal: int | None = None) -> bytes:
         pending = None if self._pending is None else [x.tolist() for x in self._pending]
         return pickle.dumps(
             {
@@ -412,12 +447,13 @@ class Optimizer(ABC):
                 "annotations": dict(self.annotations),
                 "tickets": [(t, g.tolist(), h) for t, (g, h) in self._tickets.items()],
                 "serial": self._serial,
-                "payload": dumps_state(self._payload()),
+                "payload": payload,
+                "journal": journal,  # None: the payload is whole
             },
             protocol=pickle.HIGHEST_PROTOCOL,
         )
 
-    def restore(self, state: bytes) -> None:
+    def restore(self, state: bytes, journal: Sequence[bytes] = ()) -> None:
         """Continue from ``state``; call on a fresh optimizer built with the same arguments.
 
         A state from another optimizer, gene list, objective count, seed or options is refused,
@@ -443,7 +479,17 @@ class Optimizer(ABC):
         if data["format"] != 1:  # format 1 held the payload inline and no versions
             self._check_versions(data.get("versions") or {})
             payload = self._unpickle(payload)
-        self._load(payload)
+        n = data.get("journal")
+        if n is None:
+            self._load(payload)
+        else:
+            if len(journal) < n:
+                raise OptimizerError(
+                    f"optimizer {self.name!r}: the checkpoint needs {n} journal records, the "
+                    f"journal holds {len(journal)}"
+                )
+            self._load_journaled(payload, [self._unpickle(r) for r in journal[:n]])
+            self._journal_len = n
         pending = data["pending"]
         self._pending = (
             None if pending is None else [np.asarray(x, dtype=np.float64) for x in pending]

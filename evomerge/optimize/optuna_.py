@@ -1,8 +1,10 @@
 """optuna samplers on an in-memory study, driven by ``study.ask`` / ``study.tell``.
 
-(Not named ``optuna.py``, so it can never be mistaken for the package.) The study and its
-sampler are pickled together: the in-memory storage pickles (its lock is rebuilt) and every
-sampler keeps its RNG inside itself, so an unpickled pair continues exactly. Failed candidates
+(Not named ``optuna.py``, so it can never be mistaken for the package.) ``state()`` pickles the
+study and its sampler together: the in-memory storage pickles (its lock is rebuilt) and every
+sampler keeps its RNG inside itself, so an unpickled pair continues exactly. A search's
+``checkpoint()`` is flat instead: the sampler and the running trials, each finished trial
+handed out once as a journal record, and the study rebuilt from both on restore. Failed candidates
 are told as ``TrialState.FAIL``, which optuna's samplers skip when modelling.
 """
 
@@ -99,6 +101,9 @@ class _OptunaOptimizer(Optimizer):
                 directions=["minimize"] * self.n_objectives,
             )
         self._trials: list[int] = []
+        # the journal so far (see _checkpoint_payload): trials then, and those running then
+        self._last_count = 0
+        self._last_running: list[int] = []
 
     def _ask(self) -> list[np.ndarray]:
         batch = []
@@ -136,6 +141,94 @@ class _OptunaOptimizer(Optimizer):
     def _load(self, payload: Any) -> None:
         self._study = payload["study"]
         self._trials = payload["trials"]
+
+    # A long run's checkpoint: the sampler (its RNG inside), the study's attrs and the trials
+    # running at the checkpoint (a batch at most), flat in size; every other trial is finished
+    # and was handed out once as a journal record. So the next checkpoint's records are the
+    # trials finished since: those running then, and those asked after.
+    def _checkpoint_payload(self) -> tuple[Any, list[Any]]:
+        from optuna.trial import TrialState
+
+        trials = self._study.get_trials(deepcopy=False)
+        since = set(self._last_running) | set(range(self._last_count, len(trials)))
+        records = [
+            _record(trials[i]) for i in sorted(since) if trials[i].state != TrialState.RUNNING
+        ]
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        self._last_count, self._last_running = len(trials), [t.number for t in running]
+        payload = {
+            "sampler": self._study.sampler,
+            "user_attrs": self._study.user_attrs,
+            "system_attrs": self._study._storage.get_study_system_attrs(self._study._study_id),
+            "running": running,
+            "count": len(trials),
+            "trials": self._trials,
+        }
+        return payload, records
+
+    def _load_journaled(self, payload: Any, records: list[Any]) -> None:
+        import optuna
+
+        finished = [_trial(r, self._distributions) for r in records]
+        trials = sorted([*finished, *payload["running"]], key=lambda t: t.number)
+        if [t.number for t in trials] != list(range(payload["count"])):
+            raise OptimizerError(
+                f"optimizer {self.name!r}: the journal does not hold the trials its checkpoint "
+                f"needs ({len(records)} records, {payload['count']} trials)"
+            )
+        with _quiet():
+            study = optuna.create_study(
+                storage=optuna.storages.InMemoryStorage(),
+                sampler=payload["sampler"],
+                study_name="evomerge",
+                directions=["minimize"] * self.n_objectives,
+            )
+            storage = study._storage
+            for key, value in payload["system_attrs"].items():
+                storage.set_study_system_attr(study._study_id, key, value)
+            for key, value in payload["user_attrs"].items():
+                storage.set_study_user_attr(study._study_id, key, value)
+            for t in trials:  # numbers and ids come out as they were: 0, 1, 2… in order
+                storage.create_new_trial(study._study_id, template_trial=t)
+        self._study, self._trials = study, payload["trials"]
+        self._last_count = payload["count"]
+        self._last_running = [t.number for t in payload["running"]]
+
+
+def _record(t: Any) -> tuple[Any, ...]:
+    """A finished trial as plain data (a third of a pickled FrozenTrial: the distributions,
+    the same for every trial, are the optimizer's)."""
+    return (
+        t.number,
+        t.state.name,
+        t.values,
+        t.params,
+        t.system_attrs,
+        t.user_attrs,
+        t.intermediate_values,
+        t.datetime_start,
+        t.datetime_complete,
+    )
+
+
+def _trial(r: tuple[Any, ...], distributions: dict[str, Any]) -> Any:
+    from optuna.trial import FrozenTrial, TrialState
+
+    number, state, values, params, system, user, inter, start, end = r
+    return FrozenTrial(
+        number=number,
+        state=TrialState[state],
+        value=None,
+        values=values,
+        datetime_start=start,
+        datetime_complete=end,
+        params=params,
+        distributions={k: distributions[k] for k in params},
+        user_attrs=user,
+        system_attrs=system,
+        intermediate_values=inter,
+        trial_id=number,
+    )
 
 
 class OptunaTPE(_OptunaOptimizer):

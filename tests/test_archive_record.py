@@ -1,0 +1,202 @@
+"""How a trial is written: the fast insert against optuna's own ``add_trial``, and what
+optuna-dashboard reads (metric names, real start and end, the recipe's values, the knee)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from evomerge import search
+from evomerge.archive import Archive, Evaluation
+from evomerge.genes import Gene
+from evomerge.recipe import PerLayer, Recipe, numbers
+from evomerge.run_dir import STUDY_NAME, storage_url
+from evomerge.zoo import SOURCES as ZOO_SOURCES
+
+GENES = [Gene(f"g{i}") for i in range(5)] + [Gene("route", 3)]
+
+
+def _archive(path: Path, name: str = "s") -> Archive:
+    return Archive(
+        f"sqlite:///{path}",
+        study_name=name,
+        objectives=["rev9", "shift3"],
+        directions=["maximize", "minimize"],
+        genes=GENES,
+        experiment_hash="h",
+    )
+
+
+def _evaluation(i: int, *, ok: bool = True) -> Evaluation:
+    rng = np.random.default_rng(i)
+    genome = [*rng.random(5).tolist(), float(i % 3)]
+    return Evaluation(
+        recipe_hash=f"r{i}",
+        recipe=f"method: linear\nsources:\n  a:\n    path: /x\n    parameters: {{weight: {i}.5}}\n",
+        genome=genome,
+        values=[float(rng.random()), math.inf if i == 2 else float(rng.random())] if ok else None,
+        status="ok" if ok else "failed",
+        error=None if ok else "RecipeError: no",
+        fidelity={"rev9": 0.5},
+        stderr={"rev9": 0.01, "shift3": None},
+        timings={"total": 0.25 + i},
+        worker="local",
+        started=1.7e9 + 10 * i,
+    )
+
+
+def test_the_fast_insert_writes_what_add_trial_writes(tmp_path: Path) -> None:
+    ours = _archive(tmp_path / "a.db")
+    assert ours._writer is not None  # SQLite: the fast path is the one tested
+    ref = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'ref.db'}", directions=["maximize", "minimize"]
+    )
+    for i in range(4):
+        ev = ours.record(_evaluation(i, ok=i != 1))
+        assert ev.number == i
+    # the reference: optuna's own add_trial of the trials as read back, renumbered
+    got = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'a.db'}").trials
+    for t in got:
+        ref.add_trial(
+            optuna.trial.FrozenTrial(
+                number=-1,
+                state=t.state,
+                value=None,
+                values=t.values,
+                datetime_start=t.datetime_start,
+                datetime_complete=t.datetime_complete,
+                params=t.params,
+                distributions=t.distributions,
+                user_attrs=t.user_attrs,
+                system_attrs={},
+                intermediate_values={},
+                trial_id=-1,
+            )
+        )
+    want = optuna.load_study(study_name=ref.study_name, storage=f"sqlite:///{tmp_path / 'ref.db'}")
+    assert len(got) == 4
+    for a, b in zip(got, want.trials, strict=True):
+        assert (a.number, a.state, a.values, a.params) == (b.number, b.state, b.values, b.params)
+        assert a.distributions == b.distributions and a.user_attrs == b.user_attrs
+        assert (a.datetime_start, a.datetime_complete) == (b.datetime_start, b.datetime_complete)
+    # and against what was recorded, independently of both
+    assert got[1].state == optuna.trial.TrialState.FAIL and got[1].values is None
+    assert got[0].values == _evaluation(0).values and got[3].values == _evaluation(3).values
+    assert got[2].state == optuna.trial.TrialState.FAIL  # a non-finite score is a failure
+    assert got[0].params["route"] == 0 and got[3].params["route"] == 0
+    assert got[0].params["g0"] == pytest.approx(_evaluation(0).genome[0], rel=1e-12)
+    # reopened, the archive serves the same evaluations
+    again = _archive(tmp_path / "a.db")
+    assert [e.recipe_hash for e in again.evaluations] == ["r0", "r1", "r2", "r3"]
+    assert again.lookup("r3").genome == _evaluation(3).genome  # type: ignore[union-attr]
+
+
+def test_trial_times_are_the_evaluation_s_start_and_its_commit(tmp_path: Path) -> None:
+    a = _archive(tmp_path / "a.db")
+    t0 = time.time()
+    ev = _evaluation(0)
+    ev.started = t0 - 3.0  # three seconds of work, committed now
+    a.record(ev)
+    ev = _evaluation(1)
+    ev.started = None  # no start known: the commit less the worker's total
+    a.record(ev)
+    t1 = time.time()
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'a.db'}").trials
+    assert trials[0].datetime_start == datetime.fromtimestamp(t0 - 3.0)
+    assert t0 <= trials[0].datetime_complete.timestamp() <= t1 + 1e-3
+    assert trials[0].duration.total_seconds() == pytest.approx(3.0, abs=t1 - t0 + 0.01)
+    assert trials[1].duration.total_seconds() == pytest.approx(1.25, abs=1e-3)
+
+
+def test_dashboard_sees_metric_names_durations_recipe_values_and_the_knee(
+    unit_zoo: Path, tmp_path: Path
+) -> None:
+    exp = {
+        "name": "unit-dashboard",
+        "sources": dict(ZOO_SOURCES),
+        "base": "base",
+        "space": "dare_ties-per-layer",
+        "space_options": {"granularity": 2},
+        "objectives": [
+            {"task": "rev9", "estimator": "subsample:8"},
+            {"task": "shift3", "estimator": "subsample:8"},
+        ],
+        "optimizer": {"name": "optuna-tpe", "batch": 3},
+        "budget": 6,
+        "seed": 2,
+        "workers": {"threads": 1},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    s, budget = search.start(path, tmp_path / "run", zoo=unit_zoo)
+    walls: list[float] = []
+    evaluate = s.worker.evaluate
+
+    def timed(*args, **kwargs):  # the wall time of each evaluation, measured here
+        t = time.perf_counter()
+        try:
+            return evaluate(*args, **kwargs)
+        finally:
+            walls.append(time.perf_counter() - t)
+
+    s.worker.evaluate = timed
+    s.run(budget)
+    s.close()
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(tmp_path / "run"))
+    assert study.metric_names == ["rev9", "shift3"]
+    trials = study.trials
+    assert len(trials) == len(walls) == 6
+    for t, wall in zip(trials, walls, strict=True):
+        d = t.duration.total_seconds()
+        assert d > 0 and d == pytest.approx(wall, abs=0.05, rel=0.05), (d, wall)
+        assert t.datetime_complete >= t.datetime_start
+        recipe = Recipe.from_dict(yaml.safe_load(t.user_attrs["recipe"]))
+        for name, src in recipe.sources.items():
+            for param, spec in src.parameters.items():
+                want = [round(v, 4) for v in numbers(spec)]  # type: ignore[arg-type]
+                if isinstance(spec, PerLayer):
+                    assert t.user_attrs[f"recipe.{name}.{param}.per_layer"] == want
+                else:
+                    assert [t.user_attrs[f"recipe.{name}.{param}"]] == want
+    assert [t.datetime_start for t in trials] == sorted(t.datetime_start for t in trials)
+    knee = Archive.open(tmp_path / "run").knee()
+    assert knee is not None and study.user_attrs["knee_trial"] == knee.number
+    if importlib.util.find_spec("optuna_dashboard") is not None:  # an optional dev tool
+        _check_dashboard_api(storage_url(tmp_path / "run"), trials)
+
+
+def _check_dashboard_api(url: str, trials: list[optuna.trial.FrozenTrial]) -> None:
+    """What optuna-dashboard's own JSON API serves for the run (its WSGI app, no server)."""
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    from optuna_dashboard import wsgi
+
+    app = wsgi(url)
+
+    def get(path: str) -> dict:
+        env: dict = {}
+        setup_testing_defaults(env)
+        env["PATH_INFO"] = path
+        status: list[str] = []
+        body = b"".join(app(env, lambda s, h, e=None: status.append(s)))
+        assert status[0].startswith("200"), (path, status, body[:200])
+        return json.loads(body)
+
+    (summary,) = get("/api/studies")["study_summaries"]
+    study = get(f"/api/studies/{summary['study_id']}")
+    assert study["objective_names"] == ["rev9", "shift3"]
+    for got, t in zip(study["trials"], trials, strict=True):
+        start = datetime.fromisoformat(got["datetime_start"])
+        end = datetime.fromisoformat(got["datetime_complete"])
+        assert end - start == t.duration and (end - start).total_seconds() > 0
+        attrs = {a["key"]: a["value"] for a in got["user_attrs"]}
+        assert any(k.startswith("recipe.") and k.endswith(".per_layer") for k in attrs)
