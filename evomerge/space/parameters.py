@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from evomerge.errors import RecipeError
 from evomerge.genes import Gene
@@ -24,6 +24,7 @@ from evomerge.recipe import (
     at_layer,
     select,
 )
+from evomerge.space import curves
 from evomerge.space.base import Bound, SearchSpace, SpaceError, SpaceSpec, register_kind
 
 
@@ -36,6 +37,15 @@ class ParametersSpec(SpaceSpec):
     granularity: Annotated[int, Field(ge=1)] = 1  # layers per group
     split: list[Literal["attention", "mlp"]] = Field(default_factory=list)
     smoothing: bool = False  # interpolate across groups (a mergekit gradient) instead of steps
+    # per-layer values as a piecewise-linear curve over depth with this many control points
+    # (space/curves.py): a handful of genes per coefficient however deep the model
+    curve: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _curve_alone(self) -> ParametersSpec:
+        if self.curve is not None and (self.granularity != 1 or self.smoothing):
+            raise ValueError("curve: replaces granularity and smoothing; set only one of them")
+        return self
 
 
 @register_kind("parameters", ParametersSpec)
@@ -44,7 +54,9 @@ class ParametersSpace(SearchSpace):
 
     def __init__(self, spec: ParametersSpec, **kw: Any) -> None:
         super().__init__(spec, **kw)
-        self.params = ParamGenes.of(self, spec, spec.granularity, spec.split, spec.smoothing)
+        self.params = ParamGenes.of(
+            self, spec, spec.granularity, spec.split, spec.smoothing, curve=spec.curve
+        )
         self._set_genes(self.params.genes)
 
     def decode(self, genome: np.ndarray) -> Recipe:
@@ -75,9 +87,10 @@ class ParamGenes:
         granularity: int,
         split: Sequence[str],
         smoothing: bool,
+        curve: int | None = None,
     ) -> ParamGenes:
         models = space._models(spec.models, needs_base=get_method(spec.method).needs_base)
-        return cls(spec, models, space.num_layers, granularity, split, smoothing)
+        return cls(spec, models, space.num_layers, granularity, split, smoothing, curve)
 
     def __init__(
         self,
@@ -87,13 +100,15 @@ class ParamGenes:
         granularity: int,
         split: Sequence[str],
         smoothing: bool,
+        curve: int | None = None,
     ) -> None:
         self.method = get_method(spec.method)
         self.fixed: dict[str, GlobalValue] = dict(spec.fixed)
         self.models, self.n_layers, self.gran = models, n_layers, granularity
         self.kinds: list[str | None] = [*split, "default"] if split else [None]
         self.smoothing = smoothing
-        self.n_groups = math.ceil(n_layers / granularity)
+        self.curve = curve  # control points per coefficient (then "groups" are those points)
+        self.n_groups = curve if curve else math.ceil(n_layers / granularity)
         self.bounds: dict[str, Bound] = dict(spec.genes)
         params = self.method.param_index
         for name, bound in self.bounds.items():
@@ -129,12 +144,18 @@ class ParamGenes:
     def genes(self) -> list[Gene]:
         out = []
         for name, owner, g, kind in self.keys:
-            parts = [owner, name, _group_label(g, self.gran, self.n_layers), kind]
+            label = f"c{g}" if self.curve else _group_label(g, self.gran, self.n_layers)
+            parts = [owner, name, label, kind]
             out.append(Gene(".".join(p for p in parts if p)))
         return out
 
     def values(self, x: np.ndarray) -> Values:
-        """(param, model, kind) → one value per group."""
+        """(param, model, kind) → one value per group (per layer for a curve)."""
+        if self.curve:
+            return {
+                key: [self.bounds[key[0]].value(u) for u in units]
+                for key, units in curves_units(self, x).items()
+            }
         out: Values = {}
         for (name, owner, _g, kind), u in zip(self.keys, x, strict=True):
             out.setdefault((name, owner, kind), []).append(self.bounds[name].value(u))
@@ -173,6 +194,8 @@ class ParamGenes:
         )
 
     def _layer_spec(self, groups: list[float]) -> ParamSpec:
+        if self.curve:
+            return groups[0] if self.n_layers == 1 else PerLayer(per_layer=groups)
         if self.n_groups == 1:
             return groups[0]
         if self.smoothing:
@@ -182,26 +205,45 @@ class ParamGenes:
     def encode(self, recipe: Recipe) -> np.ndarray:
         out = np.empty(len(self.keys))
         for i, (name, owner, g, kind) in enumerate(self.keys):
-            if owner is None:
-                spec = recipe.parameters.get(name)
+            spec = self._spec_of(recipe, name, owner)
+            if self.curve:  # the curve through the recipe's per-layer values
+                layers = [self._read(spec, la, kind, layer=la) for la in range(self.n_layers)]
+                point = curves.sample(np.asarray(layers), self.curve)[g]
+                out[i] = self.bounds[name].unit(float(point))
             else:
-                src = recipe.sources.get(owner)
-                if src is None:
-                    raise SpaceError(f"recipe has no source {owner!r} that the space searches")
-                spec = src.parameters.get(name, recipe.parameters.get(name))
-            if spec is None or isinstance(spec, bool):
-                raise SpaceError(f"recipe gives no value for {name!r} of {owner or 'the merge'}")
-            out[i] = self.bounds[name].unit(self._read(spec, g, kind))
+                out[i] = self.bounds[name].unit(self._read(spec, g, kind))
         return out
 
-    def _read(self, spec: ParamSpec, g: int, kind: str | None) -> float:
+    def _spec_of(self, recipe: Recipe, name: str, owner: str | None) -> ParamSpec:
+        if owner is None:
+            spec = recipe.parameters.get(name)
+        else:
+            src = recipe.sources.get(owner)
+            if src is None:
+                raise SpaceError(f"recipe has no source {owner!r} that the space searches")
+            spec = src.parameters.get(name, recipe.parameters.get(name))
+        if spec is None or isinstance(spec, bool):
+            raise SpaceError(f"recipe gives no value for {name!r} of {owner or 'the merge'}")
+        return spec
+
+    def _read(self, spec: ParamSpec, g: int, kind: str | None, layer: int | None = None) -> float:
         try:
             values = select(spec, tensor="", kind=kind or "default")
         except RecipeError as e:
             raise SpaceError(f"recipe: {e}") from None
+        if layer is not None:
+            return at_layer(values, layer, self.n_layers)
         if isinstance(values, Gradient) and len(values.gradient) == self.n_groups:
             return float(values.gradient[g])
         layer = g * self.gran
         if self.smoothing and self.n_groups > 1:
             layer = round(g * (self.n_layers - 1) / (self.n_groups - 1))
         return at_layer(values, layer, self.n_layers)
+
+
+def curves_units(params: ParamGenes, x: np.ndarray) -> dict[Any, np.ndarray]:
+    """(param, model, kind) → the unit value of each layer a curve's control points make."""
+    ctrl: dict[Any, list[float]] = {}
+    for (name, owner, _g, kind), u in zip(params.keys, x, strict=True):
+        ctrl.setdefault((name, owner, kind), []).append(float(u))
+    return {key: curves.expand(np.asarray(c), params.n_layers) for key, c in ctrl.items()}
