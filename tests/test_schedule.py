@@ -146,6 +146,15 @@ def test_stages_are_counted_in_evaluations(family: dict[str, Path]) -> None:
         _staged(family, {"granularity": 4, "until": 5}, {"granularity": 0})
     with pytest.raises(ExperimentError, match="until"):
         Experiment.parse({**_exp_data(), "schedule": [{"granularity": 4}, FINE]})
+    with pytest.raises(ExperimentError, match="dispatch"):
+        Experiment.parse({**_exp_data(), "workers": {"dispatch": "async"}})
+    # an experiment without a schedule hashes as it did before the key existed
+    plain = {k: v for k, v in _exp_data().items() if k != "schedule"}
+    assert "schedule" not in Experiment.parse(plain).model_dump(exclude_defaults=True)
+    assert (
+        Experiment.parse(plain).content_hash()
+        == Experiment.parse({**plain, "schedule": []}).content_hash()
+    )
 
 
 # -- runs --------------------------------------------------------------------------------------
