@@ -180,6 +180,8 @@ def main() -> None:
                 evs = run(zoo, exp, work)
                 wall = time.perf_counter() - t0
                 for budget in args.budgets:
+                    if len(evs) < budget:  # interrupted (or failures): no figures for it
+                        continue
                     values = [v for v, _ in evs[:budget]]
                     row: dict[str, Any] = {
                         "zoo": str(zoo),
