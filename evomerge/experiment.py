@@ -173,6 +173,9 @@ class Experiment(_Spec):
     base: str | None = None
     space: str | dict[str, Any]
     space_options: dict[str, Any] = Field(default_factory=dict)
+    # coarse to fine (space/schedule.py): stages of space-option overrides, each but the last
+    # with `until: N` evaluations; empty: the one space throughout
+    schedule: list[dict[str, Any]] = Field(default_factory=list)
     objectives: list[ObjectiveSpec] = Field(min_length=1)
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
     budget: int = Field(ge=1)
@@ -204,6 +207,12 @@ class Experiment(_Spec):
             )
         if tok == "base" and self.base is None:
             raise ValueError("tokenizer_source: 'base' needs `base:` set")
+        if self.schedule:
+            from evomerge.space.schedule import check_stages
+
+            check_stages(self.schedule)
+            if self.workers.dispatch == "async":
+                raise ValueError("schedule: stages change at batch boundaries; use dispatch: batch")
         labels = [o.label for o in self.objectives]
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:
@@ -218,6 +227,8 @@ class Experiment(_Spec):
         if data.get("tokenizer_source") is None:  # runs started before the key existed
             data.pop("tokenizer_source", None)
         data.pop("reference_points")
+        if not data["schedule"]:  # the default: hashes from before the key
+            data.pop("schedule")
         for key in _PLACEMENT:
             data["workers"].pop(key)
         # the workers section hashes as it did before placement keys existed (`kind: local`

@@ -46,6 +46,7 @@ from evomerge.run_dir import (
     write_optimizer_state,
 )
 from evomerge.space import SearchSpace, SpaceError, load_space
+from evomerge.space.schedule import StagedSpace
 from evomerge.workers.faults import WorkerFault
 
 
@@ -98,28 +99,33 @@ class Search:
         self.run_dir, self.experiment, self.zoo, self.log = run_dir, experiment, zoo, log
         # zoo: names, hub ids (at the commits a run recorded, on resume) and paths
         sources, self.revisions = resolve_sources(experiment.sources, zoo=zoo, revisions=revisions)
-        spec = load_space(experiment.space, experiment.space_options)
-        self.space = SearchSpace(
-            spec,
-            sources=sources,
-            base=experiment.base,
-            seed=experiment.seed,
-            dtype=experiment.dtype,
-            tokenizer_source=experiment.tokenizer_source,
-        )
+        space_kw = {
+            "sources": sources,
+            "base": experiment.base,
+            "seed": experiment.seed,
+            "dtype": experiment.dtype,
+            "tokenizer_source": experiment.tokenizer_source,
+        }
+        # coarse to fine: the archive, the worker and the exports see the last stage's space
+        self.staged: StagedSpace | None = None
+        self.stage = 0
+        if experiment.schedule:
+            self.staged = StagedSpace(
+                experiment.space, experiment.space_options, experiment.schedule, **space_kw
+            )
+            self.space = self.staged.final
+        else:
+            spec = load_space(experiment.space, experiment.space_options)
+            self.space = SearchSpace(spec, **space_kw)
         self.multi = optimizer_class(experiment.optimizer.name).multi_objective
         if experiment.workers.dispatch == "async":  # one candidate at a time: search_async.py
             from evomerge.search_async import check_async
 
             check_async(experiment)
-        n_obj = len(experiment.objectives) if self.multi else 1
-        self.optimizer: Optimizer = make_optimizer(
-            experiment.optimizer.name,
-            self.space.genes,
-            n_obj,
-            seed=experiment.seed,
-            options=experiment.optimizer.options,
-        )
+        state = read_optimizer_state(run_dir)
+        if self.staged is not None and state is not None:
+            self.stage = _stage_of(state)
+        self.optimizer: Optimizer = self._new_optimizer()
         owned = worker is None
         if worker is None and experiment.workers.backend == "ray":
             from evomerge.workers.ray_pool import RayPool
@@ -150,7 +156,6 @@ class Search:
             )
             if experiment.storage is not None:
                 self._claim_study(experiment.storage)
-            state = read_optimizer_state(run_dir)
             if state is not None:
                 self.optimizer.restore(state, read_optimizer_journal(run_dir))
         except BaseException:
@@ -182,6 +187,48 @@ class Search:
                 "change the experiment's name or seed for a study of its own"
             )
 
+    def _new_optimizer(self) -> Optimizer:
+        """The optimizer over the genes of the stage in force (the space's, unscheduled)."""
+        space = self.staged.spaces[self.stage] if self.staged else self.space
+        return make_optimizer(
+            self.experiment.optimizer.name,
+            space.genes,
+            len(self.experiment.objectives) if self.multi else 1,
+            seed=self.experiment.seed,
+            options=self.experiment.optimizer.options,
+        )
+
+    def _lift(self, genome: np.ndarray) -> np.ndarray:
+        """The optimizer's genome in the space's genes (scheduled: the last stage's)."""
+        return genome if self.staged is None else self.staged.lift(self.stage, genome)
+
+    def _next_stage(self) -> None:
+        """Between batches: once the archive reaches a stage's ``until``, a fresh optimizer over
+        the next stage's genes, seeded with every candidate so far (mapped into its genes: they
+        decode to recipes in the archive, so re-asking them costs no evaluation), and its state
+        saved at once, so a resume continues in the new stage with the same seeds."""
+        assert self.staged is not None
+        stage = self.staged.stage_at(len(self.archive))
+        if stage <= self.stage:
+            return
+        annotations = dict(self.optimizer.annotations)
+        self.stage = stage
+        self.optimizer = self._new_optimizer()
+        seeds, seen = [], set()
+        for ev in self.archive.evaluations:
+            if not ev.ok:
+                continue
+            g = self.staged.project(stage, np.asarray(ev.genome))
+            if g.tobytes() not in seen:
+                seen.add(g.tobytes())
+                seeds.append(g)
+        n = self.optimizer.start_from(seeds)
+        # re-asked seeds are archive hits by design: they do not count towards exhaustion
+        annotations["stale"] = annotations.get("stale", 0) - n
+        self.optimizer.annotations = {**annotations, "stage": stage}
+        self.log(f"schedule: stage {stage} after {len(self.archive)} evaluations ({n} seeds)")
+        write_optimizer_state(self.run_dir, self.optimizer.state())
+
     # -- losses for the optimizer --------------------------------------------------------------
     def _losses(self, ev: Evaluation) -> list[float] | None:
         if not ev.ok:
@@ -198,6 +245,7 @@ class Search:
     def _evaluate(self, genome: np.ndarray) -> tuple[Evaluation, bool]:
         """(evaluation, whether it is new)."""
         t0 = time.perf_counter()
+        genome = self._lift(genome)
         try:
             recipe = self.space.decode(genome)
         except SpaceError as e:
@@ -266,6 +314,8 @@ class Search:
                     new, status = n_new, "time limit" if timed_out else status
                     break
                 new_before = new
+                if self.staged is not None and self.optimizer.pending is None:
+                    self._next_stage()
                 t0 = time.perf_counter()
                 # a batch cut short earlier in this process is still pending: finish it first
                 batch = self.optimizer.pending or self.optimizer.ask()
@@ -357,7 +407,7 @@ class Search:
         """The genome's recipe; a genome that makes no model is recorded (or found) as an
         invalid trial instead, with no worker involved: (None, its evaluation, is it new)."""
         try:
-            return self.space.decode(genome), None, False
+            return self.space.decode(self._lift(genome)), None, False
         except SpaceError:
             ev, is_new = self._evaluate(genome)
             if is_new:
@@ -430,7 +480,7 @@ class Search:
             elif key in jobs:
                 jobs[key].slots.append(i)  # scored once, told twice
             else:
-                jobs[key] = Job(recipe, [float(x) for x in g], [i])
+                jobs[key] = Job(recipe, [float(x) for x in self._lift(g)], [i])
 
         def front() -> list[list[float]]:
             if not self.experiment.promotion.enabled:
@@ -493,6 +543,16 @@ def save_optimizer(run_dir: Path, optimizer: Optimizer) -> None:
     state, records = optimizer.checkpoint()
     append_optimizer_journal(run_dir, optimizer.journal_length - len(records), records)
     write_optimizer_state(run_dir, state)
+
+
+def _stage_of(state: bytes) -> int:
+    """The schedule's stage a saved optimizer state belongs to (its annotations say)."""
+    import pickle
+
+    try:
+        return int(pickle.loads(state).get("annotations", {}).get("stage", 0))
+    except Exception:  # not a state: restore() will say so
+        return 0
 
 
 def _genome_key(genome: np.ndarray) -> str:

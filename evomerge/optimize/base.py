@@ -343,6 +343,19 @@ class Optimizer(ABC):
         self._pending = batch
         return [x.copy() for x in batch]
 
+    def start_from(self, genomes: Sequence[np.ndarray]) -> int:
+        """Before the first ask: propose these genomes first (e.g. a coarser stage's candidates,
+        which the archive already holds). Returns how many will be asked; 0 where the optimizer
+        cannot start from given genomes (it then starts afresh)."""
+        if self._pending is not None or self._tickets:
+            raise OptimizerError(f"optimizer {self.name!r}: start_from() while genomes are pending")
+        if not genomes:
+            return 0
+        return self._seed([clip_genome(self.genes, g) for g in genomes])
+
+    def _seed(self, genomes: list[np.ndarray]) -> int:
+        return 0
+
     @property
     def pending(self) -> list[np.ndarray] | None:
         """The batch asked but not yet told (after ``restore`` too), else None."""

@@ -100,6 +100,14 @@ class _PymooOptimizer(Optimizer):
         self._infills = pop
         return [np.array(x, dtype=np.float64) for x in pop.get("X")]
 
+    def _seed(self, genomes: list[np.ndarray]) -> int:
+        """The first population is these genomes (all of them: survival then keeps the best
+        ``pop_size``), instead of a random sample."""
+        if self._algorithm.is_initialized:
+            return 0
+        self._algorithm.initialization.sampling = np.stack(genomes)
+        return len(genomes)
+
     def _tell(self, losses: list[np.ndarray | None]) -> None:
         from pymoo.core.evaluator import Evaluator
         from pymoo.problems.static import StaticProblem

@@ -135,6 +135,18 @@ class _OptunaOptimizer(Optimizer):
             else:
                 self._study.tell(number, [float(v) for v in loss])
 
+    def _seed(self, genomes: list[np.ndarray]) -> int:
+        """Enqueued: the next trials asked are these genomes, then the sampler's own."""
+        with _quiet():
+            for g in genomes:
+                self._study.enqueue_trial(
+                    {
+                        gene.name: float(v) if gene.choices is None else int(v)
+                        for gene, v in zip(self.genes, g, strict=True)
+                    }
+                )
+        return len(genomes)
+
     def _payload(self) -> Any:
         return {"study": self._study, "trials": self._trials}
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from evomerge.errors import RecipeError
 from evomerge.genes import Gene
@@ -25,6 +25,7 @@ from evomerge.recipe import (
     at_layer,
     select,
 )
+from evomerge.space import curves
 from evomerge.space.base import Bound, SearchSpace, SpaceError, SpaceSpec, register_kind
 
 
@@ -39,6 +40,15 @@ class ParametersSpec(SpaceSpec):
     granularity: Annotated[int, Field(ge=1)] = 1  # layers per group
     split: list[Literal["attention", "mlp"]] = Field(default_factory=list)
     smoothing: bool = False  # interpolate across groups (a mergekit gradient) instead of steps
+    # per-layer values as a piecewise-linear curve over depth with this many control points
+    # (space/curves.py): a handful of genes per coefficient however deep the model
+    curve: Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _curve_alone(self) -> ParametersSpec:
+        if self.curve is not None and (self.granularity != 1 or self.smoothing):
+            raise ValueError("curve: replaces granularity and smoothing; set only one of them")
+        return self
 
 
 @register_kind("parameters", ParametersSpec)
@@ -48,7 +58,13 @@ class ParametersSpace(SearchSpace):
     def __init__(self, spec: ParametersSpec, **kw: Any) -> None:
         super().__init__(spec, **kw)
         self.params = ParamGenes.of(
-            self, spec, spec.granularity, spec.split, spec.smoothing, allow_methods=True
+            self,
+            spec,
+            spec.granularity,
+            spec.split,
+            spec.smoothing,
+            allow_methods=True,
+            curve=spec.curve,
         )
         self._set_genes(self.params.genes)
 
@@ -82,16 +98,19 @@ class ParamGenes:
         smoothing: bool,
         *,
         allow_methods: bool = False,
+        curve: int | None = None,
     ) -> ParamGenes:
         methods = getattr(spec, "methods", None)
         if methods is not None:
             if not allow_methods:
                 raise SpaceError("methods: a method gene is offered by `kind: parameters` only")
+            if curve:
+                raise SpaceError("methods: not with curve (a group's method is one per group)")
             return MethodGenes.of(space, spec, granularity, split, smoothing)
         if spec.method is None:
             raise SpaceError("method: required (or give `methods: [...]` to search it)")
         models = space._models(spec.models, needs_base=get_method(spec.method).needs_base)
-        return cls(spec, models, space.num_layers, granularity, split, smoothing)
+        return cls(spec, models, space.num_layers, granularity, split, smoothing, curve)
 
     def __init__(
         self,
@@ -101,13 +120,15 @@ class ParamGenes:
         granularity: int,
         split: Sequence[str],
         smoothing: bool,
+        curve: int | None = None,
     ) -> None:
         self.method = self._primary(spec)
         self.fixed: dict[str, GlobalValue] = dict(spec.fixed)
         self.models, self.n_layers, self.gran = models, n_layers, granularity
         self.kinds: list[str | None] = [*split, "default"] if split else [None]
         self.smoothing = smoothing
-        self.n_groups = math.ceil(n_layers / granularity)
+        self.curve = curve  # control points per coefficient (then "groups" are those points)
+        self.n_groups = curve if curve else math.ceil(n_layers / granularity)
         self.bounds: dict[str, Bound] = dict(spec.genes)
         params = self._param_index()
         for name, bound in self.bounds.items():
@@ -152,12 +173,18 @@ class ParamGenes:
     def genes(self) -> list[Gene]:
         out = []
         for name, owner, g, kind in self.keys:
-            parts = [owner, name, _group_label(g, self.gran, self.n_layers), kind]
+            label = f"c{g}" if self.curve else _group_label(g, self.gran, self.n_layers)
+            parts = [owner, name, label, kind]
             out.append(Gene(".".join(p for p in parts if p)))
         return out
 
     def values(self, x: np.ndarray) -> Values:
-        """(param, model, kind) → one value per group."""
+        """(param, model, kind) → one value per group (per layer for a curve)."""
+        if self.curve:
+            return {
+                key: [self.bounds[key[0]].value(u) for u in units]
+                for key, units in curves_units(self, x).items()
+            }
         out: Values = {}
         for (name, owner, _g, kind), u in zip(self.keys, x, strict=True):
             out.setdefault((name, owner, kind), []).append(self.bounds[name].value(u))
@@ -196,6 +223,8 @@ class ParamGenes:
         )
 
     def _layer_spec(self, groups: list[float]) -> ParamSpec:
+        if self.curve:
+            return groups[0] if self.n_layers == 1 else PerLayer(per_layer=groups)
         if self.n_groups == 1:
             return groups[0]
         if self.smoothing:
@@ -211,6 +240,14 @@ class ParamGenes:
     def _encode_one(
         self, recipe: Recipe, name: str, owner: str | None, g: int, kind: str | None
     ) -> float:
+        spec = self._spec_of(recipe, name, owner)
+        if self.curve:  # the curve through the recipe's per-layer values
+            layers = [self._read(spec, la, kind, layer=la) for la in range(self.n_layers)]
+            point = curves.sample(np.asarray(layers), self.curve)[g]
+            return self.bounds[name].unit(float(point))
+        return self.bounds[name].unit(self._read(spec, g, kind))
+
+    def _spec_of(self, recipe: Recipe, name: str, owner: str | None) -> ParamSpec:
         if owner is None:
             spec = recipe.parameters.get(name)
         else:
@@ -220,13 +257,15 @@ class ParamGenes:
             spec = src.parameters.get(name, recipe.parameters.get(name))
         if spec is None or isinstance(spec, bool):
             raise SpaceError(f"recipe gives no value for {name!r} of {owner or 'the merge'}")
-        return self.bounds[name].unit(self._read(spec, g, kind))
+        return spec
 
-    def _read(self, spec: ParamSpec, g: int, kind: str | None) -> float:
+    def _read(self, spec: ParamSpec, g: int, kind: str | None, layer: int | None = None) -> float:
         try:
             values = select(spec, tensor="", kind=kind or "default")
         except RecipeError as e:
             raise SpaceError(f"recipe: {e}") from None
+        if layer is not None:
+            return at_layer(values, layer, self.n_layers)
         if isinstance(values, Gradient) and len(values.gradient) == self.n_groups:
             return float(values.gradient[g])
         layer = g * self.gran
@@ -427,3 +466,11 @@ class MethodGenes(ParamGenes):
 
     def _names(self) -> list[str]:
         return [m.name for m in self.methods]
+
+
+def curves_units(params: ParamGenes, x: np.ndarray) -> dict[Any, np.ndarray]:
+    """(param, model, kind) → the unit value of each layer a curve's control points make."""
+    ctrl: dict[Any, list[float]] = {}
+    for (name, owner, _g, kind), u in zip(params.keys, x, strict=True):
+        ctrl.setdefault((name, owner, kind), []).append(float(u))
+    return {key: curves.expand(np.asarray(c), params.n_layers) for key, c in ctrl.items()}

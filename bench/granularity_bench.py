@@ -1,0 +1,251 @@
+"""Per-layer vs whole-model search at equal budget (issue 19), per seed, on one or more zoos.
+
+    python bench/granularity_bench.py --zoos ~/.cache/evomerge/zoo ~/.cache/evomerge/zoo-qwen2 \\
+        --seeds 0 1 2 3 4 --budgets 48 96 --configs coarse demo --json granularity.json
+
+Each configuration is one experiment (DARE-TIES of the zoo's three experts onto its base, three
+objectives: token accuracy on rev9, shift3, add1, each on the same 200 held-out items), run once
+per seed for the largest budget; a smaller budget's figures are that run's first evaluations
+(no configuration's proposals depend on its budget, schedules count stages in evaluations).
+Per budget: the hypervolume of everything evaluated (reference 0), the best mean skill, and the
+knee of the front (Archive.knee's rule) scored in full, on all 2000 items of each task.
+
+``coarse`` is the space other tools search (one weight and one density per model:
+``granularity`` = the zoo's depth); every other configuration is judged against it seed by seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+SOURCES = {
+    "base": "zoo:base",
+    "rev9": "zoo:experts/rev9",
+    "shift3": "zoo:experts/shift3",
+    "add1": "zoo:experts/add1",
+}
+TASKS = ("rev9", "shift3", "add1")
+NSGA2_DEMO = {"name": "nsga2", "pop_size": 12, "eta_crossover": 5, "eta_mutation": 5}
+TPE = {"name": "optuna-tpe", "batch": 12}
+
+# name → (space_options, schedule, optimizer); depth is filled in per zoo ("D")
+CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] = {
+    "coarse": ({"granularity": "D"}, [], NSGA2_DEMO),
+    "coarse-tpe": ({"granularity": "D"}, [], TPE),
+    "layer": ({"granularity": 1}, [], NSGA2_DEMO),
+    "pair": ({"granularity": 2}, [], NSGA2_DEMO),
+    "sched-24": ({}, [{"granularity": "D", "until": 24}, {"granularity": 1}], NSGA2_DEMO),
+    "sched-36": ({}, [{"granularity": "D", "until": 36}, {"granularity": 1}], NSGA2_DEMO),
+    "sched-24-2-1": (
+        {},
+        [{"granularity": "D", "until": 24}, {"granularity": 2, "until": 48}, {"granularity": 1}],
+        NSGA2_DEMO,
+    ),
+    "sched-curve": (
+        {},
+        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
+        NSGA2_DEMO,
+    ),
+    "sched-24-tpe": ({}, [{"granularity": "D", "until": 24}, {"granularity": 1}], TPE),
+    "curve2": ({"curve": 2}, [], NSGA2_DEMO),
+    "layer-tpe": ({"granularity": 1}, [], TPE),
+    "demo": (None, None, None),  # experiments/zoo-demo.yaml's space, schedule and optimizer
+}
+
+
+def _depth(value: Any, depth: int) -> Any:
+    if isinstance(value, dict):
+        return {k: _depth(v, depth) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_depth(v, depth) for v in value]
+    return depth if value == "D" else value
+
+
+def experiment(config: str, depth: int, budget: int, seed: int, estimator: str) -> dict:
+    options, schedule, optimizer = CONFIGS[config]
+    exp: dict[str, Any] = {
+        "name": f"bench-{config}",
+        "sources": SOURCES,
+        "base": "base",
+        "space": "dare_ties-per-layer",
+        "objectives": [{"task": t, "estimator": estimator} for t in TASKS],
+        "budget": budget,
+        "seed": seed,
+        "workers": {"threads": 1},
+    }
+    if options is None:  # the demo
+        demo = yaml.safe_load((Path(__file__).parents[1] / "experiments/zoo-demo.yaml").read_text())
+        for key in ("space", "space_options", "schedule", "optimizer"):
+            if key in demo:
+                exp[key] = demo[key]
+        return exp
+    exp["space_options"] = _depth(options, depth)
+    if schedule:
+        exp["schedule"] = _depth(schedule, depth)
+    exp["optimizer"] = optimizer
+    return exp
+
+
+def hypervolume(points: list[list[float]]) -> float:
+    from pymoo.indicators.hv import HV
+
+    if not points:
+        return 0.0
+    return float(HV(ref_point=np.zeros(len(points[0])))(-np.asarray(points)))
+
+
+def knee(values: list[list[float]]) -> int:
+    """Archive.knee's rule on the first evaluations: the front member closest to the ideal point
+    once each objective is scaled to [0, 1] over the front (ties: the earliest)."""
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    losses = -np.asarray(values)
+    front = sorted(NonDominatedSorting().do(losses, only_non_dominated_front=True))
+    f = losses[front]
+    lo, hi = f.min(axis=0), f.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return int(front[int(np.argmin(np.linalg.norm((f - lo) / span, axis=1)))])
+
+
+def run(zoo: Path, exp: dict, work: Path) -> list[tuple[list[float], str]]:
+    from evomerge import search
+
+    path = work / f"{exp['name']}-{exp['seed']}.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    run_dir = work / f"run-{exp['name']}-{exp['seed']}"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    s, budget = search.start(path, run_dir, zoo=zoo)
+    try:
+        s.run(budget)
+        return [(e.values, e.recipe) for e in s.archive.evaluations if e.ok]
+    finally:
+        s.close()
+
+
+class FullScorer:
+    """Scores recipes on every held-out item of the three tasks (the same worker code)."""
+
+    def __init__(self, zoo: Path, depth: int) -> None:
+        from evomerge.experiment import Experiment
+        from evomerge.workers.local import LocalWorker
+
+        exp = Experiment.parse(experiment("coarse", depth, 1, 0, "full"))
+        self.worker = LocalWorker(exp, exp.resolved_sources(zoo), zoo=zoo)
+
+    def __call__(self, recipe_yaml: str) -> list[float]:
+        from evomerge.recipe import Recipe
+
+        recipe = Recipe.from_dict(yaml.safe_load(recipe_yaml))
+        ev = self.worker.evaluate(recipe, [])
+        assert ev.values is not None, ev.error
+        return [float(v) for v in ev.values]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--zoos", type=Path, nargs="+", default=[Path.home() / ".cache/evomerge/zoo"])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--budgets", type=int, nargs="+", default=[48, 96])
+    ap.add_argument("--configs", nargs="+", default=["coarse", "demo"])
+    ap.add_argument("--k", type=int, default=200)
+    ap.add_argument("--no-full", action="store_true", help="skip the knees' full scoring")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    import torch
+
+    from evomerge.checkpoint import num_layers
+    from evomerge.hub import resolve_sources
+
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="evomerge-gran-"))
+    results: list[dict[str, Any]] = []
+    top = max(args.budgets)
+    for zoo in args.zoos:
+        sources = resolve_sources(SOURCES, zoo=zoo)[0]
+        depth = num_layers(sources, "base")
+        scorer = None if args.no_full else FullScorer(zoo, depth)
+        for seed in args.seeds:
+            for config in args.configs:
+                t0 = time.perf_counter()
+                exp = experiment(config, depth, top, seed, f"subsample:{args.k}")
+                evs = run(zoo, exp, work)
+                wall = time.perf_counter() - t0
+                for budget in args.budgets:
+                    if len(evs) < budget:  # interrupted (or failures): no figures for it
+                        continue
+                    values = [v for v, _ in evs[:budget]]
+                    row: dict[str, Any] = {
+                        "zoo": str(zoo),
+                        "config": config,
+                        "seed": seed,
+                        "budget": budget,
+                        "hv": hypervolume(values),
+                        "best_mean": max(float(np.mean(v)) for v in values),
+                        "wall": wall,
+                    }
+                    if scorer is not None:
+                        k = knee(values)
+                        row["knee"] = k
+                        row["knee_full"] = scorer(evs[k][1])
+                    results.append(row)
+                    full = row.get("knee_full")
+                    print(
+                        f"{zoo.name} seed {seed} {config:>14} @{budget}: HV {row['hv']:.4f} "
+                        f"best mean {row['best_mean']:.4f}"
+                        + (
+                            f" knee full {np.mean(full):.4f} {np.round(full, 4).tolist()}"
+                            if full
+                            else ""
+                        )
+                        + f" ({wall:.0f}s)",
+                        flush=True,
+                    )
+                if args.json:
+                    args.json.write_text(json.dumps(results, indent=1))
+    print_table(results, args.configs)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def print_table(results: list[dict[str, Any]], configs: list[str]) -> None:
+    """Per zoo, budget and seed: each configuration against ``coarse`` (✓ = strictly better)."""
+    by = {(r["zoo"], r["budget"], r["seed"], r["config"]): r for r in results}
+    base = "coarse"
+    for zoo in dict.fromkeys(r["zoo"] for r in results):
+        for budget in sorted({r["budget"] for r in results}):
+            print(f"\n{Path(zoo).name} @{budget}")
+            print(
+                "| seed | config | HV | best mean | knee, all items (mean; rev9, shift3, add1) "
+                "| vs coarse: HV, best, knee |"
+            )
+            print("|---|---|---|---|---|---|")
+            for seed in sorted({r["seed"] for r in results}):
+                c = by.get((zoo, budget, seed, base))
+                for config in configs:
+                    r = by.get((zoo, budget, seed, config))
+                    if r is None:
+                        continue
+                    kf = r.get("knee_full")
+                    ks = f"{np.mean(kf):.4f}; {', '.join(f'{v:.4f}' for v in kf)}" if kf else "–"
+                    verdict = ""
+                    if c is not None and config != base:
+                        marks = [r["hv"] > c["hv"], r["best_mean"] > c["best_mean"]]
+                        if kf and c.get("knee_full"):
+                            marks.append(np.mean(kf) > np.mean(c["knee_full"]))
+                        verdict = " ".join("✓" if m else "✗" for m in marks)
+                    print(
+                        f"| {seed} | {config} | {r['hv']:.4f} | {r['best_mean']:.4f} | {ks} | "
+                        f"{verdict} |"
+                    )
+
+
+if __name__ == "__main__":
+    main()

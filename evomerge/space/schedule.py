@@ -1,0 +1,140 @@
+"""Coarse to fine: a search that starts in a coarse space and refines it as evaluations accrue.
+
+An experiment's ``schedule:`` lists stages; each is a set of overrides of the space's options
+(``granularity``, ``curve``) and, for all but the last, ``until``: the number of evaluations
+(of the whole run) after which the next stage starts::
+
+    schedule:
+      - {granularity: 4, until: 24}   # one weight and density per model while the archive < 24
+      - {curve: 2, until: 48}         # then a straight line over depth per coefficient
+      - {granularity: 1}              # then per layer, to the end
+
+Every stage's genome maps exactly onto the last (finest) stage's genes: a group's unit value is
+copied to each of its layers, a curve's control points are interpolated over the layers
+(:mod:`evomerge.space.curves`). Candidates are decoded through the last stage's space, so a
+coarse candidate and its fine image are the very same recipe (one archive, one hash, no
+evaluation spent twice), and the archive records genomes in the last stage's genes throughout.
+The next stage is seeded with the archive's candidates mapped back into its genes (exact when the
+stages refine one another, as a granularity that divides the previous one's does).
+
+Stages are counted in evaluations, not in fractions of the budget, so a budget raised on resume
+does not move a boundary already passed, and a longer run's first evaluations are a shorter
+run's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from evomerge.space import curves
+from evomerge.space.base import SearchSpace, SpaceError, load_space
+from evomerge.space.parameters import ParametersSpace, curves_units
+
+_RESOLUTION = {"granularity", "curve"}
+Units = dict[Any, np.ndarray]  # (param, model, kind) → one unit value per layer
+
+
+def check_stages(stages: Sequence[Mapping[str, Any]]) -> None:
+    """``until`` counts rise strictly, and only the last stage has none (it runs to the end)."""
+    last = 0
+    for i, st in enumerate(stages):
+        until = st.get("until")
+        if i == len(stages) - 1:
+            if until is not None:
+                raise ValueError(f"schedule[{i}]: the last stage runs to the end; drop `until`")
+            continue
+        if isinstance(until, bool) or not isinstance(until, int) or until <= last:
+            raise ValueError(
+                f"schedule[{i}].until: an evaluation count above the previous stage's ({last}), "
+                f"got {until!r}"
+            )
+        last = until
+
+
+class StagedSpace:
+    """The schedule's spaces over the same sources; the last one is the run's space."""
+
+    def __init__(
+        self,
+        ref: str | Mapping[str, Any],
+        options: Mapping[str, Any],
+        stages: Sequence[Mapping[str, Any]],
+        **space_kw: Any,
+    ) -> None:
+        try:
+            check_stages(stages)
+        except ValueError as e:
+            raise SpaceError(str(e)) from None
+        self.until: list[int | None] = [st.get("until") for st in stages]
+        self.spaces: list[SearchSpace] = []
+        for i, st in enumerate(stages):
+            overrides = {k: v for k, v in st.items() if k != "until"}
+            base = dict(options)
+            if overrides.keys() & _RESOLUTION:  # a stage's resolution replaces the space's
+                base = {k: v for k, v in base.items() if k not in _RESOLUTION}
+            try:
+                space = SearchSpace(load_space(ref, {**base, **overrides}), **space_kw)
+            except SpaceError as e:
+                raise SpaceError(f"schedule[{i}]: {e}") from None
+            if not isinstance(space, ParametersSpace) or space.params.smoothing:
+                raise SpaceError(
+                    f"schedule[{i}]: stages need a `kind: parameters` space without smoothing "
+                    "(granularity or curve)"
+                )
+            self.spaces.append(space)
+        self.final = self.spaces[-1]
+        if any(_shape(s) != _shape(self.final) for s in self.spaces):
+            raise SpaceError(
+                "schedule: stages may change only granularity and curve (the same coefficients, "
+                "models and module kinds in every stage)"
+            )
+
+    def stage_at(self, done: int) -> int:
+        """The stage in force once ``done`` evaluations are in the archive."""
+        for i, until in enumerate(self.until):
+            if until is None or done < until:
+                return i
+        return len(self.until) - 1
+
+    def lift(self, stage: int, x: np.ndarray) -> np.ndarray:
+        """A stage's genome as the last stage's genome (the same recipe)."""
+        if stage == len(self.spaces) - 1:
+            return np.asarray(x, dtype=np.float64)
+        return from_layer_units(self.final, layer_units(self.spaces[stage], x))
+
+    def project(self, stage: int, x_final: np.ndarray) -> np.ndarray:
+        """A last-stage genome in a stage's genes (exact for genomes lifted from a stage that
+        the target refines)."""
+        return from_layer_units(self.spaces[stage], layer_units(self.final, x_final))
+
+
+def _shape(space: ParametersSpace) -> list[tuple[Any, ...]]:
+    p = space.params
+    return sorted({(name, owner, kind) for name, owner, _g, kind in p.keys}, key=repr)
+
+
+def layer_units(space: ParametersSpace, x: np.ndarray) -> Units:
+    """Each coefficient's unit value at every layer."""
+    p = space.params
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    if p.curve:
+        return curves_units(p, x)
+    out: Units = {}
+    for (name, owner, g, kind), u in zip(p.keys, x, strict=True):
+        per = out.setdefault((name, owner, kind), np.empty(p.n_layers))
+        per[g * p.gran : (g + 1) * p.gran] = u
+    return out
+
+
+def from_layer_units(space: ParametersSpace, units: Units) -> np.ndarray:
+    """The genome closest to per-layer unit values: a group's first layer, or the curve read at
+    its control points."""
+    p = space.params
+    out = np.empty(len(p.keys))
+    for i, (name, owner, g, kind) in enumerate(p.keys):
+        per = units[(name, owner, kind)]
+        out[i] = curves.sample(per, p.curve)[g] if p.curve else per[g * p.gran]
+    return np.clip(out, 0.0, 1.0)

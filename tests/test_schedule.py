@@ -1,0 +1,268 @@
+"""Coarse to fine (space/schedule.py, space/curves.py): curves decode to mergekit's piecewise-
+linear gradients; a coarse genome lifted into the finest stage is the same merge; a run killed
+around a stage change resumes to the uninterrupted run; an experiment with a schedule runs end to
+end through the CLI."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_runs import _cli, _env
+from test_search import EXPERIMENT, _trace, _write
+from typer.testing import CliRunner
+
+from evomerge import search
+from evomerge.archive import Archive, Evaluation
+from evomerge.cli import app
+from evomerge.experiment import Experiment, ExperimentError
+from evomerge.killpoints import ENV as KILL_AT
+from evomerge.recipe import Gradient, Recipe, at_layer, select
+from evomerge.run_dir import read_optimizer_state
+from evomerge.space import SearchSpace, SpaceError, load_space
+from evomerge.space.schedule import StagedSpace
+
+N_LAYERS = 8
+FIXTURE = HealthCheck.function_scoped_fixture
+FINE = {"granularity": 1}
+
+
+def _space(family: dict[str, Path], **options: Any) -> SearchSpace:
+    return SearchSpace(
+        load_space("dare_ties-per-layer", options),
+        sources={k: str(v) for k, v in family.items()},
+        base="base",
+        num_layers=N_LAYERS,
+        seed=7,
+    )
+
+
+def _staged(family: dict[str, Path], *stages: dict[str, Any]) -> StagedSpace:
+    return StagedSpace(
+        "dare_ties-per-layer",
+        {},
+        list(stages),
+        sources={k: str(v) for k, v in family.items()},
+        base="base",
+        num_layers=N_LAYERS,
+        seed=7,
+    )
+
+
+def _per_layer(recipe: Recipe, model: str, name: str) -> list[float]:
+    spec = recipe.sources[model].parameters[name]
+    values = select(spec, tensor="", kind="default")  # type: ignore[arg-type]
+    return [at_layer(values, la, N_LAYERS) for la in range(N_LAYERS)]
+
+
+# -- curves ------------------------------------------------------------------------------------
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(k=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_a_curve_decodes_to_mergekits_gradient(family: dict[str, Path], k: int, seed: int) -> None:
+    sp = _space(family, curve=k)
+    models = ["ft0", "ft1", "ft2"]
+    assert len(sp.genes) == 2 * len(models) * k  # weight and density, k points per model
+    x = np.random.default_rng(seed).random(len(sp.genes))
+    recipe = sp.decode(x)
+    bounds = {"weight": (0.0, 1.0), "density": (0.1, 1.0)}
+    for i, (name, (lo, hi)) in enumerate(bounds.items()):
+        for j, model in enumerate(models):
+            u = x[(i * len(models) + j) * k : (i * len(models) + j + 1) * k]
+            control = lo + u * (hi - lo)
+            # mergekit: a gradient list of k values over n layers, linear between neighbours
+            pos = np.arange(N_LAYERS) * (k - 1) / (N_LAYERS - 1)
+            want = np.interp(pos, np.arange(k), control)
+            got = _per_layer(recipe, model, name)
+            assert got == pytest.approx(want, abs=1e-12)
+            if k > 1:  # and evomerge's own reading of a mergekit gradient agrees
+                grad = Gradient(gradient=[float(c) for c in control])
+                assert got == pytest.approx([at_layer(grad, la, N_LAYERS) for la in range(8)])
+    # encode reads the curve back from the recipe
+    assert sp.encode(recipe) == pytest.approx(x, abs=1e-9)
+
+
+def test_curve_and_granularity_exclude_each_other(family: dict[str, Path]) -> None:
+    with pytest.raises(SpaceError, match="curve"):
+        _space(family, curve=3, granularity=2)
+
+
+# -- stages ------------------------------------------------------------------------------------
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(seed=st.integers(0, 2**16))
+def test_a_coarse_genome_lifts_to_the_same_merge(family: dict[str, Path], seed: int) -> None:
+    st_ = _staged(
+        family,
+        {"granularity": N_LAYERS, "until": 10},
+        {"curve": 3, "until": 20},
+        {"granularity": 2, "until": 30},
+        FINE,
+    )
+    rng = np.random.default_rng(seed)
+    for stage, space in enumerate(st_.spaces):
+        x = rng.random(len(space.genes))
+        fine = st_.lift(stage, x)
+        assert len(fine) == len(st_.final.genes)
+        lifted, own = st_.final.decode(fine), space.decode(x)
+        for model in ("ft0", "ft1", "ft2"):
+            for name in ("weight", "density"):
+                # every layer's coefficient, read independently from both recipes, is the same
+                assert _per_layer(lifted, model, name) == _per_layer(own, model, name)
+        if stage > 0:  # no whole-model scalar: the very same recipe
+            assert lifted.content_hash() == own.content_hash()
+        # and back: the stage's genome is recovered from the fine one (the seeds of a stage)
+        assert st_.project(stage, fine) == pytest.approx(x, abs=1e-12)
+    # the whole-model stage: each fine gene is the coarse gene of its coefficient
+    x = rng.random(len(st_.spaces[0].genes))
+    fine = st_.lift(0, x)
+    assert np.array_equal(fine, np.repeat(x, N_LAYERS))
+
+
+def test_stages_are_counted_in_evaluations(family: dict[str, Path]) -> None:
+    st_ = _staged(family, {"granularity": 4, "until": 5}, {"granularity": 2, "until": 9}, FINE)
+    assert [st_.stage_at(n) for n in (0, 4, 5, 8, 9, 100)] == [0, 0, 1, 1, 2, 2]
+    for bad in (
+        [{"granularity": 4}, FINE],  # no until
+        [{"granularity": 4, "until": 5}, {"granularity": 2, "until": 5}, FINE],  # not rising
+        [{"granularity": 4, "until": 5}, {"granularity": 1, "until": 9}],  # last has one
+    ):
+        with pytest.raises(SpaceError, match="schedule"):
+            _staged(family, *bad)
+    with pytest.raises(SpaceError, match=r"schedule\[1\]"):
+        _staged(family, {"granularity": 4, "until": 5}, {"granularity": 0})
+    with pytest.raises(ExperimentError, match="until"):
+        Experiment.parse({**_exp_data(), "schedule": [{"granularity": 4}, FINE]})
+    with pytest.raises(ExperimentError, match="dispatch"):
+        Experiment.parse({**_exp_data(), "workers": {"dispatch": "async"}})
+    # an experiment without a schedule hashes as it did before the key existed
+    plain = {k: v for k, v in _exp_data().items() if k != "schedule"}
+    assert "schedule" not in Experiment.parse(plain).model_dump(exclude_defaults=True)
+    assert (
+        Experiment.parse(plain).content_hash()
+        == Experiment.parse({**plain, "schedule": []}).content_hash()
+    )
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+# the unit zoo has 4 layers: two NSGA-II batches of 4 whole-model merges, then per layer
+SCHEDULE = [{"granularity": 4, "until": 8}, {"granularity": 1}]
+
+
+def _exp_data(**changes: Any) -> dict[str, Any]:
+    return {**EXPERIMENT, "schedule": SCHEDULE, "budget": 16, **changes}
+
+
+def _write_staged(tmp_path: Path, **changes: Any) -> Path:
+    return _write(tmp_path, **_exp_data(**changes))
+
+
+@pytest.fixture(scope="module")
+def staged_reference(unit_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("staged")
+    s, budget = search.start(_write_staged(d), d / "run", zoo=unit_zoo)
+    out = s.run(budget)
+    s.close()
+    assert out.status == "finished" and out.evaluations == 16
+    return d / "run"
+
+
+def test_the_fine_stage_starts_from_the_coarse_candidates(staged_reference: Path) -> None:
+    archive = Archive.open(staged_reference)
+    evs = archive.evaluations
+    assert len(archive.genes) == 2 * 3 * 4  # the archive speaks the fine space's genes
+    for ev in evs[:8]:  # coarse: one value per coefficient, on every layer
+        g = np.asarray(ev.genome).reshape(-1, 4)
+        assert np.all(g == g[:, :1])
+    assert any(len(set(np.asarray(ev.genome).reshape(-1, 4)[0])) > 1 for ev in evs[8:])
+    assert len({e.recipe_hash for e in evs}) == 16  # seeds re-asked cost no evaluation
+    state = pickle.loads(read_optimizer_state(staged_reference))  # type: ignore[arg-type]
+    assert state["annotations"]["stage"] == 1
+
+
+@pytest.mark.parametrize("stop_call", [7, 8, 15, 16, 18])
+def test_resume_around_the_stage_change_equals_uninterrupted(
+    unit_zoo: Path, tmp_path: Path, staged_reference: Path, stop_call: int
+) -> None:
+    """Calls 0–7 are the coarse batches, 8–15 the coarse candidates re-asked as the fine
+    stage's first population (archive hits), 16 on the fine stage's own."""
+    run_dir = tmp_path / "run"
+    s, budget = search.start(_write_staged(tmp_path), run_dir, zoo=unit_zoo)
+    calls = [0]
+
+    def crash(_ev: Evaluation) -> None:
+        calls[0] += 1
+        if calls[0] - 1 == stop_call:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        s.run(budget, on_evaluation=crash)
+    s.close()
+    s2, budget2 = search.reopen(run_dir)
+    s2.run(budget2)
+    s2.close()
+    assert _trace(run_dir) == _trace(staged_reference)
+
+
+@pytest.mark.parametrize("point", ["tell:2", "write:optimizer.pkl:3"])
+def test_sigkill_at_the_stage_change_then_resume(
+    unit_zoo: Path, tmp_path: Path, staged_reference: Path, point: str
+) -> None:
+    """Killed after the last coarse batch is told (before its checkpoint), or while the fine
+    stage's first state is written."""
+    run_dir = tmp_path / "run"
+    exp = _write_staged(tmp_path)
+    res = subprocess.run(
+        _cli("run", str(exp), "--run-dir", str(run_dir), "--zoo", str(unit_zoo)),
+        capture_output=True,
+        env=_env(**{KILL_AT: point}),
+        timeout=600,
+    )
+    assert res.returncode < 0, res.stdout.decode()[-2000:] + res.stderr.decode()[-2000:]
+    s, budget = search.reopen(run_dir)
+    s.run(budget)
+    s.close()
+    assert _trace(run_dir) == _trace(staged_reference)
+
+
+def test_an_experiment_with_a_schedule_runs_end_to_end(unit_zoo: Path, tmp_path: Path) -> None:
+    data = _exp_data(
+        schedule=[
+            {"granularity": 4, "until": 4},
+            {"curve": 2, "until": 8},
+            {"granularity": 1},
+        ],
+        optimizer={"name": "optuna-tpe", "batch": 4},
+        budget=12,
+    )
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    res = CliRunner().invoke(
+        app, ["run", str(path), "--run-dir", str(tmp_path / "run"), "--zoo", str(unit_zoo)]
+    )
+    assert res.exit_code == 0, res.output
+    evs = Archive.open(tmp_path / "run").evaluations
+    assert len(evs) == 12 and all(e.ok for e in evs)
+    g = np.asarray([e.genome for e in evs]).reshape(12, -1, 4)
+    assert np.all(g[:4] == g[:4, :, :1])  # whole-model
+    steps = np.diff(g[4:8], axis=2)  # a straight line over depth: equal steps
+    assert steps == pytest.approx(np.repeat(steps[:, :, :1], 3, axis=2), abs=1e-9)
+    assert not np.allclose(steps, 0.0)
+    assert (
+        Experiment.parse(data).content_hash()
+        != Experiment.parse({k: v for k, v in data.items() if k != "schedule"}).content_hash()
+    )
