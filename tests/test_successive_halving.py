@@ -82,10 +82,10 @@ def test_promoted_are_the_top_third_by_rung_score(
     for e in evs:
         out = merge_to_dir(Recipe.from_dict(yaml.safe_load(e.recipe)), tmp_path / f"m{e.number}")
         engine = HFEngine(out)
-        per_item[e.number] = [
-            np.array([score_task(engine, t, ids).scores[i] for i in ids])
-            for t, ids in zip(tasks, order, strict=True)
-        ]
+        per_item[e.number] = []
+        for t, ids in zip(tasks, order, strict=True):
+            scores = score_task(engine, t, ids).scores
+            per_item[e.number].append(np.array([scores[i] for i in ids]))
 
     def value(number: int, rung: int) -> list[float]:
         return [float(y[: sizes[rung]].mean()) for y in per_item[number]]
