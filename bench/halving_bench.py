@@ -11,9 +11,11 @@ shift3, add1) with the same optimizer (optuna-tpe, batches of 12):
 
 Compute is items scored (forward passes over task items; the tiny zoo's merges are cheap): the
 subsample arm gets as many candidates as the items the sh arm scored allow (rounded to whole
-batches, never more). Quality is measured on full scores: each arm's final front (by the values
-it recorded) is scored on all items, and the table gives the hypervolume of those full-score
-vectors (reference 0, 0, 0) and the best full-score mean skill among them.
+batches, never more). Quality is measured on full scores of each arm's answer: for sh, the
+finally promoted set (the candidates that reached the top rung: one per batch, already scored
+on every item); for subsample, as many candidates, its best by recorded mean skill, scored here
+on every item (not counted as the arm's compute). The table gives the hypervolume of those
+full-score vectors (reference 0, 0, 0) and the best full-score mean skill among them.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def hypervolume(points: list[list[float]]) -> float:
     return float(HV(ref_point=np.zeros(3))(-np.asarray(points)))
 
 
-def run_arm(zoo: Path, exp: dict[str, Any], work: Path) -> dict[str, Any]:
+def run_arm(zoo: Path, exp: dict[str, Any], work: Path, answer: int = 0) -> dict[str, Any]:
     from evomerge import search
     from evomerge.evaluate.estimators import make_estimator
     from evomerge.evaluate.scoring import prepare, score_prepared
@@ -89,10 +91,15 @@ def run_arm(zoo: Path, exp: dict[str, Any], work: Path) -> dict[str, Any]:
         items = sum(e.timings.get("items", 0.0) for e in evs)
     else:
         items = len(evs) * int(k.split(":")[1]) * len(TASKS)
-    # the final front, scored on every item (already full at the top rung: kept as recorded)
+    # the arm's answer, on every item: sh's top-rung candidates (full already); subsample's
+    # best ``answer`` by recorded mean skill, scored here
     worker = s.worker
     full = make_estimator("full")
-    front = s.archive.front()
+    ok = [e for e in evs if e.values]
+    if exp.get("promotion"):
+        front = [e for e in ok if all(f >= 1.0 for f in e.fidelity.values())]
+    else:
+        front = sorted(ok, key=lambda e: -float(np.mean(e.values or [0.0])))[:answer]
     full_values = []
     preps = [prepare(worker.engine, ob.task) for ob in worker.objectives]
     for e in front:
@@ -122,7 +129,7 @@ def run_arm(zoo: Path, exp: dict[str, Any], work: Path) -> dict[str, Any]:
         if exp.get("promotion")
         else len(evs),
         "wall": wall,
-        "front": len(front),
+        "answer": len(front),
         "hv_full": hypervolume(full_values),
         "best_full_mean": max(means) if means else float("nan"),
         "top_rung": sum(e.timings.get("rung", 0.0) == 2 for e in evs),
@@ -137,6 +144,11 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=200)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--arm", choices=["both", "sh", "subsample"], default="both", help="one arm alone"
+    )
+    ap.add_argument("--items", type=float, default=None, help="subsample alone: sh's items")
+    ap.add_argument("--answer", type=int, default=4, help="subsample alone: sh's answer size")
     args = ap.parse_args()
     import torch
 
@@ -144,15 +156,28 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="evomerge-halving-"))
     results: list[dict[str, Any]] = []
     for seed in args.seeds:
-        sh = run_arm(args.zoo, experiment("sh", args.k, args.sh_budget, seed, args.step), work)
+        if args.arm == "subsample":
+            sh = {"items": args.items, "answer": args.answer}
+        else:
+            sh = run_arm(args.zoo, experiment("sh", args.k, args.sh_budget, seed, args.step), work)
+        if args.arm == "sh":
+            results.append({"seed": seed, "arm": "sh", **sh})
+            print(f"seed {seed} sh: {sh}", flush=True)
+            continue
         per = args.k * len(TASKS)
         budget = max(args.step, int(sh["items"] // per) // args.step * args.step)
-        sub = run_arm(args.zoo, experiment("subsample", args.k, budget, seed, args.step), work)
-        for arm, r in (("sh", sh), (f"subsample:{args.k}", sub)):
+        sub = run_arm(
+            args.zoo,
+            experiment("subsample", args.k, budget, seed, args.step),
+            work,
+            answer=sh["answer"],
+        )
+        arms = [("sh", sh)] if args.arm == "both" else []
+        for arm, r in [*arms, (f"subsample:{args.k}", sub)]:
             results.append({"seed": seed, "arm": arm, **r})
             print(
                 f"seed {seed} {arm}: {r['candidates']} candidates, {r['items']:.0f} items, "
-                f"{r['merges']:.0f} merges, front {r['front']}, HV(full) {r['hv_full']:.4f}, "
+                f"{r['merges']:.0f} merges, answer {r['answer']}, HV(full) {r['hv_full']:.4f}, "
                 f"best full mean {r['best_full_mean']:.4f} ({r['wall']:.0f}s)",
                 flush=True,
             )

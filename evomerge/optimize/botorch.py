@@ -16,7 +16,6 @@ torch thread count (floating-point sums may differ between thread counts).
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
@@ -84,16 +83,15 @@ class OptunaBoTorch(_OptunaOptimizer):
         return acq
 
     def _sampler_factory(self) -> Callable[..., Any]:
-        missing = [
-            m for m in ("optuna_integration", "botorch") if importlib.util.find_spec(m) is None
-        ]
-        if missing:
+        try:  # optuna_integration is a lazy module: find_spec cannot tell
+            import botorch  # noqa: F401
+            from optuna_integration.botorch import BoTorchSampler
+        except ImportError as exc:
             raise OptimizerError(
-                f"optimizer {self.name!r} needs {' and '.join(missing)}: "
-                "pip install 'evomerge[botorch]' (optuna-integration, botorch)"
-            )
+                f"optimizer {self.name!r} needs optuna-integration and botorch ({exc}): "
+                "pip install 'evomerge[botorch]'"
+            ) from None
         from optuna.samplers import RandomSampler
-        from optuna_integration.botorch import BoTorchSampler
 
         candidates = _candidates_func(self._acquisition())
 
