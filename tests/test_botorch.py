@@ -63,8 +63,8 @@ def test_resume_asks_what_an_uninterrupted_run_asks(m: int) -> None:
     assert all(np.array_equal(u, v) for u, v in zip(asked, whole, strict=True))
     # the GP phase proposes two distinct points per batch (the pending one is in the model)
     assert not np.array_equal(whole[4], whole[5])
-    other = drive(make_optimizer("optuna-botorch", GENES, m, seed=5, options=OPTIONS), m, 4)
-    assert not all(np.array_equal(u, v) for u, v in zip(other, whole, strict=True))
+    other = drive(make_optimizer("optuna-botorch", GENES, m, seed=5, options=OPTIONS), m, 1)
+    assert not any(np.array_equal(u, v) for u, v in zip(other, whole, strict=False))
 
 
 def test_resume_in_another_process_is_bit_identical(tmp_path) -> None:
