@@ -4,8 +4,9 @@ rung 1 on more items, and so on to the last rung.
 
 What the archive and the optimizer get: each member's estimate at the highest rung it reached
 (its ``fidelity`` per objective, ``timings["rung"]``, and its timings summed over its rungs:
-``timings["items"]`` is every item it scored), committed in the batch's order once the batch is halved, then told as the batch's
-losses. So the optimizer sees mixed fidelities, and the best of each batch at the top one.
+``timings["items"]`` is every item it scored), committed in the batch's order once the batch
+is halved, then told as the batch's losses. So the optimizer sees mixed fidelities, and the
+best of each batch at the top one.
 
 Resume: nothing of a batch is committed before its halving is done, and a member already in
 the archive (a batch cut short by a crash while committing, or the same recipe asked again) is
