@@ -4,6 +4,7 @@ budget, workers). Validated at the door; its hash ties a run directory to it."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -105,12 +106,48 @@ class OptimizerSpec(_Spec):
 
 
 class PromotionSpec(_Spec):
-    """Re-score on the full item sets a candidate whose optimistic estimate could enter the
-    front (multi-fidelity): the front is then confirmed on full sets."""
+    """Multi-fidelity scoring. ``enabled: true`` (schedule ``front``): re-score on the full item
+    sets a candidate whose optimistic estimate could enter the front, so the front is confirmed
+    on full sets. ``schedule: successive_halving``: each batch is scored on ``rungs[0]`` items,
+    the best ``1/eta`` go on to ``rungs[1]`` items, and so on (:mod:`evomerge.search_halving`)."""
 
     enabled: bool = False
     margin: float = 0.0
     z: float = 1.0
+    schedule: Literal["front", "successive_halving"] = "front"
+    rungs: list[int] | None = None  # items per rung, increasing; capped at each task's size
+    eta: int = Field(3, ge=2)  # successive halving: 1/eta of a rung go on to the next
+
+    @model_validator(mode="after")
+    def _schedule(self) -> PromotionSpec:
+        if self.schedule == "front":
+            if self.rungs is not None or self.eta != 3:
+                raise ValueError(
+                    "rungs and eta belong to `schedule: successive_halving`; the front schedule "
+                    "(enabled: true) re-scores on full sets"
+                )
+            return self
+        if self.enabled:
+            raise ValueError(
+                "`enabled: true` turns on the front schedule; successive halving is on by "
+                "`schedule: successive_halving` alone: drop `enabled`"
+            )
+        r = self.rungs
+        if (
+            r is None
+            or len(r) < 2
+            or any(x < 1 for x in r)
+            or any(a >= b for a, b in itertools.pairwise(r))
+        ):
+            raise ValueError(
+                f"successive halving needs `rungs:` of at least two increasing item counts "
+                f">= 1, as in [50, 200, 2000]; got {r!r}"
+            )
+        return self
+
+    @property
+    def halving(self) -> bool:
+        return self.schedule == "successive_halving"
 
 
 # where candidates run, not what is searched: left out of the experiment's hash, so a run started
@@ -217,7 +254,29 @@ class Experiment(_Spec):
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:
             raise ValueError(f"objectives: {sorted(dup)} appear twice; give them distinct `name:`s")
+        if self.promotion.halving:
+            self._check_halving()
         return self
+
+    def _check_halving(self) -> None:
+        """Successive halving picks its own items per rung and halves whole batches."""
+        w = self.workers
+        if w.backend != "local" or w.dispatch != "batch":
+            raise ValueError(
+                "promotion: successive_halving runs with `workers: {backend: local, dispatch: "
+                f"batch}}` (got backend {w.backend!r}, dispatch {w.dispatch!r})"
+            )
+        for o in self.objectives:
+            if o.lmeval is not None:
+                raise ValueError(
+                    f"promotion: successive_halving scores fitness tasks; objective {o.label!r} "
+                    "is an lm-eval task"
+                )
+            if o.task is not None and o.estimator != "full":
+                raise ValueError(
+                    f"promotion: successive_halving chooses each rung's items itself; objective "
+                    f"{o.label!r} has estimator {o.estimator!r}: leave it at `full`"
+                )
 
     def content_hash(self, *, ignore_budget: bool = True) -> str:
         """What makes two runs the same search; the budget may grow on resume."""
@@ -244,6 +303,9 @@ class Experiment(_Spec):
         for o in data["objectives"]:
             if o["holdout"] is None:
                 o.pop("holdout")
+        if data["promotion"]["schedule"] == "front":  # runs from before successive halving
+            for key in ("schedule", "rungs", "eta"):
+                data["promotion"].pop(key)
         canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canon.encode()).hexdigest()[:16]
 

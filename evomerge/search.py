@@ -328,6 +328,23 @@ class Search:
                     new, cached = new + n_new, cached + n_cached
                     status = "time limit" if timed_out else status
                     batch_left = []
+                elif self.experiment.promotion.halving:  # search_halving.py
+                    from evomerge.search_halving import halve_batch
+
+                    losses, n_new, n_cached, timed_out = halve_batch(
+                        self,
+                        batch,
+                        budget,
+                        deadline,
+                        _UNSCORED,
+                        on_evaluation,
+                        on_progress,
+                        start,
+                        cached,
+                    )
+                    new, cached = new + n_new, cached + n_cached
+                    status = "time limit" if timed_out else status
+                    batch_left = []
                 else:
                     batch_left = batch
                 for g in batch_left:

@@ -31,12 +31,16 @@ TEST_OPTIONS: dict[str, dict] = {
     "optuna-nsga2": {"population_size": 8},
     "optuna-nsga3": {"population_size": 8},
     "optuna-gp": {"batch": 2, "n_startup_trials": 2},
+    "optuna-botorch": {"batch": 2, "n_startup_trials": 2},
 }
+GPS = ("optuna-gp", "optuna-botorch")  # a GP fit per suggestion: fewer, smaller batches
 
 
 def _param(name: str) -> object:
     if name == "optuna-cmaes" and importlib.util.find_spec("cmaes") is None:
         return pytest.param(name, marks=pytest.mark.skip(reason="the 'cmaes' package is absent"))
+    if name == "optuna-botorch" and importlib.util.find_spec("botorch") is None:
+        return pytest.param(name, marks=pytest.mark.skip(reason="the 'botorch' extra is absent"))
     return name
 
 
@@ -45,12 +49,12 @@ SINGLE = [name for name, cls in sorted(OPTIMIZERS.items()) if not cls.multi_obje
 
 
 def _m(name: str) -> int:
-    return 2 if OPTIMIZERS[name].multi_objective and name != "optuna-gp" else 1
+    return 2 if OPTIMIZERS[name].multi_objective and name not in GPS else 1
 
 
 def _batches(name: str) -> int:
     """Batches in a recorded trajectory."""
-    return 3 if name == "optuna-gp" else 4
+    return 3 if name in GPS else 4
 
 
 def _make(name: str, n_objectives: int | None = None, seed: int = 7) -> Optimizer:
@@ -123,7 +127,7 @@ def test_genomes_respect_bounds_and_integer_genes(name: str) -> None:
 
 def test_optimizer_on_integer_only_and_tiny_gene_sets() -> None:
     for name in sorted(OPTIMIZERS):
-        if name == "optuna-cmaes" and importlib.util.find_spec("cmaes") is None:
+        if isinstance(_param(name), type(pytest.param(None))):  # a library is absent
             continue
         for genes in ([Gene("only", 2)], [Gene("a")]):
             opt = make_optimizer(name, genes, 1, seed=1, options=TEST_OPTIONS.get(name))
@@ -141,8 +145,11 @@ def _learning_run(name: str) -> tuple[list[list[np.ndarray]], list[list[float]]]
     """Asks and, per batch, summed losses of ~100 evaluations (20 for the costly GP)."""
     m = _m(name)
     options, budget = TEST_OPTIONS.get(name), 96
-    if name == "optuna-gp":
-        options, budget = {"batch": 4, "n_startup_trials": 4}, 20
+    if name in GPS:  # botorch's qLogEI explores longer before it settles: 8 more evaluations
+        options, budget = (
+            {"batch": 4, "n_startup_trials": 4},
+            28 if name == "optuna-botorch" else 20,
+        )
     opt = make_optimizer(name, GENES, m, seed=3, options=options)
     asks: list[list[np.ndarray]] = []
     scores: list[list[float]] = []
@@ -161,7 +168,7 @@ def test_optimizer_improves_on_toy_problem(name: str) -> None:
     first, rest = min(scores[0]), min(s for batch in scores[1:] for s in batch)
     # Random search (the baseline) only gets lucky; a learner must do clearly better.
     assert rest < (0.75 if name == "random" else 0.5) * first, (first, rest)
-    if name not in ("random", "optuna-gp"):  # population methods: the proposals themselves move
+    if name not in ("random", *GPS):  # population methods: the proposals themselves move
         assert np.median(scores[-1]) < 0.5 * np.median(scores[0]), (scores[0], scores[-1])
 
 
@@ -499,6 +506,7 @@ def test_registry() -> None:
         "optuna-nsga2",
         "optuna-nsga3",
         "optuna-gp",
+        "optuna-botorch",
     }
     assert ALIASES == {"cmaes": "cma"}
     for name, cls in OPTIMIZERS.items():

@@ -472,6 +472,7 @@ TINY = {
     "optuna-nsga2": {"batch": 2, "population_size": 4},
     "optuna-nsga3": {"batch": 2, "population_size": 4},
     "optuna-gp": {"batch": 2, "n_startup_trials": 2},
+    "optuna-botorch": {"batch": 2, "n_startup_trials": 2},
 }
 
 
@@ -491,7 +492,9 @@ def test_same_experiment_and_seed_give_the_same_run(
     """Every optimizer, on the local backend: the same recipes in the same order, the same
     scores to the bit, the same front (CPU kernels; see RELIABILITY.md for GPUs)."""
     assert name in TINY, f"give {name} tiny options in TINY"
-    n = 4 if name == "optuna-gp" else 6  # the GP's fit is the slow part: two batches
+    n = (
+        4 if name in ("optuna-gp", "optuna-botorch") else 6
+    )  # the GP's fit is the slow part: two batches
     exp = _write(tmp_path, optimizer={"name": name, **TINY[name]}, budget=n)
     runs = []
     for d in ("a", "b"):

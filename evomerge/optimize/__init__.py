@@ -29,6 +29,7 @@ _BUILTIN = (
     "evomerge.optimize.optuna_:OptunaNSGA2",
     "evomerge.optimize.optuna_:OptunaNSGA3",
     "evomerge.optimize.optuna_:OptunaGP",
+    "evomerge.optimize.botorch:OptunaBoTorch",
 )
 
 

@@ -36,6 +36,7 @@ from evomerge.killpoints import kill_point
 from evomerge.merge.materialize import MergePlan, plan
 from evomerge.recipe import Recipe
 from evomerge.workers.faults import classify, fault, free_memory
+from evomerge.workers.halving import Rung
 from evomerge.workers.promotion import should_promote
 
 
@@ -53,6 +54,8 @@ class _Objective:
     # tasks; ``task`` then holds only the search's items): what `evomerge confirm` scores
     held_out: list[str] = field(default_factory=list)
     whole_task: Task | None = None
+    # successive halving: requests prepared per item set (a rung's new items, or all of them)
+    prepared_sets: dict[tuple[str, ...], PreparedTask] = field(default_factory=dict)
 
     @property
     def direction(self) -> str:
@@ -201,12 +204,18 @@ class LocalWorker:
         return plan(recipe, self.sources)
 
     def evaluate(
-        self, recipe: Recipe, genome: Sequence[float], front: Sequence[Sequence[float]] = ()
+        self,
+        recipe: Recipe,
+        genome: Sequence[float],
+        front: Sequence[Sequence[float]] = (),
+        *,
+        rung: Rung | None = None,
     ) -> Evaluation:
-        """Merge, swap, score. Errors of the candidate itself (bad values, NaN weights or scores,
-        a model the engine cannot hold) come back as a failed Evaluation; the run goes on.
-        Errors of the system (out of memory, a source file gone, a bug) raise
-        :class:`~evomerge.workers.faults.WorkerFault` after one retry where it may help."""
+        """Merge, swap, score (at ``rung``'s items under successive halving). Errors of the
+        candidate itself (bad values, NaN weights or scores, a model the engine cannot hold)
+        come back as a failed Evaluation; the run goes on. Errors of the system (out of memory,
+        a source file gone, a bug) raise :class:`~evomerge.workers.faults.WorkerFault` after
+        one retry where it may help."""
         timings: dict[str, float] = {}
         ev = Evaluation(
             recipe.content_hash(),
@@ -221,7 +230,7 @@ class LocalWorker:
             try:
                 for src in self.sources.values():
                     src.check_unchanged()  # a truncated memory map would kill the process
-                results = self._merge_and_score(recipe, front, timings)
+                results = self._merge_and_score(recipe, front, timings, rung)
             except Exception as e:
                 kind = classify(e)
                 if kind == "candidate":
@@ -254,7 +263,11 @@ class LocalWorker:
         return ev
 
     def _merge_and_score(
-        self, recipe: Recipe, front: Sequence[Sequence[float]], timings: dict[str, float]
+        self,
+        recipe: Recipe,
+        front: Sequence[Sequence[float]],
+        timings: dict[str, float],
+        rung: Rung | None = None,
     ) -> list[Estimate | float]:
         t0 = time.perf_counter()
         mp = self.plan(recipe)
@@ -264,6 +277,8 @@ class LocalWorker:
         timings.update(
             load_candidate(self.engine, recipe, plan=mp, sources=self.sources, device=self.device)
         )
+        if rung is not None:
+            return self._score_rung(mp, rung, timings)
         results = self._score(mp, self.objectives, timings)
         if self.experiment.promotion.enabled and should_promote(
             self._oriented(results),
@@ -312,6 +327,43 @@ class LocalWorker:
             key = f"score:{ob.spec.label}"
             timings[key] = timings.get(key, 0.0) + t1 - t0
             timings["estimate"] = timings.get("estimate", 0.0) + time.perf_counter() - t1
+        return out
+
+    def _score_rung(
+        self, mp: MergePlan, rung: Rung, timings: dict[str, float]
+    ) -> list[Estimate | float]:
+        """Successive halving: each task's first ``rung.items`` items of its seeded order (the
+        items a ``subsample:K`` of the run's seed selects; all of them from K = the task's size
+        on), scoring only those ``rung.scores`` lacks. ``timings["items"]`` counts the items
+        scored, ``timings["rung"]`` is the rung."""
+        out: list[Estimate | float] = []
+        scored = 0
+        for ob in self.objectives:
+            if not ob.scored:
+                out.append(_cost(mp, ob.spec.cost))
+                continue
+            assert ob.task is not None
+            ids = ob.task.item_ids
+            k = min(rung.items, len(ids))
+            est = make_estimator(
+                "full" if k == len(ids) else f"subsample:{k}", self.experiment.seed
+            )
+            chosen = est.select(ids)
+            have = rung.scores.setdefault(ob.spec.label, {})
+            todo = tuple(i for i in chosen if i not in have)
+            if todo:
+                kill_point("score")
+                t0 = time.perf_counter()
+                prep = ob.prepared_sets.get(todo)
+                if prep is None:
+                    prep = ob.prepared_sets[todo] = prepare(self.engine, ob.task, list(todo))
+                have.update(score_prepared(self.engine, prep).scores)
+                key = f"score:{ob.spec.label}"
+                timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+                scored += len(todo)
+            out.append(est.estimate(have, ids))
+        timings["items"] = float(scored)
+        timings["rung"] = float(rung.index)
         return out
 
     def _promote(
