@@ -43,9 +43,30 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Every table of BENCHMARKS.md, as there (hours on 2 CPU cores: run it on a quiet machine; the
+# zoos are built first). vLLM's rows need `make test-vllm`'s venv.
+ZOO_QWEN2 ?= .cache/zoo-qwen2
 bench: setup
-	$(BIN)/python bench/materialize_throughput.py
-	$(BIN)/python bench/search_bench.py --budget 96 --k 200 --seeds 0 1 2 --timing
+	test -f $(ZOO)/zoo.json || $(BIN)/evomerge zoo build $(ZOO)
+	test -f $(ZOO_QWEN2)/zoo.json || $(BIN)/evomerge zoo build $(ZOO_QWEN2) --arch qwen2
+	$(BIN)/python bench/materialize_throughput.py --out-json .cache/bench/materialize.json
+	$(BIN)/python bench/materialize_throughput.py --rss-only
+	$(BIN)/python bench/materialize_throughput.py --hidden 4096 --intermediate 11008 --vocab 32000 --layers 1 --rss-only
+	$(BIN)/python bench/overhead_bench.py --zoo $(ZOO) --k 100 --budget 48
+	$(BIN)/python bench/optimizer_checkpoint_bench.py --evaluations 5000
+	$(BIN)/python bench/search_bench.py --zoo $(ZOO) --budget 96 --step 12 --k 200 --seeds 0 1 2 --timing \
+	  --strategies random cma nsga2 nsga2-explore nsga3 optuna-tpe botorch
+	$(BIN)/python bench/granularity_bench.py --zoos $(ZOO) $(ZOO_QWEN2) --seeds 0 1 2 3 4 \
+	  --budgets 48 96 --configs coarse coarse-tpe demo
+	$(BIN)/python bench/methods_bench.py --zoo $(ZOO) --budget 48 --k 100 --seeds 0 1 2
+	$(BIN)/python bench/halving_bench.py --zoo $(ZOO) --sh-budget 48 --seeds 0 1 2 --arm sh
+	$(BIN)/python bench/halving_bench.py --zoo $(ZOO) --arm subsample --items 36000 --answer 4 --seeds 0 1 2
+	$(BIN)/python bench/estimators_bench.py --zoo $(ZOO) --scores-cache .cache/estbench/scores.npz
+	EVOMERGE_ZOO=$(abspath $(ZOO)) $(BIN)/python bench/estimators_front_bench.py --make-run .cache/estfront/run --budget 192 \
+	  --scores-cache .cache/estfront/scores.npz
+	$(BIN)/python bench/ray_bench.py --zoo .cache/zoo-unit --preset unit --budget 32 --actors 1 2
+	test ! -x $(VVENV)/bin/python || $(VLLM_ENV) $(VVENV)/bin/python bench/vllm_swap.py --candidates 8 --restarts 2
+	test ! -x $(VVENV)/bin/python || $(VLLM_ENV) $(VVENV)/bin/python bench/engine_search.py --items 100 2000 --budget 12
 
 clean:
 	rm -rf $(VENV) .cache

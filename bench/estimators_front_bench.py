@@ -56,8 +56,12 @@ TARGET_REDUCTION, TARGET_RHO, TARGET_RECALL = 50, 0.9, 0.9
 
 
 def rank_corr(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rho; an estimate that does not separate the candidates at all (every one the
+    same value: few items, or an estimator's coarse steps) ranks nothing: 0."""
     from scipy.stats import spearmanr
 
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
     return float(spearmanr(x, y).statistic)
 
 

@@ -61,7 +61,7 @@ ASYNCHRONOUS = [
 
 def test_which_optimizers_ask_one_at_a_time() -> None:
     assert [n for n, c in sorted(OPTIMIZERS.items()) if c.asynchronous] == [
-        *(f"optuna-{s}" for s in ("cmaes", "gp", "nsga2", "nsga3", "tpe")),
+        *(f"optuna-{s}" for s in ("botorch", "cmaes", "gp", "nsga2", "nsga3", "tpe")),
         "random",
     ]
     batch = make_optimizer("random", GENES, 1, seed=5, options={"batch": 3}).ask()

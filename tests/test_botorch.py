@@ -48,7 +48,7 @@ def drive(opt, m: int, batches: int, *, disturb: bool = False) -> list[np.ndarra
     return asked
 
 
-@pytest.mark.parametrize("m", [1, 2])
+@pytest.mark.parametrize("m", [1, pytest.param(2, marks=pytest.mark.heavy)])
 def test_resume_asks_what_an_uninterrupted_run_asks(m: int) -> None:
     whole = drive(make_optimizer("optuna-botorch", GENES, m, seed=4, options=OPTIONS), m, 4)
     first = make_optimizer("optuna-botorch", GENES, m, seed=4, options=OPTIONS)
@@ -67,6 +67,7 @@ def test_resume_asks_what_an_uninterrupted_run_asks(m: int) -> None:
     assert not any(np.array_equal(u, v) for u, v in zip(other, whole, strict=False))
 
 
+@pytest.mark.heavy
 def test_resume_in_another_process_is_bit_identical(tmp_path) -> None:
     """A checkpoint written here and resumed in a fresh interpreter asks the same genomes."""
     m = 2
@@ -114,15 +115,3 @@ def test_options_are_part_of_the_identity() -> None:
     b = make_optimizer("optuna-botorch", GENES, 2, seed=0, options={**OPTIONS, "batch": 3})
     with pytest.raises(OptimizerError, match="options differ"):
         b.restore(a.state())
-
-
-def test_gp_phase_beats_its_random_start() -> None:
-    """One objective, a bowl at 0.3: the best of the GP's asks is far below the best of the
-    random start-up."""
-    opt = make_optimizer(
-        "optuna-botorch", GENES, 1, seed=2, options={"batch": 2, "n_startup_trials": 4}
-    )
-    asked = drive(opt, 1, 5)
-    start = min(loss(x, 1)[0] for x in asked[:4])
-    gp = min(loss(x, 1)[0] for x in asked[4:])
-    assert gp < 0.5 * start, (start, gp)
