@@ -263,7 +263,7 @@ def test_front_and_export_by_confirmed_rank_by_confirmed_scores(
     assert len(results) == 8
     numbers = [c.trial for c in results]
     pts = np.array([[c.scores["rev9"], c.scores["shift3"]] for c in results])
-    out = tmp_path / "k.yaml"
+    out, best = tmp_path / "k.yaml", tmp_path / "best.yaml"
     res = runner.invoke(
         app, ["export", str(run_dir), "--knee", "--by", "confirmed", "--out", str(out)]
     )
@@ -272,9 +272,11 @@ def test_front_and_export_by_confirmed_rank_by_confirmed_scores(
     assert f"trial {knee} " in res.output
     assert out.read_text() == Archive.open(run_dir).trial(knee).recipe
     res = runner.invoke(
-        app, ["export", str(run_dir), "--best", "shift3", "--by", "confirmed", "--out", str(out)]
+        app, ["export", str(run_dir), "--best", "shift3", "--by", "confirmed", "--out", str(best)]
     )
-    assert f"trial {numbers[int(np.argmax(pts[:, 1]))]} " in res.output
+    best_shift3 = numbers[int(np.argmax(pts[:, 1]))]
+    assert f"trial {best_shift3} " in res.output
+    assert best.read_text() == Archive.open(run_dir).trial(best_shift3).recipe
     res = runner.invoke(app, ["front", str(run_dir), "--by", "confirmed", "--json"])
     assert res.exit_code == 0, res.output
     rows = yaml.safe_load(res.output)["front"]
