@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from evomerge.errors import EvomergeError
 from evomerge.fileio import atomic_write_json, read_json
 from evomerge.merge.methods import get_method
@@ -86,6 +88,15 @@ def uniform_recipe(space: SearchSpace) -> Recipe | None:
     method's default where the space's bounds allow it, else the bounds' middle (a routing space:
     the linear average of its models). None where the space merges nothing."""
     params = getattr(space, "params", None)
+    if params is not None and getattr(params, "methods", None):
+        # a method per group: every group the first method, its parameters as below (the
+        # others' are inactive genes: the middle)
+        first = params.methods[0].param_index
+        x = np.zeros(len(params.genes))
+        for i, (name, _owner, _g, _kind) in enumerate(params.keys):
+            b, d = params.bounds[name], getattr(first.get(name), "default", None)
+            x[i] = b.unit(float(d)) if isinstance(d, int | float) and b.low <= d <= b.high else 0.5
+        return params.recipe(space, params.values(x))  # type: ignore[no-any-return]
     if params is not None:
         method = get_method(params.method.name)
         values = {}

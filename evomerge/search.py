@@ -289,7 +289,6 @@ class Search:
     ) -> Outcome:
         from evomerge.reference_points import ensure_reference_points
 
-        ensure_reference_points(self)  # once per run (a file in the run dir); not trials
         start, new, cached = time.perf_counter(), 0, 0
         deadline = start + hours * 3600 if hours else None
         status = "finished"
@@ -304,6 +303,9 @@ class Search:
         for s in previous:
             signal.signal(s, stop)
         try:
+            # once per run (a file in the run dir), not trials; a system fault while scoring
+            # them stops the run cleanly, as it would on a trial
+            ensure_reference_points(self)
             while len(self.archive) < budget and not self._exhausted:
                 if self.experiment.workers.dispatch == "async":  # search_async.py
                     from evomerge.search_async import run_async

@@ -468,3 +468,42 @@ def test_plot_options_refused_clearly(run: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "progress or recipe" in res.output
     res = runner.invoke(app, ["front", str(run), "--plot", str(tmp_path / "x.svg")])
     assert res.exit_code == 2 and "FILE.png" in res.output
+
+
+def test_a_system_fault_while_scoring_reference_points_stops_the_run_cleanly(
+    unit_zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fails under the first reference point: the run stops as on a trial (status,
+    reason in run.json, nothing recorded), and a resume scores them and runs the search."""
+    from evomerge import reference_points
+    from evomerge.run_dir import read_info
+    from evomerge.workers.faults import WorkerFault
+
+    real = reference_points._score
+
+    def failing(*a: Any, **k: Any) -> Any:
+        raise WorkerFault("I/O error twice (OSError: [Errno 5] Input/output error)")
+
+    monkeypatch.setattr(reference_points, "_score", failing)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(yaml.safe_dump({**EXPERIMENT, "budget": 4}))
+    s, budget = search.start(exp, tmp_path / "run", zoo=unit_zoo)
+    try:
+        out = s.run(budget)
+    finally:
+        s.close()
+    info = read_info(tmp_path / "run")
+    assert out.status == info["status"] == "stopped" and "I/O error" in info["reason"]
+    assert len(Archive.open(tmp_path / "run")) == 0
+    assert (
+        not (tmp_path / "run" / REFERENCE_FILE).exists()
+        or read_reference(tmp_path / "run")[1] == []
+    )
+    monkeypatch.setattr(reference_points, "_score", real)
+    s, budget = search.reopen(tmp_path / "run")
+    try:
+        assert s.run(budget).status == "finished"
+    finally:
+        s.close()
+    labels = {p.label for p in read_reference(tmp_path / "run")[1]}
+    assert {"base", "rev9", "shift3", "add1"} <= labels

@@ -22,7 +22,8 @@ import pytest
 import torch
 import yaml
 from test_hub import _cache_repo
-from test_search import _trace, _write
+from test_search import _trace
+from test_search import _write as _search_experiment
 from typer.testing import CliRunner
 
 from evomerge import search
@@ -35,6 +36,12 @@ from evomerge.run_dir import RunError, read_info
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"optimizer": {"name": "random", "batch": 2}, "budget": 2}
+
+
+def _write(tmp_path: Path, name: str = "exp.yaml", **changes: Any) -> Path:
+    """test_search's experiment without reference points: these tests count engine calls and
+    kill points from the first trial (test_report covers the reference points' resume)."""
+    return _search_experiment(tmp_path, name, **{"reference_points": False, **changes})
 
 
 def _cli(*args: str) -> list[str]:

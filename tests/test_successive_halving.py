@@ -222,5 +222,10 @@ def _old_hash(e: Experiment) -> str:
         if data["workers"].get(key) == default:
             del data["workers"][key]
     data["workers"].pop("dispatch")
+    # keys other features added since, all at their defaults here (out of the hash too)
+    for key in ("holdout", "tokenizer_source", "reference_points", "schedule"):
+        data.pop(key, None)
+    for objective in data["objectives"]:
+        objective.pop("holdout", None)
     canon = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
