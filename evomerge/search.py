@@ -271,12 +271,18 @@ class Search:
         ev = self.worker.evaluate(recipe, genome, front)
         if ev.started is None:
             ev.started = started  # the trial's start in the archive (its end: the commit)
-        t3 = time.perf_counter()
-        self.archive.note_scored(ev.scored_items)  # before the trial: never an item missed
-        ev = self.archive.record(ev)
-        self.loop_timings["commit"] += time.perf_counter() - t3
+        ev = self._commit(ev)
         kill_point("commit")
         return ev, True
+
+    def _commit(self, ev: Evaluation) -> Evaluation:
+        """Record a new evaluation in the archive, the items it scored first (so the run's
+        record of scored items never misses one), timed as the loop's commit."""
+        t0 = time.perf_counter()
+        self.archive.note_scored(ev.scored_items)
+        ev = self.archive.record(ev)
+        self.loop_timings["commit"] += time.perf_counter() - t0
+        return ev
 
     # -- the loop ------------------------------------------------------------------------------
     def run(
@@ -513,10 +519,7 @@ class Search:
             return bool(self._stop or self._failing or timed_out)
 
         for job, ev in self.worker.run(list(jobs.values()), front=front, stop=stop):
-            t0 = time.perf_counter()
-            self.archive.note_scored(ev.scored_items)
-            ev = self.archive.record(ev)
-            self.loop_timings["commit"] += time.perf_counter() - t0
+            ev = self._commit(ev)
             kill_point("commit")
             self._count_failure(ev)
             done(job.slots[0], ev, True)

@@ -141,10 +141,7 @@ def run_async(
         return [e.values for e in archive.front() if e.values is not None]
 
     for job, ev in _results(search, more, front, stop):
-        t0 = time.perf_counter()
-        archive.note_scored(ev.scored_items)
-        ev = archive.record(ev)
-        search.loop_timings["commit"] += time.perf_counter() - t0
+        ev = search._commit(ev)
         del flight[job.recipe.content_hash()]
         search._count_failure(ev)
         for i, ticket in enumerate(job.slots):

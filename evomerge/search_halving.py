@@ -124,10 +124,7 @@ def halve_batch(
         if hit is not None:
             done(i, hit, False)
             continue
-        t0 = time.perf_counter()
-        search.archive.note_scored(results[key].scored_items)  # before the trial, as search.py
-        ev = search.archive.record(results[key])
-        search.loop_timings["commit"] += time.perf_counter() - t0
+        ev = search._commit(results[key])
         kill_point("commit")
         search._count_failure(ev)
         done(i, ev, True)
