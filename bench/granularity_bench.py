@@ -27,12 +27,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-SOURCES = {
-    "base": "zoo:base",
-    "rev9": "zoo:experts/rev9",
-    "shift3": "zoo:experts/shift3",
-    "add1": "zoo:experts/add1",
-}
+from evomerge.zoo import SOURCES  # the zoo's base and experts as zoo: names
+
 TASKS = ("rev9", "shift3", "add1")
 NSGA2_DEMO = {"name": "nsga2", "pop_size": 12, "eta_crossover": 5, "eta_mutation": 5}
 TPE = {"name": "optuna-tpe", "batch": 12}

@@ -31,12 +31,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-SOURCES = {
-    "base": "zoo:base",
-    "rev9": "zoo:experts/rev9",
-    "shift3": "zoo:experts/shift3",
-    "add1": "zoo:experts/add1",
-}
+from evomerge.zoo import SOURCES  # the zoo's base and experts as zoo: names
+
 TASKS = ("rev9", "shift3", "add1")
 
 
