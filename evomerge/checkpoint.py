@@ -122,6 +122,9 @@ class ModelSource:
         _refuse_remote_code(self.config, f"source {self.name!r}: {self.path / 'config.json'}")
         self.architecture: Architecture | None = architecture_of(self.config)
         self._handles: dict[str, Any] = {}
+        # tensors read so far: views into the files' memory maps (safetensors copies nothing
+        # on the CPU), kept so that a search's every candidate does not build them again
+        self._views: dict[str, torch.Tensor] = {}
         self._stats: dict[Path, tuple[int, int, int]] = {}  # (inode, size, mtime) when opened
         self._pickled: dict[str, torch.Tensor] | None = None
         self._expected: set[str] = set()
@@ -267,15 +270,18 @@ class ModelSource:
 
     # -- reads ------------------------------------------------------------------------------
     def get(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
-        """Read one tensor (a copy out of the memory map)."""
-        info = self.tensors.get(name)
-        if info is None:
-            raise CheckpointError(f"source {self.name!r}: tensor {name!r} is absent ({self.path})")
-        t = (
-            self._pickled[name]
-            if self._pickled is not None
-            else self._handles[info.file].get_tensor(name)
-        )
+        """One tensor, on the CPU a view into the file's memory map (not to be written to)."""
+        t = self._views.get(name)
+        if t is None:
+            info = self.tensors.get(name)
+            if info is None:
+                raise CheckpointError(
+                    f"source {self.name!r}: tensor {name!r} is absent ({self.path})"
+                )
+            if self._pickled is not None:
+                t = self._pickled[name]
+            else:
+                t = self._views[name] = self._handles[info.file].get_tensor(name)
         return t.to(device) if str(device) != "cpu" else t
 
     def check_unchanged(self) -> None:
@@ -309,6 +315,7 @@ class ModelSource:
 
     def close(self) -> None:
         self._handles.clear()
+        self._views.clear()
         self._pickled = None
 
     def __enter__(self) -> ModelSource:

@@ -82,9 +82,14 @@ KERNEL_CASES = {
 }
 
 
+@pytest.mark.parametrize("fused", ["1", "0"])
 @pytest.mark.parametrize("case", sorted(KERNEL_CASES))
 @pytest.mark.parametrize("shape", [(10, 37), (7, 3, 5), (53,), ()])
-def test_chunked_equals_unchunked_bit_for_bit(case: str, shape: tuple[int, ...]) -> None:
+def test_chunked_equals_unchunked_bit_for_bit(
+    case: str, shape: tuple[int, ...], fused: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both the fused kernels and the eager ones (EVOMERGE_FUSED=0)."""
+    monkeypatch.setenv("EVOMERGE_FUSED", fused)
     name = case.split("_raw")[0].split("_plain")[0]
     method = get_method(name)
     assert method.kernel is not None
@@ -112,7 +117,11 @@ def test_chunked_equals_unchunked_bit_for_bit(case: str, shape: tuple[int, ...])
     assert torch.equal(whole.view(torch.int16), ref.view(torch.int16))
 
 
-def test_thread_pool_gives_the_sequential_result() -> None:
+@pytest.mark.parametrize("fused", ["1", "0"])
+def test_thread_pool_gives_the_sequential_result(
+    fused: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EVOMERGE_FUSED", fused)
     method = get_method("dare_ties")
     g = torch.Generator().manual_seed(1)
     base = torch.randn(300, 64, generator=g)

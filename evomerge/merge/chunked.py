@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
+from evomerge.merge.fused import usable
+from evomerge.merge.workspace import CPU_CHUNK
+
 if TYPE_CHECKING:
     from evomerge.merge.methods import Params
 
 T = TypeVar("T")
 
-# float32 elements per chunk on the CPU: three sources' float32 deltas (~3 MB) stay in L3.
-CPU_CHUNK = int(os.environ.get("EVOMERGE_CHUNK_ELEMENTS", str(1 << 18)))
 # On a GPU cache blocking does not pay; chunks only bound the float32 working set.
 DEVICE_CHUNK = 1 << 24
 
@@ -61,6 +62,10 @@ class Kernel:
     apply: Callable[[Chunk, Params], torch.Tensor]
     stats: Callable[[Chunk, Params], torch.Tensor] | None = None
     wants_stats: Callable[[Params], bool] = lambda p: True
+    # the whole merge in one fused kernel (:mod:`evomerge.merge.fused`), where it applies:
+    # (tensors, base, p, out, rows, rows_per_chunk, scale, run) -> the finiteness check, or
+    # None to leave these parameters to ``apply``
+    fused: Callable[..., torch.Tensor | None] | None = None
 
 
 def as_rows(shape: torch.Size) -> tuple[int, ...]:
@@ -92,9 +97,9 @@ def merge_chunked(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Merge into a new tensor of ``out_dtype`` (default: the work dtype).
 
-    Also returns a 0-dim sum of the output, taken from each output chunk while it is in cache:
-    when it is finite, every element is; when it is not, the caller checks exactly (a sum of
-    finite values can overflow).
+    Also returns a 0-dim check taken from each output chunk while it is in cache (its sum; the
+    fused kernels' scaled sum): when it is finite, every element is; when it is not, the caller
+    checks exactly (a sum of finite values can overflow).
     """
     ref = base if base is not None else tensors[0]
     work = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
@@ -113,6 +118,10 @@ def merge_chunked(
 
     starts = range(0, rows, step)
     run = _runner(ref.device, len(starts))
+    if kernel.fused is not None and usable(tensors, base, out.dtype):
+        check = kernel.fused(tensors, base, p, out, rows, step, scale, run)
+        if check is not None:
+            return out, check
     totals = None
     if kernel.stats is not None and kernel.wants_stats(p):
         parts = run(lambda r0: kernel.stats(chunk(r0), p), starts)  # type: ignore[misc]

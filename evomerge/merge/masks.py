@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from evomerge.merge.workspace import scratch
+
 
 def _i32(v: int) -> int:
     """``v`` mod 2**32 as a signed int32 value."""
@@ -51,17 +53,27 @@ def _ramp(n: int, device: torch.device) -> torch.Tensor:
     return r[:n]
 
 
-def draws16(start: int, count: int, seed: int, device: torch.device) -> torch.Tensor:
+def draws16(
+    start: int, count: int, seed: int, device: torch.device, *, reuse: bool = False
+) -> torch.Tensor:
     """The draws of elements ``start .. start+count-1`` as int16 ``k - 2**15`` (k in [0, 2**16)).
 
-    int16 so that the keep test is one signed comparison, without a conversion pass.
+    int16 so that the keep test is one signed comparison, without a conversion pass. With
+    ``reuse`` the result lives in this thread's scratch buffers (:func:`workspace.scratch`): valid
+    until the thread's next call, for a kernel that converts it at once.
     """
     first, last = start >> 1, (start + count + 1) >> 1  # pairs covering the elements
     n = last - first
     if first + n > 2**31:
         raise ValueError(f"masks: {start + count} elements exceed the 2**32 the hash indexes")
-    x = torch.add(_ramp(n, device), _i32(first * _GOLDEN + seed_offset(seed)))
-    tmp = torch.empty_like(x)
+    if reuse:
+        x = scratch("hash", (n,), torch.int32, device)
+        tmp = scratch("hash-tmp", (n,), torch.int32, device)
+    else:
+        x, tmp = torch.empty(n, dtype=torch.int32, device=device), None
+    torch.add(_ramp(n, device), _i32(first * _GOLDEN + seed_offset(seed)), out=x)
+    if tmp is None:
+        tmp = torch.empty_like(x)
     torch.bitwise_right_shift(x, 16, out=tmp).bitwise_and_(0xFFFF)
     x.bitwise_xor_(tmp).mul_(_M1)
     torch.bitwise_right_shift(x, 15, out=tmp).bitwise_and_(0x1FFFF)

@@ -9,6 +9,7 @@ of sources plus its output. The same stream feeds a checkpoint writer or a resid
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -466,7 +467,7 @@ def _check_finite(
         return
     if total is None:
         total = torch.sum(out, dtype=torch.float64 if out.dtype == torch.float64 else torch.float32)
-    if bool(torch.isfinite(total)) or bool(torch.isfinite(out).all()):
+    if math.isfinite(float(total)) or bool(torch.isfinite(out).all()):
         return
     for name in inputs:
         if not bool(torch.isfinite(mp.sources[name].get(job.src_name).float()).all()):

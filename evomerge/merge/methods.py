@@ -36,8 +36,9 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from evomerge.errors import RecipeError
-from evomerge.merge import masks
+from evomerge.merge import fused, masks
 from evomerge.merge.chunked import Chunk, Kernel, merge_chunked, row_sums
+from evomerge.merge.workspace import scratch
 
 
 @dataclass(frozen=True)
@@ -302,12 +303,13 @@ def task_seed(p: Params, i: int) -> int:
 def _random_keep(c: Chunk, i: int, d: torch.Tensor, p: Params, sparsify: str) -> torch.Tensor:
     """Minus the keep mask (-1 kept, 0 dropped) of task vector ``i`` over chunk ``c``, in the
     work dtype: a float multiply is far cheaper than boolean indexing, and the sign is undone
-    by the weight."""
+    by the weight. A scratch buffer: valid until this thread's next call."""
     density = p.per_source["density"][i]
     seed = task_seed(p, i)
     if sparsify == "random":
-        k = masks.draws16(c.start, d.numel(), seed, d.device).reshape(d.shape)
-        return k.to(d.dtype).sub_(masks.keep_below(density)).clamp_(-1, 0)
+        k = masks.draws16(c.start, d.numel(), seed, d.device, reuse=True).reshape(d.shape)
+        keep = scratch("keep", d.shape, d.dtype, d.device).copy_(k)
+        return keep.sub_(masks.keep_below(density)).clamp_(-1, 0)
     epsilon = p.per_source["epsilon"][i]
     if density + epsilon >= 1 or density - epsilon <= 0:
         raise RecipeError(
@@ -324,54 +326,123 @@ def _sparse(p: Params, i: int, sparsify: str | None) -> bool:
 
 def _gta_kernel(sparsify: str | None, consensus: bool) -> Kernel:
     """Row chunks of task arithmetic, DARE and DELLA: elementwise but for DELLA's per-row
-    ranks; the L1 rescale's norms come from a first pass (:attr:`Kernel.stats`)."""
+    ranks; the L1 rescale's norms come from a first pass (:attr:`Kernel.stats`).
 
-    def task_vectors(c: Chunk, p: Params, *, stats: bool) -> torch.Tensor:
-        assert c.base is not None
-        b = c.to_work(c.base)
-        n = len(c.tensors)
-        deltas = torch.empty((n, *b.shape), dtype=c.work, device=b.device)
-        sums = []
-        rescale = bool(p.shared.get("rescale", False))
-        for i, t in enumerate(c.tensors):
-            d = c.to_work(t, deltas[i]).sub_(b)
-            if not _sparse(p, i, sparsify):
-                if stats:
-                    sums += [row_sums(d.abs())] * 2
-                elif p.per_source["weight"][i] != 1:
-                    d.mul_(p.per_source["weight"][i])
-                continue
-            keep = _random_keep(c, i, d, p, sparsify)  # type: ignore[arg-type]
-            if stats:
-                sums.append(row_sums(d.abs()))
-                sums.append(row_sums(d.mul_(keep).abs_()))
-                continue
-            d.mul_(keep)  # -(kept delta)
-            factor = -1.0
-            if rescale:
-                assert c.totals is not None
-                before, after = float(c.totals[2 * i]), float(c.totals[2 * i + 1])
-                if before >= _EPS_L1 and after >= _EPS_L1:
-                    factor = -(before / after)
-            d.mul_(factor)
-            if p.per_source["weight"][i] != 1:
-                d.mul_(p.per_source["weight"][i])
-        return torch.stack(sums) if stats else deltas
+    Each pass over a chunk costs about the same whatever it computes (the chunk is in cache),
+    so the kernel is written to make few of them, into this thread's scratch buffers: the task
+    vectors are summed as they are made (never stacked), each scaled once by weight × rescale,
+    and TIES's sum of the deltas that agree with the majority sign is ``(s + copysign(a, s))/2``
+    from their sum ``s`` and the sum ``a`` of their magnitudes (the positives' sum where
+    ``s ≥ 0``, else the negatives'; ``s`` is ±0 only where every delta is 0)."""
 
-    def apply(c: Chunk, p: Params) -> torch.Tensor:
-        deltas = task_vectors(c, p, stats=False)
-        mixed = _combine(deltas, p.per_source["weight"], p, consensus)
-        assert c.base is not None
-        return mixed.add_(c.base)
+    def delta(c: Chunk, t: torch.Tensor, b: torch.Tensor, name: str) -> torch.Tensor:
+        return scratch(name, b.shape, c.work, b.device).copy_(t).sub_(b)
+
+    def factor(c: Chunk, p: Params, i: int) -> float:
+        """The multiplier of minus the kept delta: -1, or minus the L1 rescale."""
+        if bool(p.shared.get("rescale", False)):
+            assert c.totals is not None
+            before, after = float(c.totals[2 * i]), float(c.totals[2 * i + 1])
+            if before >= _EPS_L1 and after >= _EPS_L1:
+                return -(before / after)
+        return -1.0
 
     def stats(c: Chunk, p: Params) -> torch.Tensor:
-        return task_vectors(c, p, stats=True)
+        assert c.base is not None
+        b = c.to_work(c.base, scratch("base", c.base.shape, c.work, c.base.device))
+        sums = []
+        for i, t in enumerate(c.tensors):
+            d = delta(c, t, b, "delta")
+            mag = torch.abs(d, out=scratch("mag", d.shape, c.work, d.device))
+            before = row_sums(mag)
+            if not _sparse(p, i, sparsify):
+                sums += [before, before]
+                continue
+            keep = _random_keep(c, i, d, p, sparsify)  # type: ignore[arg-type]
+            sums += [before, row_sums(mag.mul_(keep)).neg_()]  # |d|·(-kept) summed, negated
+        return torch.stack(sums)
+
+    def stacked(c: Chunk, p: Params) -> torch.Tensor:
+        """TIES with normalization: the divisor needs every delta's sign, so they are stacked."""
+        assert c.base is not None
+        b = c.to_work(c.base)
+        deltas = torch.empty((len(c.tensors), *b.shape), dtype=c.work, device=b.device)
+        for i, t in enumerate(c.tensors):
+            d = c.to_work(t, deltas[i]).sub_(b)
+            coef = p.per_source["weight"][i]
+            if _sparse(p, i, sparsify):
+                d.mul_(_random_keep(c, i, d, p, sparsify))  # type: ignore[arg-type]
+                coef *= factor(c, p, i)
+            if coef != 1:
+                d.mul_(coef)
+        return _combine(deltas, p.per_source["weight"], p, consensus).add_(b)
+
+    def apply(c: Chunk, p: Params) -> torch.Tensor:
+        normalize = bool(p.shared.get("normalize", False))
+        if consensus and normalize:
+            return stacked(c, p)
+        assert c.base is not None
+        b = c.to_work(c.base, scratch("base", c.base.shape, c.work, c.base.device))
+        total = mag = None
+        for i, t in enumerate(c.tensors):
+            d = delta(c, t, b, "sum" if i == 0 else "delta")
+            coef = p.per_source["weight"][i]
+            if _sparse(p, i, sparsify):
+                d.mul_(_random_keep(c, i, d, p, sparsify))  # type: ignore[arg-type]
+                coef *= factor(c, p, i)
+            if coef != 1:
+                d.mul_(coef)
+            if consensus:
+                if i == 0:
+                    mag = torch.abs(d, out=scratch("mag", d.shape, c.work, d.device))
+                else:
+                    assert mag is not None
+                    mag.add_(torch.abs(d, out=scratch("abs", d.shape, c.work, d.device)))
+            if i == 0:
+                total = d
+            else:
+                assert total is not None
+                total.add_(d)
+        assert total is not None
+        scale = float(p.shared.get("lambda", 1.0))
+        if consensus:
+            assert mag is not None
+            total.add_(torch.copysign(mag, total, out=mag))
+            scale *= 0.5
+        elif normalize:
+            w = float(sum(p.per_source["weight"]))
+            total.div_(w if abs(w) >= 1e-8 else 1.0)
+        if scale != 1:
+            total.mul_(scale)
+        return total.add_(b)
 
     def wants_stats(p: Params) -> bool:
         rescale = bool(p.shared.get("rescale", False))
         return rescale and any(_sparse(p, i, sparsify) for i in range(len(p.per_source["weight"])))
 
-    return Kernel(apply, stats, wants_stats)
+    def fused_merge(tensors, base, p: Params, out, rows, step, scale, run):  # type: ignore[no-untyped-def]
+        normalize = bool(p.shared.get("normalize", False))
+        if sparsify not in (None, "random") or (consensus and normalize):
+            return None
+        n = len(tensors)
+        spec = fused.GtaSpec(
+            weights=tuple(float(w) for w in p.per_source["weight"]),
+            bounds=tuple(
+                masks.keep_below(p.per_source["density"][i]) + masks.SCALE // 2
+                if _sparse(p, i, sparsify)
+                else masks.SCALE
+                for i in range(n)
+            ),
+            seeds=tuple(task_seed(p, i) for i in range(n)),
+            consensus=consensus,
+            lam=float(p.shared.get("lambda", 1.0)),
+            normalize=normalize,
+            rescale=bool(p.shared.get("rescale", False)),
+            eps=_EPS_L1,
+        )
+        return fused.merge_gta(spec, tensors, base, out, rows, step, scale, run)
+
+    return Kernel(apply, stats, wants_stats, fused_merge)
 
 
 def _gta(
@@ -426,16 +497,18 @@ for _name, _flags in _GTA_FAMILY.items():
 
 # --------------------------------------------------------------------------------------------
 def _linear_apply(c: Chunk, p: Params) -> torch.Tensor:
-    weights = p.per_source["weight"]
-    out = c.to_work(c.tensors[0]).mul_(float(weights[0]))
-    scratch = None
+    """Σ wᵢθᵢ (over Σ wᵢ when normalizing: folded into the weights, one pass fewer), into this
+    thread's scratch buffers."""
+    weights = [float(w) for w in p.per_source["weight"]]
+    if p.shared.get("normalize", True):
+        total = _linear_total(weights)
+        weights = [w / total for w in weights]
+    first = c.tensors[0]
+    out = scratch("sum", first.shape, c.work, first.device).copy_(first).mul_(weights[0])
     for t, w in zip(c.tensors[1:], weights[1:], strict=True):
         if t.dtype != out.dtype:  # a mixed-dtype add_ is several times slower than a cast
-            scratch = c.to_work(t, scratch if scratch is not None else torch.empty_like(out))
-            t = scratch
-        out.add_(t, alpha=float(w))
-    if p.shared.get("normalize", True):
-        out.div_(_linear_total(weights))
+            t = scratch("term", t.shape, c.work, t.device).copy_(t)
+        out.add_(t, alpha=w)
     return out
 
 
@@ -446,7 +519,15 @@ def _linear_total(weights: Sequence[float]) -> float:
     return total
 
 
-_LINEAR = Kernel(_linear_apply)
+def _linear_fused(tensors, base, p: Params, out, rows, step, scale, run):  # type: ignore[no-untyped-def]
+    weights = [float(w) for w in p.per_source["weight"]]
+    if p.shared.get("normalize", True):
+        total = _linear_total(weights)
+        weights = [w / total for w in weights]
+    return fused.merge_linear(weights, tensors, out, rows, step, scale, run)
+
+
+_LINEAR = Kernel(_linear_apply, fused=_linear_fused)
 
 
 @register(

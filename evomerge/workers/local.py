@@ -29,10 +29,11 @@ from evomerge.evaluate.estimators import (
 )
 from evomerge.evaluate.holdout import HoldoutError, split_items
 from evomerge.evaluate.scoring import PreparedTask, prepare, score_prepared
-from evomerge.evaluate.select import load_candidate, make_engine
+from evomerge.evaluate.select import RecipeEngine, load_candidate, make_engine
 from evomerge.evaluate.tasks import Task, load_task
 from evomerge.experiment import Experiment, ObjectiveSpec
 from evomerge.killpoints import kill_point
+from evomerge.merge import fused
 from evomerge.merge.materialize import MergePlan, plan
 from evomerge.recipe import Recipe
 from evomerge.workers.faults import classify, fault, free_memory
@@ -167,6 +168,8 @@ class LocalWorker:
             options=w.engine_options,
         )
         self.device = w.device
+        if not isinstance(self.engine, RecipeEngine) and torch.device(w.device).type == "cpu":
+            fused.warm_up()  # the merge kernels' one-off load: not the first candidate's cost
         calib_models = calibration_models(sources, experiment.base)
         for ob in self.objectives:
             if ob.lmeval is not None and ob.estimator is not None and ob.all_ids is not None:

@@ -61,9 +61,18 @@ class Subsample(Estimator):
     def __init__(self, k: int, seed: int = 0, strata: Mapping[str, str] | None = None) -> None:
         super().__init__(k, seed)
         self.strata = strata
+        self._plans: dict[tuple[str, ...], list[tuple[list[str], int]]] = {}
 
     def _plan(self, item_ids: Sequence[str]) -> list[tuple[list[str], int]]:
-        """Per stratum: the chosen items and the stratum's size."""
+        """Per stratum: the chosen items and the stratum's size (computed once per item set:
+        every candidate of a search asks for the same one)."""
+        key = tuple(item_ids)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._make_plan(item_ids)
+        return plan
+
+    def _make_plan(self, item_ids: Sequence[str]) -> list[tuple[list[str], int]]:
         ids = sorted(_pool(item_ids))
         k = self._check_k(len(ids))
         groups: dict[str, list[str]] = {}
