@@ -3,10 +3,14 @@
     python bench/overhead_bench.py --zoo ~/.cache/evomerge/zoo --k 100 --budget 48
 
 Three objectives (rev9, shift3, add1), each estimated on ``--k`` items, a DARE-TIES per-layer
-search (24 genes), one thread. "Forward" is the time inside the engine's ``loglikelihood``
-calls; overhead = 1 - forward / wall. The run uses whatever ``evomerge`` is first on the path,
-so two code trees can be compared side by side, alternating, in one invocation:
+search (24 genes), one torch thread, no reference points (scored once per run, before the
+first trial). "Forward" is the time inside the engine's ``loglikelihood`` calls; overhead =
+1 - forward / wall. ``--prefetch both`` alternates ``workers.prefetch`` off and on (merging the
+next candidate on the core the engine leaves free). The run uses whatever ``evomerge`` is
+first on the path, so two code trees can be compared side by side, alternating, in one
+invocation:
 
+    python bench/overhead_bench.py --prefetch both --repeat 3
     python bench/overhead_bench.py --trees /work/main . --repeat 2
     python bench/overhead_bench.py --trees /work/main . --repeat 3 --commit-only
 
@@ -28,16 +32,25 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def measure(zoo: Path, k: int, budget: int, optimizer: str, seed: int) -> dict[str, Any]:
+def measure(
+    zoo: Path, k: int, budget: int, optimizer: str, seed: int, prefetch: bool | None = None
+) -> dict[str, Any]:
     import torch
     from search_bench import experiment, run_search
 
     torch.set_num_threads(1)
     opt = {"name": optimizer, "pop_size" if optimizer == "nsga2" else "batch": 12}
+    exp = experiment(opt, k, budget, seed)
+    # once per run, not per candidate: the base, sources and uniform merge are scored before
+    # the first trial; they are left out so that wall time is the trials' own
+    exp["reference_points"] = False
+    if prefetch is not None:
+        exp["workers"]["prefetch"] = prefetch
     with tempfile.TemporaryDirectory(prefix="evomerge-overhead-") as work:
-        r = run_search(zoo, experiment(opt, k, budget, seed), Path(work), timing=True)
+        r = run_search(zoo, exp, Path(work), timing=True)
     t = r["timing"]
     wall, n = t["wall"], t["evaluations"]
     return {
@@ -96,24 +109,37 @@ def main() -> None:
     ap.add_argument("--trees", nargs="*", default=None, help="code trees to compare")
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--commit-only", action="store_true", help="time the archive commit alone")
+    ap.add_argument(
+        "--prefetch",
+        choices=["auto", "on", "off", "both"],
+        default="auto",
+        help="workers.prefetch (auto: the default rule); both: alternate off and on",
+    )
     args = ap.parse_args()
-    if not args.trees:
+    flags = {"auto": None, "on": True, "off": False}
+    if not args.trees and args.repeat == 1 and args.prefetch != "both":
         if args.commit_only:
             print(json.dumps(measure_commit()))
         else:
-            print(json.dumps(measure(args.zoo, args.k, args.budget, args.optimizer, args.seed)))
+            prefetch = flags[args.prefetch]
+            row = measure(args.zoo, args.k, args.budget, args.optimizer, args.seed, prefetch)
+            print(json.dumps(row))
         return
+    modes = ["off", "on"] if args.prefetch == "both" else [args.prefetch]
+    variants = [(t, m) for t in (args.trees or [str(ROOT)]) for m in modes]
     print(f"load average before: {os.getloadavg()}", flush=True)
-    rows: dict[str, list[dict[str, Any]]] = {tree: [] for tree in args.trees}
+    rows: dict[str, list[dict[str, Any]]] = {f"{t} prefetch={m}": [] for t, m in variants}
     for rep in range(args.repeat):
-        for tree in args.trees:
+        for tree, mode in variants:
             cmd = [sys.executable, __file__, "--zoo", str(args.zoo), "--k", str(args.k)]
             cmd += ["--budget", str(args.budget), "--optimizer", args.optimizer]
-            cmd += ["--seed", str(args.seed)] + (["--commit-only"] if args.commit_only else [])
+            cmd += ["--seed", str(args.seed), "--prefetch", mode]
+            cmd += ["--commit-only"] if args.commit_only else []
             env = {**os.environ, "PYTHONPATH": str(Path(tree).resolve())}
             t0 = time.perf_counter()
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             row = json.loads(out.stdout.strip().splitlines()[-1])
+            tree = f"{tree} prefetch={mode}"
             rows[tree].append(row)
             if args.commit_only:
                 print(f"[{rep}] {tree}: commit {row['commit_ms']:.2f} ms (median)", flush=True)

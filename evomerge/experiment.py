@@ -152,7 +152,16 @@ class PromotionSpec(_Spec):
 
 # where candidates run, not what is searched: left out of the experiment's hash, so a run started
 # on one backend resumes on another (the generational loop gives the same archive on both)
-_PLACEMENT = ("backend", "count", "address", "resources", "retries", "timeout_s", "max_failures")
+_PLACEMENT = (
+    "backend",
+    "count",
+    "address",
+    "resources",
+    "retries",
+    "timeout_s",
+    "max_failures",
+    "prefetch",
+)
 
 
 class WorkersSpec(_Spec):
@@ -177,6 +186,10 @@ class WorkersSpec(_Spec):
     dtype: EngineDtype = "float32"  # the engine's compute dtype (auto: the checkpoint's)
     batch_size: int = Field(256, ge=1)  # hf only (vLLM schedules its own batches)
     threads: int | None = Field(None, ge=1)  # torch intra-op threads; None leaves torch's default
+    # local hf on the CPU: merge the batch's next candidate while this one is scored (it uses
+    # a core and one more model's memory); None: when the engine's threads leave a core free
+    # and two models fit easily in memory. How, not what: not part of the hash
+    prefetch: bool | None = None
     engine_options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("engine_options")

@@ -242,8 +242,11 @@ class Search:
         weights = [o.weight for o in self.experiment.objectives]
         return [float(np.dot(weights, signed))]
 
-    def _evaluate(self, genome: np.ndarray) -> tuple[Evaluation, bool]:
-        """(evaluation, whether it is new)."""
+    def _evaluate(
+        self, genome: np.ndarray, after: np.ndarray | None = None
+    ) -> tuple[Evaluation, bool]:
+        """(evaluation, whether it is new). ``after``: the genome evaluated next, which a
+        worker that prefetches merges while this one is scored."""
         t0 = time.perf_counter()
         genome = self._lift(genome)
         try:
@@ -268,12 +271,30 @@ class Search:
         if hit is not None:
             return hit, False
         started = time.time()
-        ev = self.worker.evaluate(recipe, genome, front)
+        then = self._next_recipe(after, recipe) if after is not None else None
+        if then is not None:
+            ev = self.worker.evaluate(recipe, genome, front, then=then)
+        else:
+            ev = self.worker.evaluate(recipe, genome, front)
         if ev.started is None:
             ev.started = started  # the trial's start in the archive (its end: the commit)
         ev = self._commit(ev)
         kill_point("commit")
         return ev, True
+
+    def _next_recipe(self, genome: np.ndarray, current: Recipe) -> Recipe | None:
+        """The recipe of the next genome, where merging it ahead is of use: the worker
+        prefetches, and it is a new, valid recipe other than ``current``."""
+        if not getattr(self.worker, "prefetches", False):
+            return None
+        try:
+            recipe = self.space.decode(self._lift(genome))
+        except SpaceError:
+            return None
+        key = recipe.content_hash()
+        if key == current.content_hash() or self.archive.lookup(key) is not None:
+            return None
+        return recipe
 
     def _commit(self, ev: Evaluation) -> Evaluation:
         """Record a new evaluation in the archive, the items it scored first (so the run's
@@ -355,13 +376,16 @@ class Search:
                     batch_left = []
                 else:
                     batch_left = batch
-                for g in batch_left:
+                for i, g in enumerate(batch_left):
                     if self._stop or self._failing or len(self.archive) >= budget:
                         break
                     if deadline and time.perf_counter() > deadline:
                         status = "time limit"
                         break
-                    ev, is_new = self._evaluate(g)
+                    after = batch_left[i + 1] if i + 1 < len(batch_left) else None
+                    if len(self.archive) + 1 >= budget:
+                        after = None  # the budget ends with this one
+                    ev, is_new = self._evaluate(g, after)
                     new += is_new
                     cached += not is_new
                     if is_new:

@@ -106,6 +106,7 @@ def load_candidate(
     plan: MergePlan | None = None,
     sources: Mapping[str, ModelSource] | None = None,
     device: str = "cpu",
+    merged: list[tuple[str, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
     """Swap ``recipe``'s merge into ``engine``, in place; returns timings in seconds.
 
@@ -113,7 +114,8 @@ def load_candidate(
     planned over ``sources``) and streamed into ``load_weights``: ``merge`` and ``swap`` are
     timed apart. Recipe engines (vLLM): the recipe travels and is merged in the engine's
     workers: one ``load`` figure. A load that had to build a model of a new depth adds
-    ``rebuilds`` (how many were built) and, for vLLM, ``rebuild`` (its seconds)."""
+    ``rebuilds`` (how many were built) and, for vLLM, ``rebuild`` (its seconds). ``merged``:
+    the tensors of ``plan``, merged already (a worker's prefetch), streamed as they are."""
     before = getattr(engine, "rebuilds", 0)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -129,7 +131,7 @@ def load_candidate(
         from evomerge.merge.materialize import plan as make_plan
 
         mp = plan if plan is not None else make_plan(recipe, sources)
-        stream = _Timed(materialize(mp, device))
+        stream = _Timed(iter(merged) if merged is not None else materialize(mp, device))
         load_weights: Any = engine.load_weights
         if hasattr(engine, "num_layers"):  # HFEngine: a new depth rebuilds its model
             load_weights(stream, num_layers=mp.num_layers)

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -143,6 +144,21 @@ def merge_chunked(
     return out, check
 
 
+_SERIAL = threading.local()
+
+
+@contextmanager
+def serial() -> Iterator[None]:
+    """Merges in this thread run their chunks one after another, in this thread: for a
+    background merge that must leave the other cores to the engine."""
+    before = getattr(_SERIAL, "on", False)
+    _SERIAL.on = True
+    try:
+        yield
+    finally:
+        _SERIAL.on = before
+
+
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
@@ -159,7 +175,7 @@ def _runner(device: torch.device, n: int) -> Callable[[Callable[[int], T], range
     """Map over chunk starts, in order: on the CPU across torch's intra-op thread count, each
     worker single-threaded inside (chunks are too small to split further with profit)."""
     threads = torch.get_num_threads()
-    if device.type != "cpu" or threads < 2 or n < 2:
+    if device.type != "cpu" or threads < 2 or n < 2 or getattr(_SERIAL, "on", False):
         return lambda fn, starts: [fn(r0) for r0 in starts]
     pool = _pool(threads)
     return lambda fn, starts: list(pool.map(fn, starts))

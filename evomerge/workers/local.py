@@ -5,11 +5,13 @@ into it. Nothing is written to disk per candidate."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +36,8 @@ from evomerge.evaluate.tasks import Task, load_task
 from evomerge.experiment import Experiment, ObjectiveSpec
 from evomerge.killpoints import kill_point
 from evomerge.merge import fused
-from evomerge.merge.materialize import MergePlan, plan
+from evomerge.merge.chunked import serial
+from evomerge.merge.materialize import MergePlan, materialize, plan
 from evomerge.recipe import Recipe
 from evomerge.workers.faults import classify, fault, free_memory
 from evomerge.workers.halving import Rung
@@ -107,6 +110,18 @@ def load_objectives(experiment: Experiment, zoo: Path | None) -> list[_Objective
     return out
 
 
+def _core_and_memory_to_spare(model_bytes: int) -> bool:
+    """Whether a background merge would not slow the engine: a core its threads leave free,
+    and room for two more models in a quarter of the memory available."""
+    if torch.get_num_threads() >= (os.cpu_count() or 1):
+        return False
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not a POSIX system that says
+        return False
+    return 2 * model_bytes <= free // 4
+
+
 def _split(
     experiment: Experiment, o: ObjectiveSpec, task: str, ids: list[str], est: Estimator
 ) -> tuple[list[str], list[str]]:
@@ -168,8 +183,20 @@ class LocalWorker:
             options=w.engine_options,
         )
         self.device = w.device
-        if not isinstance(self.engine, RecipeEngine) and torch.device(w.device).type == "cpu":
+        tensor_cpu = (
+            not isinstance(self.engine, RecipeEngine) and torch.device(w.device).type == "cpu"
+        )
+        if tensor_cpu:
             fused.warm_up()  # the merge kernels' one-off load: not the first candidate's cost
+        self.prefetches = tensor_cpu and (
+            w.prefetch
+            if w.prefetch is not None
+            else _core_and_memory_to_spare(
+                self.sources[experiment.base or next(iter(sources))].total_bytes
+            )
+        )
+        self._prefetch: tuple[str, Future[tuple[list[tuple[str, torch.Tensor]], float]]] | None = None
+        self._prefetcher: ThreadPoolExecutor | None = None
         calib_models = calibration_models(sources, experiment.base)
         for ob in self.objectives:
             if ob.lmeval is not None and ob.estimator is not None and ob.all_ids is not None:
@@ -193,6 +220,10 @@ class LocalWorker:
 
     def close(self) -> None:
         """Release the engine (vLLM: shut its processes down and free their memory)."""
+        self._prefetch = None
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=True, cancel_futures=True)
+            self._prefetcher = None
         close = getattr(self.engine, "close", None)
         if callable(close):
             close()
@@ -213,12 +244,17 @@ class LocalWorker:
         front: Sequence[Sequence[float]] = (),
         *,
         rung: Rung | None = None,
+        then: Recipe | None = None,
     ) -> Evaluation:
         """Merge, swap, score (at ``rung``'s items under successive halving). Errors of the
         candidate itself (bad values, NaN weights or scores, a model the engine cannot hold)
         come back as a failed Evaluation; the run goes on. Errors of the system (out of memory,
         a source file gone, a bug) raise :class:`~evomerge.workers.faults.WorkerFault` after
-        one retry where it may help."""
+        one retry where it may help.
+
+        ``then``: the candidate the caller evaluates next. Where :attr:`prefetches`, it is
+        merged in a background thread while this one is scored, and its evaluation streams
+        those tensors (its merge's errors surface there, classified as they would be)."""
         timings: dict[str, float] = {}
         ev = Evaluation(
             recipe.content_hash(),
@@ -233,7 +269,9 @@ class LocalWorker:
             try:
                 for src in self.sources.values():
                     src.check_unchanged()  # a truncated memory map would kill the process
-                results = self._merge_and_score(recipe, front, timings, rung)
+                results = self._merge_and_score(
+                    recipe, front, timings, rung, then if attempt == 1 else None
+                )
             except Exception as e:
                 kind = classify(e)
                 if kind == "candidate":
@@ -271,15 +309,27 @@ class LocalWorker:
         front: Sequence[Sequence[float]],
         timings: dict[str, float],
         rung: Rung | None = None,
+        then: Recipe | None = None,
     ) -> list[Estimate | float]:
         t0 = time.perf_counter()
         mp = self.plan(recipe)
-        timings["plan"] = time.perf_counter() - t0
+        merged = self._prefetched(recipe, timings)
+        timings["plan"] = time.perf_counter() - t0 - timings.get("prefetch_wait", 0.0)
         # hf: merge and swap timed apart; vllm: one "load" (the merge runs in its workers),
         # plus "rebuilds"/"rebuild" when the recipe's depth needed a new model
         timings.update(
-            load_candidate(self.engine, recipe, plan=mp, sources=self.sources, device=self.device)
+            load_candidate(
+                self.engine,
+                recipe,
+                plan=mp,
+                sources=self.sources,
+                device=self.device,
+                merged=merged,
+            )
         )
+        del merged
+        if then is not None and self.prefetches:
+            self._start_prefetch(then)
         if rung is not None:
             return self._score_rung(mp, rung, timings)
         results = self._score(mp, self.objectives, timings)
@@ -291,6 +341,33 @@ class LocalWorker:
         ):
             results = self._promote(mp, results, timings)
         return results
+
+    # -- prefetch: the next candidate merged while this one is scored ---------------------------
+    def _start_prefetch(self, recipe: Recipe) -> None:
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="evomerge-prefetch")
+
+        def merge() -> tuple[list[tuple[str, torch.Tensor]], float]:
+            t0 = time.perf_counter()
+            with serial():  # one core: the engine has the others
+                out = list(materialize(self.plan(recipe), self.device))
+            return out, time.perf_counter() - t0
+
+        self._prefetch = (recipe.content_hash(), self._prefetcher.submit(merge))
+
+    def _prefetched(
+        self, recipe: Recipe, timings: dict[str, float]
+    ) -> list[tuple[str, torch.Tensor]] | None:
+        """The tensors merged ahead for ``recipe`` (waiting for them if need be), or None.
+        A merge error raises here, where the merge would have raised."""
+        pending, self._prefetch = self._prefetch, None
+        if pending is None or pending[0] != recipe.content_hash():
+            return None
+        t0 = time.perf_counter()
+        merged, seconds = pending[1].result()
+        timings["prefetch_wait"] = time.perf_counter() - t0
+        timings["merge_background"] = seconds
+        return merged
 
     def _item_scores(
         self, ob: _Objective, *, full: bool = False

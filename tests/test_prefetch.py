@@ -1,0 +1,114 @@
+"""Merging the next candidate while this one is scored (``workers.prefetch``): it changes
+nothing a search records, and a prefetched merge fails exactly as a merge in place fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from evomerge import search
+from evomerge.errors import MergeError
+from evomerge.run_dir import STUDY_NAME, storage_url
+from evomerge.zoo import SOURCES as ZOO_SOURCES
+
+EXPERIMENT: dict[str, Any] = {
+    "name": "unit-prefetch",
+    "sources": dict(ZOO_SOURCES),
+    "base": "base",
+    "space": "dare_ties-per-layer",
+    "space_options": {"granularity": 2},
+    "objectives": [
+        {"task": "rev9", "estimator": "subsample:8"},
+        {"task": "shift3", "estimator": "subsample:8"},
+    ],
+    "optimizer": {"name": "nsga2", "pop_size": 4},
+    "budget": 12,
+    "seed": 5,
+    "reference_points": False,
+}
+
+
+def _start(tmp: Path, zoo: Path, prefetch: bool) -> Any:
+    path = tmp / f"exp-{prefetch}.yaml"
+    exp = {**EXPERIMENT, "workers": {"threads": 1, "prefetch": prefetch}}
+    path.write_text(yaml.safe_dump(exp))
+    return search.start(path, tmp / f"run-{prefetch}", zoo=zoo)
+
+
+def _trace(run_dir: Path) -> list[tuple[str, tuple[float, ...] | None]]:
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir))
+    return [
+        (t.user_attrs["hash"], tuple(t.values) if t.values else None)
+        for t in study.get_trials(deepcopy=False)
+    ]
+
+
+def test_prefetch_changes_nothing_a_search_records(unit_zoo: Path, tmp_path: Path) -> None:
+    runs = {}
+    for prefetch in (False, True):
+        s, budget = _start(tmp_path, unit_zoo, prefetch)
+        assert s.worker.prefetches is prefetch
+        assert s.run(budget).status == "finished"
+        runs[prefetch] = s
+    assert _trace(tmp_path / "run-True") == _trace(tmp_path / "run-False")
+    # every candidate but a batch's first was merged ahead, in the background
+    ahead = [e for e in runs[True].archive.evaluations if "merge_background" in e.timings]
+    assert len(ahead) == 12 - 12 // 4
+    assert not any("merge_background" in e.timings for e in runs[False].archive.evaluations)
+    for s in runs.values():
+        s.worker.close()
+
+
+def test_prefetch_is_the_default_only_with_a_core_to_spare(unit_zoo: Path, tmp_path: Path) -> None:
+    import torch
+
+    from evomerge.workers.local import _core_and_memory_to_spare
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(max(1, (__import__("os").cpu_count() or 1)))
+        assert not _core_and_memory_to_spare(1)
+    finally:
+        torch.set_num_threads(before)
+    assert not _core_and_memory_to_spare(2**62)  # two such models do not fit
+
+
+def test_a_prefetched_merge_fails_as_the_candidates_own(
+    unit_zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The merge of the next recipe raises in the background thread; the error is that
+    candidate's (a failed evaluation, the run goes on), as without prefetch."""
+    from evomerge.workers import local
+
+    s, _ = _start(tmp_path, unit_zoo, True)
+    rng = np.random.default_rng(0)
+    r1, r2 = (s.space.decode(rng.random(len(s.space.genes))) for _ in range(2))
+    real = local.materialize
+
+    def broken(mp: Any, device: Any = "cpu") -> Any:
+        if mp.recipe.content_hash() == r2.content_hash():
+            raise MergeError("output tensor 'x' is not finite (test)")
+        return real(mp, device)
+
+    monkeypatch.setattr(local, "materialize", broken)
+    w = s.worker
+    ok = w.evaluate(r1, [0.0], then=r2)
+    assert ok.status == "ok" and w._prefetch is not None
+    ahead = w.evaluate(r2, [0.0])
+    assert ahead.status == "failed" and "not finite (test)" in (ahead.error or "")
+    assert "merge_background" not in ahead.timings
+
+    # the same candidate merged in place fails the same way: the engine's resident model
+    # streams through materialize there (monkeypatched in evaluate.select's namespace)
+    import evomerge.merge.materialize as mat
+
+    monkeypatch.setattr(mat, "materialize", broken)
+    w.prefetches = False
+    in_place = w.evaluate(r2, [0.0])
+    assert (in_place.status, in_place.error) == (ahead.status, ahead.error)
+    w.close()
