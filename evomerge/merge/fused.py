@@ -3,11 +3,12 @@ on a small block of a row before the next block is read.
 
 The eager row-chunk kernels (:mod:`evomerge.merge.methods`) make one pass over a chunk per
 torch operation: about forty for a three-source DARE-TIES, each a trip through the cache and
-a dispatch. Here a block of ``BLOCK`` elements (in L1) is cast, differenced, masked, weighted,
+a dispatch. Here a block of 1024 elements (in L1) is cast, differenced, masked, weighted,
 summed, sign-elected, rounded and stored in one visit. The arithmetic is the eager kernels',
 in the same order, in float32; the masks are the same draws of :mod:`evomerge.merge.masks`
-(bit for bit), so a fused merge equals the eager one up to float rounding of a few ulps (the
-eager add with ``alpha`` is fused-multiply-add on some CPUs) and zeros' signs.
+(bit for bit). A fused merge equals the eager one but for the rescale's L1 norms (summed in
+another order, vectorized: a rounding step of the output at most), linear's weighted sum (the
+eager add with ``alpha`` is a fused multiply-add) and the sign of zeros.
 
 Used on the CPU for bfloat16 / float32 inputs and outputs when numba is installed (a core
 dependency); ``EVOMERGE_FUSED=0`` turns it off. numba's own threading is not used (it does not
@@ -63,8 +64,8 @@ def _flat(t: torch.Tensor) -> np.ndarray:
 
 @dataclass(frozen=True)
 class GtaSpec:
-    """Task arithmetic / DARE resolved for one tensor. ``coefs`` are the weights, times minus
-    nothing: the rescale is applied by :func:`merge_gta` once the first pass has the norms."""
+    """Task arithmetic / DARE resolved for one tensor. The L1 rescale multiplies the weights
+    in :func:`merge_gta`, once its first pass has the norms."""
 
     weights: tuple[float, ...]
     bounds: tuple[int, ...]  # keep when draw < bound (unsigned 16-bit draws); _DENSE: all
