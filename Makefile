@@ -52,7 +52,7 @@ bench: setup
 	$(BIN)/python bench/materialize_throughput.py --out-json .cache/bench/materialize.json
 	$(BIN)/python bench/materialize_throughput.py --rss-only
 	$(BIN)/python bench/materialize_throughput.py --hidden 4096 --intermediate 11008 --vocab 32000 --layers 1 --rss-only
-	$(BIN)/python bench/overhead_bench.py --zoo $(ZOO) --k 100 --budget 48
+	$(BIN)/python bench/overhead_bench.py --zoo $(ZOO) --k 100 --budget 48 --prefetch both --repeat 3
 	$(BIN)/python bench/optimizer_checkpoint_bench.py --evaluations 5000
 	$(BIN)/python bench/search_bench.py --zoo $(ZOO) --budget 96 --step 12 --k 200 --seeds 0 1 2 --timing \
 	  --strategies random cma nsga2 nsga2-explore nsga3 optuna-tpe botorch
