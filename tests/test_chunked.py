@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from merge_params import params
 
 from evomerge.merge import chunked, masks
 from evomerge.merge.methods import Params, get_method, uniform
@@ -58,16 +59,7 @@ def test_draws_are_device_independent() -> None:
 
 
 def _params(name: str, n: int, seed: int = 1, **kw: object) -> Params:
-    m = get_method(name)
-    per_source: dict[str, list[float]] = {}
-    shared: dict[str, float | bool] = {}
-    for p in m.params:
-        v = kw.get(p.name, p.default)
-        if p.per_source:
-            per_source[p.name] = list(v) if isinstance(v, list) else [v] * n  # type: ignore[arg-type]
-        else:
-            shared[p.name] = v  # type: ignore[assignment]
-    return Params(per_source, shared, seed)
+    return params(name, n, seed, **kw)
 
 
 KERNEL_CASES = {

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from merge_params import params
 
 from evomerge.merge import chunked, fused
 from evomerge.merge.methods import Params, get_method
@@ -20,17 +21,8 @@ from evomerge.merge.methods import Params, get_method
 pytestmark = pytest.mark.skipif(not fused.enabled(), reason="numba is not installed")
 
 
-def _params(name: str, n: int, seed: int, **kw: object) -> Params:
-    m = get_method(name)
-    per_source: dict[str, list[float]] = {}
-    shared: dict[str, float | bool] = {}
-    for p in m.params:
-        v = kw.get(p.name, p.default)
-        if p.per_source:
-            per_source[p.name] = list(v) if isinstance(v, list) else [v] * n  # type: ignore[arg-type]
-        else:
-            shared[p.name] = v  # type: ignore[assignment]
-    return Params(per_source, shared, seed)
+def _params(name: str, n: int, seed: int = 1, **kw: object) -> Params:
+    return params(name, n, seed, **kw)
 
 
 def _merge(name: str, tensors, base, p, out_dtype, monkeypatch, on: bool):  # type: ignore[no-untyped-def]

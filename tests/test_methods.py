@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from merge_params import params
 
 from evomerge.errors import RecipeError
 from evomerge.merge.methods import METHODS, Params, get_method
@@ -23,16 +24,7 @@ def run(
     seed: int = 0,
     **kw: object,
 ) -> torch.Tensor:
-    m = get_method(name)
-    per_source: dict[str, list[float]] = {}
-    shared: dict[str, float | bool] = {}
-    for p in m.params:
-        v = kw.get(p.name, p.default)
-        if p.per_source:
-            per_source[p.name] = list(v) if isinstance(v, list | tuple) else [v] * len(tensors)
-        else:
-            shared[p.name] = v  # type: ignore[assignment]
-    return m(tensors, base, Params(per_source, shared, seed))
+    return get_method(name)(tensors, base, params(name, len(tensors), seed, **kw))
 
 
 def test_registry_has_every_method() -> None:

@@ -96,11 +96,8 @@ def merge_gta(
 ) -> torch.Tensor:
     """Merge into ``out`` (its dtype); returns a 0-dim check that is finite only if every
     output element is (when it is not, the caller checks exactly)."""
-    k = _kernels()
-    per_row = base.numel() // rows if rows else 0
-    srcs = tuple(_flat(t) for t in tensors)
+    k, srcs, per_row, bf16 = _inputs(tensors, rows)
     b = _flat(base)
-    bf16 = tensors[0].dtype == torch.bfloat16
     offs = np.array([masks.seed_offset(s) & 0xFFFFFFFF for s in spec.seeds], dtype=np.uint64)
     bounds = np.array(spec.bounds, dtype=np.uint64)
     starts = range(0, rows, step)
@@ -146,10 +143,7 @@ def merge_linear(
     run: Runner,
 ) -> torch.Tensor:
     """Σ wᵢθᵢ (weights already normalized) into ``out``; the check sum as :func:`merge_gta`'s."""
-    k = _kernels()
-    per_row = out.numel() // rows if rows else 0
-    srcs = tuple(_flat(t) for t in tensors)
-    bf16 = tensors[0].dtype == torch.bfloat16
+    k, srcs, per_row, bf16 = _inputs(tensors, rows)
     o = _flat(out)
     out_bf16 = out.dtype == torch.bfloat16
     w = np.array(weights, dtype=np.float32)
@@ -159,6 +153,14 @@ def merge_linear(
         return k.linear_apply(srcs, o, lo, hi, bf16, out_bf16, w, np.float32(scale))
 
     return _total(run(apply, range(0, rows, step)))
+
+
+def _inputs(
+    tensors: Sequence[torch.Tensor], rows: int
+) -> tuple[Any, tuple[np.ndarray, ...], int, bool]:
+    """The kernels, the sources as flat arrays, elements per row, whether they are bf16."""
+    per_row = tensors[0].numel() // rows if rows else 0
+    return _kernels(), tuple(_flat(t) for t in tensors), per_row, tensors[0].dtype == torch.bfloat16
 
 
 def _total(sums: list[float]) -> torch.Tensor:

@@ -347,6 +347,16 @@ def _gta_kernel(sparsify: str | None, consensus: bool) -> Kernel:
                 return -(before / after)
         return -1.0
 
+    def weigh(c: Chunk, p: Params, i: int, d: torch.Tensor) -> torch.Tensor:
+        """Task vector ``i`` masked (where sparse) and scaled by weight × rescale, in place."""
+        coef = p.per_source["weight"][i]
+        if _sparse(p, i, sparsify):
+            d.mul_(_random_keep(c, i, d, p, sparsify))  # type: ignore[arg-type]
+            coef *= factor(c, p, i)
+        if coef != 1:
+            d.mul_(coef)
+        return d
+
     def stats(c: Chunk, p: Params) -> torch.Tensor:
         assert c.base is not None
         b = c.to_work(c.base, scratch("base", c.base.shape, c.work, c.base.device))
@@ -368,13 +378,7 @@ def _gta_kernel(sparsify: str | None, consensus: bool) -> Kernel:
         b = c.to_work(c.base)
         deltas = torch.empty((len(c.tensors), *b.shape), dtype=c.work, device=b.device)
         for i, t in enumerate(c.tensors):
-            d = c.to_work(t, deltas[i]).sub_(b)
-            coef = p.per_source["weight"][i]
-            if _sparse(p, i, sparsify):
-                d.mul_(_random_keep(c, i, d, p, sparsify))  # type: ignore[arg-type]
-                coef *= factor(c, p, i)
-            if coef != 1:
-                d.mul_(coef)
+            weigh(c, p, i, c.to_work(t, deltas[i]).sub_(b))
         return _combine(deltas, p.per_source["weight"], p, consensus).add_(b)
 
     def apply(c: Chunk, p: Params) -> torch.Tensor:
@@ -385,13 +389,7 @@ def _gta_kernel(sparsify: str | None, consensus: bool) -> Kernel:
         b = c.to_work(c.base, scratch("base", c.base.shape, c.work, c.base.device))
         total = mag = None
         for i, t in enumerate(c.tensors):
-            d = delta(c, t, b, "sum" if i == 0 else "delta")
-            coef = p.per_source["weight"][i]
-            if _sparse(p, i, sparsify):
-                d.mul_(_random_keep(c, i, d, p, sparsify))  # type: ignore[arg-type]
-                coef *= factor(c, p, i)
-            if coef != 1:
-                d.mul_(coef)
+            d = weigh(c, p, i, delta(c, t, b, "sum" if i == 0 else "delta"))
             if consensus:
                 if i == 0:
                     mag = torch.abs(d, out=scratch("mag", d.shape, c.work, d.device))

@@ -110,6 +110,9 @@ def load_objectives(experiment: Experiment, zoo: Path | None) -> list[_Objective
     return out
 
 
+_Merged = tuple[list[tuple[str, torch.Tensor]], float]  # a prefetch: the tensors, its seconds
+
+
 def _core_and_memory_to_spare(model_bytes: int) -> bool:
     """Whether a background merge would not slow the engine: a core its threads leave free,
     and room for two more models in a quarter of the memory available."""
@@ -195,7 +198,7 @@ class LocalWorker:
                 self.sources[experiment.base or next(iter(sources))].total_bytes
             )
         )
-        self._prefetch: tuple[str, Future[tuple[list[tuple[str, torch.Tensor]], float]]] | None = None
+        self._prefetch: tuple[str, Future[_Merged]] | None = None
         self._prefetcher: ThreadPoolExecutor | None = None
         calib_models = calibration_models(sources, experiment.base)
         for ob in self.objectives:
@@ -347,7 +350,7 @@ class LocalWorker:
         if self._prefetcher is None:
             self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="evomerge-prefetch")
 
-        def merge() -> tuple[list[tuple[str, torch.Tensor]], float]:
+        def merge() -> _Merged:
             t0 = time.perf_counter()
             with serial():  # one core: the engine has the others
                 out = list(materialize(self.plan(recipe), self.device))
