@@ -112,3 +112,14 @@ def test_a_prefetched_merge_fails_as_the_candidates_own(
     in_place = w.evaluate(r2, [0.0])
     assert (in_place.status, in_place.error) == (ahead.status, ahead.error)
     w.close()
+
+
+def test_prefetch_is_not_part_of_the_experiment_hash() -> None:
+    """How, not what: a run resumes with it switched either way."""
+    from evomerge.experiment import Experiment
+
+    hashes = {
+        Experiment.parse({**EXPERIMENT, "workers": {"threads": 1, **w}}).content_hash()
+        for w in ({}, {"prefetch": True}, {"prefetch": False})
+    }
+    assert len(hashes) == 1

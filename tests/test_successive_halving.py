@@ -217,6 +217,7 @@ def _old_hash(e: Experiment) -> str:
     for key in ("backend", "count", "address", "resources", "retries", "timeout_s"):
         data["workers"].pop(key)
     data["workers"].pop("max_failures")
+    data["workers"].pop("prefetch")  # added later, how not what: never in the hash
     data["workers"]["kind"] = "local"
     for key, default in {"engine": "hf", "dtype": "float32", "engine_options": {}}.items():
         if data["workers"].get(key) == default:
