@@ -58,17 +58,6 @@ CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] 
     "layer-tpe-mv": ({"granularity": 1}, [], TPE_MV),
     "sched-12-tpe-mv": ({}, [{"granularity": "D", "until": 12}, {"granularity": 1}], TPE_MV),
     "sched-36-tpe-mv": ({}, [{"granularity": "D", "until": 36}, {"granularity": 1}], TPE_MV),
-    "curve2-sched-tpe-mv": ({}, [{"curve": 2, "until": 48}, {"granularity": 1}], TPE_MV),
-    "sched-12-curve-tpe-mv": (
-        {},
-        [{"granularity": "D", "until": 12}, {"curve": 2, "until": 48}, {"granularity": 1}],
-        TPE_MV,
-    ),
-    "sched-curve-60-tpe-mv": (
-        {},
-        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 60}, {"granularity": 1}],
-        TPE_MV,
-    ),
     "sched-curve-tpe-mv": (
         {},
         [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
