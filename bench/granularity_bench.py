@@ -63,6 +63,21 @@ CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] 
         [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
         TPE_MV,
     ),
+    "sched-curve-tpe-mv-ep": (
+        {},
+        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
+        {**TPE_MV, "consider_endpoints": True},
+    ),
+    "sched-curve-tpe-mv-ei8": (
+        {},
+        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
+        {**TPE_MV, "n_ei_candidates": 8},
+    ),
+    "sched-36-curve-tpe-mv": (
+        {},
+        [{"granularity": "D", "until": 36}, {"curve": 2, "until": 60}, {"granularity": 1}],
+        TPE_MV,
+    ),
     "curve2": ({"curve": 2}, [], NSGA2_DEMO),
     "layer-tpe": ({"granularity": 1}, [], TPE),
     "demo": (None, None, None),  # experiments/zoo-demo.yaml's space, schedule and optimizer
