@@ -32,6 +32,7 @@ from evomerge.zoo import SOURCES  # the zoo's base and experts as zoo: names
 TASKS = ("rev9", "shift3", "add1")
 NSGA2_DEMO = {"name": "nsga2", "pop_size": 12, "eta_crossover": 5, "eta_mutation": 5}
 TPE = {"name": "optuna-tpe", "batch": 12}
+TPE_MV = {**TPE, "multivariate": True}  # joint Parzen estimators (optuna's default: independent)
 
 # name → (space_options, schedule, optimizer); depth is filled in per zoo ("D")
 CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] = {
@@ -52,6 +53,31 @@ CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] 
         NSGA2_DEMO,
     ),
     "sched-24-tpe": ({}, [{"granularity": "D", "until": 24}, {"granularity": 1}], TPE),
+    "sched-12-tpe": ({}, [{"granularity": "D", "until": 12}, {"granularity": 1}], TPE),
+    "sched-24-tpe-mv": ({}, [{"granularity": "D", "until": 24}, {"granularity": 1}], TPE_MV),
+    "layer-tpe-mv": ({"granularity": 1}, [], TPE_MV),
+    "sched-12-tpe-mv": ({}, [{"granularity": "D", "until": 12}, {"granularity": 1}], TPE_MV),
+    "sched-36-tpe-mv": ({}, [{"granularity": "D", "until": 36}, {"granularity": 1}], TPE_MV),
+    "sched-curve-tpe-mv": (
+        {},
+        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
+        TPE_MV,
+    ),
+    "sched-curve-tpe-mv-ep": (
+        {},
+        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
+        {**TPE_MV, "consider_endpoints": True},
+    ),
+    "sched-curve-tpe-mv-ei8": (
+        {},
+        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
+        {**TPE_MV, "n_ei_candidates": 8},
+    ),
+    "sched-36-curve-tpe-mv": (
+        {},
+        [{"granularity": "D", "until": 36}, {"curve": 2, "until": 60}, {"granularity": 1}],
+        TPE_MV,
+    ),
     "curve2": ({"curve": 2}, [], NSGA2_DEMO),
     "layer-tpe": ({"granularity": 1}, [], TPE),
     "demo": (None, None, None),  # experiments/zoo-demo.yaml's space, schedule and optimizer
@@ -77,6 +103,7 @@ def experiment(config: str, depth: int, budget: int, seed: int, estimator: str) 
         "budget": budget,
         "seed": seed,
         "workers": {"threads": 1},
+        "reference_points": False,  # not trials: no figure here depends on them
     }
     if options is None:  # the demo
         demo = yaml.safe_load((Path(__file__).parents[1] / "experiments/zoo-demo.yaml").read_text())

@@ -315,6 +315,46 @@ def test_optuna_failures_are_failed_trials() -> None:
     assert states == [TrialState.FAIL] * 3 + [TrialState.COMPLETE]
 
 
+@pytest.mark.parametrize("multivariate", [True, False])
+def test_tpe_sampler_options_reach_optuna(multivariate: bool) -> None:
+    """``multivariate`` (the demo's TPE setting; optuna's multi-objective default is independent)
+    is the sampler's own: our asks are those of optuna's TPESampler driven by hand."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    genes = [Gene(f"w{i}") for i in range(5)]
+    options = {"batch": 4, "n_startup_trials": 4, "multivariate": multivariate}
+    opt = make_optimizer("optuna-tpe", genes, 2, seed=3, options=options)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=3, n_startup_trials=4, multivariate=multivariate)
+    study = optuna.create_study(directions=["minimize"] * 2, sampler=sampler)
+    dists = {g.name: FloatDistribution(0.0, 1.0) for g in genes}
+
+    def losses(x: np.ndarray) -> list[float]:
+        return [float(np.sum((x - 0.2) ** 2)), float(np.sum((x - 0.7) ** 2))]
+
+    asked = []
+    for _ in range(4):
+        genomes = opt.ask()
+        trials = [study.ask(dists) for _ in genomes]
+        ref = [np.array([t.params[g.name] for g in genes]) for t in trials]
+        np.testing.assert_array_equal(np.asarray(genomes), np.asarray(ref))
+        opt.tell(genomes, [losses(x) for x in genomes])
+        for t, x in zip(trials, ref, strict=True):
+            study.tell(t, losses(x))
+        asked.append(np.asarray(genomes))
+    other = make_optimizer(
+        "optuna-tpe", genes, 2, seed=3, options={**options, "multivariate": not multivariate}
+    )
+    theirs = []
+    for _ in asked:
+        got = other.ask()
+        other.tell(got, [losses(x) for x in got])
+        theirs.append(np.asarray(got))
+    np.testing.assert_array_equal(theirs[0], asked[0])  # the random start: the same
+    assert not np.array_equal(theirs[-1], asked[-1])  # the modelled batches: the option tells
+
+
 # -- errors ----------------------------------------------------------------------------------
 
 
