@@ -115,3 +115,88 @@ def test_options_are_part_of_the_identity() -> None:
     b = make_optimizer("optuna-botorch", GENES, 2, seed=0, options={**OPTIONS, "batch": 3})
     with pytest.raises(OptimizerError, match="options differ"):
         b.restore(a.state())
+
+
+CHEAP = {"num_restarts": 2, "raw_samples": 32, "mc_samples": 16, "maxiter": 20}
+
+
+def _data(m: int, n: int = 6, d: int = 4) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(m)
+    x = torch.rand(n, d, generator=g, dtype=torch.float64)
+    obj = torch.stack([-((x - c) ** 2).sum(-1) for c in (0.3, 0.7)][:m], -1)
+    bounds = torch.stack([torch.zeros(d), torch.ones(d)]).double()
+    return x, obj, bounds, x[:1] * 0.5 + 0.25  # a pending point
+
+
+def test_qlogei_at_upstream_settings_is_optuna_integrations() -> None:
+    """Our candidates function with optuna-integration's settings asks what theirs asks."""
+    from botorch.utils.sampling import manual_seed
+
+    from evomerge.optimize.botorch import _candidates_func
+
+    x, obj, bounds, pending = _data(1)
+    ours = _candidates_func("qlogei", {"num_restarts": 10, "raw_samples": None})
+    assert ours is not ob.qlogei_candidates_func  # a setting given: our function
+    with manual_seed(3):
+        want = ob.qlogei_candidates_func(x, obj, None, bounds, pending)
+    with manual_seed(3):
+        got = ours(x, obj, None, bounds, pending)
+    assert torch.equal(got, want)
+
+
+def test_qnehvi_builds_optuna_integrations_acquisition(monkeypatch) -> None:
+    """Same GP and qLogNEHVI values as optuna-integration's; the settings reach optimize_acqf;
+    only the (wrong, for a log acquisition) ``nonnegative`` start heuristic is dropped."""
+    import botorch.optim
+    from botorch.utils.sampling import manual_seed
+    from optuna_integration.botorch import botorch as upstream
+
+    from evomerge.optimize.botorch import _candidates_func
+
+    calls = []
+
+    def record(acq_function, bounds, **kw):
+        calls.append((acq_function, kw))
+        return bounds[:1].clone(), None
+
+    monkeypatch.setattr(botorch.optim, "optimize_acqf", record)
+    monkeypatch.setattr(upstream, "optimize_acqf", record)
+    x, obj, bounds, pending = _data(2)
+    for fn in (ob.qnehvi_candidates_func, _candidates_func("qnehvi", {"maxiter": 200})):
+        with manual_seed(5):
+            fn(x, obj, None, bounds, pending)
+    (theirs, kw_theirs), (ours, kw_ours) = calls
+    probe = torch.rand(9, 1, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.allclose(ours(probe), theirs(probe), rtol=1e-9, atol=1e-12)
+    assert kw_theirs["options"].pop("nonnegative") is True
+    assert kw_ours == kw_theirs  # 20 restarts, 1024 raw samples, maxiter 200, q=1, sequential
+    assert ours.sampler.sample_shape == theirs.sampler.sample_shape == torch.Size([256])
+
+    calls.clear()
+    _candidates_func("qnehvi", CHEAP)(x, obj, None, bounds, pending)
+    ((acq, kw),) = calls
+    assert (kw["num_restarts"], kw["raw_samples"], kw["options"]["maxiter"]) == (2, 32, 20)
+    assert acq.sampler.sample_shape == torch.Size([16])
+
+
+def test_cheaper_acquisition_resumes_exactly() -> None:
+    m, options = 2, {**OPTIONS, **CHEAP}
+    whole = drive(make_optimizer("optuna-botorch", GENES, m, seed=2, options=options), m, 3)
+    first = make_optimizer("optuna-botorch", GENES, m, seed=2, options=options)
+    asked = drive(first, m, 2, disturb=True)
+    resumed = make_optimizer("optuna-botorch", GENES, m, seed=2, options=options)
+    resumed.restore(first.state())
+    asked += drive(resumed, m, 1)
+    assert all(np.array_equal(u, v) for u, v in zip(asked, whole, strict=True))
+    other = {**options, "mc_samples": 4, "maxiter": 2}  # the settings change what is asked
+    assert not np.array_equal(
+        drive(make_optimizer("optuna-botorch", GENES, m, seed=2, options=other), m, 2)[2], whole[2]
+    )
+
+
+def test_acquisition_settings_only_for_qnehvi_and_qlogei() -> None:
+    with pytest.raises(OptimizerError, match="apply to acquisition qnehvi or qlogei"):
+        make_optimizer("optuna-botorch", GENES, 2, options={"acquisition": "qparego", **CHEAP})
+    with pytest.raises(OptimizerError, match="raw_samples"):
+        make_optimizer("optuna-botorch", GENES, 2, options={"raw_samples": 0})

@@ -12,14 +12,28 @@ Determinism: the sampler seeds torch around each suggestion (fit and acquisition
 counter, which travels in the pickled sampler; its start-up proposals come from a seeded
 ``RandomSampler``. So a restored optimizer asks what an uninterrupted one would, on the same
 torch thread count (floating-point sums may differ between thread counts).
+
+Cost: optuna-integration optimizes each acquisition with fixed settings (qLogNEHVI: 20
+gradient starts chosen among 1024 quasi-random points, 256 quasi-MC samples, up to 200
+L-BFGS-B iterations per start): tens of seconds per candidate on 24 genes and 3 objectives on
+one CPU thread. That is small next to a real model's evaluation but dominates a tiny one's; the
+options ``num_restarts``, ``raw_samples``, ``mc_samples`` and ``maxiter`` (None: the
+acquisition's own setting) make each ask cheaper, for ``qnehvi`` and ``qlogei`` (``auto``).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 
-from evomerge.optimize.base import Count, NonNegative, OptimizerError, OptimizerOptions
+from evomerge.optimize.base import (
+    Count,
+    CountOrNone,
+    NonNegative,
+    OptimizerError,
+    OptimizerOptions,
+)
 from evomerge.optimize.optuna_ import _OptunaOptimizer
 
 # acquisition name -> the candidates function of optuna_integration.botorch
@@ -32,6 +46,9 @@ _ACQUISITIONS = {
     "qnei": "qnei_candidates_func",
 }
 _SINGLE = {"qlogei", "qei", "qnei"}
+# optuna-integration 5's fixed acquisition settings: num_restarts, raw_samples, mc_samples, maxiter
+_UPSTREAM = {"qnehvi": (20, 1024, 256, 200), "qlogei": (10, 512, 256, 200)}
+_SETTINGS = ("num_restarts", "raw_samples", "mc_samples", "maxiter")
 
 
 class BoTorchOptions(OptimizerOptions):
@@ -41,12 +58,94 @@ class BoTorchOptions(OptimizerOptions):
     acquisition: Literal["auto", "qnehvi", "qehvi", "qparego", "qlogei", "qei", "qnei"] = "auto"
     # the batch's asked-but-untold genomes enter the acquisition as pending points
     consider_running_trials: bool = True
+    # the acquisition's optimization (None: optuna-integration's setting, _UPSTREAM); cheaper
+    # values trade acquisition quality for time, for qnehvi and qlogei only
+    num_restarts: CountOrNone = None  # L-BFGS-B starts
+    raw_samples: CountOrNone = None  # quasi-random points scored to choose the starts
+    mc_samples: CountOrNone = None  # quasi-MC samples of the acquisition's integral
+    maxiter: CountOrNone = None  # L-BFGS-B iterations per start
 
 
-def _candidates_func(acquisition: str) -> Callable[..., Any]:
+def _candidates_func(acquisition: str, settings: dict[str, int | None]) -> Callable[..., Any]:
+    """optuna-integration's function, or ours with the settings given (picklable: a partial)."""
     import optuna_integration.botorch as ob
 
-    return getattr(ob, _ACQUISITIONS[acquisition])
+    if all(v is None for v in settings.values()):
+        return getattr(ob, _ACQUISITIONS[acquisition])
+    if acquisition not in _UPSTREAM:
+        raise OptimizerError(
+            f"optimizer 'optuna-botorch': {', '.join(_SETTINGS)} apply to acquisition qnehvi "
+            f"or qlogei (auto), not {acquisition!r}"
+        )
+    given = [settings.get(k) for k in _SETTINGS]
+    values = [u if v is None else v for v, u in zip(given, _UPSTREAM[acquisition], strict=True)]
+    return functools.partial(_candidates, acquisition, *values)
+
+
+def _candidates(
+    acquisition: str,
+    num_restarts: int,
+    raw_samples: int,
+    mc_samples: int,
+    maxiter: int,
+    train_x: Any,
+    train_obj: Any,
+    train_con: Any,
+    bounds: Any,
+    pending_x: Any,
+) -> Any:
+    """optuna-integration's qnehvi / qlogei candidates function (no constraints: evomerge has
+    none), with the acquisition's optimization settings as arguments."""
+    import torch
+    from botorch.acquisition.logei import qLogExpectedImprovement
+    from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
+    from botorch.fit import fit_gpytorch_mll
+    from botorch.models import SingleTaskGP
+    from botorch.models.transforms.outcome import Standardize
+    from botorch.optim import optimize_acqf
+    from botorch.sampling import SobolQMCNormalSampler
+    from botorch.utils.transforms import normalize, unnormalize
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+
+    if train_con is not None:
+        raise OptimizerError("optimizer 'optuna-botorch': constraints are not supported")
+    train_x = normalize(train_x, bounds=bounds)
+    if pending_x is not None:
+        pending_x = normalize(pending_x, bounds=bounds)
+    model = SingleTaskGP(train_x, train_obj, outcome_transform=Standardize(m=train_obj.size(-1)))
+    fit_gpytorch_mll(ExactMarginalLogLikelihood(model.likelihood, model))
+    sampler = SobolQMCNormalSampler(torch.Size((mc_samples,)))
+    # unlike optuna-integration's qnehvi, no ``nonnegative``: a log acquisition is negative, so
+    # botorch would redraw 10x raw_samples and then start from random points (and only when
+    # warnings are recorded: ``-W ignore`` changed the asked genomes)
+    options = {"batch_limit": 5, "maxiter": maxiter}
+    if acquisition == "qnehvi":
+        n = train_obj.size(-1)
+        acqf = qLogNoisyExpectedHypervolumeImprovement(
+            model=model,
+            ref_point=(train_obj.min(dim=0).values - 1e-8).tolist(),
+            X_baseline=train_x,
+            alpha=10.0 ** (n - 8) if n > 4 else 0.0,  # approximate boxes above 4, as upstream
+            prune_baseline=True,
+            sampler=sampler,
+            X_pending=pending_x,
+        )
+    else:
+        acqf = qLogExpectedImprovement(
+            model=model, best_f=train_obj.max(), sampler=sampler, X_pending=pending_x
+        )
+    unit = torch.zeros_like(bounds)
+    unit[1] = 1
+    candidates, _ = optimize_acqf(
+        acq_function=acqf,
+        bounds=unit,
+        q=1,
+        num_restarts=num_restarts,
+        raw_samples=raw_samples,
+        options=options,
+        sequential=True,
+    )
+    return unnormalize(candidates.detach(), bounds=bounds)
 
 
 class OptunaBoTorch(_OptunaOptimizer):
@@ -93,7 +192,7 @@ class OptunaBoTorch(_OptunaOptimizer):
             ) from None
         from optuna.samplers import RandomSampler
 
-        candidates = _candidates_func(self._acquisition())
+        candidates = _candidates_func(self._acquisition(), {k: self.options[k] for k in _SETTINGS})
 
         def make(seed: int, n_startup_trials: int, consider_running_trials: bool, **_: Any) -> Any:
             return BoTorchSampler(
