@@ -55,7 +55,7 @@ bench: setup
 	$(BIN)/python bench/overhead_bench.py --zoo $(ZOO) --k 100 --budget 48 --prefetch both --repeat 3
 	$(BIN)/python bench/optimizer_checkpoint_bench.py --evaluations 5000
 	$(BIN)/python bench/search_bench.py --zoo $(ZOO) --budget 96 --step 12 --k 200 --seeds 0 1 2 --timing \
-	  --strategies random cma nsga2 nsga2-explore nsga3 optuna-tpe botorch
+	  --strategies random cma nsga2 nsga2-explore nsga3 optuna-tpe botorch-light botorch
 	$(BIN)/python bench/granularity_bench.py --zoos $(ZOO) $(ZOO_QWEN2) --seeds 0 1 2 3 4 \
 	  --budgets 48 96 --configs coarse coarse-tpe demo
 	$(BIN)/python bench/methods_bench.py --zoo $(ZOO) --budget 48 --k 100 --seeds 0 1 2

@@ -200,3 +200,12 @@ def test_acquisition_settings_only_for_qnehvi_and_qlogei() -> None:
         make_optimizer("optuna-botorch", GENES, 2, options={"acquisition": "qparego", **CHEAP})
     with pytest.raises(OptimizerError, match="raw_samples"):
         make_optimizer("optuna-botorch", GENES, 2, options={"raw_samples": 0})
+
+
+def test_unset_acquisition_settings_keep_older_checkpoints_comparable() -> None:
+    """Options are compared on restore; the four settings came later, so when unset they are
+    not among the options kept (a checkpoint written before them holds the same dict)."""
+    default = make_optimizer("optuna-botorch", GENES, 2, options=OPTIONS)
+    assert not {"num_restarts", "raw_samples", "mc_samples", "maxiter"} & set(default.options)
+    cheap = make_optimizer("optuna-botorch", GENES, 2, options={**OPTIONS, "num_restarts": 2})
+    assert cheap.options["num_restarts"] == 2

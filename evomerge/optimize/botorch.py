@@ -167,7 +167,14 @@ class OptunaBoTorch(_OptunaOptimizer):
         return cls.Options
 
     def _option_values(self, parsed: OptimizerOptions) -> dict[str, Any]:
-        return dict(parsed)  # every option, defaults included: they are ours, not the sampler's
+        """Every option, defaults included (they are ours, not the sampler's), except the
+        acquisition settings left unset: added later, they compare as before they existed, so
+        a checkpoint from before them still restores."""
+        values = dict(parsed)
+        for key in _SETTINGS:
+            if values[key] is None:
+                del values[key]
+        return values
 
     def _acquisition(self) -> str:
         acq = self.options["acquisition"]
@@ -192,7 +199,8 @@ class OptunaBoTorch(_OptunaOptimizer):
             ) from None
         from optuna.samplers import RandomSampler
 
-        candidates = _candidates_func(self._acquisition(), {k: self.options[k] for k in _SETTINGS})
+        settings = {k: self.options.get(k) for k in _SETTINGS}
+        candidates = _candidates_func(self._acquisition(), settings)
 
         def make(seed: int, n_startup_trials: int, consider_running_trials: bool, **_: Any) -> Any:
             return BoTorchSampler(
