@@ -65,6 +65,9 @@ bench: setup
 	EVOMERGE_ZOO=$(abspath $(ZOO)) $(BIN)/python bench/estimators_front_bench.py --make-run .cache/estfront/run --budget 192 \
 	  --scores-cache .cache/estfront/scores.npz
 	$(BIN)/python bench/ray_bench.py --zoo .cache/zoo-unit --preset unit --budget 32 --actors 1 2
+	$(BIN)/python bench/ray_bench.py --zoo .cache/zoo-unit --preset unit --budget 96 --actors 1 2
+	$(BIN)/python bench/ray_bench.py --zoo .cache/zoo-unit --preset unit --budget 96 --no-local --actors --async-actors 1 2
+	$(BIN)/python bench/ray_bench.py --zoo .cache/zoo-unit --preset unit --budget 64 --k 20 --promotion --no-local --actors --async-actors 2
 	test ! -x $(VVENV)/bin/python || $(VLLM_ENV) $(VVENV)/bin/python bench/vllm_swap.py --candidates 8 --restarts 2
 	test ! -x $(VVENV)/bin/python || $(VLLM_ENV) $(VVENV)/bin/python bench/engine_search.py --items 100 2000 --budget 12
 
