@@ -261,7 +261,8 @@ class Search:
             )
             return self.archive.record(ev), True
         t1 = time.perf_counter()
-        hit = self.archive.lookup(recipe.content_hash())
+        key = recipe.content_hash()
+        hit = self.archive.lookup(key)
         front = []
         if hit is None and self.experiment.promotion.enabled:
             front = [e.values for e in self.archive.front() if e.values is not None]
@@ -271,7 +272,7 @@ class Search:
         if hit is not None:
             return hit, False
         started = time.time()
-        then = self._next_recipe(after, recipe) if after is not None else None
+        then = self._next_recipe(after, key) if after is not None else None
         if then is not None:
             ev = self.worker.evaluate(recipe, genome, front, then=then)
         else:
@@ -282,9 +283,9 @@ class Search:
         kill_point("commit")
         return ev, True
 
-    def _next_recipe(self, genome: np.ndarray, current: Recipe) -> Recipe | None:
+    def _next_recipe(self, genome: np.ndarray, current: str) -> Recipe | None:
         """The recipe of the next genome, where merging it ahead is of use: the worker
-        prefetches, and it is a new, valid recipe other than ``current``."""
+        prefetches, and it is a new, valid recipe other than the one hashed ``current``."""
         if not getattr(self.worker, "prefetches", False):
             return None
         try:
@@ -292,7 +293,7 @@ class Search:
         except SpaceError:
             return None
         key = recipe.content_hash()
-        if key == current.content_hash() or self.archive.lookup(key) is not None:
+        if key == current or self.archive.lookup(key) is not None:
             return None
         return recipe
 

@@ -7,27 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import optuna
 import pytest
 import yaml
+from test_search import EXPERIMENT as SEARCH_EXPERIMENT
+from test_search import _trace
 
 from evomerge import search
 from evomerge.errors import MergeError
-from evomerge.run_dir import STUDY_NAME, storage_url
-from evomerge.zoo import SOURCES as ZOO_SOURCES
 
+# the search tests' experiment, another seed, without the once-per-run reference points
 EXPERIMENT: dict[str, Any] = {
+    **{k: v for k, v in SEARCH_EXPERIMENT.items() if k != "workers"},
     "name": "unit-prefetch",
-    "sources": dict(ZOO_SOURCES),
-    "base": "base",
-    "space": "dare_ties-per-layer",
-    "space_options": {"granularity": 2},
-    "objectives": [
-        {"task": "rev9", "estimator": "subsample:8"},
-        {"task": "shift3", "estimator": "subsample:8"},
-    ],
-    "optimizer": {"name": "nsga2", "pop_size": 4},
-    "budget": 12,
     "seed": 5,
     "reference_points": False,
 }
@@ -38,14 +29,6 @@ def _start(tmp: Path, zoo: Path, prefetch: bool) -> Any:
     exp = {**EXPERIMENT, "workers": {"threads": 1, "prefetch": prefetch}}
     path.write_text(yaml.safe_dump(exp))
     return search.start(path, tmp / f"run-{prefetch}", zoo=zoo)
-
-
-def _trace(run_dir: Path) -> list[tuple[str, tuple[float, ...] | None]]:
-    study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run_dir))
-    return [
-        (t.user_attrs["hash"], tuple(t.values) if t.values else None)
-        for t in study.get_trials(deepcopy=False)
-    ]
 
 
 def test_prefetch_changes_nothing_a_search_records(unit_zoo: Path, tmp_path: Path) -> None:
