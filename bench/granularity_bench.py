@@ -78,6 +78,30 @@ CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] 
         [{"granularity": "D", "until": 36}, {"curve": 2, "until": 60}, {"granularity": 1}],
         TPE_MV,
     ),
+    # a stage's own optimizer: the whole-model stage is exactly `coarse` (NSGA-II), then TPE
+    "sched-nsga-curve-tpe-mv": (
+        {},
+        [
+            {"granularity": "D", "until": 24, "optimizer": NSGA2_DEMO},
+            {"curve": 2, "until": 48},
+            {"granularity": 1},
+        ],
+        TPE_MV,
+    ),
+    "sched-nsga-tpe-mv": (
+        {},
+        [{"granularity": "D", "until": 24, "optimizer": NSGA2_DEMO}, {"granularity": 1}],
+        TPE_MV,
+    ),
+    "sched-nsga36-curve-tpe-mv": (
+        {},
+        [
+            {"granularity": "D", "until": 36, "optimizer": NSGA2_DEMO},
+            {"curve": 2, "until": 60},
+            {"granularity": 1},
+        ],
+        TPE_MV,
+    ),
     "curve2": ({"curve": 2}, [], NSGA2_DEMO),
     "layer-tpe": ({"granularity": 1}, [], TPE),
     "demo": (None, None, None),  # experiments/zoo-demo.yaml's space, schedule and optimizer

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from evomerge.archive import Archive, ArchiveError, Evaluation
-from evomerge.experiment import Experiment
+from evomerge.experiment import Experiment, OptimizerSpec
 from evomerge.hub import resolve_sources
 from evomerge.killpoints import kill_point
 from evomerge.optimize import make_optimizer, optimizer_class
-from evomerge.optimize.base import Optimizer
+from evomerge.optimize.base import Optimizer, OptimizerError
 from evomerge.recipe import Recipe
 from evomerge.run_dir import (
     RunError,
@@ -117,7 +117,6 @@ class Search:
         else:
             spec = load_space(experiment.space, experiment.space_options)
             self.space = SearchSpace(spec, **space_kw)
-        self.multi = optimizer_class(experiment.optimizer.name).multi_objective
         if experiment.workers.dispatch == "async":  # one candidate at a time: search_async.py
             from evomerge.search_async import check_async
 
@@ -125,6 +124,9 @@ class Search:
         state = read_optimizer_state(run_dir)
         if self.staged is not None and state is not None:
             self.stage = _stage_of(state)
+        if self.staged is not None:  # every stage's optimizer and options, before any work
+            for stage in range(len(self.staged.spaces)):
+                self._new_optimizer(stage)
         self.optimizer: Optimizer = self._new_optimizer()
         owned = worker is None
         if worker is None and experiment.workers.backend == "ray":
@@ -187,16 +189,40 @@ class Search:
                 "change the experiment's name or seed for a study of its own"
             )
 
-    def _new_optimizer(self) -> Optimizer:
-        """The optimizer over the genes of the stage in force (the space's, unscheduled)."""
-        space = self.staged.spaces[self.stage] if self.staged else self.space
-        return make_optimizer(
-            self.experiment.optimizer.name,
-            space.genes,
-            len(self.experiment.objectives) if self.multi else 1,
-            seed=self.experiment.seed,
-            options=self.experiment.optimizer.options,
-        )
+    def _optimizer_spec(self, stage: int | None = None) -> OptimizerSpec:
+        """The optimizer of a schedule's stage (the one in force by default): its own, or the
+        experiment's."""
+        if self.staged is not None:
+            own = self.experiment.schedule[self.stage if stage is None else stage].get("optimizer")
+            if own is not None:
+                return OptimizerSpec.model_validate(own)
+        return self.experiment.optimizer
+
+    @property
+    def multi(self) -> bool:
+        """Whether the optimizer in force takes every objective (else their weighted sum)."""
+        return optimizer_class(self._optimizer_spec().name).multi_objective
+
+    def _new_optimizer(self, stage: int | None = None) -> Optimizer:
+        """The optimizer over the genes of a stage (the one in force by default; unscheduled:
+        the space's)."""
+        stage = self.stage if stage is None else stage
+        space = self.staged.spaces[stage] if self.staged else self.space
+        spec = self._optimizer_spec(stage)
+        try:
+            return make_optimizer(
+                spec.name,
+                space.genes,
+                len(self.experiment.objectives)
+                if optimizer_class(spec.name).multi_objective
+                else 1,
+                seed=self.experiment.seed,
+                options=spec.options,
+            )
+        except OptimizerError as e:
+            if self.staged is None or "optimizer" not in self.experiment.schedule[stage]:
+                raise
+            raise OptimizerError(f"schedule[{stage}].optimizer: {e}") from None
 
     def _lift(self, genome: np.ndarray) -> np.ndarray:
         """The optimizer's genome in the space's genes (scheduled: the last stage's)."""

@@ -266,3 +266,83 @@ def test_an_experiment_with_a_schedule_runs_end_to_end(unit_zoo: Path, tmp_path:
         Experiment.parse(data).content_hash()
         != Experiment.parse({k: v for k, v in data.items() if k != "schedule"}).content_hash()
     )
+
+
+# -- a stage's own optimizer -------------------------------------------------------------------
+
+# whole model by scalarized CMA-ES (one loss: the objectives' weighted sum), then per layer by
+# multi-objective TPE (one loss per objective): the switch changes what the optimizer is told
+MIXED = [
+    {"granularity": 4, "until": 8, "optimizer": {"name": "cma", "popsize": 4}},
+    {"granularity": 1},
+]
+
+
+def _mixed(**changes: Any) -> dict[str, Any]:
+    return _exp_data(
+        **{"schedule": MIXED, "optimizer": {"name": "optuna-tpe", "batch": 4}, **changes}
+    )
+
+
+@pytest.fixture(scope="module")
+def mixed_reference(unit_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("mixed")
+    s, budget = search.start(_write(d, **_mixed()), d / "run", zoo=unit_zoo)
+    assert s.run(budget).status == "finished"
+    s.close()
+    return d / "run"
+
+
+def test_a_stage_runs_its_own_optimizer(
+    unit_zoo: Path, tmp_path: Path, mixed_reference: Path
+) -> None:
+    # the first stage is the whole-model CMA-ES run: the same merges (as per-layer recipes),
+    # in the same order, scored the same
+    plain = _exp_data(
+        schedule=[], space_options={"granularity": 4}, optimizer=MIXED[0]["optimizer"], budget=8
+    )
+    s, budget = search.start(_write(tmp_path, **plain), tmp_path / "plain", zoo=unit_zoo)
+    s.run(budget)
+    s.close()
+    trace = _trace(mixed_reference)
+    assert [v for _, v in trace[:8]] == [v for _, v in _trace(tmp_path / "plain")]
+    assert len({h for h, _ in trace}) == 16  # the TPE stage re-asks CMA-ES's merges for free
+    state = pickle.loads(read_optimizer_state(mixed_reference))  # type: ignore[arg-type]
+    assert state["annotations"]["stage"] == 1
+    assert state["identity"]["optimizer"] == "optuna-tpe"
+    assert state["identity"]["n_objectives"] == 2
+
+
+@pytest.mark.parametrize("stop_call", [8, 16])
+def test_resume_across_a_change_of_optimizer_equals_uninterrupted(
+    unit_zoo: Path, tmp_path: Path, mixed_reference: Path, stop_call: int
+) -> None:
+    run_dir = tmp_path / "run"
+    s, budget = search.start(_write(tmp_path, **_mixed()), run_dir, zoo=unit_zoo)
+    calls = [0]
+
+    def crash(_ev: Evaluation) -> None:
+        calls[0] += 1
+        if calls[0] - 1 == stop_call:
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        s.run(budget, on_evaluation=crash)
+    s.close()
+    s2, budget2 = search.reopen(run_dir)
+    s2.run(budget2)
+    s2.close()
+    assert _trace(run_dir) == _trace(mixed_reference)
+
+
+def test_a_stage_optimizer_is_checked_before_any_evaluation(unit_zoo: Path, tmp_path: Path) -> None:
+    unknown = [{**MIXED[0], "optimizer": {"name": "nsga9"}}, MIXED[1]]
+    with pytest.raises(ExperimentError, match=r"schedule\[0\]\.optimizer: unknown optimizer"):
+        Experiment.parse(_mixed(schedule=unknown))
+    with pytest.raises(ExperimentError, match=r"schedule\[1\]\.optimizer: a mapping"):
+        Experiment.parse(_mixed(schedule=[MIXED[0], {**MIXED[1], "optimizer": "nsga2"}]))
+    # an option the last stage's optimizer does not take fails at start, not 8 evaluations in
+    bad = [MIXED[0], {**MIXED[1], "optimizer": {"name": "nsga2", "pop_sise": 4}}]
+    with pytest.raises(Exception, match=r"schedule\[1\]\.optimizer:.*pop_sise"):
+        search.start(_write(tmp_path, **_mixed(schedule=bad)), tmp_path / "run", zoo=unit_zoo)
+    assert not (tmp_path / "run").exists()

@@ -2,10 +2,12 @@
 
 An experiment's ``schedule:`` lists stages; each is a set of overrides of the space's options
 (``granularity``, ``curve``) and, for all but the last, ``until``: the number of evaluations
-(of the whole run) after which the next stage starts::
+(of the whole run) after which the next stage starts. A stage may name its own ``optimizer``
+(the experiment's otherwise): an evolutionary one spreads a few genes along the front, a
+model-based one refines many::
 
     schedule:
-      - {granularity: 4, until: 24}   # one weight and density per model while the archive < 24
+      - {granularity: 4, until: 24, optimizer: {name: nsga2, pop_size: 12}}
       - {curve: 2, until: 48}         # then a straight line over depth per coefficient
       - {granularity: 1}              # then per layer, to the end
 
@@ -34,13 +36,17 @@ from evomerge.space.base import SearchSpace, SpaceError, load_space
 from evomerge.space.parameters import ParametersSpace, curves_units
 
 _RESOLUTION = {"granularity", "curve"}
+_NOT_SPACE = {"until", "optimizer"}  # a stage's keys that are not space options
 Units = dict[Any, np.ndarray]  # (param, model, kind) → one unit value per layer
 
 
 def check_stages(stages: Sequence[Mapping[str, Any]]) -> None:
-    """``until`` counts rise strictly, and only the last stage has none (it runs to the end)."""
+    """``until`` counts rise strictly, only the last stage has none (it runs to the end), and a
+    stage's ``optimizer`` is one evomerge knows."""
     last = 0
     for i, st in enumerate(stages):
+        if "optimizer" in st:
+            check_stage_optimizer(i, st["optimizer"])
         until = st.get("until")
         if i == len(stages) - 1:
             if until is not None:
@@ -52,6 +58,25 @@ def check_stages(stages: Sequence[Mapping[str, Any]]) -> None:
                 f"got {until!r}"
             )
         last = until
+
+
+def check_stage_optimizer(i: int, spec: Any) -> None:
+    from evomerge.experiment import OptimizerSpec
+    from evomerge.optimize import OptimizerError, optimizer_class
+
+    if not isinstance(spec, Mapping):
+        raise ValueError(
+            f"schedule[{i}].optimizer: a mapping like {{name: nsga2, pop_size: 12}}, got {spec!r}"
+        )
+    try:
+        optimizer_class(OptimizerSpec.model_validate(spec).name)
+    except OptimizerError as e:
+        raise ValueError(f"schedule[{i}].optimizer: {e}") from None
+
+
+def stage_optimizers(stages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any] | None]:
+    """Each stage's own optimizer spec, None where it runs the experiment's."""
+    return [st.get("optimizer") for st in stages]
 
 
 class StagedSpace:
@@ -71,7 +96,7 @@ class StagedSpace:
         self.until: list[int | None] = [st.get("until") for st in stages]
         self.spaces: list[SearchSpace] = []
         for i, st in enumerate(stages):
-            overrides = {k: v for k, v in st.items() if k != "until"}
+            overrides = {k: v for k, v in st.items() if k not in _NOT_SPACE}
             base = dict(options)
             if overrides.keys() & _RESOLUTION:  # a stage's resolution replaces the space's
                 base = {k: v for k, v in base.items() if k not in _RESOLUTION}
