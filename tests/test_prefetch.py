@@ -97,6 +97,33 @@ def test_a_prefetched_merge_fails_as_the_candidates_own(
     w.close()
 
 
+def test_no_merge_ahead_reads_the_sources_once_evaluate_returns(
+    unit_zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source file truncated between two candidates must be caught by the next candidate's
+    check, not by SIGBUS in a background read of its memory map: the merge ahead, however
+    slow, is over when ``evaluate`` hands back."""
+    import time
+
+    from evomerge.workers import local
+
+    s, _ = _start(tmp_path, unit_zoo, True)
+    rng = np.random.default_rng(1)
+    r1, r2 = (s.space.decode(rng.random(len(s.space.genes))) for _ in range(2))
+    real = local.materialize
+
+    def slow(mp: Any, device: Any = "cpu") -> Any:
+        time.sleep(1.0)  # longer than scoring r1
+        return real(mp, device)
+
+    monkeypatch.setattr(local, "materialize", slow)
+    w = s.worker
+    assert w.evaluate(r1, [0.0], then=r2).status == "ok"
+    assert w._prefetch is not None and w._prefetch[1].done()
+    assert "merge_background" in w.evaluate(r2, [0.0]).timings  # and it is still used
+    w.close()
+
+
 def test_prefetch_is_not_part_of_the_experiment_hash() -> None:
     """How, not what: a run resumes with it switched either way."""
     from evomerge.experiment import Experiment

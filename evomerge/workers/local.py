@@ -11,7 +11,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -301,6 +301,7 @@ class LocalWorker:
                     ev.fidelity[ob.spec.label] = r.fidelity
                     ev.stderr[ob.spec.label] = r.stderr
             break
+        self._settle_prefetch()
         timings["total"] = time.perf_counter() - t_all
         ev.timings = timings
         ev.scored_items = {k: sorted(v) for k, v in self._scored.items()}
@@ -352,11 +353,22 @@ class LocalWorker:
 
         def merge() -> _Merged:
             t0 = time.perf_counter()
+            for src in self.sources.values():
+                src.check_unchanged()  # as before an in-place merge
             with serial():  # one core: the engine has the others
                 out = list(materialize(self.plan(recipe), self.device))
             return out, time.perf_counter() - t0
 
         self._prefetch = (recipe.content_hash(), self._prefetcher.submit(merge))
+
+    def _settle_prefetch(self) -> None:
+        """Wait for the merge ahead to finish before handing back: the sources' memory maps are
+        then read only within :meth:`evaluate`, never while the caller runs (a file truncated
+        between two candidates is caught by ``check_unchanged``, not by SIGBUS in a background
+        read). Scoring is the longer part, so the wait is mostly nil; its error, if any, is
+        raised by the evaluation that uses it."""
+        if self._prefetch is not None:
+            wait([self._prefetch[1]])
 
     def _prefetched(
         self, recipe: Recipe, timings: dict[str, float]
