@@ -33,6 +33,7 @@ TASKS = ("rev9", "shift3", "add1")
 NSGA2_DEMO = {"name": "nsga2", "pop_size": 12, "eta_crossover": 5, "eta_mutation": 5}
 TPE = {"name": "optuna-tpe", "batch": 12}
 TPE_MV = {**TPE, "multivariate": True}  # joint Parzen estimators (optuna's default: independent)
+GP = {"name": "optuna-gp", "batch": 12}  # optuna's GPSampler: LogEHVI, aware of running trials
 
 # name → (space_options, schedule, optimizer); depth is filled in per zoo ("D")
 CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] = {
@@ -102,6 +103,14 @@ CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] 
         ],
         TPE_MV,
     ),
+    # optuna's GP sampler (LogEHVI for several objectives; batch-aware over running trials)
+    "layer-gp": ({"granularity": 1}, [], GP),
+    "sched-curve-gp": (
+        {},
+        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
+        GP,
+    ),
+    "sched-24-gp": ({}, [{"granularity": "D", "until": 24}, {"granularity": 1}], GP),
     "curve2": ({"curve": 2}, [], NSGA2_DEMO),
     "layer-tpe": ({"granularity": 1}, [], TPE),
     "demo": (None, None, None),  # experiments/zoo-demo.yaml's space, schedule and optimizer
