@@ -46,7 +46,7 @@ def check_stages(stages: Sequence[Mapping[str, Any]]) -> None:
     last = 0
     for i, st in enumerate(stages):
         if "optimizer" in st:
-            check_stage_optimizer(i, st["optimizer"])
+            _check_stage_optimizer(i, st["optimizer"])
         until = st.get("until")
         if i == len(stages) - 1:
             if until is not None:
@@ -60,7 +60,10 @@ def check_stages(stages: Sequence[Mapping[str, Any]]) -> None:
         last = until
 
 
-def check_stage_optimizer(i: int, spec: Any) -> None:
+def _check_stage_optimizer(i: int, spec: Any) -> None:
+    """The name only: options are checked by building the optimizer, when a run opens."""
+    from pydantic import ValidationError
+
     from evomerge.experiment import OptimizerSpec
     from evomerge.optimize import OptimizerError, optimizer_class
 
@@ -70,13 +73,8 @@ def check_stage_optimizer(i: int, spec: Any) -> None:
         )
     try:
         optimizer_class(OptimizerSpec.model_validate(spec).name)
-    except OptimizerError as e:
+    except (OptimizerError, ValidationError) as e:
         raise ValueError(f"schedule[{i}].optimizer: {e}") from None
-
-
-def stage_optimizers(stages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any] | None]:
-    """Each stage's own optimizer spec, None where it runs the experiment's."""
-    return [st.get("optimizer") for st in stages]
 
 
 class StagedSpace:
