@@ -200,8 +200,14 @@ def test_resume_around_the_stage_change_equals_uninterrupted(
 ) -> None:
     """Calls 0–7 are the coarse batches, 8–15 the coarse candidates re-asked as the fine
     stage's first population (archive hits), 16 on the fine stage's own."""
-    run_dir = tmp_path / "run"
-    s, budget = search.start(_write_staged(tmp_path), run_dir, zoo=unit_zoo)
+    run_dir = _crash_then_resume(_write_staged(tmp_path), tmp_path / "run", unit_zoo, stop_call)
+    assert _trace(run_dir) == _trace(staged_reference)
+
+
+def _crash_then_resume(exp: Path, run_dir: Path, zoo: Path, stop_call: int) -> Path:
+    """The run stopped by an exception at its ``stop_call``-th evaluation, then reopened to the
+    end."""
+    s, budget = search.start(exp, run_dir, zoo=zoo)
     calls = [0]
 
     def crash(_ev: Evaluation) -> None:
@@ -215,7 +221,7 @@ def test_resume_around_the_stage_change_equals_uninterrupted(
     s2, budget2 = search.reopen(run_dir)
     s2.run(budget2)
     s2.close()
-    assert _trace(run_dir) == _trace(staged_reference)
+    return run_dir
 
 
 @pytest.mark.parametrize("point", ["tell:2", "write:optimizer.pkl:3"])
@@ -317,21 +323,8 @@ def test_a_stage_runs_its_own_optimizer(
 def test_resume_across_a_change_of_optimizer_equals_uninterrupted(
     unit_zoo: Path, tmp_path: Path, mixed_reference: Path, stop_call: int
 ) -> None:
-    run_dir = tmp_path / "run"
-    s, budget = search.start(_write(tmp_path, **_mixed()), run_dir, zoo=unit_zoo)
-    calls = [0]
-
-    def crash(_ev: Evaluation) -> None:
-        calls[0] += 1
-        if calls[0] - 1 == stop_call:
-            raise RuntimeError("power cut")
-
-    with pytest.raises(RuntimeError, match="power cut"):
-        s.run(budget, on_evaluation=crash)
-    s.close()
-    s2, budget2 = search.reopen(run_dir)
-    s2.run(budget2)
-    s2.close()
+    exp = _write(tmp_path, **_mixed())
+    run_dir = _crash_then_resume(exp, tmp_path / "run", unit_zoo, stop_call)
     assert _trace(run_dir) == _trace(mixed_reference)
 
 
