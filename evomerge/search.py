@@ -125,9 +125,10 @@ class Search:
         if self.staged is not None and state is not None:
             self.stage = _stage_of(state)
         if self.staged is not None:  # every stage's optimizer and options, before any work
-            for stage in range(len(self.staged.spaces)):
-                self._new_optimizer(stage)
-        self.optimizer: Optimizer = self._new_optimizer()
+            built = [self._new_optimizer(i) for i in range(len(self.staged.spaces))]
+            self.optimizer: Optimizer = built[self.stage]
+        else:
+            self.optimizer = self._new_optimizer()
         owned = worker is None
         if worker is None and experiment.workers.backend == "ray":
             from evomerge.workers.ray_pool import RayPool
@@ -189,11 +190,10 @@ class Search:
                 "change the experiment's name or seed for a study of its own"
             )
 
-    def _optimizer_spec(self, stage: int | None = None) -> OptimizerSpec:
-        """The optimizer of a schedule's stage (the one in force by default): its own, or the
-        experiment's."""
+    def _optimizer_spec(self, stage: int) -> OptimizerSpec:
+        """The optimizer of a schedule's stage: its own, or the experiment's."""
         if self.staged is not None:
-            own = self.experiment.schedule[self.stage if stage is None else stage].get("optimizer")
+            own = self.experiment.schedule[stage].get("optimizer")
             if own is not None:
                 return OptimizerSpec.model_validate(own)
         return self.experiment.optimizer
@@ -201,7 +201,7 @@ class Search:
     @property
     def multi(self) -> bool:
         """Whether the optimizer in force takes every objective (else their weighted sum)."""
-        return optimizer_class(self._optimizer_spec().name).multi_objective
+        return self.optimizer.multi_objective
 
     def _new_optimizer(self, stage: int | None = None) -> Optimizer:
         """The optimizer over the genes of a stage (the one in force by default; unscheduled:

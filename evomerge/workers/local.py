@@ -270,8 +270,7 @@ class LocalWorker:
         self._scored = {}
         for attempt in (1, 2):
             try:
-                for src in self.sources.values():
-                    src.check_unchanged()  # a truncated memory map would kill the process
+                self._check_sources()
                 results = self._merge_and_score(
                     recipe, front, timings, rung, then if attempt == 1 else None
                 )
@@ -353,13 +352,17 @@ class LocalWorker:
 
         def merge() -> _Merged:
             t0 = time.perf_counter()
-            for src in self.sources.values():
-                src.check_unchanged()  # as before an in-place merge
+            self._check_sources()  # as before an in-place merge
             with serial():  # one core: the engine has the others
                 out = list(materialize(self.plan(recipe), self.device))
             return out, time.perf_counter() - t0
 
         self._prefetch = (recipe.content_hash(), self._prefetcher.submit(merge))
+
+    def _check_sources(self) -> None:
+        """Before any read of the sources: a truncated memory map would kill the process."""
+        for src in self.sources.values():
+            src.check_unchanged()
 
     def _settle_prefetch(self) -> None:
         """Wait for the merge ahead to finish before handing back: the sources' memory maps are
