@@ -160,16 +160,15 @@ def hypervolume(points: list[list[float]]) -> float:
 
 
 def knee(values: list[list[float]]) -> int:
-    """Archive.knee's rule on the first evaluations: the front member closest to the ideal point
-    once each objective is scaled to [0, 1] over the front (ties: the earliest)."""
+    """Archive.knee on the first evaluations: the front member closest to the ideal point, in
+    plain units (the three objectives are token accuracies; ties: the earliest)."""
     from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    from evomerge.archive import knee_index
 
     losses = -np.asarray(values)
     front = sorted(NonDominatedSorting().do(losses, only_non_dominated_front=True))
-    f = losses[front]
-    lo, hi = f.min(axis=0), f.max(axis=0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    return int(front[int(np.argmin(np.linalg.norm((f - lo) / span, axis=1)))])
+    return int(front[knee_index(losses[front], common_unit=True)])
 
 
 def run(zoo: Path, exp: dict, work: Path) -> list[tuple[list[float], str]]:

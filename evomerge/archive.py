@@ -49,6 +49,9 @@ CONFIRMATION_SETS = ("holdout", "full")
 _STORAGE_ERRORS = (SQLAlchemyError, OptunaError, ImportError)
 
 
+UNIT_OBJECTIVES = "unit_objectives"  # study attr: which objectives are [0, 1] scores
+
+
 class ArchiveError(EvomergeError):
     """The run's storage cannot be opened or does not belong to this experiment."""
 
@@ -134,6 +137,33 @@ def _distributions(genes: Sequence[Gene]) -> dict[str, BaseDistribution]:
     }
 
 
+def ideal_distances(
+    losses: np.ndarray, *, common_unit: bool, front: np.ndarray | None = None
+) -> np.ndarray:
+    """Each row's distance to the ideal point of ``front`` (default: ``losses`` are the front;
+    every objective minimized), the ideal being each objective's best value on the front.
+
+    Scores on one common scale (``common_unit``: accuracies, exact match…, all in [0, 1]) are
+    compared as they are, so a point of accuracy weighs the same on every task. Otherwise each
+    objective is first scaled to [0, 1] over the front, because their units differ (a cost, a
+    perplexity). That scaling is not used for common units: an objective the front barely
+    varies on (a skill every merge keeps, 0.85–1.0) would weigh as much as one it trades
+    away (0.2–0.8), so its estimation noise would pick the knee, and finding a new extreme
+    point would move the knee."""
+    f = losses if front is None else front
+    lo = f.min(axis=0)
+    if common_unit:
+        return np.asarray(np.linalg.norm(losses - lo, axis=1))
+    hi = f.max(axis=0)
+    return np.asarray(np.linalg.norm((losses - lo) / np.where(hi > lo, hi - lo, 1.0), axis=1))
+
+
+def knee_index(front: np.ndarray, *, common_unit: bool) -> int:
+    """Which row of ``front`` (losses) is the knee: the closest to the ideal point
+    (:func:`ideal_distances`; ties: the first row)."""
+    return int(np.argmin(ideal_distances(front, common_unit=common_unit)))
+
+
 class Archive:
     def __init__(
         self,
@@ -144,7 +174,11 @@ class Archive:
         genes: Sequence[Gene],
         experiment_hash: str,
         study_name: str = STUDY_NAME,
+        unit_objectives: Sequence[bool] | None = None,
     ) -> None:
+        """``unit_objectives``: which objectives are scores on the common [0, 1] scale
+        (:func:`evomerge.experiment.is_unit_metric`), recorded when the run is created; the
+        knee's rule depends on it (:func:`knee_index`)."""
         self.objectives, self.directions = list(objectives), list(directions)
         self.genes = list(genes)
         self._dists = _distributions(genes)
@@ -164,6 +198,8 @@ class Archive:
         if not attrs:
             self.study.set_user_attr("experiment_hash", experiment_hash)
             self.study.set_user_attr("objectives", self.objectives)
+            if unit_objectives is not None:
+                self.study.set_user_attr(UNIT_OBJECTIVES, [bool(u) for u in unit_objectives])
         elif attrs.get("experiment_hash") != experiment_hash:
             raise ArchiveError(
                 f"storage {storage} holds a run of another experiment "
@@ -174,6 +210,8 @@ class Archive:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self.study.set_metric_names(self.objectives)  # optuna-dashboard's axis names
         self._knee = attrs.get("knee_trial")
+        units = self.study.user_attrs.get(UNIT_OBJECTIVES)  # absent: a run from before it
+        self._common_unit = bool(units) and len(units) == len(self.objectives) and all(units)
         self._writer = writer_for(self.study)
         self._evals: list[Evaluation] = [
             self._from_trial(t) for t in self.study.get_trials(deepcopy=False)
@@ -369,16 +407,22 @@ class Archive:
         return float(HV(ref_point=ref)(pts)) if len(pts) else 0.0
 
     def knee(self) -> Evaluation | None:
-        """The front's compromise: closest to the ideal point once each objective is scaled to
-        [0, 1] over the front (ties: the earliest trial)."""
+        """The front's compromise: the member closest to the ideal point (:func:`knee_index`;
+        ties: the earliest trial)."""
         front = self.front()
         if not front:
             return None
-        losses = self._losses(front)
-        lo, hi = losses.min(axis=0), losses.max(axis=0)
-        span = np.where(hi > lo, hi - lo, 1.0)
-        dist = np.linalg.norm((losses - lo) / span, axis=1)
-        return front[int(np.argmin(dist))]
+        return front[knee_index(self._losses(front), common_unit=self._common_unit)]
+
+    def ideal_distances(self, evs: Sequence[Evaluation]) -> np.ndarray:
+        """Each evaluation's distance to the front's ideal point, by the knee's rule (the knee
+        is the nearest front member)."""
+        front = self.front()
+        if not evs or not front:
+            return np.zeros(len(evs))
+        return ideal_distances(
+            self._losses(evs), common_unit=self._common_unit, front=self._losses(front)
+        )
 
     def best(self, objective: str) -> Evaluation | None:
         if objective not in self.objectives:

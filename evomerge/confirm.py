@@ -108,8 +108,7 @@ def _ranked(archive: Archive) -> list[Evaluation]:
 
     sign = np.array([-1.0 if d == "maximize" else 1.0 for d in archive.directions])
     losses = np.array([e.values for e in ok], dtype=float) * sign
-    lo, hi = losses.min(axis=0), losses.max(axis=0)
-    dist = np.linalg.norm((losses - lo) / np.where(hi > lo, hi - lo, 1.0), axis=1)
+    dist = archive.ideal_distances(ok)  # the knee's rule: the knee comes first
     rank = np.empty(len(ok), dtype=int)
     for r, members in enumerate(NonDominatedSorting().do(losses)):
         rank[members] = r

@@ -32,6 +32,11 @@ _UNIT_METRICS = {"exact_match", "token_accuracy", "acc", "acc_norm", "pass_at_1"
 _LOWER_IS_BETTER = {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"}
 
 
+def is_unit_metric(metric: str | None) -> bool:
+    """A score in [0, 1] whose points mean the same on every task (a fraction of items right)."""
+    return (metric or "").split(",")[0] in _UNIT_METRICS  # lm-eval: 'exact_match,strict-match'
+
+
 class ExperimentError(EvomergeError, ValueError):
     """An experiment file is malformed, or does not match the run it is used with."""
 
@@ -359,11 +364,11 @@ class Experiment(_Spec):
         the worst value evaluated so far (perplexity and log-prob have no finite worst)."""
         if objective.reference is not None:
             return objective.reference
-        name = (metric or "").split(",")[0]  # lm-eval writes 'exact_match,strict-match'
+        name = (metric or "").split(",")[0]
         if direction is None:
             direction = objective.direction or (
                 "minimize" if name in _LOWER_IS_BETTER else "maximize"
             )
-        if name in _UNIT_METRICS:
+        if is_unit_metric(name):
             return 0.0 if direction == "maximize" else 1.0
         return None

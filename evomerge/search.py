@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from evomerge.archive import Archive, ArchiveError, Evaluation
-from evomerge.experiment import Experiment, OptimizerSpec
+from evomerge.experiment import Experiment, OptimizerSpec, is_unit_metric
 from evomerge.hub import resolve_sources
 from evomerge.killpoints import kill_point
 from evomerge.optimize import make_optimizer, optimizer_class
@@ -156,6 +156,10 @@ class Search:
                 directions=self.directions,
                 genes=self.space.genes,
                 experiment_hash=experiment.content_hash(),
+                unit_objectives=[
+                    o.cost is None and is_unit_metric(ob.metric)
+                    for o, ob in zip(experiment.objectives, worker.objectives, strict=True)
+                ],
             )
             if experiment.storage is not None:
                 self._claim_study(experiment.storage)

@@ -1,0 +1,137 @@
+"""The knee: which front member the run calls its compromise.
+
+Accuracies share one scale, so the knee is measured in plain units; objectives of other units
+(a cost, a perplexity) are each scaled over the front first. The expected knees below are worked
+out by hand from the points, not read from the code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+from evomerge.archive import UNIT_OBJECTIVES, Archive, Evaluation, knee_index
+from evomerge.confirm import choose
+from evomerge.genes import Gene
+
+# maximized accuracies. Ideal point (0.80, 1.00).
+#   plain units:  A (0, 0.14) → 0.140   C (0.20, 0.03) → 0.202   B (0.30, 0) → 0.300   → A
+#   front-scaled (spans 0.30, 0.14):  A (0, 1) → 1   C (0.667, 0.214) → 0.700   B (1, 0) → 1   → C
+A, C, B = [0.80, 0.86], [0.60, 0.97], [0.50, 1.00]
+DOMINATED = [0.55, 0.85]
+
+
+def _archive(path: Path, units: list[bool] | None) -> Archive:
+    archive = Archive(
+        f"sqlite:///{path}",
+        objectives=["rev9", "shift3"],
+        directions=["maximize", "maximize"],
+        genes=[Gene("g")],
+        experiment_hash="h",
+        unit_objectives=units,
+    )
+    for i, v in enumerate([B, DOMINATED, C, A]):
+        archive.record(Evaluation(f"r{i}", "method: linear\n", [0.1 * i], v))
+    return archive
+
+
+@pytest.mark.parametrize(
+    ("units", "knee"),
+    [
+        ([True, True], A),  # two accuracies: plain units
+        ([True, False], C),  # an objective of another unit: each scaled over the front
+        (None, C),  # a run from before the attribute: the rule it was run with
+    ],
+)
+def test_the_knee_rule_follows_the_objectives_units(
+    tmp_path: Path, units: list[bool] | None, knee: list[float]
+) -> None:
+    archive = _archive(tmp_path / "a.db", units)
+    got = archive.knee()
+    assert got is not None and got.values == knee
+    assert archive.study.user_attrs.get(UNIT_OBJECTIVES) == units
+    reopened = Archive(  # as Archive.open does: the units come from the study, not the caller
+        f"sqlite:///{tmp_path / 'a.db'}",
+        objectives=["rev9", "shift3"],
+        directions=["maximize", "maximize"],
+        genes=[Gene("g")],
+        experiment_hash="h",
+    )
+    again = reopened.knee()
+    assert again is not None and again.number == got.number
+
+
+@pytest.mark.parametrize(
+    ("units", "order"),
+    [([True, True], [A, C, B, DOMINATED]), ([True, False], [C, B, A, DOMINATED])],
+)
+def test_confirm_top_k_ranks_front_by_front_by_the_knee_rule_knee_first(
+    tmp_path: Path, units: list[bool], order: list[list[float]]
+) -> None:
+    # the front-scaled rule puts A and B at distance 1 each: the earlier trial (B) first
+    archive = _archive(tmp_path / "a.db", units)
+    ranked = [e.values for e in choose(archive, top=4)]
+    assert ranked == order and ranked[0] == archive.knee().values  # type: ignore[union-attr]
+
+
+def _front(points: np.ndarray) -> np.ndarray:
+    return points[sorted(NonDominatedSorting().do(points, only_non_dominated_front=True))]
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=3, max_size=3),
+        min_size=1,
+        max_size=12,
+    ),
+    st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=3, max_size=3),
+)
+def test_in_plain_units_a_new_point_below_the_ideal_moves_the_knee_only_onto_itself(
+    points: list[list[float]], new: list[float]
+) -> None:
+    # Losses (minimized). A new candidate that does not improve the ideal point on any
+    # objective, however far it stretches the front, either becomes the knee or leaves it
+    # where it was: front-range scaling does not have this property (a new extreme point
+    # rescales every other member's distance).
+    old = _front(np.asarray(points))
+    ideal = old.min(axis=0)
+    p = np.maximum(np.asarray(new), ideal)  # no better than the ideal on any objective
+    before = old[knee_index(old, common_unit=True)]
+    both = _front(np.vstack([old, p]))
+    after = both[knee_index(both, common_unit=True)]
+    dist = np.linalg.norm(after - ideal)
+    assert (
+        np.array_equal(after, before)
+        or np.array_equal(after, p)
+        or (
+            # a tie in distance resolves to the earlier row: still as close as either
+            np.isclose(dist, min(np.linalg.norm(before - ideal), np.linalg.norm(p - ideal)))
+        )
+    )
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(
+    st.lists(
+        st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=2, max_size=2),
+        min_size=1,
+        max_size=10,
+    ),
+    st.floats(1e-3, 1e3),
+    st.floats(-1e3, 1e3),
+)
+def test_across_units_the_knee_does_not_depend_on_an_objectives_unit(
+    points: list[list[float]], scale: float, shift: float
+) -> None:
+    # A cost counted in other units (×scale, +shift) must not change which member is the knee.
+    front = _front(np.asarray(points))
+    other = front * [1.0, scale] + [0.0, shift]
+    lo, hi = front.min(axis=0), front.max(axis=0)
+    dist = np.linalg.norm((front - lo) / np.where(hi > lo, hi - lo, 1.0), axis=1)
+    k, k_other = knee_index(front, common_unit=False), knee_index(other, common_unit=False)
+    assert k == k_other or np.isclose(dist[k], dist[k_other])  # rounding may break a tie
