@@ -25,8 +25,8 @@ A, C, B = [0.80, 0.86], [0.60, 0.97], [0.50, 1.00]
 DOMINATED = [0.55, 0.85]
 
 
-def _archive(path: Path, units: list[bool] | None) -> Archive:
-    archive = Archive(
+def _open(path: Path, units: list[bool] | None = None) -> Archive:
+    return Archive(
         f"sqlite:///{path}",
         objectives=["rev9", "shift3"],
         directions=["maximize", "maximize"],
@@ -34,6 +34,10 @@ def _archive(path: Path, units: list[bool] | None) -> Archive:
         experiment_hash="h",
         unit_objectives=units,
     )
+
+
+def _archive(path: Path, units: list[bool] | None) -> Archive:
+    archive = _open(path, units)
     for i, v in enumerate([B, DOMINATED, C, A]):
         archive.record(Evaluation(f"r{i}", "method: linear\n", [0.1 * i], v))
     return archive
@@ -54,14 +58,7 @@ def test_the_knee_rule_follows_the_objectives_units(
     got = archive.knee()
     assert got is not None and got.values == knee
     assert archive.study.user_attrs.get(UNIT_OBJECTIVES) == units
-    reopened = Archive(  # as Archive.open does: the units come from the study, not the caller
-        f"sqlite:///{tmp_path / 'a.db'}",
-        objectives=["rev9", "shift3"],
-        directions=["maximize", "maximize"],
-        genes=[Gene("g")],
-        experiment_hash="h",
-    )
-    again = reopened.knee()
+    again = _open(tmp_path / "a.db").knee()  # as Archive.open: the units come from the study
     assert again is not None and again.number == got.number
 
 
@@ -82,17 +79,15 @@ def _front(points: np.ndarray) -> np.ndarray:
     return points[sorted(NonDominatedSorting().do(points, only_non_dominated_front=True))]
 
 
+def _points(objectives: int, most: int) -> st.SearchStrategy[list[list[float]]]:
+    point = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=objectives, max_size=objectives)
+    return st.lists(point, min_size=1, max_size=most)
+
+
 @settings(max_examples=200, deadline=None, derandomize=True)
-@given(
-    st.lists(
-        st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=3, max_size=3),
-        min_size=1,
-        max_size=12,
-    ),
-    st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=3, max_size=3),
-)
+@given(_points(3, 12), _points(3, 1))
 def test_in_plain_units_a_new_point_below_the_ideal_moves_the_knee_only_onto_itself(
-    points: list[list[float]], new: list[float]
+    points: list[list[float]], new: list[list[float]]
 ) -> None:
     # Losses (minimized). A new candidate that does not improve the ideal point on any
     # objective, however far it stretches the front, either becomes the knee or leaves it
@@ -100,7 +95,7 @@ def test_in_plain_units_a_new_point_below_the_ideal_moves_the_knee_only_onto_its
     # rescales every other member's distance).
     old = _front(np.asarray(points))
     ideal = old.min(axis=0)
-    p = np.maximum(np.asarray(new), ideal)  # no better than the ideal on any objective
+    p = np.maximum(np.asarray(new[0]), ideal)  # no better than the ideal on any objective
     before = old[knee_index(old, common_unit=True)]
     both = _front(np.vstack([old, p]))
     after = both[knee_index(both, common_unit=True)]
@@ -117,11 +112,7 @@ def test_in_plain_units_a_new_point_below_the_ideal_moves_the_knee_only_onto_its
 
 @settings(max_examples=100, deadline=None, derandomize=True)
 @given(
-    st.lists(
-        st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=2, max_size=2),
-        min_size=1,
-        max_size=10,
-    ),
+    _points(2, 10),
     st.floats(1e-3, 1e3),
     st.floats(-1e3, 1e3),
 )
