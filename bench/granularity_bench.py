@@ -125,7 +125,9 @@ def _depth(value: Any, depth: int) -> Any:
     return depth if value == "D" else value
 
 
-def experiment(config: str, depth: int, budget: int, seed: int, estimator: str) -> dict:
+def experiment(
+    config: str, depth: int, budget: int, seed: int, estimator: str, promotion: bool = False
+) -> dict:
     options, schedule, optimizer = CONFIGS[config]
     exp: dict[str, Any] = {
         "name": f"bench-{config}",
@@ -138,6 +140,8 @@ def experiment(config: str, depth: int, budget: int, seed: int, estimator: str) 
         "workers": {"threads": 1},
         "reference_points": False,  # not trials: no figure here depends on them
     }
+    if promotion:  # front members re-scored on every item (the same for every configuration)
+        exp["promotion"] = {"enabled": True}
     if options is None:  # the demo
         demo = yaml.safe_load((Path(__file__).parents[1] / "experiments/zoo-demo.yaml").read_text())
         for key in ("space", "space_options", "schedule", "optimizer"):
@@ -213,6 +217,9 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["coarse", "demo"])
     ap.add_argument("--k", type=int, default=200)
     ap.add_argument("--no-full", action="store_true", help="skip the knees' full scoring")
+    ap.add_argument(
+        "--promotion", action="store_true", help="every configuration re-scores its front in full"
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     import torch
@@ -231,7 +238,7 @@ def main() -> None:
         for seed in args.seeds:
             for config in args.configs:
                 t0 = time.perf_counter()
-                exp = experiment(config, depth, top, seed, f"subsample:{args.k}")
+                exp = experiment(config, depth, top, seed, f"subsample:{args.k}", args.promotion)
                 evs = run(zoo, exp, work)
                 wall = time.perf_counter() - t0
                 for budget in args.budgets:
