@@ -210,7 +210,8 @@ class Archive:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self.study.set_metric_names(self.objectives)  # optuna-dashboard's axis names
         self._knee = attrs.get("knee_trial")
-        units = self.study.user_attrs.get(UNIT_OBJECTIVES)  # absent: a run from before it
+        # a new study holds what was just written; absent from an old one: a run from before it
+        units = attrs.get(UNIT_OBJECTIVES) if attrs else unit_objectives
         self._common_unit = bool(units) and len(units) == len(self.objectives) and all(units)
         self._writer = writer_for(self.study)
         self._evals: list[Evaluation] = [
