@@ -1,9 +1,9 @@
-"""Seconds optuna's GPSampler spends asking, with and without the optional ``greenlet`` package.
+"""Seconds optuna's GPSampler spends asking, with ``greenlet`` (a dependency) and without it.
 
-    python bench/gp_ask_bench.py --trials 48 --repeats 2
+    python bench/gp_ask_bench.py --trials 48 --repeats 3
 
-optuna warns when ``greenlet`` is missing that its L-BFGS-B restarts run one after another;
-with it they are batched (the same algorithm, the acquisition evaluated for every restart at
+Without ``greenlet`` optuna warns that its L-BFGS-B restarts run one after another; with it
+they are batched (the same algorithm, the acquisition evaluated for every restart at
 once). This measures what that is worth on the demo's shape of problem: three objectives,
 24 parameters in [0, 1] (per layer, four layers, six coefficients), batches of 12 asked before
 any is told. The objectives are a fixed smooth function with noise (seeded), so both variants
