@@ -54,10 +54,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--trials", type=int, default=48)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--child", choices=["on", "off"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--only",
+        choices=["on", "off"],
+        help="one variant, in this process (JSON on stdout; e.g. under python -m cProfile)",
+    )
     args = ap.parse_args()
-    if args.child:
-        print(json.dumps(_one(args.child == "on", args.trials)))
+    if args.only:
+        print(json.dumps(_one(args.only == "on", args.trials)))
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     print(f"load average before: {os.getloadavg()}")
@@ -65,7 +69,7 @@ def main() -> None:
     for _ in range(args.repeats):
         for variant in ("on", "off"):
             out = subprocess.run(
-                [sys.executable, __file__, "--trials", str(args.trials), "--child", variant],
+                [sys.executable, __file__, "--trials", str(args.trials), "--only", variant],
                 capture_output=True,
                 text=True,
                 check=True,
