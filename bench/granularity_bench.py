@@ -111,6 +111,22 @@ CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] 
         GP,
     ),
     "sched-24-gp": ({}, [{"granularity": "D", "until": 24}, {"granularity": 1}], GP),
+    # the same with smaller batches: more GP updates per evaluation (asks cost the same)
+    "sched-curve-gp-b4": (
+        {},
+        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
+        {**GP, "batch": 4},
+    ),
+    "sched-curve-gp-b6": (
+        {},
+        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
+        {**GP, "batch": 6},
+    ),
+    "sched-curve-gp-b8": (
+        {},
+        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
+        {**GP, "batch": 8},
+    ),
     "curve2": ({"curve": 2}, [], NSGA2_DEMO),
     "layer-tpe": ({"granularity": 1}, [], TPE),
     "demo": (None, None, None),  # experiments/zoo-demo.yaml's space, schedule and optimizer
