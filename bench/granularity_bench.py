@@ -111,7 +111,7 @@ CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] 
         GP,
     ),
     "sched-24-gp": ({}, [{"granularity": "D", "until": 24}, {"granularity": 1}], GP),
-    # the same with smaller batches: more GP updates per evaluation (asks cost the same)
+    # the same with smaller batches: more GP fits, cheaper asks (fewer untold candidates)
     "sched-curve-gp-b4": (
         {},
         [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
