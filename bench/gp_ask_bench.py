@@ -8,10 +8,11 @@ they are batched (the same algorithm, the acquisition evaluated for every restar
 once). This measures what that is worth on the demo's shape of problem: three objectives,
 24 parameters in [0, 1] (per layer, four layers, six coefficients), batches of 12 (``--batch``)
 asked before any is told. ``--batches A B`` compares batch sizes instead, greenlet on: the
-demo's batch of 6 refits the GPs twice as often as 12, and conditions each ask on fewer untold
-candidates. The objectives are a fixed smooth function with noise (seeded), so both variants
-see the same kind of study; each variant runs in its own process (greenlet is imported once,
-when optuna loads), alternating, so the two are measured side by side under the same load.
+demo's batch of 6 shows the GPs new scores twice as often as 12, and conditions each ask on
+fewer untold candidates. The objectives are a fixed smooth function with noise (seeded), so
+both variants see the same kind of study; each variant runs in its own process (greenlet is
+imported once, when optuna loads), alternating, so the two are measured side by side under the
+same load.
 """
 
 from __future__ import annotations
