@@ -35,6 +35,9 @@ TPE = {"name": "optuna-tpe", "batch": 12}
 TPE_MV = {**TPE, "multivariate": True}  # joint Parzen estimators (optuna's default: independent)
 GP = {"name": "optuna-gp", "batch": 12}  # optuna's GPSampler: LogEHVI, aware of running trials
 
+# whole model to 24 evaluations, a line over depth to 48, then per layer
+CURVE = [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}]
+
 # name → (space_options, schedule, optimizer); depth is filled in per zoo ("D")
 CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] = {
     "coarse": ({"granularity": "D"}, [], NSGA2_DEMO),
@@ -48,32 +51,16 @@ CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] 
         [{"granularity": "D", "until": 24}, {"granularity": 2, "until": 48}, {"granularity": 1}],
         NSGA2_DEMO,
     ),
-    "sched-curve": (
-        {},
-        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
-        NSGA2_DEMO,
-    ),
+    "sched-curve": ({}, CURVE, NSGA2_DEMO),
     "sched-24-tpe": ({}, [{"granularity": "D", "until": 24}, {"granularity": 1}], TPE),
     "sched-12-tpe": ({}, [{"granularity": "D", "until": 12}, {"granularity": 1}], TPE),
     "sched-24-tpe-mv": ({}, [{"granularity": "D", "until": 24}, {"granularity": 1}], TPE_MV),
     "layer-tpe-mv": ({"granularity": 1}, [], TPE_MV),
     "sched-12-tpe-mv": ({}, [{"granularity": "D", "until": 12}, {"granularity": 1}], TPE_MV),
     "sched-36-tpe-mv": ({}, [{"granularity": "D", "until": 36}, {"granularity": 1}], TPE_MV),
-    "sched-curve-tpe-mv": (
-        {},
-        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
-        TPE_MV,
-    ),
-    "sched-curve-tpe-mv-ep": (
-        {},
-        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
-        {**TPE_MV, "consider_endpoints": True},
-    ),
-    "sched-curve-tpe-mv-ei8": (
-        {},
-        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
-        {**TPE_MV, "n_ei_candidates": 8},
-    ),
+    "sched-curve-tpe-mv": ({}, CURVE, TPE_MV),
+    "sched-curve-tpe-mv-ep": ({}, CURVE, {**TPE_MV, "consider_endpoints": True}),
+    "sched-curve-tpe-mv-ei8": ({}, CURVE, {**TPE_MV, "n_ei_candidates": 8}),
     "sched-36-curve-tpe-mv": (
         {},
         [{"granularity": "D", "until": 36}, {"curve": 2, "until": 60}, {"granularity": 1}],
@@ -105,28 +92,11 @@ CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] 
     ),
     # optuna's GP sampler (LogEHVI for several objectives; batch-aware over running trials)
     "layer-gp": ({"granularity": 1}, [], GP),
-    "sched-curve-gp": (
-        {},
-        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
-        GP,
-    ),
+    "sched-curve-gp": ({}, CURVE, GP),
     "sched-24-gp": ({}, [{"granularity": "D", "until": 24}, {"granularity": 1}], GP),
-    # the same with smaller batches: more GP fits, cheaper asks (fewer untold candidates)
-    "sched-curve-gp-b4": (
-        {},
-        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
-        {**GP, "batch": 4},
-    ),
-    "sched-curve-gp-b6": (
-        {},
-        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
-        {**GP, "batch": 6},
-    ),
-    "sched-curve-gp-b8": (
-        {},
-        [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}],
-        {**GP, "batch": 8},
-    ),
+    # the same with smaller batches: the GPs see new scores more often, asks condition on fewer
+    # untold candidates (sched-curve-gp-b6 is the demo's configuration now)
+    **{f"sched-curve-gp-b{b}": ({}, CURVE, {**GP, "batch": b}) for b in (4, 6, 8)},
     "curve2": ({"curve": 2}, [], NSGA2_DEMO),
     "layer-tpe": ({"granularity": 1}, [], TPE),
     "demo": (None, None, None),  # experiments/zoo-demo.yaml's space, schedule and optimizer
