@@ -137,25 +137,39 @@ def _distributions(genes: Sequence[Gene]) -> dict[str, BaseDistribution]:
     }
 
 
-def ideal_distances(
-    losses: np.ndarray, *, common_unit: bool, front: np.ndarray | None = None
-) -> np.ndarray:
-    """Each row's distance to the ideal point of ``front`` (default: ``losses`` are the front;
-    every objective minimized), the ideal being each objective's best value on the front.
+def ideal_point(front: np.ndarray, *, common_unit: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The ideal point of ``front`` (losses: each objective's best value on the front) and the
+    unit each objective's distance from it is measured in.
 
     Scores on one common scale (``common_unit``: accuracies, exact match…, all in [0, 1]) are
     compared as they are, so a point of accuracy weighs the same on every task. Otherwise each
-    objective is first scaled to [0, 1] over the front, because their units differ (a cost, a
+    objective is measured in its spread over the front, because their units differ (a cost, a
     perplexity). That scaling is not used for common units: an objective the front barely
     varies on (a skill every merge keeps, 0.85–1.0) would weigh as much as one it trades
     away (0.2–0.8), so its estimation noise would pick the knee, and finding a new extreme
     point would move the knee."""
-    f = losses if front is None else front
-    lo = f.min(axis=0)
+    lo = front.min(axis=0)
     if common_unit:
-        return np.asarray(np.linalg.norm(losses - lo, axis=1))
-    hi = f.max(axis=0)
-    return np.asarray(np.linalg.norm((losses - lo) / np.where(hi > lo, hi - lo, 1.0), axis=1))
+        return lo, np.ones_like(lo)
+    hi = front.max(axis=0)
+    return lo, np.where(hi > lo, hi - lo, 1.0)
+
+
+def ideal_distances(
+    losses: np.ndarray, *, common_unit: bool, front: np.ndarray | None = None
+) -> np.ndarray:
+    """Each row's distance to the ideal point of ``front`` (default: ``losses`` are the front;
+    every objective minimized), in :func:`ideal_point`'s units."""
+    lo, unit = ideal_point(losses if front is None else front, common_unit=common_unit)
+    return np.asarray(np.linalg.norm((losses - lo) / unit, axis=1))
+
+
+def shortfall(losses: np.ndarray, ideal: np.ndarray, unit: np.ndarray) -> np.ndarray:
+    """How far each row falls short of ``ideal`` (:func:`ideal_point`), counting only the
+    objectives where it does: for a front's members it is their distance to the front's ideal
+    point, and a point past the ideal on some objective is not charged for passing it."""
+    short = (np.asarray(losses, dtype=float) - ideal) / unit
+    return np.asarray(np.linalg.norm(np.maximum(short, 0.0), axis=-1))
 
 
 def knee_index(front: np.ndarray, *, common_unit: bool) -> int:
@@ -414,6 +428,14 @@ class Archive:
         if not front:
             return None
         return front[knee_index(self._losses(front), common_unit=self._common_unit)]
+
+    def ideal_point(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The front's ideal point and units (:func:`ideal_point`, as losses); None before any
+        candidate scored."""
+        front = self.front()
+        if not front:
+            return None
+        return ideal_point(self._losses(front), common_unit=self._common_unit)
 
     def ideal_distances(self, evs: Sequence[Evaluation]) -> np.ndarray:
         """Each evaluation's distance to the front's ideal point, by the knee's rule (the knee

@@ -14,7 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from evomerge.archive import UNIT_OBJECTIVES, Archive, Evaluation, knee_index
+from evomerge.archive import (
+    UNIT_OBJECTIVES,
+    Archive,
+    Evaluation,
+    ideal_distances,
+    ideal_point,
+    knee_index,
+    shortfall,
+)
 from evomerge.confirm import choose
 from evomerge.genes import Gene
 
@@ -126,3 +134,51 @@ def test_across_units_the_knee_does_not_depend_on_an_objectives_unit(
     dist = np.linalg.norm((front - lo) / np.where(hi > lo, hi - lo, 1.0), axis=1)
     k, k_other = knee_index(front, common_unit=False), knee_index(other, common_unit=False)
     assert k == k_other or np.isclose(dist[k], dist[k_other])  # rounding may break a tie
+
+
+# -- how far short of the ideal point (what a schedule's `target: knee` stage minimizes) --------
+
+
+@pytest.mark.parametrize(
+    ("units", "want"),
+    [
+        # ideal (0.80, 1.00); the new point (0.90, 0.90) passes it on rev9, falls 0.10 short on
+        # shift3, which the front spans 0.14 of
+        ([True, True], 0.10),
+        ([True, False], 0.10 / 0.14),
+    ],
+)
+def test_a_point_past_the_ideal_is_charged_only_where_it_falls_short(
+    tmp_path: Path, units: list[bool], want: float
+) -> None:
+    archive = _archive(tmp_path / "a.db", units)
+    point = archive.ideal_point()
+    assert point is not None
+    ideal, unit = point
+    assert -ideal == pytest.approx([0.80, 1.00])  # losses: maximized scores change sign
+    assert shortfall(np.array([-0.90, -0.90]), ideal, unit) == pytest.approx(want)
+    # and a member of the front is charged its distance by the knee's rule
+    assert shortfall(-np.array(C), ideal, unit) == pytest.approx(
+        np.hypot(0.20, 0.03) if units[1] else np.hypot(0.20 / 0.30, 0.03 / 0.14)
+    )
+
+
+def test_an_empty_archive_has_no_ideal_point(tmp_path: Path) -> None:
+    assert _open(tmp_path / "a.db", [True, True]).ideal_point() is None
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(_points(3, 12), _points(3, 4), st.booleans())
+def test_shortfall_is_the_ideal_distance_on_the_front_and_never_more_off_it(
+    points: list[list[float]], others: list[list[float]], common_unit: bool
+) -> None:
+    front = _front(np.asarray(points))
+    ideal, unit = ideal_point(front, common_unit=common_unit)
+    assert shortfall(front, ideal, unit) == pytest.approx(
+        ideal_distances(front, common_unit=common_unit)
+    )
+    off = np.asarray(others)
+    short = shortfall(off, ideal, unit)
+    assert np.all(short <= ideal_distances(off, common_unit=common_unit, front=front) + 1e-12)
+    # a point at least as good as the ideal everywhere falls short of nothing
+    assert np.all(shortfall(np.minimum(off, ideal), ideal, unit) == 0.0)
