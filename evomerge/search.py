@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.archive import Archive, ArchiveError, Evaluation
+from evomerge.archive import Archive, ArchiveError, Evaluation, shortfall
 from evomerge.experiment import Experiment, OptimizerSpec, is_unit_metric
 from evomerge.hub import resolve_sources
 from evomerge.killpoints import kill_point
@@ -204,8 +204,13 @@ class Search:
 
     @property
     def multi(self) -> bool:
-        """Whether the optimizer in force takes every objective (else their weighted sum)."""
-        return self.optimizer.multi_objective
+        """Whether the optimizer in force takes every objective (else one loss: their weighted
+        sum, or the distance to the ideal point in a stage that targets the knee)."""
+        return self.optimizer.multi_objective and not self._targets_knee()
+
+    def _targets_knee(self, stage: int | None = None) -> bool:
+        stage = self.stage if stage is None else stage
+        return self.staged is not None and self.staged.targets[stage] == "knee"
 
     def _new_optimizer(self, stage: int | None = None) -> Optimizer:
         """The optimizer over the genes of a stage (the one in force by default; unscheduled:
@@ -218,7 +223,7 @@ class Search:
                 spec.name,
                 space.genes,
                 len(self.experiment.objectives)
-                if optimizer_class(spec.name).multi_objective
+                if optimizer_class(spec.name).multi_objective and not self._targets_knee(stage)
                 else 1,
                 seed=self.experiment.seed,
                 options=spec.options,
@@ -232,17 +237,22 @@ class Search:
         """The optimizer's genome in the space's genes (scheduled: the last stage's)."""
         return genome if self.staged is None else self.staged.lift(self.stage, genome)
 
-    def _next_stage(self) -> None:
-        """Between batches: once the archive reaches a stage's ``until``, a fresh optimizer over
-        the next stage's genes, seeded with every candidate so far (mapped into its genes: they
-        decode to recipes in the archive, so re-asking them costs no evaluation), and its state
-        saved at once, so a resume continues in the new stage with the same seeds."""
+    def _next_stage(self, budget: int) -> None:
+        """Between batches: once the archive reaches a stage's ``until`` (or the budget's
+        ``last`` evaluations begin), a fresh optimizer over the next stage's genes, seeded with
+        every candidate so far (mapped into its genes: they decode to recipes in the archive, so
+        re-asking them costs no evaluation), and its state saved at once, so a resume continues
+        in the new stage with the same seeds."""
         assert self.staged is not None
-        stage = self.staged.stage_at(len(self.archive))
+        stage = self.staged.stage_at(len(self.archive), budget)
         if stage <= self.stage:
             return
         annotations = dict(self.optimizer.annotations)
+        annotations.pop("ideal", None)
+        annotations.pop("scale", None)
         self.stage = stage
+        if self._targets_knee():  # the ideal point, fixed while the stage lasts
+            annotations.update(self._ideal_point())
         self.optimizer = self._new_optimizer()
         seeds, seen = [], set()
         for ev in self.archive.evaluations:
@@ -260,6 +270,14 @@ class Search:
         write_optimizer_state(self.run_dir, self.optimizer.state())
 
     # -- losses for the optimizer --------------------------------------------------------------
+    def _ideal_point(self) -> dict[str, list[float]]:
+        """What a stage that targets the knee measures by: the front's ideal point, as losses,
+        and each objective's unit (:meth:`Archive.ideal_point`); {} before any score."""
+        point = self.archive.ideal_point()
+        if point is None:
+            return {}  # set at the stage's first loss
+        return {"ideal": point[0].tolist(), "scale": point[1].tolist()}
+
     def _losses(self, ev: Evaluation) -> list[float] | None:
         if not ev.ok:
             return None
@@ -269,6 +287,11 @@ class Search:
         ]
         if self.multi:
             return signed
+        if self._targets_knee():
+            notes = self.optimizer.annotations
+            if "ideal" not in notes:
+                notes.update(self._ideal_point())
+            return [float(shortfall(np.asarray(signed), notes["ideal"], notes["scale"]))]
         weights = [o.weight for o in self.experiment.objectives]
         return [float(np.dot(weights, signed))]
 
@@ -375,7 +398,7 @@ class Search:
                     break
                 new_before = new
                 if self.staged is not None and self.optimizer.pending is None:
-                    self._next_stage()
+                    self._next_stage(budget)
                 t0 = time.perf_counter()
                 # a batch cut short earlier in this process is still pending: finish it first
                 batch = self.optimizer.pending or self.optimizer.ask()

@@ -339,3 +339,97 @@ def test_a_stage_optimizer_is_checked_before_any_evaluation(unit_zoo: Path, tmp_
     with pytest.raises(Exception, match=r"schedule\[1\]\.optimizer:.*pop_sise"):
         search.start(_write(tmp_path, **_mixed(schedule=bad)), tmp_path / "run", zoo=unit_zoo)
     assert not (tmp_path / "run").exists()
+
+
+# -- the budget's last evaluations, nearer the knee ---------------------------------------------
+
+# per layer from 8 (NSGA-II, the experiment's), then the budget's last 4 by single-loss TPE
+KNEE = [
+    {"granularity": 4, "until": 8},
+    {"granularity": 1},
+    {
+        "granularity": 1,
+        "target": "knee",
+        "last": 4,
+        "optimizer": {"name": "optuna-tpe", "batch": 4},
+    },
+]
+
+
+def test_a_last_stage_is_counted_from_the_end_of_the_budget(family: dict[str, Path]) -> None:
+    st_ = _staged(family, {"granularity": 4, "until": 5}, {"granularity": 2}, {**FINE, "last": 4})
+    assert [st_.stage_at(n, 12) for n in (0, 4, 5, 7, 8, 11)] == [0, 0, 1, 1, 2, 2]
+    # a smaller budget cuts the earlier stages short; a budget of 4 is the last stage alone
+    assert [st_.stage_at(n, 7) for n in (0, 2, 3, 6)] == [0, 0, 2, 2]
+    assert st_.stage_at(0, 4) == 2
+    assert st_.stage_at(100) == 1  # no budget: the last stage never begins
+    for bad, where in (
+        ([{"granularity": 4, "until": 5, "last": 2}, FINE], r"schedule\[0\]\.last"),
+        ([{"granularity": 4, "until": 5}, {**FINE, "last": 0}], r"schedule\[1\]\.last"),
+        ([{"granularity": 4, "until": 5}, {**FINE, "last": True}], r"schedule\[1\]\.last"),
+        ([{"granularity": 2, "until": 5}, {**FINE, "last": 3}], r"schedule\[0\]\.until"),
+        ([{**FINE, "last": 3}], r"schedule\[0\]\.last"),
+        ([{"granularity": 4, "until": 5}, {**FINE, "target": "best"}], r"schedule\[1\]\.target"),
+    ):
+        with pytest.raises(SpaceError, match=where):
+            _staged(family, *bad)
+
+
+@pytest.fixture(scope="module")
+def knee_reference(unit_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("knee")
+    s, budget = search.start(_write_staged(d, schedule=KNEE), d / "run", zoo=unit_zoo)
+    assert s.run(budget).status == "finished"
+    # what the knee stage's TPE was told, in the order it asked: the 12 candidates so far
+    # (seeds, re-asked in archive order), then its own 4
+    told = [t.values[0] for t in s.optimizer._study.get_trials(deepcopy=False)]
+    s.close()
+    (d / "told.yaml").write_text(yaml.safe_dump(told))
+    return d / "run"
+
+
+def test_the_knee_stage_is_told_the_distance_to_the_ideal_point(
+    knee_reference: Path, staged_reference: Path
+) -> None:
+    trace = _trace(knee_reference)
+    # the stages before are untouched: the first 12 evaluations are the plain schedule's
+    assert trace[:12] == _trace(staged_reference)[:12]
+    values = np.array([v for _, v in trace])
+    assert len(values) == 16 and np.isfinite(values).all()
+    # the ideal point: each skill's best over the 12 evaluations before the stage (the best of
+    # any one objective is always on the front)
+    ideal = values[:12].max(axis=0)
+    want = np.sqrt((np.maximum(ideal - values, 0.0) ** 2).sum(axis=1))
+    told = yaml.safe_load((knee_reference.parent / "told.yaml").read_text())
+    assert told == pytest.approx(want.tolist(), abs=1e-12)
+    state = pickle.loads(read_optimizer_state(knee_reference))  # type: ignore[arg-type]
+    assert state["annotations"]["stage"] == 2
+    assert state["annotations"]["ideal"] == pytest.approx((-ideal).tolist())
+    assert state["identity"]["optimizer"] == "optuna-tpe"
+    assert state["identity"]["n_objectives"] == 1
+
+
+def test_a_smaller_budget_reaches_the_knee_stage_sooner(
+    unit_zoo: Path, tmp_path: Path, staged_reference: Path
+) -> None:
+    s, budget = search.start(
+        _write_staged(tmp_path, schedule=KNEE, budget=12), tmp_path / "run", zoo=unit_zoo
+    )
+    s.run(budget)
+    s.close()
+    assert _trace(tmp_path / "run")[:8] == _trace(staged_reference)[:8]
+    state = pickle.loads(read_optimizer_state(tmp_path / "run"))  # type: ignore[arg-type]
+    assert state["annotations"]["stage"] == 2  # per layer by NSGA-II was skipped
+
+
+@pytest.mark.parametrize("stop_call", [19, 20, 33, 34])
+def test_resume_around_the_knee_stage_equals_uninterrupted(
+    unit_zoo: Path, tmp_path: Path, knee_reference: Path, stop_call: int
+) -> None:
+    """Calls 0–7: the coarse evaluations; 8–15: the per-layer stage re-asks them (archive
+    hits); 16–19: its own 4 (19: the last before the knee stage, its batch untold); 20–31: the
+    knee stage re-asks the 12 (20: the first, before its ideal point is saved with a batch
+    told); 32–35: its own (35 the last: nothing left to resume)."""
+    exp = _write_staged(tmp_path, schedule=KNEE)
+    run_dir = _crash_then_resume(exp, tmp_path / "run", unit_zoo, stop_call)
+    assert _trace(run_dir) == _trace(knee_reference)

@@ -21,7 +21,17 @@ stages refine one another, as a granularity that divides the previous one's does
 
 Stages are counted in evaluations, not in fractions of the budget, so a budget raised on resume
 does not move a boundary already passed, and a longer run's first evaluations are a shorter
-run's.
+run's. The one exception is a last stage of ``last: N``: the budget's last N evaluations,
+whatever the budget; the stage before it has no ``until`` and every earlier stage is cut short
+where it begins. Meant for ``target: knee``, which a user exporting the knee wants refined::
+
+      - {granularity: 1}                                # per layer…
+      - {granularity: 1, target: knee, last: 12}        # …then nearer the ideal point
+
+A stage that targets the knee gives its optimizer one loss: how far a candidate falls short of
+the front's ideal point (each objective's best value when the stage begins; beyond it costs
+nothing), measured as the knee's rule measures (:func:`evomerge.archive.ideal_distances`).
+A budget raised once that stage has begun keeps it to the end.
 """
 
 from __future__ import annotations
@@ -36,21 +46,44 @@ from evomerge.space.base import SearchSpace, SpaceError, load_space
 from evomerge.space.parameters import ParametersSpace, curves_units
 
 _RESOLUTION = {"granularity", "curve"}
-_NOT_SPACE = {"until", "optimizer"}  # a stage's keys that are not space options
+_NOT_SPACE = {"until", "last", "optimizer", "target"}  # a stage's keys that are not space options
+TARGETS = ("front", "knee")
 Units = dict[Any, np.ndarray]  # (param, model, kind) → one unit value per layer
 
 
 def check_stages(stages: Sequence[Mapping[str, Any]]) -> None:
     """``until`` counts rise strictly, only the last stage has none (it runs to the end), and a
-    stage's ``optimizer`` is one evomerge knows."""
+    stage's ``optimizer`` is one evomerge knows. The last stage may instead be the budget's
+    ``last: N`` evaluations; the stage before it then needs no ``until``."""
     last = 0
+    final = stages[-1] if stages else {}
+    tail = final.get("last")
+    if tail is not None and len(stages) < 2:
+        raise ValueError("schedule[0].last: `last` ends a schedule of at least two stages")
+    if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 1):
+        raise ValueError(
+            f"schedule[{len(stages) - 1}].last: a positive number of evaluations, got {tail!r}"
+        )
     for i, st in enumerate(stages):
         if "optimizer" in st:
             _check_stage_optimizer(i, st["optimizer"])
+        if st.get("target", "front") not in TARGETS:
+            raise ValueError(
+                f"schedule[{i}].target: one of {', '.join(TARGETS)}, got {st['target']!r}"
+            )
+        if "last" in st and i != len(stages) - 1:
+            raise ValueError(f"schedule[{i}].last: only the last stage runs the budget's last N")
         until = st.get("until")
         if i == len(stages) - 1:
             if until is not None:
                 raise ValueError(f"schedule[{i}]: the last stage runs to the end; drop `until`")
+            continue
+        if tail is not None and i == len(stages) - 2:
+            if until is not None:
+                raise ValueError(
+                    f"schedule[{i}].until: this stage runs until the last stage's `last: "
+                    f"{tail}` evaluations begin; drop `until`"
+                )
             continue
         if isinstance(until, bool) or not isinstance(until, int) or until <= last:
             raise ValueError(
@@ -92,6 +125,8 @@ class StagedSpace:
         except ValueError as e:
             raise SpaceError(str(e)) from None
         self.until: list[int | None] = [st.get("until") for st in stages]
+        self.last: int | None = stages[-1].get("last")
+        self.targets: list[str] = [st.get("target", "front") for st in stages]
         self.spaces: list[SearchSpace] = []
         for i, st in enumerate(stages):
             overrides = {k: v for k, v in st.items() if k not in _NOT_SPACE}
@@ -115,12 +150,18 @@ class StagedSpace:
                 "models and module kinds in every stage)"
             )
 
-    def stage_at(self, done: int) -> int:
-        """The stage in force once ``done`` evaluations are in the archive."""
-        for i, until in enumerate(self.until):
+    def stage_at(self, done: int, budget: int | None = None) -> int:
+        """The stage in force once ``done`` evaluations are in the archive, of ``budget`` (the
+        last stage's ``last: N`` starts at ``budget - N``; earlier stages end there)."""
+        final = len(self.until) - 1
+        if self.last is not None:
+            if budget is not None and done >= budget - self.last:
+                return final
+            final -= 1  # before the budget's last N, the stage before the last is the latest
+        for i, until in enumerate(self.until[: final + 1]):
             if until is None or done < until:
                 return i
-        return len(self.until) - 1
+        return final
 
     def lift(self, stage: int, x: np.ndarray) -> np.ndarray:
         """A stage's genome as the last stage's genome (the same recipe)."""
