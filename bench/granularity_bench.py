@@ -6,7 +6,8 @@
 Each configuration is one experiment (DARE-TIES of the zoo's three experts onto its base, three
 objectives: token accuracy on rev9, shift3, add1, each on the same 200 held-out items), run once
 per seed for the largest budget; a smaller budget's figures are that run's first evaluations
-(no configuration's proposals depend on its budget, schedules count stages in evaluations).
+(schedules count stages in evaluations), except for a schedule whose last stage is the budget's
+last N evaluations (``last: N``), which runs once per budget.
 Per budget: the hypervolume of everything evaluated (reference 0), the best mean skill, and the
 knee of the front (Archive.knee's rule) scored in full, on all 2000 items of each task.
 
@@ -97,6 +98,16 @@ CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] 
     # the same with smaller batches: the GPs see new scores more often, asks condition on fewer
     # untold candidates (sched-curve-gp-b6 is the demo's configuration now)
     **{f"sched-curve-gp-b{b}": ({}, CURVE, {**GP, "batch": b}) for b in (4, 6, 8)},
+    # the budget's last evaluations spent nearing the front's ideal point (one loss: the knee's
+    # distance), per layer; the stages before are cut short where they start
+    **{
+        f"sched-curve-gp-b6-knee{n}": (
+            {},
+            [*CURVE[:2], {"granularity": 1}, {"granularity": 1, "target": "knee", "last": n}],
+            {**GP, "batch": 6},
+        )
+        for n in (6, 12)
+    },
     "curve2": ({"curve": 2}, [], NSGA2_DEMO),
     "layer-tpe": ({"granularity": 1}, [], TPE),
     "demo": (None, None, None),  # experiments/zoo-demo.yaml's space, schedule and optimizer
@@ -139,6 +150,11 @@ def experiment(
         exp["schedule"] = _depth(schedule, depth)
     exp["optimizer"] = optimizer
     return exp
+
+
+def by_budget(exp: dict) -> bool:
+    """Whether the run's proposals depend on its budget (a schedule ending in ``last: N``)."""
+    return any("last" in st for st in exp.get("schedule", []))
 
 
 def hypervolume(points: list[list[float]]) -> float:
@@ -223,11 +239,19 @@ def main() -> None:
         scorer = None if args.no_full else FullScorer(zoo, depth)
         for seed in args.seeds:
             for config in args.configs:
-                t0 = time.perf_counter()
-                exp = experiment(config, depth, top, seed, f"subsample:{args.k}", args.promotion)
-                evs = run(zoo, exp, work)
-                wall = time.perf_counter() - t0
+                runs: dict[int, tuple[list, float]] = {}  # budget → (evaluations, seconds)
                 for budget in args.budgets:
+                    # one run at the largest budget serves every budget, unless the schedule's
+                    # last stage is the budget's last N evaluations
+                    exp = experiment(
+                        config, depth, budget, seed, f"subsample:{args.k}", args.promotion
+                    )
+                    if budget != top and not by_budget(exp):
+                        continue
+                    t0 = time.perf_counter()
+                    runs[budget] = (run(zoo, exp, work), time.perf_counter() - t0)
+                for budget in args.budgets:
+                    evs, wall = runs.get(budget, runs[top])
                     if len(evs) < budget:  # interrupted (or failures): no figures for it
                         continue
                     values = [v for v, _ in evs[:budget]]

@@ -54,6 +54,8 @@ def collect(zoo: Path, seeds: list[int], configs: list[str], out: Path, k: int) 
         if (config, seed) in done:
             continue
         exp = gb.experiment(config, depth, max(BUDGETS), seed, f"subsample:{k}")
+        if gb.by_budget(exp):  # its 48 would not be the first 48 of its 96
+            raise SystemExit(f"{config}: a schedule counted from the budget's end is not kept")
         exp["reference_points"] = True
         path = work / f"{config}-{seed}.yaml"
         path.write_text(yaml.safe_dump(exp))
