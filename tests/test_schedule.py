@@ -6,6 +6,7 @@ end through the CLI."""
 from __future__ import annotations
 
 import pickle
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -407,6 +408,27 @@ def test_the_knee_stage_is_told_the_distance_to_the_ideal_point(
     assert state["annotations"]["ideal"] == pytest.approx((-ideal).tolist())
     assert state["identity"]["optimizer"] == "optuna-tpe"
     assert state["identity"]["n_objectives"] == 1
+
+
+def test_the_ideal_point_stays_where_the_knee_stage_began(
+    knee_reference: Path, tmp_path: Path
+) -> None:
+    """A candidate past the ideal point moves the front's ideal, not the stage's: later losses
+    are still measured from where the stage began, and passing it is not charged."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(knee_reference, run_dir)
+    ideal = np.array([v for _, v in _trace(knee_reference)][:12]).max(axis=0)
+    s, _ = search.reopen(run_dir, budget=20)  # more budget: the knee stage goes on
+    try:
+        genome = [0.5] * len(s.archive.genes)
+        past = Evaluation("past", "method: linear\n", genome, [ideal[0] + 0.05, ideal[1] - 0.1])
+        s.archive.record(past)
+        assert s.archive.ideal_point()[0][0] == pytest.approx(-(ideal[0] + 0.05))  # type: ignore[index]
+        assert s._losses(past) == [pytest.approx(0.1)]
+        short = Evaluation("short", "method: linear\n", genome, [ideal[0] - 0.03, ideal[1] - 0.04])
+        assert s._losses(short) == [pytest.approx(0.05)]  # from the moved ideal: ≈ 0.089
+    finally:
+        s.close()
 
 
 def test_a_smaller_budget_reaches_the_knee_stage_sooner(
