@@ -377,7 +377,8 @@ def test_a_last_stage_is_counted_from_the_end_of_the_budget(family: dict[str, Pa
 
 
 @pytest.fixture(scope="module")
-def knee_reference(unit_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def knee_run(unit_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[float]]:
+    """The uninterrupted run, and what its knee stage's TPE was told."""
     d = tmp_path_factory.mktemp("knee")
     s, budget = search.start(_write_staged(d, schedule=KNEE), d / "run", zoo=unit_zoo)
     assert s.run(budget).status == "finished"
@@ -385,13 +386,18 @@ def knee_reference(unit_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     # (seeds, re-asked in archive order), then its own 4
     told = [t.values[0] for t in s.optimizer._study.get_trials(deepcopy=False)]
     s.close()
-    (d / "told.yaml").write_text(yaml.safe_dump(told))
-    return d / "run"
+    return d / "run", told
+
+
+@pytest.fixture(scope="module")
+def knee_reference(knee_run: tuple[Path, list[float]]) -> Path:
+    return knee_run[0]
 
 
 def test_the_knee_stage_is_told_the_distance_to_the_ideal_point(
-    knee_reference: Path, staged_reference: Path
+    knee_run: tuple[Path, list[float]], staged_reference: Path
 ) -> None:
+    knee_reference, told = knee_run
     trace = _trace(knee_reference)
     # the stages before are untouched: the first 12 evaluations are the plain schedule's
     assert trace[:12] == _trace(staged_reference)[:12]
@@ -401,7 +407,6 @@ def test_the_knee_stage_is_told_the_distance_to_the_ideal_point(
     # any one objective is always on the front)
     ideal = values[:12].max(axis=0)
     want = np.sqrt((np.maximum(ideal - values, 0.0) ** 2).sum(axis=1))
-    told = yaml.safe_load((knee_reference.parent / "told.yaml").read_text())
     assert told == pytest.approx(want.tolist(), abs=1e-12)
     state = pickle.loads(read_optimizer_state(knee_reference))  # type: ignore[arg-type]
     assert state["annotations"]["stage"] == 2
