@@ -108,6 +108,36 @@ CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] 
         )
         for n in (6, 12)
     },
+    # -knee6 with its whole-model stage cut to 12 or 18 evaluations (12: the GP's random
+    # start only), none (a line over depth from the start), or NSGA-II's as in `coarse`
+    **{
+        f"sched-w{w}-curve-gp-b6-knee6": (
+            {},
+            [
+                {"granularity": "D", "until": w},
+                CURVE[1],
+                {"granularity": 1},
+                {"granularity": 1, "target": "knee", "last": 6},
+            ],
+            {**GP, "batch": 6},
+        )
+        for w in (12, 18)
+    },
+    "curve-gp-b6-knee6": (
+        {},
+        [CURVE[1], {"granularity": 1}, {"granularity": 1, "target": "knee", "last": 6}],
+        {**GP, "batch": 6},
+    ),
+    "sched-nsga24-curve-gp-b6-knee6": (
+        {},
+        [
+            {"granularity": "D", "until": 24, "optimizer": NSGA2_DEMO},
+            CURVE[1],
+            {"granularity": 1},
+            {"granularity": 1, "target": "knee", "last": 6},
+        ],
+        {**GP, "batch": 6},
+    ),
     "curve2": ({"curve": 2}, [], NSGA2_DEMO),
     "layer-tpe": ({"granularity": 1}, [], TPE),
     "demo": (None, None, None),  # experiments/zoo-demo.yaml's space, schedule and optimizer
@@ -155,6 +185,31 @@ def experiment(
 def by_budget(exp: dict) -> bool:
     """Whether the run's proposals depend on its budget (a schedule ending in ``last: N``)."""
     return any("last" in st for st in exp.get("schedule", []))
+
+
+def ehvi_reference_at_zero() -> None:
+    """An experiment, not evomerge's behaviour: optuna's GP sampler computes expected hypervolume
+    improvement from a reference just beyond the worst values seen (its standardized nadir);
+    these figures' hypervolume is measured from accuracy 0. This patches two private optuna
+    functions so the GP's reference is accuracy 0 too (every objective here is an accuracy)."""
+    import optuna._gp.acqf as acqf
+    from optuna.samplers._gp import sampler as gp_sampler
+
+    seen: dict[str, np.ndarray] = {}
+    standardize, nadir = gp_sampler._standardize_values, acqf._get_reference_point
+
+    def recording(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        out = standardize(values)  # called on the scores (maximized) before the acquisition
+        seen["mean"], seen["std"] = out[1], np.maximum(gp_sampler.EPS, out[2])
+        return out
+
+    def at_zero(Y: Any) -> np.ndarray:
+        if seen.get("mean") is None or len(seen["mean"]) != Y.shape[-1]:
+            return nadir(Y)
+        return seen["mean"] / seen["std"]  # loss space: -(0 - mean) / std
+
+    gp_sampler._standardize_values = recording
+    acqf._get_reference_point = at_zero
 
 
 def hypervolume(points: list[list[float]]) -> float:
@@ -222,8 +277,15 @@ def main() -> None:
     ap.add_argument(
         "--promotion", action="store_true", help="every configuration re-scores its front in full"
     )
+    ap.add_argument(
+        "--ehvi-reference-zero",
+        action="store_true",
+        help="experiment: optuna's GP measures hypervolume improvement from accuracy 0",
+    )
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    if args.ehvi_reference_zero:
+        ehvi_reference_at_zero()
     import torch
 
     from evomerge.checkpoint import num_layers
