@@ -138,6 +138,12 @@ CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] 
         ],
         {**GP, "batch": 6},
     ),
+    # deeper zoos: a curve of 4 control points instead of per layer after the line
+    "sched-curve4-gp-b6-knee6": (
+        {},
+        [*CURVE[:2], {"curve": 4}, {"curve": 4, "target": "knee", "last": 6}],
+        {**GP, "batch": 6},
+    ),
     "curve2": ({"curve": 2}, [], NSGA2_DEMO),
     "layer-tpe": ({"granularity": 1}, [], TPE),
     "demo": (None, None, None),  # experiments/zoo-demo.yaml's space, schedule and optimizer
