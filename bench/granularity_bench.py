@@ -284,6 +284,11 @@ def main() -> None:
         "--promotion", action="store_true", help="every configuration re-scores its front in full"
     )
     ap.add_argument(
+        "--best-full",
+        action="store_true",
+        help="also score the best-mean candidate on all items (beside the knee)",
+    )
+    ap.add_argument(
         "--ehvi-reference-zero",
         action="store_true",
         help="experiment: optuna's GP measures hypervolume improvement from accuracy 0",
@@ -335,7 +340,19 @@ def main() -> None:
                     if scorer is not None:
                         k = knee(values)
                         row["knee"] = k
+                        row["knee_values"] = values[k]  # the estimates it was chosen on
                         row["knee_full"] = scorer(evs[k][1])
+                        if args.best_full:
+                            b = int(np.argmax([np.mean(v) for v in values]))
+                            row["best"], row["best_values"] = b, values[b]
+                            row["best_full"] = scorer(evs[b][1])
+                            print(
+                                f"  knee {k}: {np.round(values[k], 3).tolist()} → "
+                                f"{np.round(row['knee_full'], 3).tolist()}; best mean {b}: "
+                                f"{np.round(values[b], 3).tolist()} → "
+                                f"{np.round(row['best_full'], 3).tolist()}",
+                                flush=True,
+                            )
                     results.append(row)
                     full = row.get("knee_full")
                     print(
