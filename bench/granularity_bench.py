@@ -38,6 +38,9 @@ GP = {"name": "optuna-gp", "batch": 12}  # optuna's GPSampler: LogEHVI, aware of
 
 # whole model to 24 evaluations, a line over depth to 48, then per layer
 CURVE = [{"granularity": "D", "until": 24}, {"curve": 2, "until": 48}, {"granularity": 1}]
+GP6 = {**GP, "batch": 6}  # the demo's optimizer
+# the budget's last evaluations spent nearing the front's ideal point, per layer
+KNEE6 = {"granularity": 1, "target": "knee", "last": 6}
 
 # name → (space_options, schedule, optimizer); depth is filled in per zoo ("D")
 CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] = {
@@ -103,8 +106,8 @@ CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] 
     **{
         f"sched-curve-gp-b6-knee{n}": (
             {},
-            [*CURVE[:2], {"granularity": 1}, {"granularity": 1, "target": "knee", "last": n}],
-            {**GP, "batch": 6},
+            [*CURVE[:2], {"granularity": 1}, {**KNEE6, "last": n}],
+            GP6,
         )
         for n in (6, 12)
     },
@@ -113,36 +116,27 @@ CONFIGS: dict[str, tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]] 
     **{
         f"sched-w{w}-curve-gp-b6-knee6": (
             {},
-            [
-                {"granularity": "D", "until": w},
-                CURVE[1],
-                {"granularity": 1},
-                {"granularity": 1, "target": "knee", "last": 6},
-            ],
-            {**GP, "batch": 6},
+            [{"granularity": "D", "until": w}, CURVE[1], {"granularity": 1}, KNEE6],
+            GP6,
         )
         for w in (12, 18)
     },
-    "curve-gp-b6-knee6": (
-        {},
-        [CURVE[1], {"granularity": 1}, {"granularity": 1, "target": "knee", "last": 6}],
-        {**GP, "batch": 6},
-    ),
+    "curve-gp-b6-knee6": ({}, [CURVE[1], {"granularity": 1}, KNEE6], GP6),
     "sched-nsga24-curve-gp-b6-knee6": (
         {},
         [
             {"granularity": "D", "until": 24, "optimizer": NSGA2_DEMO},
             CURVE[1],
             {"granularity": 1},
-            {"granularity": 1, "target": "knee", "last": 6},
+            KNEE6,
         ],
-        {**GP, "batch": 6},
+        GP6,
     ),
     # deeper zoos: a curve of 4 control points instead of per layer after the line
     "sched-curve4-gp-b6-knee6": (
         {},
         [*CURVE[:2], {"curve": 4}, {"curve": 4, "target": "knee", "last": 6}],
-        {**GP, "batch": 6},
+        GP6,
     ),
     "curve2": ({"curve": 2}, [], NSGA2_DEMO),
     "layer-tpe": ({"granularity": 1}, [], TPE),
