@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import pickle
 import re
 import subprocess
 import sys
@@ -568,3 +569,24 @@ def test_pymoo_variation_strength_is_an_option(name: str) -> None:
     assert not np.array_equal(default, second_batch(eta_crossover=2.0, eta_mutation=2.0))
     with pytest.raises(OptimizerError, match=r"'eta_mutation' must be a finite number > 0"):
         make_optimizer(name, GENES, 2, options={"eta_mutation": 0})
+
+
+def test_locks_in_optimizer_state_pickle_as_fresh_locks() -> None:
+    """optuna 5.1's GA samplers hold a threading.Lock; a state must not depend on the library
+    leaving none in its objects (plain pickle refuses them)."""
+    import threading
+
+    from evomerge.optimize.base import dumps_state
+
+    held, rheld = threading.Lock(), threading.RLock()
+    held.acquire()
+    rheld.acquire()
+    state = {"lock": held, "rlock": rheld, "value": np.arange(3)}
+    with pytest.raises(TypeError, match="lock"):
+        pickle.dumps(state)
+    back = pickle.loads(dumps_state(state))
+    assert isinstance(back["lock"], type(threading.Lock()))
+    assert isinstance(back["rlock"], type(threading.RLock()))
+    assert back["lock"].acquire(blocking=False)  # fresh: not the held one's state
+    assert back["rlock"].acquire(blocking=False)
+    assert back["value"].tolist() == [0, 1, 2]

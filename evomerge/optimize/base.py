@@ -13,6 +13,7 @@ import io
 import math
 import pickle
 import sys
+import threading
 import types
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -47,8 +48,18 @@ def _module_attr(module: str, name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
+# A lock guards a live object, not its state: pickled as a fresh, released one. optuna 5.1's GA
+# samplers (NSGA-II/III) hold a ``threading.Lock`` and define no ``__getstate__``.
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+
+def _new_lock(reentrant: bool) -> Any:
+    return threading.RLock() if reentrant else threading.Lock()
+
+
 class _StatePickler(pickle.Pickler):
-    """Pickle that keeps references to module-level objects the libraries share with us.
+    """Pickle that keeps references to module-level objects the libraries share with us, and
+    reduces locks to fresh ones.
 
     numpy's global RandomState would otherwise be copied (cma stores ``np.random.randn``, a bound
     method of it): a restored cma would draw from a frozen private copy instead of the state we
@@ -59,6 +70,8 @@ class _StatePickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if obj is np.random.mtrand._rand:
             return _module_attr, ("numpy.random.mtrand", "_rand")
+        if isinstance(obj, _LOCK_TYPES):
+            return _new_lock, (isinstance(obj, _LOCK_TYPES[1]),)
         if isinstance(obj, types.FunctionType) and "<locals>" in obj.__qualname__:
             for cell in obj.__closure__ or ():
                 try:
