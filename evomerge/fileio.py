@@ -9,6 +9,7 @@ only: the old one is moved aside first, never deleted before the new one is in p
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import json
 import os
 import shutil
@@ -102,6 +103,13 @@ def _umask() -> int:
 
 # ---------------------------------------------------------------------------------------------
 # configuration files
+
+
+def preset_dir(kind: str) -> Path:
+    """The presets of one kind (``search_spaces``, ``fitness``, ``experiments``) shipped inside
+    the package: an installed wheel has no checkout beside it. In a checkout,
+    ``evomerge/presets/KIND`` links to the top-level ``KIND/``, the presets' source of truth."""
+    return Path(str(importlib.resources.files("evomerge") / "presets" / kind))
 
 
 def resolve_named(

@@ -29,9 +29,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from evomerge.errors import EvomergeError
-from evomerge.fileio import read_text, read_yaml, resolve_named, validate
+from evomerge.fileio import preset_dir, read_text, read_yaml, resolve_named, validate
 
-FITNESS_DIR = Path(__file__).resolve().parent.parent.parent / "fitness"
+FITNESS_DIR = preset_dir("fitness")
 Kind = Literal["multiple_choice", "generate", "logprob"]
 _METRICS: dict[str, tuple[str, ...]] = {
     "multiple_choice": ("acc", "acc_norm"),

@@ -14,11 +14,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from evomerge.checkpoint import num_layers
 from evomerge.errors import EvomergeError, IncompatibleSourcesError
-from evomerge.fileio import read_yaml, resolve_named, validate
+from evomerge.fileio import preset_dir, read_yaml, resolve_named, validate
 from evomerge.genes import Gene
 from evomerge.recipe import Recipe
 
-SPACES_DIR = Path(__file__).resolve().parents[2] / "search_spaces"
+SPACES_DIR = preset_dir("search_spaces")
 
 
 class SpaceError(EvomergeError, ValueError):
