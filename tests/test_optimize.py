@@ -590,3 +590,33 @@ def test_locks_in_optimizer_state_pickle_as_fresh_locks() -> None:
     assert back["lock"].acquire(blocking=False)  # fresh: not the held one's state
     assert back["rlock"].acquire(blocking=False)
     assert back["value"].tolist() == [0, 1, 2]
+
+
+def test_gp_acquisition_options_reach_the_sampler() -> None:
+    """The GP's acquisition effort is set on optuna's private attributes (no keyword exists):
+    this pins their names, and that the sampler really uses them."""
+    from unittest import mock
+
+    from optuna._gp import optim_mixed
+
+    opt = make_optimizer(
+        "optuna-gp", GENES, 2, seed=3,
+        options={"batch": 1, "n_startup_trials": 2, "acquisition_candidates": 64,
+                 "acquisition_restarts": 3},
+    )  # fmt: skip
+    sampler = opt._study.sampler
+    assert (sampler._n_preliminary_samples, sampler._n_local_search) == (64, 3)
+    seen: list[tuple[int, int]] = []
+    real = optim_mixed.optimize_acqf_mixed
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append((kwargs["n_preliminary_samples"], kwargs["n_local_search"]))  # type: ignore[arg-type]
+        return real(*args, **kwargs)
+
+    with mock.patch.object(optim_mixed, "optimize_acqf_mixed", spy):
+        _drive(opt, 2, range(4))
+    assert seen and set(seen) == {(64, 3)}  # asks past the random start used them
+    again = _make("optuna-gp", 2)  # and the defaults stay optuna's
+    assert again._study.sampler._n_local_search == 10
+    with pytest.raises(OptimizerError, match="acquisition_restarts must be at least 2"):
+        make_optimizer("optuna-gp", GENES, 2, options={"acquisition_restarts": 1})

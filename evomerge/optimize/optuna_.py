@@ -22,7 +22,13 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import create_model
 
-from evomerge.optimize.base import Count, Optimizer, OptimizerError, OptimizerOptions
+from evomerge.optimize.base import (
+    Count,
+    CountOrNone,
+    Optimizer,
+    OptimizerError,
+    OptimizerOptions,
+)
 
 
 @contextmanager
@@ -88,12 +94,13 @@ class _OptunaOptimizer(Optimizer):
             else IntDistribution(0, g.choices - 1)
             for g in self.genes
         }
-        kwargs = {k: v for k, v in self.options.items() if k != "batch"}
+        kwargs = {k: v for k, v in self.options.items() if k in self._sampler_keywords()}
         with _quiet():
             try:
                 sampler = self._sampler_class()(seed=self.seed, **kwargs)
             except (TypeError, ValueError) as exc:
                 raise OptimizerError(f"optimizer {self.name!r}: bad option ({exc})") from exc
+            self._configure(sampler)
             self._study = optuna.create_study(
                 storage=optuna.storages.InMemoryStorage(),
                 sampler=sampler,
@@ -104,6 +111,13 @@ class _OptunaOptimizer(Optimizer):
         # the journal so far (see _checkpoint_payload): trials then, and those running then
         self._last_count = 0
         self._last_running: list[int] = []
+
+    @classmethod
+    def _sampler_keywords(cls) -> set[str]:
+        return set(inspect.signature(cls._sampler_class()).parameters) - {"seed"}
+
+    def _configure(self, sampler: Any) -> None:
+        """Options that are not the sampler's keywords (none but for the GP's)."""
 
     def _ask(self) -> list[np.ndarray]:
         batch = []
@@ -285,8 +299,56 @@ class OptunaNSGA3(_OptunaOptimizer):
 
 
 class OptunaGP(_OptunaOptimizer):
-    """Gaussian-process Bayesian optimization (torch); several objectives supported."""
+    """Gaussian-process Bayesian optimization (torch); several objectives supported.
+
+    Options beside the sampler's: how hard each ask optimizes the acquisition function, its
+    main cost on a CPU. optuna scores ``acquisition_candidates`` quasi-random points (2048) and
+    refines the best ``acquisition_restarts`` of them (10) with L-BFGS-B. optuna has no keyword
+    for either (4.5–5.1): they are the sampler's private attributes, set after construction
+    and refused with a clear error where a release renamed them
+    (``test_gp_acquisition_options_reach_the_sampler`` pins the names).
+    """
 
     name: ClassVar[str] = "optuna-gp"
     multi_objective: ClassVar[bool] = True
     sampler_name: ClassVar[str] = "GPSampler"
+    _ACQUISITION: ClassVar[dict[str, str]] = {
+        "acquisition_candidates": "_n_preliminary_samples",
+        "acquisition_restarts": "_n_local_search",
+    }
+
+    @classmethod
+    def options_model(cls) -> type[OptimizerOptions]:
+        return _gp_options(cls._sampler_class())
+
+    def _configure(self, sampler: Any) -> None:
+        given = {k: self.options[k] for k in self._ACQUISITION if self.options.get(k) is not None}
+        for option, value in given.items():
+            attribute = self._ACQUISITION[option]
+            if not isinstance(getattr(sampler, attribute, None), int):
+                import optuna
+
+                raise OptimizerError(
+                    f"optimizer {self.name!r}: option {option!r} needs optuna's GPSampler."
+                    f"{attribute}, which optuna {optuna.__version__} does not have; "
+                    "leave the option out"
+                )
+            setattr(sampler, attribute, int(value))
+        if not given:
+            return
+        candidates, restarts = sampler._n_preliminary_samples, sampler._n_local_search
+        if not 2 <= restarts <= candidates:
+            raise OptimizerError(
+                f"optimizer {self.name!r}: acquisition_restarts must be at least 2 and at most "
+                f"acquisition_candidates, got {restarts} and {candidates}"
+            )
+
+
+@functools.cache
+def _gp_options(sampler: type) -> type[OptimizerOptions]:
+    return create_model(
+        "GPSamplerOptions",
+        __base__=_sampler_options(sampler),
+        acquisition_candidates=(CountOrNone, None),
+        acquisition_restarts=(CountOrNone, None),
+    )
