@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from evomerge.errors import EvomergeError
+from evomerge.fileio import preset_dir
 
 app = typer.Typer(
     add_completion=False,
@@ -30,7 +32,6 @@ console = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ZOO = Path(os.environ.get("EVOMERGE_ZOO", Path.home() / ".cache" / "evomerge" / "zoo"))
 _DEBUG = {"on": False}  # --debug: errors raise with their traceback
 
@@ -44,6 +45,27 @@ def _main(
     debug: Annotated[bool, typer.Option(help="Show tracebacks instead of one-line errors")] = False,
 ) -> None:
     _DEBUG["on"] = debug
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """Other libraries' progress bars (transformers' "Loading weights") and warnings stay off
+    our terminal: a search loads weights hundreds of times. Ours stay; a user's own settings
+    of these variables win."""
+    import warnings
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    if "transformers" in sys.modules:  # imported before the environment said so
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    if not sys.warnoptions:  # `python -W …` asks for them
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"(?!evomerge)")
 
 
 def _friendly(fn: F) -> F:
@@ -192,7 +214,7 @@ def demo(
     t0 = time.perf_counter()
     report = build_zoo(zoo, preset=preset, seed=0, log=console.print)
     console.print(report.table())
-    experiment = REPO_ROOT / "experiments" / "zoo-demo.yaml"
+    experiment = preset_dir("experiments") / "zoo-demo.yaml"
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     s, total = search.start(experiment, run_dir, zoo=zoo, budget=budget, log=console.print)
@@ -201,18 +223,25 @@ def demo(
         outcome = _run_with_progress(s, total)
     finally:
         s.close()
-    _print_front(run_dir)
+    from evomerge.report import RunView, front_table
+
+    view = RunView.open(run_dir)
+    console.print(front_table(view, title=f"Pareto front of {view.run_name}", limit=10))
     knee = s.archive.knee()
     if knee is not None and knee.recipe:
-        export(knee, out / "recipe.yaml", force=True)  # the demo rewrites its own output
-        console.print(
-            f"knee recipe (trial {knee.number}) → {out / 'recipe.yaml'}  "
-            f"(materialize: evomerge merge {out / 'recipe.yaml'} DIR --zoo {zoo})"
-        )
         from evomerge.confirm import confirm
 
+        export(knee, out / "recipe.yaml", force=True)  # the demo rewrites its own output
         confirmed = confirm(run_dir, trials=[knee.number or 0], zoo=zoo, log=console.print)
-        console.print(_confirmation_table(confirmed, "the knee on items the search never saw"))
+        console.print(_confirmation_table(confirmed, "The knee on items the search never saw"))
+        console.print(f"knee: trial {knee.number}, recipe → {out / 'recipe.yaml'}")
+    console.print(
+        "\nnext:\n"
+        f"  evomerge front {run_dir} --plot front.html   the whole front, interactive\n"
+        f"  evomerge report {run_dir} --out report       a page: front, progress, the knee\n"
+        f"  evomerge export {run_dir} --knee --format hf --out merged   the knee as a model",
+        highlight=False,
+    )
     console.print(f"demo {outcome.status} in {time.perf_counter() - t0:.0f}s")
 
 
@@ -228,7 +257,7 @@ def _run_with_progress(s: Any, total: int, hours: float | None = None) -> Any:
 
     with Progress(
         TextColumn("[bold]evaluations"),
-        BarColumn(),
+        BarColumn(bar_width=16),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("ETA"),
@@ -240,11 +269,9 @@ def _run_with_progress(s: Any, total: int, hours: float | None = None) -> Any:
 
         def show(p: Any) -> None:
             best = " ".join(f"{k} {v:.3f}" for k, v in p.best.items())
+            failed = f" · failed {p.failed}" if p.failed else ""
             bar.update(
-                task,
-                completed=p.done,
-                info=f"failed {p.failed} · cached {p.cached} · best {best} · "
-                f"HV {p.hypervolume:.4f}",
+                task, completed=p.done, info=f"HV {p.hypervolume:.4f} · best {best}{failed}"
             )
 
         return s.run(total, hours=hours, on_progress=show)
@@ -514,7 +541,7 @@ def confirm_(
 
 def _confirmation_table(results: list[Any], title: str) -> Table:
     t = Table(title=title)
-    for col in ("trial", "objective", "estimate", "on items", "score", "± stderr", "gap"):
+    for col in ("trial", "objective", "estimate (items)", "on items", "score ± stderr", "gap"):
         t.add_column(col, justify="left" if col == "objective" else "right")
     for c in results:
         for o in c.scores:
@@ -523,9 +550,8 @@ def _confirmation_table(results: list[Any], title: str) -> Table:
                 str(c.trial),
                 o,
                 f"{c.estimate[o]:.4f} ({c.estimate_fidelity[o]:.0%})",
-                f"{c.items[o]} {'held-out' if c.kind == 'holdout' else '(all)'}",
-                f"{c.scores[o]:.4f}",
-                "-" if se is None else f"{se:.4f}",
+                f"{c.items[o]} {'held-out' if c.kind == 'holdout' else 'all'}",
+                f"{c.scores[o]:.4f}" + ("" if se is None else f" ±{se:.4f}"),
                 f"{c.gap[o]:+.4f}",
             )
     return t

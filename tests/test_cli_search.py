@@ -35,7 +35,11 @@ def demo_run(unit_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         ],
     )
     assert res.exit_code == 0, res.output
-    assert "Pareto front" in res.output and "knee recipe" in res.output
+    assert "Pareto front" in res.output and "members on the front" in res.output
+    # it ends with the knee on held-out items, where its recipe went, and what to run next
+    tail = res.output[res.output.index("The knee on items the search never saw") :]
+    assert f"recipe → {d / 'out' / 'recipe.yaml'}" in tail
+    assert all(f"evomerge {cmd} {d / 'run'}" in tail for cmd in ("front", "report", "export"))
     Recipe.load(d / "out" / "recipe.yaml")  # the exported knee is a valid recipe
     return d / "run"
 

@@ -352,7 +352,7 @@ def test_a_run_without_holdout(unit_zoo: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "reserved no held-out items" in res.output
     res = runner.invoke(app, ["confirm", str(run_dir), "--full", "--trial", "0"])
     assert res.exit_code == 0, res.output
-    assert "200 (all)" in res.output
+    assert "200 all" in res.output
     with pytest.raises(ArchiveError, match="confirmed on holdout items"):
         archive.confirmed("holdout")
     assert [e.number for e in archive.confirmed().evaluations] == [0]  # full ones, then

@@ -54,33 +54,63 @@ def _with_error(v: float, se: float | None) -> str:
 
 
 def front_table(
-    source: RunView | Archive, title: str = "Pareto front", *, all_: bool = False
+    source: RunView | Archive,
+    title: str = "Pareto front",
+    *,
+    all_: bool = False,
+    limit: int | None = None,
 ) -> Table:
+    """The front as a terminal table. ``limit``: the ``limit`` members nearest the ideal point,
+    knee first, in 80 columns (shares of items scored that every row shares and the hashes'
+    tails go to the caption), with a line saying how many members the front has."""
     view = RunView.of(source)
+    rows = front_rows(view, all_=all_)
+    compact = limit is not None
+    if compact:
+        by_number = {e.number: e for e in view.archive.evaluations}
+        distance = view.archive.ideal_distances([by_number[r["trial"]] for r in rows])
+        order = sorted(range(len(rows)), key=lambda i: (not rows[i]["knee"], distance[i]))
+        rows = [rows[i] for i in order[:limit]]
+    items = {_items(r["fidelity"]) for r in rows}
+    shared_items = compact and len(items) == 1
     t = Table(title=title)
     t.add_column("trial", justify="right")
     if all_:
         t.add_column("rank", justify="right")
     for o in view.objectives:
         t.add_column(f"{o.name} {'↑' if o.direction == 'maximize' else '↓'}", justify="right")
-    t.add_column("items scored")
+    if not shared_items:
+        t.add_column("items scored")
     t.add_column("hash")
-    for row in front_rows(view, all_=all_):
+    cell = _compact if compact else _with_error
+    for row in rows:
         t.add_row(
-            f"{row['trial']}{' (knee)' if row['knee'] else ''}",
+            f"{row['trial']}{(' knee' if compact else ' (knee)') if row['knee'] else ''}",
             *([str(row["rank"])] if all_ else []),
-            *[_with_error(row[n], row["stderr"].get(n)) for n in view.names],
-            _items(row["fidelity"]),
-            row["hash"],
+            *[cell(row[n], row["stderr"].get(n)) for n in view.names],
+            *([] if shared_items else [_items(row["fidelity"])]),
+            row["hash"][:8] if compact else row["hash"],
         )
     for p in view.reference_points() if not all_ else []:
         t.add_row(
             f"[dim]{p.label}[/]",
-            *[f"[dim]{_with_error(v, s)}[/]" for v, s in zip(p.values, p.stderr, strict=True)],
-            "[dim]reference[/]",
+            *[f"[dim]{cell(v, s)}[/]" for v, s in zip(p.values, p.stderr, strict=True)],
+            *([] if shared_items else ["[dim]reference[/]"]),
             "",
         )
+    if compact:
+        members = len(view.archive.front())
+        shown = (
+            f"the {len(rows)} nearest the ideal point, knee first" if members > len(rows) else "all"
+        )
+        scored = f"; items scored: {items.pop()}" if shared_items else ""
+        t.caption = f"{members} members on the front, {shown}{scored}; dim: reference points"
     return t
+
+
+def _compact(v: float, se: float | None) -> str:
+    value = f"{v:.4g}" if abs(v) >= 1e4 else f"{v:.3f}"
+    return value if se is None else f"{value} ±{se:.3f}"
 
 
 def front_json(source: RunView | Archive, *, all_: bool = False) -> str:
