@@ -2,6 +2,12 @@
 
     python bench/gp_ask_bench.py --trials 48 --repeats 3
     python bench/gp_ask_bench.py --trials 48 --repeats 3 --batches 12 6   # greenlet on, per batch
+    python bench/gp_ask_bench.py --trials 96 --shapes 6:2048:10 1:2048:10 1:512:4
+
+``--shapes B:C:R …`` compares batch sizes and acquisition efforts (``C`` quasi-random candidates,
+``R`` L-BFGS-B restarts: the ``optuna-gp`` options ``acquisition_candidates`` and
+``acquisition_restarts``; optuna's defaults are 2048 and 10), greenlet on, and prints the best
+mean objective each reached, so a cheaper ask is seen with what it costs in proposals.
 
 Without ``greenlet`` optuna warns that its L-BFGS-B restarts run one after another; with it
 they are batched (the same algorithm, the acquisition evaluated for every restart at
@@ -28,7 +34,9 @@ import time
 GENES, OBJECTIVES = 24, 3
 
 
-def _one(greenlet: bool, trials: int, batch_size: int) -> dict[str, float | bool]:
+def _one(
+    greenlet: bool, trials: int, batch_size: int, candidates: int = 2048, restarts: int = 10
+) -> dict[str, float | bool]:
     if not greenlet:
         sys.modules["greenlet"] = None  # type: ignore[assignment]  # its import then fails
     import numpy as np
@@ -39,9 +47,9 @@ def _one(greenlet: bool, trials: int, batch_size: int) -> dict[str, float | bool
     rng = np.random.default_rng(0)
     w = rng.normal(size=(OBJECTIVES, GENES))
     space = {f"x{i}": optuna.distributions.FloatDistribution(0, 1) for i in range(GENES)}
-    study = optuna.create_study(
-        directions=["maximize"] * OBJECTIVES, sampler=optuna.samplers.GPSampler(seed=0)
-    )
+    sampler = optuna.samplers.GPSampler(seed=0)
+    sampler._n_preliminary_samples, sampler._n_local_search = candidates, restarts
+    study = optuna.create_study(directions=["maximize"] * OBJECTIVES, sampler=sampler)
     wall = cpu = 0.0
     for _ in range(trials // batch_size):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -51,7 +59,13 @@ def _one(greenlet: bool, trials: int, batch_size: int) -> dict[str, float | bool
         for t in batch:
             x = np.array([t.params[f"x{i}"] for i in range(GENES)])
             study.tell(t, list(np.tanh(w @ (x - 0.5)) + 0.05 * rng.normal(size=OBJECTIVES)))
-    return {"greenlet": batched_lbfgsb._greenlet_imports.is_successful(), "wall": wall, "cpu": cpu}
+    best = max(float(np.mean(t.values)) for t in study.trials)
+    return {
+        "greenlet": batched_lbfgsb._greenlet_imports.is_successful(),
+        "wall": wall,
+        "cpu": cpu,
+        "best_mean": best,
+    }
 
 
 def main() -> None:
@@ -67,9 +81,16 @@ def main() -> None:
     ap.add_argument(
         "--batches", type=int, nargs=2, metavar=("A", "B"), help="compare two batch sizes instead"
     )
+    ap.add_argument("--shapes", nargs="+", metavar="B:C:R", help="batch:candidates:restarts")
+    ap.add_argument("--candidates", type=int, default=2048)
+    ap.add_argument("--restarts", type=int, default=10)
     args = ap.parse_args()
     if args.only:
-        print(json.dumps(_one(args.only == "on", args.trials, args.batch)))
+        one = _one(args.only == "on", args.trials, args.batch, args.candidates, args.restarts)
+        print(json.dumps(one))
+        return
+    if args.shapes:
+        _shapes(args.shapes, args.trials, args.repeats)
         return
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # (label, greenlet variant, batch): the variants run alternately, one process each
@@ -100,6 +121,30 @@ def main() -> None:
         ta = statistics.median(t[i] for t in times[a])
         tb = statistics.median(t[i] for t in times[b])
         print(f"median {what}: {a} {ta:.1f} s, {b} {tb:.1f} s ({tb / ta:.2f}x)")
+
+
+def _shapes(shapes: list[str], trials: int, repeats: int) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    print(f"load average before: {os.getloadavg()}")
+    walls: dict[str, list[float]] = {s: [] for s in shapes}
+    for _ in range(repeats):
+        for shape in shapes:  # alternately, one process each
+            b, c, r = shape.split(":")
+            cmd = [sys.executable, __file__, "--trials", str(trials), "--only", "on"]
+            cmd += ["--batch", b, "--candidates", c, "--restarts", r]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+            one = json.loads(out.stdout.strip().splitlines()[-1])
+            walls[shape].append(float(one["wall"]))
+            print(
+                f"batch {b}, {c} candidates, {r} restarts: asks for {trials} trials "
+                f"{one['wall']:.1f} s wall; best mean objective {one['best_mean']:.3f}",
+                flush=True,
+            )
+    print(f"load average after: {os.getloadavg()}")
+    first = statistics.median(walls[shapes[0]])
+    for shape in shapes:
+        m = statistics.median(walls[shape])
+        print(f"median {shape}: {m:.1f} s ({m / first:.2f}x of {shapes[0]})")
 
 
 if __name__ == "__main__":
