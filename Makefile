@@ -39,7 +39,8 @@ test-latest:
 	$(PY) -m venv $(LVENV)
 	$(LVENV)/bin/python -m pip install -q --upgrade pip
 	$(call install_torch,$(LVENV))
-	$(LVENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	echo "$(CPU_TORCH)" > $(LVENV)/torch.txt  # newest of all else; torch a multi-GB CUDA build
+	$(LVENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LVENV)/torch.txt -e ".[dev]"
 	$(LVENV)/bin/python -m pip freeze --all --exclude-editable | grep -v "^pip==" | sed "s/+cpu$$//" > $(LVENV)/freeze.txt
 	@echo "newer than constraints.txt:"; diff constraints.txt $(LVENV)/freeze.txt | grep '^>' || echo "  (none)"
 	$(LVENV)/bin/python -m pytest -n 2 -p no:cacheprovider
