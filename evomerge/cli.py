@@ -235,13 +235,14 @@ def demo(
         confirmed = confirm(run_dir, trials=[knee.number or 0], zoo=zoo, log=console.print)
         console.print(_confirmation_table(confirmed, "The knee on items the search never saw"))
         console.print(f"knee: trial {knee.number}, recipe → {out / 'recipe.yaml'}")
-    console.print(
-        "\nnext:\n"
-        f"  evomerge front {run_dir} --plot front.html   the whole front, interactive\n"
-        f"  evomerge report {run_dir} --out report       a page: front, progress, the knee\n"
-        f"  evomerge export {run_dir} --knee --format hf --out merged   the knee as a model",
-        highlight=False,
-    )
+    steps = [
+        (f"evomerge front {run_dir} --plot front.html", "the whole front, interactive"),
+        (f"evomerge report {run_dir} --out report", "a page: front, progress, knee"),
+        (f"evomerge export {run_dir} --knee --format hf --out merged", "the knee, a model"),
+    ]
+    width = max(len(cmd) for cmd, _ in steps)
+    lines = "\n".join(f"  {cmd:<{width}}  {why}" for cmd, why in steps)
+    console.print(f"\nnext:\n{lines}", highlight=False, soft_wrap=True)
     console.print(f"demo {outcome.status} in {time.perf_counter() - t0:.0f}s")
 
 
@@ -268,11 +269,9 @@ def _run_with_progress(s: Any, total: int, hours: float | None = None) -> Any:
         task = bar.add_task("search", total=total, completed=len(s.archive), info="")
 
         def show(p: Any) -> None:
-            best = " ".join(f"{k} {v:.3f}" for k, v in p.best.items())
+            best = "/".join(f"{v:.2f}" for v in p.best.values())  # in the objectives' order
             failed = f" · failed {p.failed}" if p.failed else ""
-            bar.update(
-                task, completed=p.done, info=f"HV {p.hypervolume:.4f} · best {best}{failed}"
-            )
+            bar.update(task, completed=p.done, info=f"HV {p.hypervolume:.4f} · best {best}{failed}")
 
         return s.run(total, hours=hours, on_progress=show)
 
@@ -541,7 +540,7 @@ def confirm_(
 
 def _confirmation_table(results: list[Any], title: str) -> Table:
     t = Table(title=title)
-    for col in ("trial", "objective", "estimate (items)", "on items", "score ± stderr", "gap"):
+    for col in ("trial", "objective", "estimate", "on items", "score ± stderr", "gap"):
         t.add_column(col, justify="left" if col == "objective" else "right")
     for c in results:
         for o in c.scores:
