@@ -299,7 +299,9 @@ def _print_front(run_dir: Path) -> None:
 @app.command()
 @_friendly
 def run(
-    experiment: Annotated[Path, typer.Argument(help="An experiment YAML (see experiments/)")],
+    experiment: Annotated[
+        Path, typer.Argument(help="An experiment YAML, or a shipped one by name (zoo-demo)")
+    ],
     run_dir: Annotated[Path | None, typer.Option(help="Default: runs/<experiment name>")] = None,
     budget: Annotated[int | None, typer.Option(help="Evaluations (default: the file's)")] = None,
     hours: Annotated[float | None, typer.Option(help="Stop after this long (resumable)")] = None,
@@ -307,7 +309,13 @@ def run(
 ) -> None:
     """Launch a search. Ctrl-C stops it cleanly; `evomerge resume RUN_DIR` continues it."""
     from evomerge import search
-    from evomerge.experiment import Experiment
+    from evomerge.experiment import Experiment, ExperimentError
+    from evomerge.fileio import resolve_named
+
+    if not experiment.suffix and not experiment.exists():  # shipped in the package
+        experiment = resolve_named(
+            experiment, presets=preset_dir("experiments"), what="experiment", error=ExperimentError
+        )
 
     with _reading(experiment):
         exp = Experiment.load(experiment)

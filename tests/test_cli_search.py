@@ -102,6 +102,12 @@ def test_run_refuses_another_experiments_dir(demo_run: Path, unit_zoo: Path) -> 
     assert res.exit_code == 2 and "belongs to another experiment" in res.output
 
 
+def test_run_takes_a_shipped_experiment_by_name(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["run", "no-such-experiment", "--run-dir", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "unknown experiment 'no-such-experiment'" in res.output
+    assert "zoo-demo" in res.output and not (tmp_path / "r").exists()
+
+
 def test_space_show(unit_zoo: Path) -> None:
     srcs = [
         f"--source={n}=zoo:{p}"

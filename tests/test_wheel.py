@@ -126,3 +126,6 @@ def test_installed_wheel_runs_from_an_empty_directory(
     # at 80 columns no cell wraps: a wrapped row would continue on a line with no trial
     assert rows and not [r for r in rows if r.split("│")[1].strip() == ""], front
     assert sorted(p.name for p in empty.iterdir()) == ["out", "runs"]
+    # a shipped experiment by name, as the README's `evomerge run` shows
+    args = ("run", "zoo-demo", "--budget", "2", "--zoo", str(unit_zoo), "--run-dir", "again")
+    assert "finished: 2 evaluations" in _evomerge(installed, empty, *args)
