@@ -234,7 +234,7 @@ def demo(
         export(knee, out / "recipe.yaml", force=True)  # the demo rewrites its own output
         confirmed = confirm(run_dir, trials=[knee.number or 0], zoo=zoo, log=console.print)
         console.print(_confirmation_table(confirmed, "The knee on items the search never saw"))
-        console.print(f"knee: trial {knee.number}, recipe → {out / 'recipe.yaml'}")
+        console.print(f"knee: trial {knee.number}, recipe → {out / 'recipe.yaml'}", soft_wrap=True)
     steps = [
         (f"evomerge front {run_dir} --plot front.html", "the whole front, interactive"),
         (f"evomerge report {run_dir} --out report", "a page: front, progress, knee"),

@@ -597,7 +597,8 @@ def test_gp_acquisition_options_reach_the_sampler() -> None:
     this pins their names, and that the sampler really uses them."""
     from unittest import mock
 
-    from optuna._gp import optim_mixed
+    # the sampler's own handle: optuna's lazy import copies the module's functions into it
+    from optuna.samplers._gp.sampler import optim_mixed
 
     opt = make_optimizer(
         "optuna-gp", GENES, 2, seed=3,

@@ -94,7 +94,7 @@ class _OptunaOptimizer(Optimizer):
             else IntDistribution(0, g.choices - 1)
             for g in self.genes
         }
-        kwargs = {k: v for k, v in self.options.items() if k in self._sampler_keywords()}
+        kwargs = self._sampler_kwargs()
         with _quiet():
             try:
                 sampler = self._sampler_class()(seed=self.seed, **kwargs)
@@ -112,12 +112,12 @@ class _OptunaOptimizer(Optimizer):
         self._last_count = 0
         self._last_running: list[int] = []
 
-    @classmethod
-    def _sampler_keywords(cls) -> set[str]:
-        return set(inspect.signature(cls._sampler_class()).parameters) - {"seed"}
+    def _sampler_kwargs(self) -> dict[str, Any]:
+        """The options the sampler is constructed with."""
+        return {k: v for k, v in self.options.items() if k != "batch"}
 
     def _configure(self, sampler: Any) -> None:
-        """Options that are not the sampler's keywords (none but for the GP's)."""
+        """Options set on the sampler once made (none but for the GP's)."""
 
     def _ask(self) -> list[np.ndarray]:
         batch = []
@@ -320,6 +320,9 @@ class OptunaGP(_OptunaOptimizer):
     @classmethod
     def options_model(cls) -> type[OptimizerOptions]:
         return _gp_options(cls._sampler_class())
+
+    def _sampler_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in super()._sampler_kwargs().items() if k not in self._ACQUISITION}
 
     def _configure(self, sampler: Any) -> None:
         given = {k: self.options[k] for k in self._ACQUISITION if self.options.get(k) is not None}
