@@ -223,10 +223,7 @@ def demo(
         outcome = _run_with_progress(s, total)
     finally:
         s.close()
-    from evomerge.report import RunView, front_table
-
-    view = RunView.open(run_dir)
-    console.print(front_table(view, title=f"Pareto front of {view.run_name}", limit=10))
+    _print_front(run_dir, limit=10)
     knee = s.archive.knee()
     if knee is not None and knee.recipe:
         from evomerge.confirm import confirm
@@ -289,11 +286,11 @@ def _search_and_report(s: Any, total: int, hours: float | None, run_dir: Path) -
         console.print(f"stopped because {outcome.reason}; `evomerge resume {run_dir}` goes on")
 
 
-def _print_front(run_dir: Path) -> None:
+def _print_front(run_dir: Path, limit: int | None = None) -> None:
     from evomerge.report import RunView, front_table
 
     view = RunView.open(run_dir)
-    console.print(front_table(view, title=f"Pareto front of {view.run_name}"))
+    console.print(front_table(view, title=f"Pareto front of {view.run_name}", limit=limit))
 
 
 @app.command()
