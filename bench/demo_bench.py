@@ -33,6 +33,7 @@ import yaml
 DEMO = Path(__file__).resolve().parents[1] / "experiments" / "zoo-demo.yaml"
 WHOLE = {"name": "nsga2", "pop_size": 12, "eta_crossover": 5, "eta_mutation": 5}
 GRID = np.linspace(0.2, 1.0, 5)
+ARMS = ("demo", "whole-model", "uniform")
 
 
 def _experiment(config: str, seed: int, depth: int) -> dict[str, Any]:
@@ -116,6 +117,12 @@ def _uniform(exp: dict[str, Any], zoo: Path) -> dict[str, Any]:
         judge.close()
 
 
+def _held(row: dict[str, Any], arm: str) -> float:
+    """One arm's recipe of one seed: its mean over the skills on the held-out items."""
+    scores = row[arm]["heldout"] if arm == "uniform" else row[arm]["knee_heldout"]
+    return float(np.mean(scores))
+
+
 def _paired(name: str, a: list[float], b: list[float]) -> str:
     from scipy import stats
 
@@ -151,27 +158,21 @@ def main() -> None:
         row["uniform"] = _uniform(_experiment("demo", seed, depth), args.zoo)
         rows.append(row)
         print(
-            f"seed {seed}: held-out mean of the knee: demo "
-            f"{np.mean(row['demo']['knee_heldout']):.4f}, whole-model "
-            f"{np.mean(row['whole-model']['knee_heldout']):.4f}; best uniform "
+            f"seed {seed}: held-out mean of the knee: demo {_held(row, 'demo'):.4f}, "
+            f"whole-model {_held(row, 'whole-model'):.4f}; best uniform "
             f"(w {row['uniform']['weight']:.1f}, d {row['uniform']['density']:.1f}) "
-            f"{np.mean(row['uniform']['heldout']):.4f}; demo search {row['demo']['wall']:.0f}s",
+            f"{_held(row, 'uniform'):.4f}; demo search {row['demo']['wall']:.0f}s",
             flush=True,
         )
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
     shutil.rmtree(work, ignore_errors=True)
-    demo = [float(np.mean(r["demo"]["knee_heldout"])) for r in rows]
+    demo, whole, uniform = ([_held(r, arm) for r in rows] for arm in ARMS)
     print("\n| seed | demo knee | whole-model knee | best uniform | (held-out mean) |")
     print("|---|---|---|---|---|")
-    for r, d in zip(rows, demo, strict=True):
-        print(
-            f"| {r['seed']} | {d:.4f} | {np.mean(r['whole-model']['knee_heldout']):.4f} | "
-            f"{np.mean(r['uniform']['heldout']):.4f} | |"
-        )
+    for r, d, w, u in zip(rows, demo, whole, uniform, strict=True):
+        print(f"| {r['seed']} | {d:.4f} | {w:.4f} | {u:.4f} | |")
     if len(rows) > 1:
-        whole = [float(np.mean(r["whole-model"]["knee_heldout"])) for r in rows]
-        uniform = [float(np.mean(r["uniform"]["heldout"])) for r in rows]
         print(_paired("demo knee − whole-model knee", demo, whole))
         print(_paired("demo knee − best uniform", demo, uniform))
 

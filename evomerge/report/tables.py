@@ -45,8 +45,8 @@ def _items(fid: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.0%}" for k, v in fid.items())
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.4g}" if abs(v) >= 1e4 else f"{v:.4f}"
+def _fmt(v: float, decimals: int = 4) -> str:
+    return f"{v:.4g}" if abs(v) >= 1e4 else f"{v:.{decimals}f}"
 
 
 def _with_error(v: float, se: float | None) -> str:
@@ -109,8 +109,7 @@ def front_table(
 
 
 def _compact(v: float, se: float | None) -> str:
-    value = f"{v:.4g}" if abs(v) >= 1e4 else f"{v:.3f}"
-    return value if se is None else f"{value} ±{se:.3f}"
+    return _fmt(v, 3) if se is None else f"{_fmt(v, 3)} ±{_fmt(se, 3)}"
 
 
 def front_json(source: RunView | Archive, *, all_: bool = False) -> str:
