@@ -9,6 +9,7 @@ so scores are bit-identical whether weights came from a swap or from a saved che
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -112,6 +113,7 @@ class HFEngine:
             for n, p in self._params.items()
         }
         self.num_layers = self.config.num_hidden_layers
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
 
     # -- weights -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -176,10 +178,11 @@ class HFEngine:
                 mask[row, : len(s) - 1] = 1
                 # position p predicts token p+1: the continuation's predictions start at len-1
                 target[row, len(r.context) - 1 : len(s) - 1] = torch.tensor(r.continuation)
-            logits = self.model(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device)
-            ).logits.float()
-            target = target.to(self.device)
+            # Only the positions from the earliest continuation on need logits: the vocabulary
+            # projection and its log-softmax (49k columns for SmolLM2) skip the prompts.
+            keep = width - min(len(requests[i].context) - 1 for i in batch)
+            target = target[:, width - keep :].to(self.device)
+            logits = self._logits(ids.to(self.device), mask.to(self.device), keep)
             scored = target >= 0
             lp = F.log_softmax(logits, dim=-1).gather(2, target.clamp(min=0)[..., None])[..., 0]
             sums = (lp * scored).sum(dim=1).tolist()
@@ -191,6 +194,15 @@ class HFEngine:
                     n_greedy=int(greedy[row]),
                 )
         return out  # type: ignore[return-value]
+
+    def _logits(self, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+        """Float logits of the last `keep` positions (transformers' ``logits_to_keep``, which
+        applies the model's own head, soft-capping and scaling; all positions, sliced, for a
+        model whose forward lacks it)."""
+        if self._keeps_logits:
+            out = self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
+            return out.logits.float()
+        return self.model(input_ids=ids, attention_mask=mask).logits[:, -keep:].float()
 
     @torch.inference_mode()
     def generate(self, requests: Sequence[GenerationRequest]) -> list[str]:
