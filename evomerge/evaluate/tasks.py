@@ -69,6 +69,9 @@ class TaskSpec(BaseModel):
     append_eos: bool = False  # the reference ends with the tokenizer's eos token
     fewshot: list[dict[str, Any]] = Field(default_factory=list)
     fewshot_separator: str = "\n"
+    # Render the prompt as a user turn through the tokenizer's chat template (few-shot examples
+    # as earlier user/assistant turns): instruct models are scored as they are prompted.
+    chat: bool = False
     max_new_tokens: int = Field(32, ge=1)
     stop: list[str] = Field(default_factory=list)
     extract: str | None = None  # regex: group 1 (or the match) is the answer
@@ -212,6 +215,22 @@ class Task:
     def prompt_text(self, item: Item) -> str:
         return self._fewshot_prefix() + self.spec.prompt.format(**item.fields())
 
+    def context_text(self, item: Item, tokenizer: Any) -> str:
+        """The text the model reads before its answer: the prompt, or with ``chat: true`` the
+        chat-rendered conversation up to the assistant's turn."""
+        if not self.spec.chat:
+            return self.prompt_text(item)
+        if not getattr(tokenizer, "chat_template", None):
+            raise TaskError(
+                f"{self.origin}: chat: true, but the model's tokenizer has no chat template"
+            )
+        turns: list[dict[str, str]] = []
+        for ex in self.spec.fewshot:
+            turns.append({"role": "user", "content": self.spec.prompt.format(**ex)})
+            turns.append({"role": "assistant", "content": self.spec.target.format(**ex)})
+        turns.append({"role": "user", "content": self.spec.prompt.format(**item.fields())})
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+
     def target_text(self, item: Item) -> str:
         return self.spec.target.format(**item.fields())
 
@@ -238,7 +257,7 @@ class Task:
         out = []
         eos = [tokenizer.eos_token_id] if self.spec.append_eos else []
         for it in items:
-            ctx = _encode(tokenizer, self.prompt_text(it))
+            ctx = _encode(tokenizer, self.context_text(it, tokenizer))
             if self.spec.kind == "multiple_choice":
                 conts = [
                     _encode(tokenizer, self.spec.choice_prefix + c) for c in self.choices_of(it)
@@ -263,7 +282,7 @@ class Task:
     ) -> list[GenerationRequest]:
         out = []
         for it in items:
-            ids = _encode(tokenizer, self.prompt_text(it))
+            ids = _encode(tokenizer, self.context_text(it, tokenizer))
             if len(ids) + self.spec.max_new_tokens > max_length:
                 raise TaskError(
                     f"{self.origin}: item {it.id!r}: prompt of {len(ids)} tokens plus "
