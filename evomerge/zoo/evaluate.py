@@ -37,9 +37,10 @@ class TeacherForced:
     exact_match: list[float]
 
 
-def zoo_task(name: str, items: Sequence[ItemLike]) -> Task:
+def zoo_task(name: str, items: Sequence[ItemLike], chat: bool = False) -> Task:
     """Zoo items as a task of ``fitness/<name>.yaml``'s shape: ``logprob`` kind, token accuracy,
-    the answer followed by eos as the reference."""
+    the answer followed by eos as the reference; ``chat``: prompts go through the tokenizer's
+    chat template (the real-model zoo)."""
     spec = TaskSpec(
         name=name,
         kind="logprob",
@@ -48,6 +49,7 @@ def zoo_task(name: str, items: Sequence[ItemLike]) -> Task:
         target="{answer}",
         append_eos=True,
         metric="token_accuracy",
+        chat=chat,
     )
     rows = [Item(id=it.id, prompt=it.prompt, answer=it.answer) for it in as_items(items)]
     return Task(spec, rows, origin=f"zoo task {name}")
@@ -58,11 +60,13 @@ def model_engine(model: torch.nn.Module, tokenizer: Any, batch_size: int = 256) 
     return HFEngine.from_model(model, tokenizer, batch_size=batch_size)
 
 
-def engine_scores(engine: Engine, items: Sequence[ItemLike], name: str = "zoo") -> TeacherForced:
+def engine_scores(
+    engine: Engine, items: Sequence[ItemLike], name: str = "zoo", chat: bool = False
+) -> TeacherForced:
     """The resident weights' teacher-forced scores on zoo items, from one forward pass each."""
     if not items:
         return TeacherForced([], [], [])
-    task = zoo_task(name, items)
+    task = zoo_task(name, items, chat)
     prep = prepare(engine, task)
     results = engine.loglikelihood(prep.loglikelihood)  # one request per item
     return TeacherForced(
