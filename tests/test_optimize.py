@@ -258,6 +258,28 @@ def test_cma_ipop_restart_doubles_the_population() -> None:
     assert again.restarts_done == 2 and len(again.ask()) == 16
 
 
+def test_cma_started_from_genomes_asks_them_then_searches_around_the_best() -> None:
+    """A schedule's later stage: the coarser stage's candidates are asked first (archive hits),
+    then cma starts at the one with the lowest loss, sigma0 around it (a trust region)."""
+    seeds = [np.array([0.1, 0.2, 0.3, 0.4, 1.0, 0.0]), np.array([0.9, 0.7, 0.6, 0.8, 2.0, 1.0])]
+    seeds.append(np.array([0.5, 0.5, 0.5, 0.5, 0.0, 1.0]))
+    opt = make_optimizer("cma", GENES, 1, seed=0, options={"sigma0": 0.02})
+    assert opt.start_from(seeds) == 3
+    asked = opt.ask()
+    assert [a.tolist() for a in asked] == [s.tolist() for s in seeds]
+    state = opt.state()
+    opt.tell(asked, [[3.0], [1.0], [2.0]])
+    best = seeds[1]
+    assert np.allclose(opt._es.mean[:N_REAL], best[:N_REAL])
+    batch = np.stack(opt.ask())
+    assert np.abs(batch[:, :N_REAL] - best[:N_REAL]).max() < 0.15  # 0.02 × 6 at most, almost surely
+    # restored between the seeds' ask and tell, it starts from the same best
+    again = make_optimizer("cma", GENES, 1, seed=0, options={"sigma0": 0.02})
+    again.restore(state)
+    again.tell(asked, [[3.0], [1.0], [2.0]])
+    assert np.array_equal(np.stack(again.ask()), batch)
+
+
 def test_cma_x0_and_alias() -> None:
     opt = make_optimizer("cmaes", GENES, 1, options={"x0": [0.1] * 4 + [1.0, 0.0], "sigma0": 1e-3})
     assert isinstance(opt, CMAES)

@@ -320,6 +320,26 @@ def test_a_stage_runs_its_own_optimizer(
     assert state["identity"]["n_objectives"] == 2
 
 
+def test_a_cma_stage_searches_around_the_best_candidate_so_far(
+    unit_zoo: Path, tmp_path: Path
+) -> None:
+    """The coarse stage's candidates seed CMA-ES (archive hits, no evaluation spent); it starts
+    at the one with the best weighted sum, sigma0 around it: a trust region of the fine stage."""
+    stages = [
+        {"granularity": 4, "until": 8},
+        {"granularity": 1, "optimizer": {"name": "cma", "popsize": 4, "sigma0": 0.01}},
+    ]
+    exp = _exp_data(schedule=stages, optimizer={"name": "optuna-tpe", "batch": 4}, budget=12)
+    s, budget = search.start(_write(tmp_path, **exp), tmp_path / "run", zoo=unit_zoo)
+    assert s.run(budget).evaluations == 12
+    evs = [e for e in s.archive.evaluations if e.ok]
+    s.close()
+    coarse, fine = evs[:8], evs[8:]
+    best = max(coarse, key=lambda e: float(np.mean(e.values)))  # equal weights, maximized
+    for e in fine:
+        assert np.abs(np.asarray(e.genome) - np.asarray(best.genome)).max() < 0.08
+
+
 @pytest.mark.parametrize("stop_call", [8, 16])
 def test_resume_across_a_change_of_optimizer_equals_uninterrupted(
     unit_zoo: Path, tmp_path: Path, mixed_reference: Path, stop_call: int

@@ -36,7 +36,10 @@ class CMAES(Optimizer):
     Options: ``popsize`` (None: cma's default), ``sigma0`` (0.25, a fraction of every gene's
     range), ``x0`` (start, normalized to [0, 1] for every gene; default the middle of each
     range), ``restarts`` (IPOP: when cma's ``stop()`` fires, start again from a random point with
-    the population doubled; with none left the stopped ES keeps being asked). Failed candidates
+    the population doubled; with none left the stopped ES keeps being asked). Started from given
+    genomes (a schedule's coarser stage), it asks them first, all at once, then starts at the
+    best of them with ``sigma0``: a local search around the incumbent, as a trust region is
+    (``x0`` is then ignored). Failed candidates
     get a loss worse than any finite loss seen. The global-RNG swap is not thread-safe: do not
     use ``np.random`` from another thread while this optimizer runs.
     """
@@ -76,6 +79,7 @@ class CMAES(Optimizer):
         self._worst = np.full(1, np.nan)
         self._restarts_done = 0
         self._raw: list[np.ndarray] = []
+        self._seeds: list[np.ndarray] | None = None  # asked first, then the start (start_from)
         x0 = np.full(len(self._coords), 0.5)
         if self.options["x0"] is not None:
             x0[: len(self.genes)] = self.options["x0"]
@@ -118,7 +122,15 @@ class CMAES(Optimizer):
                 list(x0_normalized * self._span), self.options["sigma0"], opts
             )
 
+    def _seed(self, genomes: list[np.ndarray]) -> int:
+        if self._seeds is not None or self._raw or self._es.countiter > 0:
+            return 0  # already under way
+        self._seeds = [g.astype(np.float64) for g in genomes]
+        return len(genomes)
+
     def _ask(self) -> list[np.ndarray]:
+        if self._seeds is not None:
+            return [g.copy() for g in self._seeds]
         with self._private_global_rng():
             raw = self._es.ask()
         # cma's coordinates are already genome units (integers on [0, k-1], rounded by cma);
@@ -128,6 +140,14 @@ class CMAES(Optimizer):
 
     def _tell(self, losses: list[np.ndarray | None]) -> None:
         self._worst = update_worst(self._worst, losses)
+        if self._seeds is not None:  # the seeds' round: start where they did best
+            scored = [(float(loss[0]), i) for i, loss in enumerate(losses) if loss is not None]
+            if scored:
+                x0 = np.full(len(self._coords), 0.5)
+                x0[: len(self.genes)] = self._seeds[min(scored)[1]] / self._span[: len(self.genes)]
+                self._es = self._new_es(x0, self.options["popsize"])
+            self._seeds = None
+            return
         bad = float(penalty(self._worst)[0])
         fitness = [bad if loss is None else float(loss[0]) for loss in losses]
         with self._private_global_rng():
@@ -146,6 +166,7 @@ class CMAES(Optimizer):
             "worst": self._worst,
             "restarts_done": self._restarts_done,
             "raw": self._raw,
+            "seeds": self._seeds,
         }
 
     def _load(self, payload: Any) -> None:
@@ -155,3 +176,4 @@ class CMAES(Optimizer):
         self._worst = payload["worst"]
         self._restarts_done = payload["restarts_done"]
         self._raw = payload["raw"]
+        self._seeds = payload.get("seeds")  # states saved before seeding existed lack it
