@@ -158,3 +158,53 @@ def test_chat_task_renders_through_the_tokenizer_template(converted):
     plain.chat_template = None
     with pytest.raises(TaskError, match=r"t\.yaml.*no chat template"):
         task.loglikelihood_requests(plain, [item], 2048)
+
+
+def test_a_killed_zoo_build_continues_where_it_stopped(tmp_path):
+    from evomerge.zoo.build import load_zoo_report, zoo_is_built
+    from evomerge.zoo.real import RealPreset, build_real_zoo
+
+    preset = RealPreset(
+        steps=dict.fromkeys(CHAT_SKILLS, 2),
+        batch_size=2,
+        warmup=1,
+        held_out=12,
+        eval_items=3,
+        eval_batch_size=3,
+    )
+    out = tmp_path / "zoo"
+    said: list[str] = []
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_the_last_expert(msg: str) -> None:
+        said.append(msg)
+        if msg.startswith("upper step 1/"):
+            raise Killed
+
+    kw = dict(preset=preset, num_layers=LAYERS, threads=1)
+    with pytest.raises(Killed):
+        build_real_zoo(out, log=kill_in_the_last_expert, **kw)
+    assert not zoo_is_built(out)
+    done = {
+        s: (out / "experts" / s / "model.safetensors").stat().st_mtime_ns
+        for s in ("add", "reverse")
+    }
+    assert not (out / "experts" / "upper").exists()
+
+    said.clear()
+    report = build_real_zoo(out, log=said.append, **kw)
+    assert not any(m.startswith(("converting", "add step", "reverse step")) for m in said)
+    assert any(m.startswith("upper step") for m in said)
+    for s, mtime in done.items():  # finished experts are kept, not trained again
+        assert (out / "experts" / s / "model.safetensors").stat().st_mtime_ns == mtime
+    assert zoo_is_built(out) and not (out / ".build").exists()
+    assert report == load_zoo_report(out)
+    assert report.preset == f"smollm2-{LAYERS}layers" and report.skills == list(CHAT_SKILLS)
+    assert set(report.scores) == {"base", *(f"experts/{s}" for s in CHAT_SKILLS), "uniform_average"}
+    assert all(len(row) == 3 for row in report.scores.values())
+    # built: returned from the cache, nothing converted or trained
+    said.clear()
+    assert build_real_zoo(out, log=said.append, **kw) == report
+    assert said == [f"zoo already built at {out}"]

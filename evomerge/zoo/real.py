@@ -67,10 +67,6 @@ class RealPreset:
         return FineTunePlan(self.steps[skill], self.lr, self.batch_size, self.warmup)
 
 
-def real_preset() -> RealPreset:
-    return RealPreset()
-
-
 def _complete(model_dir: Path) -> bool:
     return all(
         (model_dir / n).is_file() for n in ("config.json", "model.safetensors", "tokenizer.json")
@@ -93,12 +89,22 @@ def build_real_zoo(
     *,
     force: bool = False,
     log: Callable[[str], None] | None = None,
+    preset: RealPreset | None = None,
+    num_layers: int | None = None,
+    threads: int | None = None,
 ) -> ZooReport:
-    """Build (or continue building) the SmolLM2 zoo in `out_dir`; return its report."""
+    """Build (or continue building) the SmolLM2 zoo in `out_dir`; return its report.
+
+    ``preset``, ``num_layers`` (the first layers of the model only) and ``threads`` are for
+    tests: a truncated zoo is recorded as preset ``smollm2-<n>layers``, never mistaken for the
+    real one.
+    """
     out_dir = Path(out_dir)
     say = log or (lambda _msg: None)
+    p = preset or RealPreset()
+    name = REAL_PRESET if num_layers is None else f"{REAL_PRESET}-{num_layers}layers"
     if not force:
-        cached = _matches(out_dir, REAL_PRESET, seed, "llama")
+        cached = _matches(out_dir, name, seed, "llama")
         if cached is not None:
             say(f"zoo already built at {out_dir}")
             return cached
@@ -112,23 +118,22 @@ def build_real_zoo(
     if out_dir.exists() and any(out_dir.iterdir()) and not (state / "seed").is_file():
         raise OutputExistsError(f"{out_dir}: holds other files; choose an empty directory")
     state.mkdir(parents=True, exist_ok=True)
-    marker = state / "seed"
-    if marker.is_file() and marker.read_text().strip() != str(seed):
+    marker, this = state / "seed", f"{name} {seed}"
+    if marker.is_file() and marker.read_text().strip() != this:
         raise OutputExistsError(
-            f"{out_dir}: an unfinished build of seed {marker.read_text().strip()} is here; "
-            "pass force=True to start over"
+            f"{out_dir}: an unfinished build ({marker.read_text().strip()}) is here, not "
+            f"{this}; pass force=True to start over"
         )
-    atomic_write_text(marker, f"{seed}\n")
+    atomic_write_text(marker, f"{this}\n")
 
-    p = real_preset()
     t0 = time.perf_counter()
     elapsed = _elapsed(state)
-    with _quiet_and_threaded(None):
+    with _quiet_and_threaded(threads):
         gguf = smollm2_gguf()
         base_dir = out_dir / "base"
         if not _complete(base_dir):
             say(f"converting {gguf.name} to a Hugging Face checkpoint")
-            _save_model_dir(lambda d: convert_gguf(gguf, d), base_dir)
+            _save_model_dir(lambda d: convert_gguf(gguf, d, num_layers), base_dir)
 
         tasks: dict[str, list[TaskItem]] = {}
         for skill in CHAT_SKILLS:
@@ -164,7 +169,7 @@ def build_real_zoo(
     training["threads"] = torch.get_num_threads()
     training["gguf"] = gguf.name
     report = ZooReport(
-        preset=REAL_PRESET,
+        preset=name,
         seed=seed,
         arch="llama",
         built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -194,6 +199,7 @@ def build_real_zoo(
     atomic_write_text(out_dir / "README.md", _readme(report, problems))
     shutil.rmtree(state, ignore_errors=True)
     atomic_write_text(out_dir / REPORT_FILE, report.model_dump_json(indent=2) + "\n")
+    say(f"zoo built at {out_dir} in {report.build_seconds:.0f}s")
     return report
 
 
