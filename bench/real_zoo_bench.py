@@ -1,0 +1,226 @@
+"""Per-layer search against whole-model search and the best uniform merge, at real depth.
+
+    python bench/real_zoo_bench.py --zoo .cache/zoo-smollm2 \\
+        --experiment experiments/smollm2-per-layer.yaml --budget 96 --seeds 1 2 3 4 5 6 7 8 9 10 \\
+        --json bench-real-96.json
+
+Per seed, each arm searches (or, for ``uniform``, grids) the SmolLM2 zoo with the experiment's
+objectives, items and holdout, its seed replaced; each result is judged on the items the search
+never saw (the experiment's ``holdout``, a different split per seed):
+
+- ``per-layer``: the experiment as it is;
+- ``whole-model``: the same method, budget, objectives and items over one weight and one
+  density per model (``granularity`` = the depth; NSGA-II, as the demo bench);
+- ``uniform``: the best of a 5 × 5 grid of uniform merges (one weight and one density shared by
+  every expert and layer), chosen on the search's item subsets, judged on the held-out items.
+
+Per search arm: the knee's held-out mean over the skills, the held-out mean of the recipe with
+the best estimated mean skill, and the hypervolume of the estimated front (reference: 0 on every
+skill). The paired margins of per-layer over the others are printed with their spread and a
+one-sided paired t-test. The JSON file is rewritten after every cell and read back at the start,
+so a killed bench continues with the next cell (``--arms`` picks cells; ``--variant`` names a
+change to the experiment, e.g. ``--set optimizer.batch=2``, kept apart in the JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+WHOLE = {"name": "nsga2", "pop_size": 12, "eta_crossover": 5, "eta_mutation": 5}
+GRID = np.linspace(0.2, 1.0, 5)
+ARMS = ("per-layer", "whole-model", "uniform")
+
+
+def _set(exp: dict[str, Any], assignment: str) -> None:
+    """``a.b=value`` (value parsed as YAML) into the experiment dict."""
+    path, value = assignment.split("=", 1)
+    keys = path.split(".")
+    node = exp
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = yaml.safe_load(value)
+
+
+def _experiment(base: Path, arm: str, seed: int, budget: int, depth: int, sets: list[str]):
+    exp = yaml.safe_load(base.read_text())
+    exp.update(name=f"bench-{arm}", seed=seed, budget=budget, reference_points=False)
+    if arm == "whole-model":
+        exp.pop("schedule", None)
+        exp.update(space_options={"granularity": depth}, optimizer=WHOLE)
+    else:
+        for s in sets:
+            _set(exp, s)
+    return exp
+
+
+def _search(exp: dict[str, Any], zoo: Path, work: Path) -> dict[str, Any]:
+    from evomerge import search
+    from evomerge.confirm import confirm
+
+    path = work / f"{exp['name']}-{exp['seed']}.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    run_dir = work / path.stem
+    shutil.rmtree(run_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    s, budget = search.start(path, run_dir, zoo=zoo)
+    try:
+        s.run(budget)
+        knee = s.archive.knee()
+        assert knee is not None and knee.number is not None
+        ok = [e for e in s.archive.evaluations if e.ok]
+        best = max(ok, key=lambda e: float(np.mean(e.values)))
+        hv = s.archive.hypervolume([0.0] * len(best.values))
+        seconds = [e.seconds for e in ok if getattr(e, "seconds", None)]
+    finally:
+        s.close()
+    wall = time.perf_counter() - t0
+    trials = [knee.number] if best.number == knee.number else [knee.number, best.number]
+    held = {c.trial: list(c.scores.values()) for c in confirm(run_dir, trials=trials, zoo=zoo)}
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return {
+        "knee": knee.number,
+        "knee_estimate": list(knee.values or []),
+        "knee_heldout": held[knee.number],
+        "best": best.number,
+        "best_mean_estimate": float(np.mean(best.values)),
+        "best_heldout": held[best.number],
+        "hypervolume": float(hv),
+        "wall": wall,
+        "evaluations": len(ok),
+        "mean_eval_seconds": float(np.mean(seconds)) if seconds else None,
+    }
+
+
+def _uniform(exp: dict[str, Any], zoo: Path) -> dict[str, Any]:
+    """The grid's best on the search's item subsets, scored on the held-out items."""
+    from evomerge.confirm import _Scorer
+    from evomerge.experiment import Experiment
+    from evomerge.workers.local import load_objectives
+
+    experiment = Experiment.parse(exp)
+    sources = experiment.resolved_sources(zoo)
+    method = yaml.safe_load(
+        (Path(__file__).resolve().parents[1] / "search_spaces" / f"{exp['space']}.yaml").read_text()
+    )
+    objectives = [ob for ob in load_objectives(experiment, zoo) if ob.scored]
+    # the items a search candidate is scored on (the estimator's subsets), not more
+    pool = {ob.spec.label: ob.estimator.select(ob.task.item_ids) for ob in objectives}
+    held = {ob.spec.label: list(ob.held_out) for ob in objectives}
+    choose = _Scorer(experiment, sources, objectives, pool)
+    judge = _Scorer(experiment, sources, objectives, held)
+    try:
+        scored = []
+        for w in GRID:
+            for d in GRID if "density" in method["genes"] else [1.0]:
+                shared = {"weight": float(w)}
+                if "density" in method["genes"]:
+                    shared["density"] = float(d)
+                recipe = yaml.safe_dump(
+                    {
+                        "method": method["method"],
+                        "base": "base",
+                        "sources": {
+                            n: p if n == "base" else {"path": p, "parameters": shared}
+                            for n, p in sources.items()
+                        },
+                        "parameters": method.get("fixed", {}),
+                        "seed": experiment.seed,
+                    }
+                )
+                values = [v for v, _ in choose.score(recipe).values()]
+                scored.append((float(np.mean(values)), float(w), float(d), recipe))
+        mean, w, d, recipe = max(scored)
+        return {
+            "weight": w,
+            "density": d,
+            "chosen_on_search_items": mean,
+            "heldout": [v for v, _ in judge.score(recipe).values()],
+        }
+    finally:
+        choose.close()
+        judge.close()
+
+
+def _held(cell: dict[str, Any], what: str) -> float:
+    if "heldout" in cell:  # uniform: one recipe is both its knee and its best
+        return float(np.mean(cell["heldout"]))
+    return float(np.mean(cell[f"{what}_heldout"]))
+
+
+def _paired(name: str, a: list[float], b: list[float]) -> str:
+    from scipy import stats
+
+    diff = np.asarray(a) - np.asarray(b)
+    p = stats.ttest_rel(a, b, alternative="greater").pvalue if len(diff) > 1 else float("nan")
+    return (
+        f"{name}: mean margin {diff.mean():+.4f} (min {diff.min():+.4f}, max {diff.max():+.4f}, "
+        f"sd {diff.std(ddof=1) if len(diff) > 1 else 0:.4f}); won {int((diff > 0).sum())} of "
+        f"{len(diff)}; one-sided paired t-test p = {p:.2g}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--zoo", type=Path, default=Path(".cache/zoo-smollm2"))
+    ap.add_argument("--experiment", type=Path, default=Path("experiments/smollm2-per-layer.yaml"))
+    ap.add_argument("--budget", type=int, default=96)
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(1, 11)))
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="a.b=value")
+    ap.add_argument("--variant", default="", help="a name for --set changes (a JSON key)")
+    ap.add_argument("--json", type=Path, required=True)
+    args = ap.parse_args()
+
+    from evomerge.checkpoint import num_layers
+    from evomerge.experiment import Experiment
+
+    exp0 = Experiment.parse(yaml.safe_load(args.experiment.read_text()))
+    depth = num_layers(exp0.resolved_sources(args.zoo), exp0.base)
+    work = args.json.with_suffix(".runs")
+    work.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, dict[str, Any]] = {}
+    if args.json.exists():
+        rows = json.loads(args.json.read_text())
+    for seed in args.seeds:
+        row = rows.setdefault(str(seed), {})
+        for arm in args.arms:
+            key = f"{arm}{'+' + args.variant if args.variant and arm == 'per-layer' else ''}"
+            if key in row:
+                continue
+            exp = _experiment(args.experiment, arm, seed, args.budget, depth, args.sets)
+            t0 = time.perf_counter()
+            row[key] = _uniform(exp, args.zoo) if arm == "uniform" else _search(exp, args.zoo, work)
+            row[key]["cell_seconds"] = time.perf_counter() - t0
+            row[key]["load_after"] = os.getloadavg()[0]
+            tmp = args.json.with_suffix(".tmp")
+            tmp.write_text(json.dumps(rows, indent=1))
+            tmp.replace(args.json)
+            print(
+                f"seed {seed} {key}: knee {_held(row[key], 'knee'):.4f}, best "
+                f"{_held(row[key], 'best'):.4f} (held-out means), "
+                f"{row[key]['cell_seconds']:.0f}s",
+                flush=True,
+            )
+    shutil.rmtree(work, ignore_errors=True)
+    per = f"per-layer{'+' + args.variant if args.variant else ''}"
+    done = [r for s, r in rows.items() if int(s) in args.seeds and per in r]
+    for other in ("whole-model", "uniform"):
+        pairs = [r for r in done if other in r]
+        if len(pairs) > 1:
+            for what in ("knee", "best"):
+                a = [_held(r[per], what) for r in pairs]
+                b = [_held(r[other], what) for r in pairs]
+                print(_paired(f"{per} {what} − {other} {what}", a, b))
+
+
+if __name__ == "__main__":
+    main()
