@@ -36,6 +36,26 @@ def unit_zoo_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "zoo"
 
 
+@pytest.fixture(scope="session")
+def smollm2_unit_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The SmolLM2 zoo's layout and code paths on the model's first 2 layers, 2 training steps
+    per expert: the real zoo's experiments and tasks run on it (its figures mean nothing)."""
+    from evomerge.zoo.chat_skills import CHAT_SKILLS
+    from evomerge.zoo.real import RealPreset, build_real_zoo
+
+    preset = RealPreset(
+        steps=dict.fromkeys(CHAT_SKILLS, 2),
+        batch_size=2,
+        warmup=1,
+        held_out=40,
+        eval_items=3,
+        eval_batch_size=3,
+    )
+    d = tmp_path_factory.mktemp("zoo-smollm2") / "zoo"
+    build_real_zoo(d, preset=preset, num_layers=2, threads=1)
+    return d
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """optuna-botorch fits a GP per ask: minutes per test on 2 CPU cores. Its cases (and tests
     marked ``heavy``) run with ``EVOMERGE_HEAVY=1``; the suite keeps its fast botorch checks."""

@@ -208,3 +208,44 @@ def test_a_killed_zoo_build_continues_where_it_stopped(tmp_path):
     said.clear()
     assert build_real_zoo(out, log=said.append, **kw) == report
     assert said == [f"zoo already built at {out}"]
+
+
+def test_a_search_on_the_smollm2_zoo_confirms_what_its_exported_checkpoint_scores(
+    smollm2_unit_zoo, tmp_path
+):
+    """The real zoo's experiment end to end (2 layers): chat-rendered tasks, a tied-embedding
+    merge swapped into the resident engine, the knee confirmed on held-out items; the knee
+    exported as a checkpoint and scored by a fresh engine on those items gives the same."""
+    import yaml
+
+    from evomerge import search
+    from evomerge.confirm import confirm
+    from evomerge.evaluate.hf import HFEngine
+    from evomerge.evaluate.scoring import score_task
+    from evomerge.evaluate.tasks import load_task
+    from evomerge.experiment import Experiment
+    from evomerge.export import export
+    from evomerge.fileio import preset_dir
+    from evomerge.workers.local import load_objectives
+
+    exp = yaml.safe_load((preset_dir("experiments") / "smollm2-per-layer.yaml").read_text())
+    exp.update(budget=4, schedule=[{"granularity": 2, "until": 2}, {"granularity": 1}])
+    exp["optimizer"] = {"name": "random", "batch": 2}
+    exp["workers"] = {"threads": 1, "batch_size": 16}
+    exp["objectives"] = [{**o, "estimator": "subsample:4"} for o in exp["objectives"]]
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    s, budget = search.start(path, tmp_path / "run", zoo=smollm2_unit_zoo)
+    assert s.run(budget).evaluations == 4
+    knee = s.archive.knee()
+    s.close()
+    (held,) = confirm(tmp_path / "run", trials=[knee.number], zoo=smollm2_unit_zoo)
+    model = export(knee, tmp_path / "merged", format="hf", run_dir=tmp_path / "run")
+    engine = HFEngine(model, batch_size=5)
+    objectives = load_objectives(Experiment.load(path), smollm2_unit_zoo)
+    assert len(objectives) == 3
+    for ob in objectives:
+        task = load_task(ob.spec.task, zoo=smollm2_unit_zoo)
+        assert held.items[ob.spec.label] == len(ob.held_out) > 0  # about a fifth of 40
+        got = score_task(engine, task, ob.held_out)
+        assert got.value == pytest.approx(held.scores[ob.spec.label], abs=1e-6)
