@@ -6,7 +6,9 @@
 
 Per seed, each arm searches (or, for ``uniform``, grids) the SmolLM2 zoo with the experiment's
 objectives, items and holdout, its seed replaced; each result is judged on the items the search
-never saw (the experiment's ``holdout``, a different split per seed):
+never saw (the experiment's ``holdout``, a different split per seed), under three metrics from
+one forward pass: ``acc`` (greedy exact match of the answer: the skill), ``token_accuracy`` and
+``token_prob`` (the smooth signals a search may use):
 
 - ``per-layer``: the experiment as it is;
 - ``whole-model``: the same method, budget, objectives and items over one weight and one
@@ -14,12 +16,13 @@ never saw (the experiment's ``holdout``, a different split per seed):
 - ``uniform``: the best of a 5 × 5 grid of uniform merges (one weight and one density shared by
   every expert and layer), chosen on the search's item subsets, judged on the held-out items.
 
-Per search arm: the knee's held-out mean over the skills, the held-out mean of the recipe with
-the best estimated mean skill, and the hypervolume of the estimated front (reference: 0 on every
-skill). The paired margins of per-layer over the others are printed with their spread and a
-one-sided paired t-test. The JSON file is rewritten after every cell and read back at the start,
-so a killed bench continues with the next cell (``--arms`` picks cells; ``--variant`` names a
-change to the experiment, e.g. ``--set optimizer.batch=2``, kept apart in the JSON).
+Per search arm: the knee's held-out means over the skills, those of the recipe with the best
+estimated mean skill, and the hypervolume of the estimated front (reference: 0 on every skill).
+The paired margins of per-layer over the others are printed with their spread and a one-sided
+paired t-test. The JSON file is rewritten after every cell and read back at the start, so a
+killed bench continues with the next cell (``--arms`` picks cells; ``--variant`` names a change
+to the per-layer arm, e.g. ``--set optimizer.batch=2``, kept apart in the JSON). A change to
+every arm (the objectives' tasks) is another ``--experiment`` and another JSON file.
 """
 
 from __future__ import annotations
@@ -62,9 +65,60 @@ def _experiment(base: Path, arm: str, seed: int, budget: int, depth: int, sets: 
     return exp
 
 
+JUDGE = ("acc", "token_accuracy", "token_prob")  # held-out: greedy exact match first
+
+
+class _Judge:
+    """Scores recipes on each objective's held-out items (the search never saw them) under every
+    metric in ``JUDGE`` from one forward pass: exact match is the skill; the others show how the
+    smooth signals the search may have used moved with it."""
+
+    def __init__(self, exp: dict[str, Any], zoo: Path) -> None:
+        import torch
+
+        from evomerge.checkpoint import ModelSource
+        from evomerge.evaluate.scoring import prepare
+        from evomerge.evaluate.select import make_engine
+        from evomerge.experiment import Experiment
+        from evomerge.workers.local import load_objectives
+
+        self.experiment = experiment = Experiment.parse(exp)
+        self.paths = experiment.resolved_sources(zoo)
+        self.sources = {n: ModelSource(p, name=n) for n, p in self.paths.items()}
+        w = experiment.workers
+        if w.threads is not None:
+            torch.set_num_threads(w.threads)
+        self.objectives = [ob for ob in load_objectives(experiment, zoo) if ob.scored]
+        self.engine = make_engine(
+            w.engine,
+            self.paths[experiment.base or "base"],
+            device=w.device,
+            dtype=w.dtype,
+            batch_size=w.batch_size,
+            options=w.engine_options,
+        )
+        self.prepared = [
+            prepare(self.engine, ob.whole_task, list(ob.held_out)) for ob in self.objectives
+        ]
+
+    def score(self, recipe_yaml: str) -> dict[str, list[float]]:
+        """Metric → the recipe's held-out mean per objective."""
+        from evomerge.evaluate.scoring import score_prepared_metrics
+        from evomerge.evaluate.select import load_candidate
+        from evomerge.merge.materialize import plan
+        from evomerge.recipe import Recipe
+
+        recipe = Recipe.from_dict(yaml.safe_load(recipe_yaml))
+        load_candidate(self.engine, recipe, plan=plan(recipe, self.sources), device="cpu")
+        out: dict[str, list[float]] = {m: [] for m in JUDGE}
+        for prep in self.prepared:
+            for m, res in score_prepared_metrics(self.engine, prep, JUDGE).items():
+                out[m].append(res.value)
+        return out
+
+
 def _search(exp: dict[str, Any], zoo: Path, work: Path) -> dict[str, Any]:
     from evomerge import search
-    from evomerge.confirm import confirm
 
     path = work / f"{exp['name']}-{exp['seed']}.yaml"
     path.write_text(yaml.safe_dump(exp))
@@ -83,8 +137,8 @@ def _search(exp: dict[str, Any], zoo: Path, work: Path) -> dict[str, Any]:
     finally:
         s.close()
     wall = time.perf_counter() - t0
-    trials = [knee.number] if best.number == knee.number else [knee.number, best.number]
-    held = {c.trial: list(c.scores.values()) for c in confirm(run_dir, trials=trials, zoo=zoo)}
+    judge = _Judge(exp, zoo)
+    held = {e.number: judge.score(e.recipe) for e in (knee, best)}
     shutil.rmtree(run_dir, ignore_errors=True)
     return {
         "knee": knee.number,
@@ -101,22 +155,17 @@ def _search(exp: dict[str, Any], zoo: Path, work: Path) -> dict[str, Any]:
 
 
 def _uniform(exp: dict[str, Any], zoo: Path) -> dict[str, Any]:
-    """The grid's best on the search's item subsets, scored on the held-out items."""
+    """The grid's best on the search's item subsets (the objectives' metric), judged held out."""
     from evomerge.confirm import _Scorer
-    from evomerge.experiment import Experiment
-    from evomerge.workers.local import load_objectives
 
-    experiment = Experiment.parse(exp)
-    sources = experiment.resolved_sources(zoo)
+    judge = _Judge(exp, zoo)
+    experiment = judge.experiment
     method = yaml.safe_load(
         (Path(__file__).resolve().parents[1] / "search_spaces" / f"{exp['space']}.yaml").read_text()
     )
-    objectives = [ob for ob in load_objectives(experiment, zoo) if ob.scored]
     # the items a search candidate is scored on (the estimator's subsets), not more
-    pool = {ob.spec.label: ob.estimator.select(ob.task.item_ids) for ob in objectives}
-    held = {ob.spec.label: list(ob.held_out) for ob in objectives}
-    choose = _Scorer(experiment, sources, objectives, pool)
-    judge = _Scorer(experiment, sources, objectives, held)
+    pool = {ob.spec.label: ob.estimator.select(ob.task.item_ids) for ob in judge.objectives}
+    choose = _Scorer(experiment, judge.paths, judge.objectives, pool)
     try:
         scored = []
         for w in GRID:
@@ -130,7 +179,7 @@ def _uniform(exp: dict[str, Any], zoo: Path) -> dict[str, Any]:
                         "base": "base",
                         "sources": {
                             n: p if n == "base" else {"path": p, "parameters": shared}
-                            for n, p in sources.items()
+                            for n, p in judge.paths.items()
                         },
                         "parameters": method.get("fixed", {}),
                         "seed": experiment.seed,
@@ -139,21 +188,22 @@ def _uniform(exp: dict[str, Any], zoo: Path) -> dict[str, Any]:
                 values = [v for v, _ in choose.score(recipe).values()]
                 scored.append((float(np.mean(values)), float(w), float(d), recipe))
         mean, w, d, recipe = max(scored)
-        return {
-            "weight": w,
-            "density": d,
-            "chosen_on_search_items": mean,
-            "heldout": [v for v, _ in judge.score(recipe).values()],
-        }
     finally:
         choose.close()
-        judge.close()
+    return {
+        "weight": w,
+        "density": d,
+        "chosen_on_search_items": mean,
+        "heldout": judge.score(recipe),
+    }
 
 
-def _held(cell: dict[str, Any], what: str) -> float:
-    if "heldout" in cell:  # uniform: one recipe is both its knee and its best
-        return float(np.mean(cell["heldout"]))
-    return float(np.mean(cell[f"{what}_heldout"]))
+def _held(cell: dict[str, Any], what: str, metric: str = "acc") -> float:
+    """The held-out mean over the skills of an arm's knee or best, under a judge metric."""
+    scores = (
+        cell["heldout"] if "heldout" in cell else cell[f"{what}_heldout"]
+    )  # uniform: one recipe
+    return float(np.mean(scores[metric]))
 
 
 def _paired(name: str, a: list[float], b: list[float]) -> str:
@@ -205,8 +255,10 @@ def main() -> None:
             tmp.write_text(json.dumps(rows, indent=1))
             tmp.replace(args.json)
             print(
-                f"seed {seed} {key}: knee {_held(row[key], 'knee'):.4f}, best "
-                f"{_held(row[key], 'best'):.4f} (held-out means), "
+                f"seed {seed} {key}: held-out means, exact match (token accuracy): knee "
+                f"{_held(row[key], 'knee'):.4f} ({_held(row[key], 'knee', 'token_accuracy'):.4f}), "
+                f"best {_held(row[key], 'best'):.4f} "
+                f"({_held(row[key], 'best', 'token_accuracy'):.4f}), "
                 f"{row[key]['cell_seconds']:.0f}s",
                 flush=True,
             )
@@ -216,10 +268,11 @@ def main() -> None:
     for other in ("whole-model", "uniform"):
         pairs = [r for r in done if other in r]
         if len(pairs) > 1:
-            for what in ("knee", "best"):
-                a = [_held(r[per], what) for r in pairs]
-                b = [_held(r[other], what) for r in pairs]
-                print(_paired(f"{per} {what} − {other} {what}", a, b))
+            for metric in JUDGE:
+                for what in ("knee", "best"):
+                    a = [_held(r[per], what, metric) for r in pairs]
+                    b = [_held(r[other], what, metric) for r in pairs]
+                    print(_paired(f"{metric}: {per} {what} − {other} {what}", a, b))
 
 
 if __name__ == "__main__":

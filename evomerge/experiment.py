@@ -28,7 +28,9 @@ from evomerge.hub import resolve_sources
 # worst end, 0 maximized (1 minimized). Other metrics (log-prob, perplexity, lm-eval's
 # word_perplexity…) have no finite worst value: unless `reference:` is set, the hypervolume is
 # measured from the worst value evaluated so far (Archive.hypervolume with None).
-_UNIT_METRICS = {"exact_match", "token_accuracy", "acc", "acc_norm", "pass_at_1", "f1", "mcc"}
+_UNIT_METRICS = {
+    *("exact_match", "token_accuracy", "token_prob", "acc", "acc_norm", "pass_at_1", "f1", "mcc")
+}
 _LOWER_IS_BETTER = {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte"}
 
 

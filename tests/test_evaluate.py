@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from evomerge.evaluate.engines import EngineError
 from evomerge.evaluate.hf import HFEngine
-from evomerge.evaluate.scoring import score_task
+from evomerge.evaluate.scoring import prepare, score_prepared_metrics, score_task
 from evomerge.evaluate.tasks import TaskError, available_tasks, load_task
 from evomerge.merge.materialize import materialize, merge_to_dir, plan
 from evomerge.recipe import Recipe
@@ -50,6 +50,63 @@ def test_token_accuracy_by_hand(unit_zoo: Path, engine: HFEngine) -> None:
         pred = logits[len(ctx) - 1 :].argmax(-1).tolist()
         expected = sum(p == a for p, a in zip(pred, ans, strict=True)) / len(ans)
         assert res.scores[item.id] == pytest.approx(expected)
+
+
+def test_each_logprob_metric_by_hand_from_one_pass(unit_zoo: Path, engine: HFEngine) -> None:
+    """token_prob is the geometric mean of the reference tokens' softmax probabilities and acc
+    whether every one is the argmax, per item, as computed here from the model's own logits."""
+    task = load_task("rev9", zoo=unit_zoo)
+    ids = task.item_ids[:6]
+    res = score_prepared_metrics(engine, prepare(engine, task, ids), ["token_prob", "acc"])
+    model = AutoModelForCausalLM.from_pretrained(unit_zoo / "base").eval()
+    tok = engine.tokenizer
+    for item in task.subset(ids):
+        ctx = tok(item.fields()["prompt"], add_special_tokens=False)["input_ids"]
+        ans = [
+            *tok(item.fields()["answer"], add_special_tokens=False)["input_ids"],
+            tok.eos_token_id,
+        ]
+        with torch.no_grad():
+            logits = model(torch.tensor([ctx + ans[:-1]])).logits[0, len(ctx) - 1 :]
+        probs = F.softmax(logits.double(), -1)[torch.arange(len(ans)), torch.tensor(ans)]
+        assert res["token_prob"].scores[item.id] == pytest.approx(
+            float(probs.prod() ** (1 / len(ans))), rel=1e-4
+        )
+        assert res["acc"].scores[item.id] == float(logits.argmax(-1).tolist() == ans)
+
+
+def test_acc_is_one_exactly_where_greedy_decoding_gives_the_reference(
+    unit_zoo: Path, engine: HFEngine, tmp_path: Path
+) -> None:
+    """Teacher-forced acc is greedy exact match from one pass: against greedy decoding done here
+    token by token, on references that are the model's own continuation (every other item) or
+    the skill's answer."""
+    model = AutoModelForCausalLM.from_pretrained(unit_zoo / "base").eval()
+    tok = engine.tokenizer
+    rows, expected = [], {}
+    for i, item in enumerate(load_task("rev9", zoo=unit_zoo).items[:12]):
+        prompt = item.fields()["prompt"]
+        ctx, out = tok(prompt, add_special_tokens=False)["input_ids"], []
+        with torch.no_grad():
+            for _ in range(5):
+                out.append(int(model(torch.tensor([ctx + out])).logits[0, -1].argmax()))
+        answer = tok.decode(out) if i % 2 == 0 else item.fields()["answer"]
+        assert tok(answer, add_special_tokens=False)["input_ids"][:5] == out or i % 2
+        rows.append({"id": f"g{i}", "prompt": prompt, "answer": answer})
+        expected[f"g{i}"] = float(tok(answer, add_special_tokens=False)["input_ids"] == out)
+    (tmp_path / "items.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "greedy.yaml").write_text(
+        "name: greedy\nkind: logprob\nmetric: acc\nitems: items.jsonl\n"
+    )
+    task = load_task(tmp_path / "greedy.yaml")
+    assert score_task(engine, task).scores == expected
+    assert 0 < sum(expected.values()) < len(expected)  # both outcomes: the check can fail
+
+
+def test_a_metric_of_another_kind_is_refused(unit_zoo: Path, engine: HFEngine) -> None:
+    task = load_task("rev9", zoo=unit_zoo)
+    with pytest.raises(TaskError, match=r"rev9.*exact_match.*does not apply"):
+        score_prepared_metrics(engine, prepare(engine, task, task.item_ids[:2]), ["exact_match"])
 
 
 def test_expert_scores_what_the_zoo_recorded(unit_zoo: Path, engine: HFEngine) -> None:

@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from evomerge.evaluate.engines import Engine
-from evomerge.evaluate.tasks import GenerationRequest, LoglikelihoodRequest, Task, TaskResult
+from evomerge.evaluate.tasks import (
+    _LOWER_IS_BETTER,
+    GenerationRequest,
+    LoglikelihoodRequest,
+    Task,
+    TaskResult,
+)
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,25 @@ def score_prepared(engine: Engine, prep: PreparedTask) -> TaskResult:
         for it, n in zip(prep.items, prep.per_item, strict=True):
             scores[it.id] = task.score_loglikelihood(it, [next(results) for _ in range(n)])
     return TaskResult(task.name, task.metric, task.higher_is_better, scores)
+
+
+def score_prepared_metrics(
+    engine: Engine, prep: PreparedTask, metrics: Sequence[str]
+) -> dict[str, TaskResult]:
+    """A loglikelihood task's per-item scores under several of its kind's metrics from one pass
+    (a judge reporting exact match beside the smooth signal a search used)."""
+    task = prep.task
+    if task.spec.kind == "generate":
+        raise ValueError(f"{task.origin}: a generate task has one metric; score it alone")
+    results = engine.loglikelihood(prep.loglikelihood)
+    out = {}
+    for m in metrics:
+        rows, scores = iter(results), {}
+        for it, n in zip(prep.items, prep.per_item, strict=True):
+            scores[it.id] = task.score_loglikelihood(it, [next(rows) for _ in range(n)], metric=m)
+        higher = task.higher_is_better if m == task.metric else m not in _LOWER_IS_BETTER
+        out[m] = TaskResult(task.name, m, higher, scores)
+    return out
 
 
 def score_task(engine: Engine, task: Task, item_ids: Sequence[str] | None = None) -> TaskResult:

@@ -36,10 +36,17 @@ Kind = Literal["multiple_choice", "generate", "logprob"]
 _METRICS: dict[str, tuple[str, ...]] = {
     "multiple_choice": ("acc", "acc_norm"),
     "generate": ("exact_match",),
-    "logprob": ("token_accuracy", "logprob", "perplexity"),
+    # logprob, per item: token_accuracy, the share of reference tokens that are the argmax;
+    # acc, the whole reference is the greedy continuation (lm-eval's `acc` of loglikelihood
+    # tasks such as LAMBADA: greedy exact match from one forward pass); token_prob, the
+    # geometric mean of the reference tokens' probabilities (1 / the item's perplexity), a
+    # smooth [0, 1] search signal where answers are a few tokens and token_accuracy moves in
+    # steps of a third; logprob, its log; perplexity.
+    "logprob": ("token_accuracy", "acc", "token_prob", "logprob", "perplexity"),
 }
 _LOWER_IS_BETTER = {"perplexity"}
-UNIT_METRICS = frozenset({"acc", "acc_norm", "exact_match", "token_accuracy"})  # in [0, 1]
+# in [0, 1]
+UNIT_METRICS = frozenset({"acc", "acc_norm", "exact_match", "token_accuracy", "token_prob"})
 
 
 class TaskError(EvomergeError):
@@ -294,9 +301,18 @@ class Task:
         return out
 
     def score_loglikelihood(
-        self, item: Item, results: Sequence[LoglikelihoodResult], tokenizer: Any = None
+        self,
+        item: Item,
+        results: Sequence[LoglikelihoodResult],
+        tokenizer: Any = None,
+        metric: str | None = None,
     ) -> float:
-        m = self.metric
+        """The item's score under the task's metric, or ``metric`` (another of its kind's: one
+        forward pass scores an item under all of them)."""
+        m = metric or self.metric
+        if m not in _METRICS[self.spec.kind]:
+            kind = self.spec.kind
+            raise TaskError(f"{self.origin}: metric {m!r} does not apply to kind {kind!r}")
         if self.spec.kind == "multiple_choice":
             if m == "acc_norm":
                 lens = [max(1, len(self.spec.choice_prefix + c)) for c in self.choices_of(item)]
@@ -308,9 +324,13 @@ class Task:
         r = results[0]
         if m == "token_accuracy":
             return r.n_greedy / r.n_tokens
+        if m == "acc":
+            return float(r.is_greedy)
         mean_lp = r.logprob / r.n_tokens  # per item: the mean over its reference tokens
         if m == "logprob":
             return mean_lp
+        if m == "token_prob":
+            return math.exp(mean_lp)
         return math.exp(-mean_lp) if -mean_lp < 709.0 else math.inf  # beyond float64: inf
 
     def score_generation(self, item: Item, text: str) -> float:
