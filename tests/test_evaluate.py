@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 from evomerge.evaluate.engines import EngineError
 from evomerge.evaluate.hf import HFEngine
 from evomerge.evaluate.scoring import prepare, score_prepared_metrics, score_task
-from evomerge.evaluate.tasks import TaskError, available_tasks, load_task
+from evomerge.evaluate.tasks import LoglikelihoodRequest, TaskError, available_tasks, load_task
 from evomerge.merge.materialize import materialize, merge_to_dir, plan
 from evomerge.recipe import Recipe
 
@@ -107,6 +107,45 @@ def test_a_metric_of_another_kind_is_refused(unit_zoo: Path, engine: HFEngine) -
     task = load_task("rev9", zoo=unit_zoo)
     with pytest.raises(TaskError, match=r"rev9.*exact_match.*does not apply"):
         score_prepared_metrics(engine, prepare(engine, task, task.item_ids[:2]), ["exact_match"])
+
+
+@pytest.mark.parametrize("zoo_fixture", ["unit_zoo", "unit_zoo_qwen2"])
+def test_a_shared_prefix_run_once_scores_as_each_request_alone(
+    zoo_fixture: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests behind one long prefix (few-shot examples) in a padded batch: the prefix's KV
+    cache computed once gives each request's log-probability and greedy count as a forward pass
+    over that request alone does (Llama; Qwen2 with its biases and tied head)."""
+    zoo = request.getfixturevalue(zoo_fixture)
+    engine = HFEngine(zoo / "base", batch_size=8)
+    tok = engine.tokenizer
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prefix = enc("rev9:abcdef=fedcba add1:3+4=7 ")  # the unit models' context is 64
+    tails = ["rev9:xyz=", "shift3:hello=", "add1:1+2=", "rev9:abcdefghi=", "add1:8+1="]
+    requests = [
+        LoglikelihoodRequest(tuple(prefix + enc(t)), tuple(enc(a)))
+        for t, a in zip(tails, ["zyx", "khoor", "3", "ihgfedcba", "9"], strict=True)
+    ]
+    calls = []
+    real = HFEngine._logits_after
+    monkeypatch.setattr(
+        HFEngine, "_logits_after", lambda self, *a: calls.append(a[2]) or real(self, *a)
+    )
+    shared = engine.loglikelihood(requests)
+    assert calls and calls[0] >= len(prefix)  # the shared path ran, over the whole prefix
+    model = AutoModelForCausalLM.from_pretrained(zoo / "base").eval()
+    for r, got in zip(requests, shared, strict=True):
+        with torch.no_grad():
+            logits = model(torch.tensor([list(r.context + r.continuation)[:-1]])).logits[0]
+        lp = F.log_softmax(logits[len(r.context) - 1 :].double(), -1)
+        cont = torch.tensor(r.continuation)
+        assert got.logprob == pytest.approx(
+            float(lp[torch.arange(len(cont)), cont].sum()), abs=1e-4
+        )
+        assert got.n_greedy == int((lp.argmax(-1) == cont).sum())
+    engine.share_prefix = 0
+    assert [r.n_greedy for r in engine.loglikelihood(requests)] == [r.n_greedy for r in shared]
+    assert len(calls) == 1
 
 
 def test_expert_scores_what_the_zoo_recorded(unit_zoo: Path, engine: HFEngine) -> None:

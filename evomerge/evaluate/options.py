@@ -23,8 +23,12 @@ class _Options(BaseModel):
 
 
 class HFOptions(_Options):
-    """The transformers engine takes no options beyond ``workers``' own device, dtype and
-    batch size: any key given here is refused, rather than silently ignored."""
+    """Transformers engine settings beyond ``workers``' own device, dtype and batch size."""
+
+    # A prefix every request of a batch shares (a chat template's system prompt, few-shot
+    # examples) is run once and its KV cache reused by the batch, when at least this many
+    # tokens long; 0: never (vLLM's prefix caching does the same on its engine).
+    share_prefix: int = Field(16, ge=0)
 
 
 class VLLMOptions(_Options):

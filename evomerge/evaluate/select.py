@@ -66,7 +66,14 @@ def make_engine(
     if name == "hf":
         from evomerge.evaluate.hf import HFEngine
 
-        return HFEngine(model_dir, device=device, dtype=dtype, batch_size=batch_size)
+        assert isinstance(opts, HFOptions)
+        return HFEngine(
+            model_dir,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size,
+            share_prefix=opts.share_prefix,
+        )
     from evomerge.evaluate.vllm.engine import VLLMEngine
 
     assert isinstance(opts, VLLMOptions)
