@@ -64,13 +64,39 @@ def unit_zoo_with_items(path: Path, n: int) -> Path:
     return path
 
 
-def experiment(engine: str, k: int, budget: int, seed: int, hf_threads: int) -> dict[str, Any]:
+def experiment(
+    engine: str, k: int, budget: int, seed: int, hf_threads: int, base: Path | None = None
+) -> dict[str, Any]:
+    """The tiny zoo's experiment, or ``base``'s sources, space and tasks (its schedule dropped:
+    the first stage's space, NSGA-II) with this engine, items, budget and seed."""
     workers: dict[str, Any] = {"engine": engine, "dtype": "float32", "threads": hf_threads}
     if engine == "vllm":
         workers["engine_options"] = {
             "enforce_eager": True,
             "gpu_memory_utilization": 0.1,  # CPU: the share of host RAM
             "kv_cache_space_gb": 1,
+        }
+    if base is not None:
+        exp = yaml.safe_load(base.read_text())
+        stages = exp.pop("schedule", None) or [{}]
+        opts = {
+            **exp.get("space_options", {}),
+            **{k_: v for k_, v in stages[0].items() if k_ in ("granularity", "curve")},
+        }
+        objectives = [
+            {**{k_: v for k_, v in o.items() if k_ != "estimator"}, "estimator": f"subsample:{k}"}
+            for o in exp["objectives"]
+        ]
+        return {
+            **exp,
+            "name": f"engine-bench-{engine}-{k}",
+            "space_options": opts,
+            "objectives": objectives,
+            "optimizer": {"name": "nsga2", "pop_size": 8},
+            "budget": budget,
+            "seed": seed,
+            "reference_points": False,
+            "workers": {**exp.get("workers", {}), **workers},
         }
     from evomerge.zoo import SOURCES
 
@@ -137,6 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hf-threads", type=int, default=1, help="torch threads of the hf runs")
+    ap.add_argument(
+        "--experiment",
+        type=Path,
+        default=None,
+        help="an experiment whose sources, space and tasks to use (e.g. the SmolLM2 zoo's)",
+    )
     ap.add_argument("--out-json", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -147,7 +179,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp:
         for k in args.items:
             for engine in args.engines:
-                exp = experiment(engine, k, args.budget, args.seed, args.hf_threads)
+                exp = experiment(
+                    engine, k, args.budget, args.seed, args.hf_threads, args.experiment
+                )
                 row = run_one(zoo, exp, Path(tmp))
                 rows.append(row)
                 print(

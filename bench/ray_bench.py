@@ -34,6 +34,18 @@ SOURCES = {
 
 
 def experiment(args: argparse.Namespace, workers: dict[str, Any], tpe: bool) -> dict[str, Any]:
+    if args.experiment is not None:  # another zoo's sources, space and tasks (first stage's space)
+        exp = yaml.safe_load(args.experiment.read_text())
+        stage = (exp.pop("schedule", None) or [{}])[0]
+        res = {k: v for k, v in stage.items() if k in ("granularity", "curve")}
+        objectives = [
+            {"task": o["task"], "estimator": f"subsample:{args.k}"} for o in exp["objectives"]
+        ]
+        tasks = {"space_options": {**exp.get("space_options", {}), **res}, "objectives": objectives}
+        own = {k: exp[k] for k in ("sources", "base", "space", "holdout") if k in exp}
+        own["reference_points"] = False
+    else:
+        own, tasks = {}, {}
     return {
         "name": "bench-ray",
         "sources": SOURCES,
@@ -52,10 +64,12 @@ def experiment(args: argparse.Namespace, workers: dict[str, Any], tpe: bool) -> 
         ),
         "budget": args.budget,
         "seed": 0,
-        "workers": {"threads": 1, **workers},
+        "workers": {"threads": 1, **workers},  # local: --local-threads
         # a candidate that could enter the front is re-scored on every item (~10x): the spread
         # of candidate times an asynchronous dispatch absorbs
         "promotion": {"enabled": args.promotion},
+        **own,
+        **tasks,
     }
 
 
@@ -135,13 +149,21 @@ def main() -> None:
         "same-archive check: another optimizer, and async depends on arrival order)",
     )
     ap.add_argument("--promotion", action="store_true", help="promotion: {enabled: true}")
+    ap.add_argument(
+        "--experiment",
+        type=Path,
+        help="take sources, space, tasks and holdout from this experiment (e.g. the SmolLM2 "
+        "zoo's); its first stage's space",
+    )
+    ap.add_argument("--local-threads", type=int, default=1, help="torch threads of the local mode")
     ap.add_argument("--out-json", type=Path)
     args = ap.parse_args()
     if not (args.zoo / "zoo.json").exists():
         from evomerge.zoo import build_zoo
 
         build_zoo(args.zoo, preset=args.preset, seed=0)
-    rows = [] if args.no_local else [one(args, "local", {})]
+    local = {"threads": args.local_threads}
+    rows = [] if args.no_local else [one(args, f"local, {args.local_threads} thread(s)", local)]
     for n in args.actors:
         rows.append(
             one(args, f"ray x{n}", {"backend": "ray", "count": n, "resources": {"num_cpus": 1}})
