@@ -77,35 +77,19 @@ JUDGE = ("acc", "token_accuracy", "token_prob")  # held-out: greedy exact match 
 class _Judge:
     """Scores recipes on each objective's held-out items (the search never saw them) under every
     metric in ``JUDGE`` from one forward pass: exact match is the skill; the others show how the
-    smooth signals the search may have used moved with it."""
+    smooth signals the search may have used moved with it. The engine, sources and prepared
+    items are confirmation's own (``confirm._Scorer``)."""
 
     def __init__(self, exp: dict[str, Any], zoo: Path) -> None:
-        import torch
-
-        from evomerge.checkpoint import ModelSource
-        from evomerge.evaluate.scoring import prepare
-        from evomerge.evaluate.select import make_engine
+        from evomerge.confirm import _Scorer
         from evomerge.experiment import Experiment
         from evomerge.workers.local import load_objectives
 
         self.experiment = experiment = Experiment.parse(exp)
         self.paths = experiment.resolved_sources(zoo)
-        self.sources = {n: ModelSource(p, name=n) for n, p in self.paths.items()}
-        w = experiment.workers
-        if w.threads is not None:
-            torch.set_num_threads(w.threads)
         self.objectives = [ob for ob in load_objectives(experiment, zoo) if ob.scored]
-        self.engine = make_engine(
-            w.engine,
-            self.paths[experiment.base or "base"],
-            device=w.device,
-            dtype=w.dtype,
-            batch_size=w.batch_size,
-            options=w.engine_options,
-        )
-        self.prepared = [
-            prepare(self.engine, ob.whole_task, list(ob.held_out)) for ob in self.objectives
-        ]
+        held = {ob.spec.label: list(ob.held_out) for ob in self.objectives}
+        self.scorer = _Scorer(experiment, self.paths, self.objectives, held)
 
     def score(self, recipe_yaml: str) -> dict[str, list[float]]:
         """Metric → the recipe's held-out mean per objective."""
@@ -114,13 +98,17 @@ class _Judge:
         from evomerge.merge.materialize import plan
         from evomerge.recipe import Recipe
 
+        sc = self.scorer
         recipe = Recipe.from_dict(yaml.safe_load(recipe_yaml))
-        load_candidate(self.engine, recipe, plan=plan(recipe, self.sources), device="cpu")
+        load_candidate(sc.engine, recipe, plan=plan(recipe, sc.sources), device=sc.device)
         out: dict[str, list[float]] = {m: [] for m in JUDGE}
-        for prep in self.prepared:
-            for m, res in score_prepared_metrics(self.engine, prep, JUDGE).items():
+        for prep in sc.prepared.values():
+            for m, res in score_prepared_metrics(sc.engine, prep, JUDGE).items():
                 out[m].append(res.value)
         return out
+
+    def close(self) -> None:
+        self.scorer.close()
 
 
 def _search(exp: dict[str, Any], zoo: Path, work: Path) -> dict[str, Any]:
@@ -144,7 +132,10 @@ def _search(exp: dict[str, Any], zoo: Path, work: Path) -> dict[str, Any]:
         s.close()
     wall = time.perf_counter() - t0
     judge = _Judge(exp, zoo)
-    held = {e.number: judge.score(e.recipe) for e in (knee, best)}
+    try:
+        held = {e.number: judge.score(e.recipe) for e in (knee, best)}
+    finally:
+        judge.close()
     shutil.rmtree(run_dir, ignore_errors=True)
     return {
         "knee": knee.number,
@@ -194,14 +185,15 @@ def _uniform(exp: dict[str, Any], zoo: Path) -> dict[str, Any]:
                 values = [v for v, _ in choose.score(recipe).values()]
                 scored.append((float(np.mean(values)), float(w), float(d), recipe))
         mean, w, d, recipe = max(scored)
+        return {
+            "weight": w,
+            "density": d,
+            "chosen_on_search_items": mean,
+            "heldout": judge.score(recipe),
+        }
     finally:
         choose.close()
-    return {
-        "weight": w,
-        "density": d,
-        "chosen_on_search_items": mean,
-        "heldout": judge.score(recipe),
-    }
+        judge.close()
 
 
 def _held(cell: dict[str, Any], what: str, metric: str = "acc") -> float:

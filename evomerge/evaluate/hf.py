@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from evomerge.dtypes import to_torch
 from evomerge.evaluate.engines import EngineError, finish_text
+from evomerge.evaluate.options import SHARE_PREFIX
 from evomerge.evaluate.tasks import GenerationRequest, LoglikelihoodRequest, LoglikelihoodResult
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class HFEngine:
         dtype: torch.dtype | str | None = None,
         batch_size: int = 256,
         load_weights: bool = True,
-        share_prefix: int = 16,
+        share_prefix: int = SHARE_PREFIX,
     ):
         """``dtype``: a torch dtype, a name (``bfloat16``), ``"auto"`` (the checkpoint's) or
         None (float32). ``share_prefix``: the shortest prefix shared by a batch's requests that
@@ -82,7 +83,7 @@ class HFEngine:
         models as it trains them, before any is saved)."""
         engine = cls.__new__(cls)
         engine.model_dir = None
-        engine.share_prefix = 16
+        engine.share_prefix = SHARE_PREFIX
         param = next(model.parameters())
         engine._attach(
             copy.deepcopy(model),

@@ -16,6 +16,7 @@ from pydantic_core import PydanticCustomError
 EngineName = Literal["hf", "vllm"]
 EngineDtype = Literal["float32", "bfloat16", "float16", "auto"]
 ENGINES: tuple[str, ...] = ("hf", "vllm")
+SHARE_PREFIX = 16  # the transformers engine's default (HFOptions.share_prefix)
 
 
 class _Options(BaseModel):
@@ -28,7 +29,7 @@ class HFOptions(_Options):
     # A prefix every request of a batch shares (a chat template's system prompt, few-shot
     # examples) is run once and its KV cache reused by the batch, when at least this many
     # tokens long; 0: never (vLLM's prefix caching does the same on its engine).
-    share_prefix: int = Field(16, ge=0)
+    share_prefix: int = Field(SHARE_PREFIX, ge=0)
 
 
 class VLLMOptions(_Options):

@@ -42,14 +42,12 @@ def prepare(engine: Engine, task: Task, item_ids: Sequence[str] | None = None) -
 
 def score_prepared(engine: Engine, prep: PreparedTask) -> TaskResult:
     """Per-item scores of the engine's current weights on prepared requests."""
-    task, scores = prep.task, {}
-    if task.spec.kind == "generate":
-        for it, text in zip(prep.items, engine.generate(prep.generation), strict=True):
-            scores[it.id] = task.score_generation(it, text)
-    else:
-        results = iter(engine.loglikelihood(prep.loglikelihood))
-        for it, n in zip(prep.items, prep.per_item, strict=True):
-            scores[it.id] = task.score_loglikelihood(it, [next(results) for _ in range(n)])
+    task = prep.task
+    if task.spec.kind != "generate":
+        return score_prepared_metrics(engine, prep, [task.metric])[task.metric]
+    scores = {}
+    for it, text in zip(prep.items, engine.generate(prep.generation), strict=True):
+        scores[it.id] = task.score_generation(it, text)
     return TaskResult(task.name, task.metric, task.higher_is_better, scores)
 
 
