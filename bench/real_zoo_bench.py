@@ -57,9 +57,13 @@ def _set(exp: dict[str, Any], assignment: str) -> None:
     node[keys[-1]] = yaml.safe_load(value)
 
 
-def _experiment(base: Path, arm: str, seed: int, budget: int, depth: int, sets: list[str]):
+def _experiment(
+    base: Path, arm: str, seed: int, budget: int, depth: int, sets: list[str], threads: int | None
+):
     exp = yaml.safe_load(base.read_text())
     exp.update(name=f"bench-{arm}", seed=seed, budget=budget, reference_points=False)
+    if threads is not None:  # every arm alike, the judge included
+        exp.setdefault("workers", {})["threads"] = threads
     if arm.startswith("whole-model"):
         exp.pop("schedule", None)
         exp["space_options"] = {"granularity": depth}
@@ -226,6 +230,13 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="a.b=value")
     ap.add_argument("--variant", default="", help="a name for --set changes (a JSON key)")
     ap.add_argument("--json", type=Path, required=True)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for every arm (workers.threads); two benches of 1 thread each, on "
+        "different seeds and JSON files, do more per hour on 2 cores than one of 2 threads",
+    )
     args = ap.parse_args()
 
     from evomerge.checkpoint import num_layers
@@ -245,12 +256,15 @@ def main() -> None:
             key = f"{arm}{'+' + args.variant if args.variant and arm == 'per-layer' else ''}"
             if key in row:
                 continue
-            exp = _experiment(args.experiment, arm, seed, args.budget, depth, args.sets)
+            exp = _experiment(
+                args.experiment, arm, seed, args.budget, depth, args.sets, args.threads
+            )
             t0 = time.perf_counter()
             row[key] = _uniform(exp, args.zoo) if arm == "uniform" else _search(exp, args.zoo, work)
             row[key]["cell_seconds"] = time.perf_counter() - t0
             row[key]["load_after"] = os.getloadavg()[0]
             row[key]["zoo"] = zoo_id  # builds from the same seeds differ slightly: pair within one
+            row[key]["threads"] = exp.get("workers", {}).get("threads")
             tmp = args.json.with_suffix(".tmp")
             tmp.write_text(json.dumps(rows, indent=1))
             tmp.replace(args.json)
