@@ -225,7 +225,7 @@ def knee(values: list[list[float]]) -> int:
     plain units (the three objectives are token accuracies; ties: the earliest)."""
     from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-    from evomerge.archive import knee_index
+    from evomerge.objectives import knee_index
 
     losses = -np.asarray(values)
     front = sorted(NonDominatedSorting().do(losses, only_non_dominated_front=True))

@@ -95,13 +95,13 @@ def _nearest(deficit: np.ndarray, f: np.ndarray) -> int:
 
 
 def _plain(f: np.ndarray, refs: list[dict[str, Any]]) -> int:
-    from evomerge.archive import knee_index
+    from evomerge.objectives import knee_index
 
     return knee_index(-f, common_unit=True)
 
 
 def _scaled(f: np.ndarray, refs: list[dict[str, Any]]) -> int:
-    from evomerge.archive import knee_index
+    from evomerge.objectives import knee_index
 
     return knee_index(-f, common_unit=False)
 

@@ -37,6 +37,17 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from evomerge.errors import EvomergeError
 from evomerge.genes import Gene
+from evomerge.objectives import (
+    hypervolume,
+    ideal_distances,
+    ideal_point,
+    knee_index,
+    losses,
+    maximized,
+    non_dominated,
+    reference_losses,
+    signs,
+)
 from evomerge.run_dir import STUDY_NAME, read_info, storage_url, study_name
 from evomerge.trial_writer import writer_for
 
@@ -137,47 +148,6 @@ def _distributions(genes: Sequence[Gene]) -> dict[str, BaseDistribution]:
     }
 
 
-def ideal_point(front: np.ndarray, *, common_unit: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The ideal point of ``front`` (losses: each objective's best value on the front) and the
-    unit each objective's distance from it is measured in.
-
-    Scores on one common scale (``common_unit``: accuracies, exact match…, all in [0, 1]) are
-    compared as they are, so a point of accuracy weighs the same on every task. Otherwise each
-    objective is measured in its spread over the front, because their units differ (a cost, a
-    perplexity). That scaling is not used for common units: an objective the front barely
-    varies on (a skill every merge keeps, 0.85–1.0) would weigh as much as one it trades
-    away (0.2–0.8), so its estimation noise would pick the knee, and finding a new extreme
-    point would move the knee."""
-    lo = front.min(axis=0)
-    if common_unit:
-        return lo, np.ones_like(lo)
-    hi = front.max(axis=0)
-    return lo, np.where(hi > lo, hi - lo, 1.0)
-
-
-def ideal_distances(
-    losses: np.ndarray, *, common_unit: bool, front: np.ndarray | None = None
-) -> np.ndarray:
-    """Each row's distance to the ideal point of ``front`` (default: ``losses`` are the front;
-    every objective minimized), in :func:`ideal_point`'s units."""
-    lo, unit = ideal_point(losses if front is None else front, common_unit=common_unit)
-    return np.asarray(np.linalg.norm((losses - lo) / unit, axis=1))
-
-
-def shortfall(losses: np.ndarray, ideal: np.ndarray, unit: np.ndarray) -> np.ndarray:
-    """How far each row falls short of ``ideal`` (:func:`ideal_point`), counting only the
-    objectives where it does: for a front's members it is their distance to the front's ideal
-    point, and a point past the ideal on some objective is not charged for passing it."""
-    short = (np.asarray(losses, dtype=float) - ideal) / unit
-    return np.asarray(np.linalg.norm(np.maximum(short, 0.0), axis=-1))
-
-
-def knee_index(front: np.ndarray, *, common_unit: bool) -> int:
-    """Which row of ``front`` (losses) is the knee: the closest to the ideal point
-    (:func:`ideal_distances`; ties: the first row)."""
-    return int(np.argmin(ideal_distances(front, common_unit=common_unit)))
-
-
 class Archive:
     def __init__(
         self,
@@ -196,8 +166,7 @@ class Archive:
         self.objectives, self.directions = list(objectives), list(directions)
         self.genes = list(genes)
         self._dists = _distributions(genes)
-        # losses are minimized: maximized objectives change sign
-        self._sign = np.array([-1.0 if d == "maximize" else 1.0 for d in self.directions])
+        self._sign = signs(self.directions)  # losses are minimized
         try:
             with _quiet():
                 self.study = optuna.create_study(
@@ -383,43 +352,28 @@ class Archive:
         return self._by_hash.get(recipe_hash)
 
     def _losses(self, evs: Sequence[Evaluation]) -> np.ndarray:
-        values = np.array([e.values for e in evs], dtype=float)
-        return values.reshape(-1, len(self._sign)) * self._sign
+        return losses([e.values for e in evs], self.directions)  # type: ignore[misc]
 
     def front(self) -> list[Evaluation]:
         """The non-dominated evaluations (each recipe once, at the fidelity it was scored at)."""
         ok = [e for e in self._evals if e.ok]
         if not ok:
             return []
-        from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
-
-        idx = NonDominatedSorting().do(self._losses(ok), only_non_dominated_front=True)
-        return [ok[i] for i in sorted(int(i) for i in idx)]
+        return [ok[i] for i in non_dominated(self._losses(ok))]
 
     def hypervolume(self, reference: Sequence[float | None]) -> float:
-        """Volume dominated by the front and bounded by ``reference`` (in objective units). A
-        None entry (an unbounded metric such as perplexity, with no `reference:` set) stands for
-        the worst value evaluated so far on that objective, so the volume is finite but may grow
-        when a worse candidate widens the box."""
+        """Volume dominated by the front and bounded by ``reference`` (in objective units; a
+        None entry: the worst value evaluated so far, :func:`reference_losses`)."""
         front = self.front()
         if not front:
             return 0.0
-        from pymoo.indicators.hv import HV
-
-        if len(reference) != len(self._sign):
-            raise ArchiveError(
-                f"hypervolume: {len(reference)} reference values for {len(self._sign)} objectives"
+        try:
+            ref = reference_losses(
+                reference, self.directions, self._losses([e for e in self._evals if e.ok])
             )
-        worst = self._losses([e for e in self._evals if e.ok]).max(axis=0)
-        ref = np.array(
-            [
-                w if r is None else float(r) * s
-                for r, s, w in zip(reference, self._sign, worst, strict=True)
-            ]
-        )
-        pts = self._losses(front)
-        pts = pts[np.all(pts < ref, axis=1)]
-        return float(HV(ref_point=ref)(pts)) if len(pts) else 0.0
+        except ValueError as e:
+            raise ArchiveError(f"hypervolume: {e}") from None
+        return hypervolume(self._losses(front), ref)
 
     def knee(self) -> Evaluation | None:
         """The front's compromise: the member closest to the ideal point (:func:`knee_index`;
@@ -454,7 +408,7 @@ class Archive:
         ok = [e for e in self._evals if e.ok]
         if not ok:
             return None
-        pick = max if self.directions[i] == "maximize" else min
+        pick = max if maximized(self.directions[i]) else min
         return pick(ok, key=lambda e: (e.values[i], -(e.number or 0)))  # type: ignore[index]
 
     def trial(self, number: int) -> Evaluation:

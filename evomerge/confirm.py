@@ -26,6 +26,7 @@ import numpy as np
 from evomerge.archive import CONFIRMATION_SETS, Archive, Evaluation
 from evomerge.errors import EvomergeError
 from evomerge.experiment import Experiment
+from evomerge.objectives import front_ranks, losses
 from evomerge.run_dir import load_experiment
 
 
@@ -104,14 +105,8 @@ def _ranked(archive: Archive) -> list[Evaluation]:
     ok = [e for e in archive.evaluations if e.ok]
     if not ok:
         return []
-    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
-
-    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in archive.directions])
-    losses = np.array([e.values for e in ok], dtype=float) * sign
+    rank = front_ranks(losses([e.values for e in ok], archive.directions))  # type: ignore[misc]
     dist = archive.ideal_distances(ok)  # the knee's rule: the knee comes first
-    rank = np.empty(len(ok), dtype=int)
-    for r, members in enumerate(NonDominatedSorting().do(losses)):
-        rank[members] = r
     order = sorted(range(len(ok)), key=lambda i: (rank[i], dist[i], ok[i].number or 0))
     return [ok[i] for i in order]
 

@@ -23,6 +23,7 @@ from evomerge.errors import EvomergeError
 from evomerge.evaluate.options import EngineDtype, EngineName, engine_options
 from evomerge.fileio import read_yaml, validate
 from evomerge.hub import resolve_sources
+from evomerge.objectives import direction_of, maximized
 
 # Metrics that live in [0, 1] (ours and lm-eval's): their hypervolume reference defaults to the
 # worst end, 0 maximized (1 minimized). Other metrics (log-prob, perplexity, lm-eval's
@@ -368,9 +369,7 @@ class Experiment(_Spec):
             return objective.reference
         name = (metric or "").split(",")[0]
         if direction is None:
-            direction = objective.direction or (
-                "minimize" if name in _LOWER_IS_BETTER else "maximize"
-            )
+            direction = objective.direction or direction_of(name not in _LOWER_IS_BETTER)
         if is_unit_metric(name):
-            return 0.0 if direction == "maximize" else 1.0
+            return 0.0 if maximized(direction) else 1.0
         return None

@@ -21,6 +21,7 @@ import yaml
 from evomerge.archive import Archive, Evaluation
 from evomerge.errors import OutputExistsError
 from evomerge.fileio import atomic_write_text
+from evomerge.objectives import utility
 from evomerge.recipe import Recipe
 from evomerge.run_dir import RunError
 
@@ -86,13 +87,7 @@ def front_utility(archive: Archive, front: Sequence[Evaluation]) -> np.ndarray:
     """Each front member's objectives on a common scale: 0 for the front's worst value of an
     objective, 1 for its best (directions taken into account), linear in between; an objective
     on which the whole front ties counts 1 for every member."""
-    values = np.array([e.values for e in front], dtype=float).reshape(len(front), -1)
-    lo, hi = values.min(axis=0), values.max(axis=0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    up = (values - lo) / span
-    maximize = np.array([d == "maximize" for d in archive.directions])
-    out = np.where(maximize, up, 1.0 - up)
-    return np.where(hi > lo, out, 1.0)
+    return utility(np.array([e.values for e in front], dtype=float), archive.directions)
 
 
 def preferred(archive: Archive, weights: Sequence[float]) -> Evaluation | None:

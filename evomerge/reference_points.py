@@ -22,6 +22,7 @@ import numpy as np
 from evomerge.errors import EvomergeError
 from evomerge.fileio import atomic_write_json, read_json
 from evomerge.merge.methods import get_method
+from evomerge.objectives import unbeatable
 from evomerge.recipe import Recipe
 
 if TYPE_CHECKING:
@@ -179,17 +180,17 @@ def _score(search: Search, recipes: list[Recipe]) -> list[Any]:
     """The reference models through the run's worker (a Ray pool: all at once), never promoted:
     the front they are given is a point no estimate can beat, so each is scored as a fresh
     candidate's first rung is."""
-    unbeatable = [[math.inf if d == "maximize" else -math.inf for d in search.directions]]
+    unbeaten = [unbeatable(search.directions)]
     worker = search.worker
     if getattr(worker, "concurrent", False):
         from evomerge.workers.ray_pool import Job
 
         jobs = [Job(r, [], [i]) for i, r in enumerate(recipes)]
         out: list[Any] = [None] * len(jobs)
-        for job, ev in worker.run(jobs, front=lambda: unbeatable, stop=lambda: False):
+        for job, ev in worker.run(jobs, front=lambda: unbeaten, stop=lambda: False):
             out[job.slots[0]] = ev
         return out
-    return [worker.evaluate(r, [], unbeatable) for r in recipes]
+    return [worker.evaluate(r, [], unbeaten) for r in recipes]
 
 
 def _read_raw(path: Path) -> dict[str, Any]:

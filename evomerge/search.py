@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.archive import Archive, ArchiveError, Evaluation, shortfall
+from evomerge.archive import Archive, ArchiveError, Evaluation
 from evomerge.experiment import Experiment, OptimizerSpec, is_unit_metric
 from evomerge.hub import resolve_sources
 from evomerge.killpoints import kill_point
+from evomerge.objectives import loss, shortfall
 from evomerge.optimize import make_optimizer, optimizer_class
 from evomerge.optimize.base import Optimizer, OptimizerError
 from evomerge.recipe import Recipe
@@ -282,9 +283,7 @@ class Search:
         if not ev.ok:
             return None
         assert ev.values is not None
-        signed = [
-            (-v if d == "maximize" else v) for v, d in zip(ev.values, self.directions, strict=True)
-        ]
+        signed = loss(ev.values, self.directions)
         if self.multi:
             return signed
         if self._targets_knee():

@@ -25,6 +25,7 @@ import numpy as np
 
 from evomerge.archive import Evaluation
 from evomerge.killpoints import kill_point
+from evomerge.objectives import gains
 from evomerge.workers.halving import Rung, keep, ranking, rung_sizes
 
 if TYPE_CHECKING:
@@ -116,7 +117,7 @@ def halve_batch(
                 scored.append(key)
         if r == last:
             break
-        values = [_oriented(search, results[k]) for k in scored]
+        values = [gains(results[k].values, search.directions) for k in scored]
         order = ranking(values, weights)
         alive = [scored[j] for j in sorted(order[: keep(len(scored), promo.eta)])]
 
@@ -132,9 +133,3 @@ def halve_batch(
         if key in members:
             done(i, members[key][2] or results[key], False)
     return losses, n_new, n_cached, timed_out
-
-
-def _oriented(search: Search, ev: Evaluation) -> list[float]:
-    """An evaluation's values with every objective maximized."""
-    assert ev.values is not None
-    return [v if d == "maximize" else -v for v, d in zip(ev.values, search.directions, strict=True)]

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from evomerge.errors import EvomergeError
 from evomerge.evaluate.tasks import GenerationRequest, LoglikelihoodRequest, TaskResult
+from evomerge.objectives import direction_of
 
 if TYPE_CHECKING:
     from lm_eval.api.model import LM
@@ -493,7 +494,7 @@ class LMEvalObjective:
 
     def direction(self, task: str) -> str:
         """``"maximize"`` or ``"minimize"`` for this objective's metric on ``task``."""
-        return "maximize" if self.higher_is_better(task) else "minimize"
+        return direction_of(self.higher_is_better(task))
 
     def _task(self, name: str) -> Any:
         try:

@@ -12,6 +12,7 @@ import numpy as np
 import yaml
 
 from evomerge.archive import Archive, Evaluation
+from evomerge.objectives import front_ranks, hypervolume, losses, maximized, reference_losses, signs
 from evomerge.recipe import Recipe, spec_values
 from evomerge.reference_points import ObjectiveInfo, ReferencePoint, read_reference
 from evomerge.run_dir import EXPERIMENT_FILE, read_info
@@ -104,7 +105,7 @@ class RunView:
 
     def axis_label(self, i: int) -> str:
         o = self.objectives[i]
-        better = "higher" if o.direction == "maximize" else "lower"
+        better = "higher" if maximized(o.direction) else "lower"
         metric = f" · {o.metric}" if o.metric else ""
         return f"{o.name}{metric} ({better} is better)"
 
@@ -114,14 +115,15 @@ class RunView:
         ok = [e for e in self.archive.evaluations if e.ok]
         if not ok:
             return {}
-        from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+        ranks = front_ranks(self.losses([e.values for e in ok]))  # type: ignore[misc]
+        return {int(e.number or 0): int(r) + 1 for e, r in zip(ok, ranks, strict=True)}
 
-        fronts = NonDominatedSorting().do(self.losses([e.values for e in ok]))  # type: ignore[misc]
-        return {int(ok[i].number or 0): r + 1 for r, f in enumerate(fronts) for i in f}
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
 
     def losses(self, values: Sequence[Sequence[float]]) -> np.ndarray:
-        sign = np.array([-1.0 if o.direction == "maximize" else 1.0 for o in self.objectives])
-        return np.asarray(values, dtype=float).reshape(-1, len(sign)) * sign
+        return losses(values, self.directions)
 
     def trial_point(self, e: Evaluation, ranks: dict[int, int], knee: int | None) -> Point:
         assert e.values is not None
@@ -165,31 +167,26 @@ class RunView:
         far of each objective, and which evaluations failed. The hypervolume's reference is the
         run's (``reference:`` or a metric's worst end); where it has none, the worst value of the
         whole run, so the curve is one fixed box and never falls."""
-        from pymoo.indicators.hv import HV
-
         evs = self.archive.evaluations
         ok_values = [e.values for e in evs if e.ok]
-        ref = self.hv_reference(ok_values)
+        ref = self.hv_reference(ok_values)  # type: ignore[arg-type]
+        sign = signs(self.directions)
         hv: list[float] = []
         best: list[list[float | None]] = [[] for _ in self.names]
-        running: list[float | None] = [None] * len(self.names)
         front: np.ndarray = np.empty((0, len(self.names)))
+        lowest = np.full(len(self.names), np.inf)  # the best loss so far, per objective
         current = 0.0
-        sign = self.losses([[1.0] * len(self.names)])[0]
         for e in evs:
             if e.ok:
                 loss = self.losses([e.values])  # type: ignore[list-item]
                 if not np.any(np.all(front <= loss, axis=1)):  # not dominated: the front moves
                     keep = ~np.all(loss <= front, axis=1)
                     front = np.vstack([front[keep], loss])
-                    inside = front[np.all(front < ref, axis=1)]
-                    current = float(HV(ref_point=ref)(inside)) if len(inside) else 0.0
-                for i, v in enumerate(e.values or []):
-                    r = running[i]
-                    running[i] = v if r is None else (max if sign[i] < 0 else min)(r, v)
+                    current = hypervolume(front, ref)
+                lowest = np.minimum(lowest, loss[0])
             hv.append(current)
-            for i, r in enumerate(running):
-                best[i].append(r)
+            for i, low in enumerate(lowest):
+                best[i].append(None if np.isinf(low) else float(low * sign[i]))
         return {
             "trial": [e.number for e in evs],
             "hypervolume": hv,
@@ -200,13 +197,8 @@ class RunView:
 
     def hv_reference(self, ok_values: Sequence[Sequence[float]]) -> np.ndarray:
         """The hypervolume reference in loss space (minimized)."""
-        sign = self.losses([[1.0] * len(self.names)])[0]
-        worst = self.losses(ok_values).max(axis=0) if ok_values else np.zeros(len(sign))
-        return np.array(
-            [
-                w if o.reference is None else float(o.reference) * s
-                for o, s, w in zip(self.objectives, sign, worst, strict=True)
-            ]
+        return reference_losses(
+            [o.reference for o in self.objectives], self.directions, self.losses(ok_values)
         )
 
 

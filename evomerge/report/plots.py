@@ -9,6 +9,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from evomerge.objectives import arrow, maximized
 from evomerge.recipe import Recipe
 from evomerge.report.data import Point, RunView
 from evomerge.report.recipes import layer_panels, routing_slots
@@ -114,7 +115,7 @@ def _front_2d(
                 name="front (staircase)",
                 mode="lines",
                 line={
-                    "shape": "vh" if view.objectives[0].direction == "maximize" else "hv",
+                    "shape": "vh" if maximized(view.objectives[0].direction) else "hv",
                     "color": _FRONT,
                 },
                 hoverinfo="skip",
@@ -187,7 +188,7 @@ def _front_splom(
 def _short(view: RunView, i: int) -> str:
     """A matrix cell's axis: the objective and which way is better."""
     o = view.objectives[i]
-    return f"{o.name} {'↑' if o.direction == 'maximize' else '↓'}"
+    return f"{o.name} {arrow(o.direction)}"
 
 
 def _front_parcoords(view: RunView, evaluated: list[Point], refs: list[Point]) -> go.Figure:

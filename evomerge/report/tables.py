@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 
 from evomerge.archive import Archive
+from evomerge.objectives import arrow
 from evomerge.report.data import Point, RunView
 
 
@@ -78,7 +79,7 @@ def front_table(
     if all_:
         t.add_column("rank", justify="right")
     for o in view.objectives:
-        t.add_column(f"{o.name} {'↑' if o.direction == 'maximize' else '↓'}", justify="right")
+        t.add_column(f"{o.name} {arrow(o.direction)}", justify="right")
     if not shared_items:
         t.add_column("items scored")
     t.add_column("hash")
@@ -153,7 +154,7 @@ def html_table(view: RunView, points: list[Point], *, rank: bool = False) -> str
     head = ["trial" if points and points[0].trial is not None else "model"]
     head += ["rank"] if rank else []
     for o in view.objectives:
-        head += [f"{o.name} {'↑' if o.direction == 'maximize' else '↓'}", "± error", "fidelity"]
+        head += [f"{o.name} {arrow(o.direction)}", "± error", "fidelity"]
     head.append("recipe")
     rows = []
     for p in points:

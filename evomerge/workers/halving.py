@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from evomerge.objectives import front_ranks
+
 
 @dataclass
 class Rung:
@@ -32,29 +34,16 @@ def keep(n: int, eta: int) -> int:
     return max(1, n // eta) if n else 0
 
 
-def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
-    """``a`` is at least as good as ``b`` everywhere and better somewhere (all maximized)."""
-    return all(x >= y for x, y in zip(a, b, strict=True)) and any(
-        x > y for x, y in zip(a, b, strict=True)
-    )
-
-
 def ranking(values: Sequence[Sequence[float]], weights: Sequence[float]) -> list[int]:
     """Indices of ``values`` (objective vectors, maximized), best first: by non-dominated front
     (the first front, then the front once it is removed…), then by the weighted sum, then by
     position (the batch's order), so ties break the same way on every run."""
-    n = len(values)
-    level = [0] * n
-    left = set(range(n))
-    depth = 0
-    while left:
-        front = {i for i in left if not any(dominates(values[j], values[i]) for j in left)}
-        for i in front:
-            level[i] = depth
-        left -= front
-        depth += 1
-    score = [float(np.dot(weights, v)) for v in values]
-    return sorted(range(n), key=lambda i: (level[i], -score[i], i))
+    if not values:
+        return []
+    gains = np.asarray(values, dtype=float)
+    level = front_ranks(-gains)
+    score = gains @ np.asarray(weights, dtype=float)
+    return sorted(range(len(gains)), key=lambda i: (int(level[i]), -float(score[i]), i))
 
 
 def rung_sizes(rungs: Sequence[int], n_items: int) -> list[int]:

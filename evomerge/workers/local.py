@@ -38,6 +38,7 @@ from evomerge.killpoints import kill_point
 from evomerge.merge import fused
 from evomerge.merge.chunked import serial
 from evomerge.merge.materialize import MergePlan, materialize, plan
+from evomerge.objectives import direction_of, gains, maximized
 from evomerge.recipe import Recipe
 from evomerge.workers.faults import classify, fault, free_memory
 from evomerge.workers.halving import Rung
@@ -67,7 +68,7 @@ class _Objective:
             return self.spec.direction or self.lmeval.direction(self.lmeval.tasks[0])
         if self.task is None:
             return "minimize"  # costs
-        return "maximize" if self.task.higher_is_better else "minimize"
+        return direction_of(self.task.higher_is_better)
 
     @property
     def metric(self) -> str | None:
@@ -482,7 +483,7 @@ class LocalWorker:
         """Promotion reasons with maximized objectives: minimized ones are negated."""
         out: list[Estimate | float] = []
         for ob, r in zip(self.objectives, results, strict=True):
-            if ob.direction == "maximize":
+            if maximized(ob.direction):
                 out.append(r)
             elif isinstance(r, Estimate):
                 out.append(Estimate(-r.value, r.items_used, r.n_items, r.stderr, r.estimator))
@@ -491,10 +492,7 @@ class LocalWorker:
         return out
 
     def _oriented_values(self, values: Sequence[float]) -> list[float]:
-        return [
-            v if ob.direction == "maximize" else -v
-            for ob, v in zip(self.objectives, values, strict=True)
-        ]
+        return gains(values, [ob.direction for ob in self.objectives])
 
 
 def _candidate_error(e: BaseException) -> str:
