@@ -12,7 +12,7 @@ the stored per-item scores (no model runs), judging:
   front computed from the estimates (and the estimated front's precision).
 
 Calibration for anchor / gp-IRT / p-IRT is the product's own: the run's sources plus seeded random
-merges of them (``evomerge.calibrate.calibration_recipes``), scored in full. Subsample is the mean
+merges of them (``evomerge.evaluate.calibrate.calibration_recipes``), scored in full. Subsample is the mean
 over ``--subsample-seeds`` seeds; the calibrated estimators' item choices depend on their seed too,
 so they are averaged over the same seeds.
 
@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from evomerge.archive import Archive  # noqa: E402
-from evomerge.calibrate import calibration_models, calibration_recipes  # noqa: E402
+from evomerge.evaluate.calibrate import calibration_models, calibration_recipes  # noqa: E402
 from evomerge.evaluate.estimators import Calibration, make_estimator  # noqa: E402
 from evomerge.evaluate.hf import HFEngine  # noqa: E402
 from evomerge.evaluate.scoring import score_task  # noqa: E402

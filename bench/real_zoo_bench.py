@@ -98,13 +98,10 @@ class _Judge:
     def score(self, recipe_yaml: str) -> dict[str, list[float]]:
         """Metric → the recipe's held-out mean per objective."""
         from evomerge.evaluate.scoring import score_prepared_metrics
-        from evomerge.evaluate.select import load_candidate
-        from evomerge.merge.materialize import plan
         from evomerge.recipe import Recipe
 
         sc = self.scorer
-        recipe = Recipe.from_dict(yaml.safe_load(recipe_yaml))
-        load_candidate(sc.engine, recipe, plan=plan(recipe, sc.sources), device=sc.device)
+        sc.resident.load(Recipe.from_dict(yaml.safe_load(recipe_yaml)))
         out: dict[str, list[float]] = {m: [] for m in JUDGE}
         for prep in sc.prepared.values():
             for m, res in score_prepared_metrics(sc.engine, prep, JUDGE).items():

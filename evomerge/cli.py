@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -16,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from evomerge.errors import EvomergeError
+from evomerge.errors import EvomergeError, naming
 from evomerge.fileio import preset_dir
 
 app = typer.Typer(
@@ -97,18 +96,6 @@ def _friendly(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@contextlib.contextmanager
-def _reading(path: Path) -> Iterator[None]:
-    """Errors raised while a command works from ``path`` name it (a source that cannot be
-    opened, a value out of range found when the merge is planned…)."""
-    try:
-        yield
-    except EvomergeError as e:
-        if str(path) not in str(e):
-            e.args = (f"{path}: {e}", *e.args[1:])
-        raise
-
-
 def _one_line(text: str) -> str:
     from rich.markup import escape
 
@@ -163,7 +150,7 @@ def merge(
 
     shard_size = _parse_size(max_shard_size)  # before any work
     t0 = time.perf_counter()
-    with _reading(config):
+    with naming(config):
         recipe = load_any(config).with_zoo(zoo)
         out = merge_to_dir(
             recipe,
@@ -191,7 +178,7 @@ def convert(
 
     if to not in ("recipe", "mergekit"):
         raise OptionError(f"--to {to!r}: choose recipe or mergekit")
-    with _reading(config):
+    with naming(config):
         recipe = mergekit_yaml.load_any(config)
         if to == "recipe":
             text = recipe.to_yaml()
@@ -327,7 +314,7 @@ def run(
             experiment, presets=preset_dir("experiments"), what="experiment", error=ExperimentError
         )
 
-    with _reading(experiment):
+    with naming(experiment):
         exp = Experiment.load(experiment)
         run_dir = run_dir or Path("runs") / exp.name
         s, total = search.start(experiment, run_dir, zoo=zoo, budget=budget, log=console.print)
@@ -587,7 +574,6 @@ def space_show(
     genes: Annotated[bool, typer.Option(help="List every gene")] = True,
 ) -> None:
     """Print a search space's genome size and genes for these sources."""
-    import yaml
 
     from evomerge.recipe import zoo_path
     from evomerge.space import SearchSpace, SpaceError, load_space
@@ -598,12 +584,8 @@ def space_show(
         if not eq:
             raise SpaceError(f"--source {item!r}: write NAME=PATH")
         sources[key] = zoo_path(path, zoo)
-    overrides = {}
-    for item in option or []:
-        key, _, val = item.partition("=")
-        overrides[key] = yaml.safe_load(val)
-    with _reading(Path(name)):
-        spec = load_space(name, overrides)
+    with naming(Path(name)):
+        spec = load_space(name, _key_values(option, "--option"))
         sp = SearchSpace(spec, sources=sources, base=base)
     n_int = sum(g.choices is not None for g in sp.genes)
     console.print(
@@ -643,71 +625,48 @@ def eval_(
     seed: int = 0,
 ) -> None:
     """Score one checkpoint on tasks, in full or with a cheap estimator."""
-    import yaml
+    from evomerge.evaluate.checkpoint_scores import score_checkpoint
 
-    from evomerge.calibrate import build_calibration, calibration_models, zoo_models
-    from evomerge.evaluate.estimators import check_estimator, make_estimator
-    from evomerge.evaluate.scoring import score_task
-    from evomerge.evaluate.select import load_candidate, make_engine
-    from evomerge.evaluate.tasks import load_task
-    from evomerge.recipe import Recipe
-
-    if dtype not in ("float32", "bfloat16", "float16", "auto"):
-        raise typer.BadParameter("--dtype must be float32, bfloat16, float16 or auto")
-    options = {}
-    for item in engine_option or []:
-        key, eq, val = item.partition("=")
-        if not eq:
-            raise typer.BadParameter(f"--engine-option {item!r}: write KEY=VALUE")
-        options[key] = yaml.safe_load(val)
-    tasks = []
-    for ref in task:  # every task checked before any scoring
-        with _reading(Path(ref)):
-            tasks.append(load_task(ref, zoo=zoo))
-    ests = {t.name: make_estimator(estimator, seed) for t in tasks}
-    for t in tasks:
-        with _reading(Path(t.origin)):
-            check_estimator(ests[t.name], t.metric, t.unit_metric, t.name)  # IRT: not log-prob
-    scorer = make_engine(engine, model_dir, device=device, dtype=dtype, options=options)
-    if any(e.needs_calibration for e in ests.values()):
-        # One engine: the calibration models are swapped into it, then the model itself again
-        # (a vLLM engine costs a start and its memory; a second one would double both).
-        models = calibrate_with or calibration_models(zoo_models(zoo), base="base")
-        for t in tasks:
-            ests[t.name].calibrate(
-                build_calibration(
-                    scorer,
-                    t,
-                    models,
-                    n_merges=calibration_merges,
-                    seed=seed,
-                    log=console.print,
-                )
-            )
-        itself = Recipe.from_dict({"sources": {"model": str(model_dir)}, "method": "linear"})
-        load_candidate(scorer, itself, device=device)
+    rows = score_checkpoint(
+        model_dir,
+        task,
+        estimator=estimator,
+        zoo=zoo,
+        calibrate_with=calibrate_with,
+        calibration_merges=calibration_merges,
+        engine=engine,
+        dtype=dtype,
+        engine_options=_key_values(engine_option, "--engine-option"),
+        device=device,
+        seed=seed,
+        log=console.print,
+    )
     table = Table(title=f"{model_dir} · estimator {estimator} · engine {engine} ({dtype})")
     for col in ("task", "metric", "score", "± stderr", "items used", "time (s)"):
         table.add_column(col)
-    for t in tasks:
-        est = ests[t.name]
-        t0 = time.perf_counter()
-        ids = est.select(t.item_ids)
-        res = score_task(scorer, t, ids)
-        e = est.estimate(res.scores, t.item_ids)
-        se = f"{e.stderr:.4f}" if e.stderr is not None else "-"
+    for r in rows:
         table.add_row(
-            t.name,
-            t.metric,
-            f"{e.value:.4f}",
-            se,
-            f"{e.items_used}/{e.n_items}",
-            f"{time.perf_counter() - t0:.1f}",
+            r.task,
+            r.metric,
+            f"{r.value:.4f}",
+            f"{r.stderr:.4f}" if r.stderr is not None else "-",
+            f"{r.items_used}/{r.n_items}",
+            f"{r.seconds:.1f}",
         )
-    close = getattr(scorer, "close", None)
-    if callable(close):
-        close()
     console.print(table)
+
+
+def _key_values(items: list[str] | None, option: str) -> dict[str, Any]:
+    """``KEY=VALUE`` options, each value read as YAML."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        key, eq, val = item.partition("=")
+        if not eq or not key:
+            raise typer.BadParameter(f"{option} {item!r}: write KEY=VALUE")
+        out[key] = yaml.safe_load(val)
+    return out
 
 
 def _parse_size(text: str, option: str = "--max-shard-size") -> int:

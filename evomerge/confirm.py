@@ -126,26 +126,16 @@ class _Scorer:
         objectives: list[Any],
         ids: dict[str, list[str]],
     ) -> None:
-        import torch
-
-        from evomerge.checkpoint import ModelSource
+        from evomerge.evaluate.resident import Resident
         from evomerge.evaluate.scoring import prepare
-        from evomerge.evaluate.select import make_engine
 
-        w = experiment.workers
-        if w.threads is not None:
-            torch.set_num_threads(w.threads)
-        self.device = w.device
-        self.sources = {n: ModelSource(p, name=n) for n, p in sources.items()}
-        ref = sources[experiment.base] if experiment.base else next(iter(sources.values()))
-        self.engine = make_engine(
-            w.engine,
-            ref,
-            device=w.device,
-            dtype=w.dtype,
-            batch_size=w.batch_size,
-            options=w.engine_options,
+        self.resident = Resident(
+            experiment.workers,
+            sources,
+            base=experiment.base,
+            tokenizer_source=experiment.tokenizer_source,
         )
+        self.engine, self.sources = self.resident.engine, self.resident.sources
         self.objectives = [ob for ob in objectives if ids.get(ob.spec.label)]
         self.ids = ids
         self.prepared = {
@@ -160,12 +150,9 @@ class _Scorer:
 
         from evomerge.evaluate.estimators import make_estimator
         from evomerge.evaluate.scoring import score_prepared
-        from evomerge.evaluate.select import load_candidate
-        from evomerge.merge.materialize import plan
         from evomerge.recipe import Recipe
 
-        recipe = Recipe.from_dict(yaml.safe_load(recipe_yaml))
-        load_candidate(self.engine, recipe, plan=plan(recipe, self.sources), device=self.device)
+        self.resident.load(Recipe.from_dict(yaml.safe_load(recipe_yaml)))
         out = {}
         for ob in self.objectives:
             label = ob.spec.label
@@ -180,9 +167,7 @@ class _Scorer:
         return out
 
     def close(self) -> None:
-        close = getattr(self.engine, "close", None)
-        if callable(close):
-            close()
+        self.resident.close()
 
 
 def confirm(

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 
 class EvomergeError(Exception):
     """Base of every error evomerge raises on purpose (the CLI prints these without a trace)."""
@@ -25,3 +29,15 @@ class MergeError(EvomergeError):
 
 class OutputExistsError(EvomergeError):
     """The output directory exists; we never overwrite a checkpoint unless told to."""
+
+
+@contextmanager
+def naming(path: str | Path) -> Iterator[None]:
+    """Errors raised inside name ``path`` (the file being worked from) where they do not yet:
+    a source that cannot be opened, a value out of range found when a merge is planned…"""
+    try:
+        yield
+    except EvomergeError as e:
+        if str(path) not in str(e):
+            e.args = (f"{path}: {e}", *e.args[1:])
+        raise

@@ -78,15 +78,15 @@ def test_errors_exit_cleanly(unit_zoo: Path, tmp_path: Path) -> None:
 
 
 def test_eval_full_and_estimated(unit_zoo: Path, tmp_path: Path, monkeypatch) -> None:
-    import evomerge.calibrate as cal
+    import evomerge.evaluate.calibrate as cal
 
     monkeypatch.setattr(cal, "CACHE_DIR", tmp_path / "cal")
     model = str(unit_zoo / "experts" / "rev9")
-    res = runner.invoke(
+    first = runner.invoke(
         app, ["eval", model, "--task", "rev9", "--task", "add1-exact", "--zoo", str(unit_zoo)]
     )
-    assert res.exit_code == 0, res.output
-    assert "200/200" in res.output and "exact_match" in res.output
+    assert first.exit_code == 0, first.output
+    assert "200/200" in first.output and "exact_match" in first.output
     args = [
         "eval",
         model,
@@ -103,6 +103,24 @@ def test_eval_full_and_estimated(unit_zoo: Path, tmp_path: Path, monkeypatch) ->
     assert res.exit_code == 0, res.output
     assert "20/200" in res.output
     assert list((tmp_path / "cal").glob("*.npz"))  # cached for the next run
+    # the scores themselves, through a fresh engine on the model alone (the command's engine
+    # held the calibration models before it took the model back)
+    from evomerge.evaluate.calibrate import build_calibration, calibration_models, zoo_models
+    from evomerge.evaluate.estimators import make_estimator
+    from evomerge.evaluate.hf import HFEngine
+    from evomerge.evaluate.scoring import score_task
+    from evomerge.evaluate.tasks import load_task
+
+    fresh, task = HFEngine(model), load_task("rev9", zoo=unit_zoo)
+    full = score_task(fresh, task).scores
+    est = make_estimator("anchor:20", 0)
+    models = calibration_models(zoo_models(unit_zoo), base="base")
+    est.calibrate(build_calibration(fresh, task, models, n_merges=2, seed=0))  # the cached one
+    anchored = est.estimate(
+        score_task(fresh, task, est.select(task.item_ids)).scores, task.item_ids
+    )
+    assert f"{anchored.value:.4f}" in res.output
+    assert f"{sum(full.values()) / len(full):.4f}" in first.output
     res = runner.invoke(app, ["eval", model, "--task", "nope", "--zoo", str(unit_zoo)])
     assert res.exit_code == 2 and "unknown task" in res.output
 

@@ -167,8 +167,8 @@ def test_recipe_engine_path_through_the_worker_and_status(
         made.append(FakeRecipeEngine(model_dir))
         return made[-1]
 
-    monkeypatch.setattr("evomerge.workers.local.make_engine", fake_make_engine)
-    monkeypatch.setattr("evomerge.calibrate.CACHE_DIR", tmp_path / "calib")
+    monkeypatch.setattr("evomerge.evaluate.resident.make_engine", fake_make_engine)
+    monkeypatch.setattr("evomerge.evaluate.calibrate.CACHE_DIR", tmp_path / "calib")
     exp = {
         "name": "recipe-engine",
         "sources": {"base": "zoo:base", "rev9": "zoo:experts/rev9", "add1": "zoo:experts/add1"},

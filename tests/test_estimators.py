@@ -400,7 +400,7 @@ def test_calibration_cache_sees_a_checkpoint_updated_in_place(
     import torch
     from safetensors.torch import load_file, save_file
 
-    from evomerge.calibrate import build_calibration, calibration_key
+    from evomerge.evaluate.calibrate import build_calibration, calibration_key
     from evomerge.evaluate.hf import HFEngine
     from evomerge.evaluate.tasks import load_task
 

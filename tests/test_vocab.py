@@ -205,3 +205,50 @@ def test_search_with_tokenizer_source_scores_the_exported_model(
         ids = est.select(task.item_ids)
         value = est.estimate(score_task(engine, task, ids).scores, task.item_ids).value
         assert value == pytest.approx(recorded, abs=1e-9)
+
+
+def test_confirming_a_run_over_different_vocabularies_scores_the_merges_vocabulary(
+    pair: dict[str, Path], unit_zoo: Path, tmp_path: Path
+) -> None:
+    """``evomerge confirm`` opens the engine the search's worker had (the union vocabulary, not
+    the base's 44 rows): a confirmed trial's held-out score equals its exported checkpoint's,
+    scored on those items through a fresh engine."""
+    import yaml
+
+    from evomerge import search
+    from evomerge.confirm import confirm
+    from evomerge.evaluate.hf import HFEngine
+    from evomerge.evaluate.scoring import score_task
+    from evomerge.evaluate.tasks import load_task
+
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(
+        yaml.safe_dump(
+            {
+                "name": "unit-vocab-confirm",
+                "sources": {n: str(pair[n]) for n in ("base", "add1", "rev9x")},
+                "base": "base",
+                "tokenizer_source": "union",
+                "space": "dare_ties-per-layer",
+                "space_options": {"granularity": 4},
+                "objectives": [{"task": "rev9", "estimator": "subsample:8"}],
+                "optimizer": {"name": "random"},
+                "holdout": 0.25,
+                "budget": 2,
+                "seed": 5,
+                "workers": {"threads": 1},
+            }
+        )
+    )
+    s, budget = search.start(exp, tmp_path / "run", zoo=unit_zoo)
+    try:
+        s.run(budget)
+        held = next(ob.held_out for ob in s.worker.objectives)
+        recipe = Recipe.from_dict(yaml.safe_load(s.archive.trial(1).recipe))
+    finally:
+        s.close()
+    [c] = confirm(tmp_path / "run", trials=[1], zoo=unit_zoo)
+    engine = HFEngine(merge_to_dir(recipe, tmp_path / "trial1"))
+    assert len(engine.tokenizer) == 47
+    scores = score_task(engine, load_task("rev9", zoo=unit_zoo), list(held)).scores
+    assert c.scores["rev9"] == pytest.approx(sum(scores.values()) / len(scores), abs=1e-9)

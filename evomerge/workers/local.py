@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -19,9 +17,8 @@ from typing import Any
 import torch
 
 from evomerge.archive import Evaluation
-from evomerge.calibrate import build_calibration, calibration_models
-from evomerge.checkpoint import ModelSource
 from evomerge.errors import EvomergeError
+from evomerge.evaluate.calibrate import build_calibration, calibration_models
 from evomerge.evaluate.estimators import (
     Estimate,
     Estimator,
@@ -30,8 +27,9 @@ from evomerge.evaluate.estimators import (
     make_estimator,
 )
 from evomerge.evaluate.holdout import HoldoutError, split_items
+from evomerge.evaluate.resident import Resident
 from evomerge.evaluate.scoring import PreparedTask, prepare, score_prepared
-from evomerge.evaluate.select import RecipeEngine, load_candidate, make_engine
+from evomerge.evaluate.select import RecipeEngine, load_candidate
 from evomerge.evaluate.tasks import Task, load_task
 from evomerge.experiment import Experiment, ObjectiveSpec
 from evomerge.killpoints import kill_point
@@ -162,30 +160,13 @@ class LocalWorker:
         log: Callable[[str], None] = lambda _: None,
     ) -> None:
         w = experiment.workers
-        if w.threads is not None:
-            torch.set_num_threads(w.threads)
         self.experiment, self.log = experiment, log
         self.objectives = load_objectives(experiment, zoo)
         self._scored: dict[str, set[str]] = {}  # item ids scored per objective, this candidate
-        self.sources = {n: ModelSource(p, name=n) for n, p in sources.items()}
-        ref = sources[experiment.base] if experiment.base else next(iter(sources.values()))
-        self._vocab_dir: str | None = None
-        if experiment.tokenizer_source:  # the engine holds the merges' vocabulary
-            from evomerge.merge.vocab import engine_template
-
-            self._vocab_dir = tempfile.mkdtemp(prefix="evomerge-vocab-")
-            template = engine_template(
-                sources, experiment.base, experiment.tokenizer_source, self._vocab_dir
-            )
-            ref = str(template) if template else ref
-        self.engine = make_engine(
-            w.engine,
-            ref,
-            device=w.device,
-            dtype=w.dtype,
-            batch_size=w.batch_size,
-            options=w.engine_options,
+        self.resident = Resident(
+            w, sources, base=experiment.base, tokenizer_source=experiment.tokenizer_source
         )
+        self.sources, self.engine = self.resident.sources, self.resident.engine
         self.device = w.device
         tensor_cpu = (
             not isinstance(self.engine, RecipeEngine) and torch.device(w.device).type == "cpu"
@@ -228,11 +209,7 @@ class LocalWorker:
         if self._prefetcher is not None:
             self._prefetcher.shutdown(wait=True, cancel_futures=True)
             self._prefetcher = None
-        close = getattr(self.engine, "close", None)
-        if callable(close):
-            close()
-        if self._vocab_dir is not None:
-            shutil.rmtree(self._vocab_dir, ignore_errors=True)
+        self.resident.close()
 
     @property
     def directions(self) -> list[str]:

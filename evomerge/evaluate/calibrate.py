@@ -4,7 +4,6 @@ Rows are models scored in full on every item of a task: the sources themselves p
 seeded set of random merges of them (so the estimators see abilities between the sources, where
 the search's candidates live). Built once per (task, sources, size, seed) and cached on disk,
 keyed on the sources' content (:func:`model_fingerprint`), not their paths.
-This sits above ``merge`` and ``evaluate`` because it needs both.
 """
 
 from __future__ import annotations
