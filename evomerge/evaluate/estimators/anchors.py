@@ -15,11 +15,10 @@ from evomerge.evaluate.estimators.base import (
     Estimate,
     Estimator,
     EstimatorError,
-    _pool,
-    _scores,
     register_estimator,
 )
 from evomerge.evaluate.estimators.calibration import Calibration, _as_calibration, _halves
+from evomerge.evaluate.estimators.items import item_pool, response_vector
 
 # ---------------------------------------------------------------------------------------------
 # seeded k-means (k-means++ start), one anchor per cluster
@@ -97,7 +96,7 @@ class _Calibrated(Estimator):
     def _check_pool(self, item_ids: Sequence[str]) -> Calibration:
         if self._cal is None:
             raise EstimatorError(f"{self.spec}: call calibrate() before select() or estimate()")
-        ids = _pool(item_ids)
+        ids = item_pool(item_ids)
         if set(ids) != set(self._cal.item_ids):
             extra = sorted(set(ids) - set(self._cal.item_ids))
             lack = sorted(set(self._cal.item_ids) - set(ids))
@@ -153,7 +152,8 @@ class Anchor(_Calibrated):
 
     def estimate(self, responses: Mapping[str, float], item_ids: Sequence[str]) -> Estimate:
         ids = self.select(item_ids)
-        value = float(_scores(responses, ids, unit=False) @ self._weights)  # convex combination
+        # a convex combination of the anchors' responses
+        value = float(response_vector(responses, ids, unit=False) @ self._weights)
         return Estimate(value, len(ids), len(item_ids), self._stderr, self.spec)
 
 

@@ -15,14 +15,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from evomerge.errors import EvomergeError
+from evomerge.evaluate.estimators.items import EstimatorError
 
 if TYPE_CHECKING:
     from evomerge.evaluate.estimators.calibration import Calibration
-
-
-class EstimatorError(EvomergeError, ValueError):
-    """An estimator spec, calibration or set of responses cannot be used as asked."""
 
 
 @dataclass(frozen=True)
@@ -39,39 +35,6 @@ class Estimate:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fidelity", self.items_used / self.n_items)
-
-
-# ---------------------------------------------------------------------------------------------
-# checks
-
-
-def _pool(item_ids: Sequence[str]) -> list[str]:
-    ids = list(item_ids)
-    if not ids:
-        raise EstimatorError("the item set is empty: there is nothing to estimate")
-    if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))
-        raise EstimatorError(f"item id {dup!r} appears twice in the item set")
-    return ids
-
-
-def _check_scores(y: np.ndarray, where: Callable[[int], str], unit: bool = True) -> None:
-    """Scores are finite; with ``unit``, in [0, 1] too (what IRT's Bernoulli likelihood needs)."""
-    bad = np.flatnonzero(~np.isfinite(y) | ((y < 0) | (y > 1) if unit else False))
-    if bad.size:
-        rule = "scores must lie in [0, 1]" if unit else "scores must be finite"
-        raise EstimatorError(f"{where(int(bad[0]))} is {y.flat[bad[0]]}; {rule}")
-
-
-def _scores(responses: Mapping[str, float], ids: Sequence[str], unit: bool = True) -> np.ndarray:
-    missing = [i for i in ids if i not in responses]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise EstimatorError(f"no response for selected item {missing[0]!r}{more}")
-    y = np.array([float(responses[i]) for i in ids])
-    _check_scores(y, lambda j: f"the response for item {ids[j]!r}", unit)
-    return y
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from evomerge.evaluate.estimators.base import EstimatorError, _check_scores, _pool
+from evomerge.evaluate.estimators.items import EstimatorError, check_scores, item_pool
 from evomerge.fileio import atomic_open
 
 _FORMAT = 1
@@ -138,7 +138,7 @@ class Calibration:
         seed: int = 0,
     ) -> Calibration:
         """Check the response matrix and fit IRT (full, and 2-fold over models when ≥ 4)."""
-        ids = tuple(_pool(item_ids))
+        ids = tuple(item_pool(item_ids))
         y = np.asarray(responses, dtype=np.float64)
         if y.ndim != 2 or y.shape[1] != len(ids):
             raise EstimatorError(
@@ -150,7 +150,7 @@ class Calibration:
             raise EstimatorError(f"calibration needs responses of at least 2 models, got {got}")
         n = len(ids)
         where = lambda j: f"the response of model {j // n} to item {ids[j % n]!r}"  # noqa: E731
-        _check_scores(y, where, unit=irt)  # anchors take any finite score; IRT needs [0, 1]
+        check_scores(y, where, unit=irt)  # anchors take any finite score; IRT needs [0, 1]
         if not irt:
             return cls(key, ids, y)
         folds = tuple((held, _fit_irt(y[~held])) for held in _halves(y.shape[0], seed))

@@ -12,8 +12,9 @@ from statistics import NormalDist
 import numpy as np
 
 from evomerge.evaluate.estimators.anchors import _anchors, _Calibrated, _rms
-from evomerge.evaluate.estimators.base import Estimate, EstimatorError, _scores, register_estimator
+from evomerge.evaluate.estimators.base import Estimate, EstimatorError, register_estimator
 from evomerge.evaluate.estimators.calibration import Calibration, _Irt, _sigmoid
+from evomerge.evaluate.estimators.items import response_vector
 
 # ---------------------------------------------------------------------------------------------
 # a candidate's ability from few responses, and its predicted full-set score
@@ -139,7 +140,7 @@ class Irt(_Calibrated):
     ) -> tuple[float, float]:
         """A candidate's ability on the calibration scale and its posterior sd: where it stands
         among the sources, from its responses to the selected items."""
-        y = _scores(responses, self.select(item_ids))
+        y = response_vector(responses, self.select(item_ids))
         assert self._cal is not None and self._cal.irt is not None
         fit = self._cal.irt
         alpha, prec = _ability(y, fit.a[self._picked], fit.b[self._picked], *fit.prior())
@@ -147,7 +148,7 @@ class Irt(_Calibrated):
 
     def estimate(self, responses: Mapping[str, float], item_ids: Sequence[str]) -> Estimate:
         ids = self.select(item_ids)
-        y = _scores(responses, ids)
+        y = response_vector(responses, ids)
         assert self._cal is not None and self._cal.irt is not None
         value, se = _pirt(self._cal.irt, y, self._picked)
         if self.method == "gp":

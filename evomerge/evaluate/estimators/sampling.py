@@ -18,10 +18,9 @@ from evomerge.evaluate.estimators.base import (
     Estimate,
     Estimator,
     EstimatorError,
-    _pool,
-    _scores,
     register_estimator,
 )
+from evomerge.evaluate.estimators.items import item_pool, response_vector
 
 
 class Full(Estimator):
@@ -30,11 +29,11 @@ class Full(Estimator):
     name = "full"
 
     def select(self, item_ids: Sequence[str]) -> list[str]:
-        return _pool(item_ids)
+        return item_pool(item_ids)
 
     def estimate(self, responses: Mapping[str, float], item_ids: Sequence[str]) -> Estimate:
         ids = self.select(item_ids)
-        y = _scores(responses, ids, unit=False)
+        y = response_vector(responses, ids, unit=False)
         se = float(y.std(ddof=1) / math.sqrt(len(y))) if len(y) > 1 else None
         return Estimate(float(y.mean()), len(y), len(y), se, self.spec)
 
@@ -73,7 +72,7 @@ class Subsample(Estimator):
         return plan
 
     def _make_plan(self, item_ids: Sequence[str]) -> list[tuple[list[str], int]]:
-        ids = sorted(_pool(item_ids))
+        ids = sorted(item_pool(item_ids))
         k = self._check_k(len(ids))
         groups: dict[str, list[str]] = {}
         for i in ids:
@@ -96,7 +95,7 @@ class Subsample(Estimator):
 
     def estimate(self, responses: Mapping[str, float], item_ids: Sequence[str]) -> Estimate:
         plan = self._plan(item_ids)
-        ys = [_scores(responses, chosen, unit=False) for chosen, _ in plan]
+        ys = [response_vector(responses, chosen, unit=False) for chosen, _ in plan]
         n_all = sum(size for _, size in plan)
         used = sum(len(y) for y in ys)
         pooled = float(np.concatenate(ys).var(ddof=1)) if used > 1 else math.nan
