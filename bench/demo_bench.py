@@ -46,8 +46,8 @@ def _experiment(config: str, seed: int, depth: int) -> dict[str, Any]:
 
 
 def _search(exp: dict[str, Any], zoo: Path, work: Path) -> dict[str, Any]:
-    from evomerge import search
-    from evomerge.confirm import confirm
+    from evomerge.run import loop as search
+    from evomerge.run.confirm import confirm
 
     path = work / f"{exp['name']}-{exp['seed']}.yaml"
     path.write_text(yaml.safe_dump(exp))
@@ -75,8 +75,8 @@ def _search(exp: dict[str, Any], zoo: Path, work: Path) -> dict[str, Any]:
 
 def _uniform(exp: dict[str, Any], zoo: Path) -> dict[str, Any]:
     """The grid's best on the search's items, scored on the held-out ones."""
-    from evomerge.confirm import _Scorer
     from evomerge.experiment import Experiment
+    from evomerge.run.confirm import _Scorer
     from evomerge.workers.local import load_objectives
 
     experiment = Experiment.parse(exp)

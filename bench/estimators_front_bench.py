@@ -12,9 +12,9 @@ the stored per-item scores (no model runs), judging:
   front computed from the estimates (and the estimated front's precision).
 
 Calibration for anchor / gp-IRT / p-IRT is the product's own: the run's sources plus seeded random
-merges of them (``evomerge.evaluate.calibrate.calibration_recipes``), scored in full. Subsample is the mean
-over ``--subsample-seeds`` seeds; the calibrated estimators' item choices depend on their seed too,
-so they are averaged over the same seeds.
+merges of them (``evomerge.evaluate.calibrate.calibration_recipes``), scored in full. Subsample
+is the mean over ``--subsample-seeds`` seeds; the calibrated estimators' item choices depend on
+their seed too, so they are averaged over the same seeds.
 
     .venv/bin/python bench/estimators_front_bench.py --make-run .cache/estfront/run --budget 192 \
         --scores-cache .cache/estfront/scores.npz
@@ -41,7 +41,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evomerge.archive import Archive  # noqa: E402
 from evomerge.evaluate.calibrate import calibration_models, calibration_recipes  # noqa: E402
 from evomerge.evaluate.estimators import Calibration, make_estimator  # noqa: E402
 from evomerge.evaluate.hf import HFEngine  # noqa: E402
@@ -49,7 +48,7 @@ from evomerge.evaluate.scoring import score_task  # noqa: E402
 from evomerge.evaluate.tasks import Task, load_task  # noqa: E402
 from evomerge.merge.materialize import materialize, plan  # noqa: E402
 from evomerge.recipe import Recipe  # noqa: E402
-from evomerge.run_dir import read_info  # noqa: E402
+from evomerge.run.run_dir import open_archive, read_info  # noqa: E402
 
 ESTIMATORS = ("subsample", "anchor", "irt", "pirt")
 TARGET_REDUCTION, TARGET_RHO, TARGET_RECALL = 50, 0.9, 0.9
@@ -89,7 +88,7 @@ def make_run(experiment: Path, run_dir: Path, budget: int) -> None:
 
 def run_recipes(run_dir: Path) -> tuple[list[Recipe], dict[str, Any]]:
     """Every successfully evaluated recipe of the run, in trial order, and its run.json."""
-    evs = [e for e in Archive.open(run_dir).evaluations if e.ok and e.recipe]
+    evs = [e for e in open_archive(run_dir).evaluations if e.ok and e.recipe]
     return [Recipe.from_dict(yaml.safe_load(e.recipe)) for e in evs], read_info(run_dir)
 
 

@@ -67,11 +67,11 @@ def hypervolume(points: list[list[float]]) -> float:
 
 
 def run_arm(zoo: Path, exp: dict[str, Any], work: Path, answer: int = 0) -> dict[str, Any]:
-    from evomerge import search
     from evomerge.evaluate.estimators import make_estimator
     from evomerge.evaluate.scoring import prepare, score_prepared
     from evomerge.evaluate.select import load_candidate
     from evomerge.recipe import Recipe
+    from evomerge.run import loop as search
 
     path = work / f"{exp['name']}-{exp['seed']}.yaml"
     path.write_text(yaml.safe_dump(exp))

@@ -39,10 +39,10 @@ def collect(zoo: Path, seeds: list[int], configs: list[str], out: Path, k: int) 
     import torch
     import yaml
 
-    from evomerge import search
     from evomerge.checkpoint import num_layers
     from evomerge.hub import resolve_sources
-    from evomerge.reference_points import read_reference
+    from evomerge.run import loop as search
+    from evomerge.run.reference_points import read_reference
     from evomerge.zoo import SOURCES
 
     torch.set_num_threads(1)

@@ -30,11 +30,11 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=500, help="report every N evaluations")
     args = ap.parse_args()
 
-    from evomerge.archive import Archive, Evaluation
     from evomerge.fileio import atomic_write_bytes
     from evomerge.genes import Gene
     from evomerge.optimize import make_optimizer
-    from evomerge.search import save_optimizer
+    from evomerge.run.archive import Archive, Evaluation
+    from evomerge.run.loop import save_optimizer
 
     genes = [Gene(f"g{i}") for i in range(args.genes)]
     objectives = ["a", "b", "c"]

@@ -70,8 +70,8 @@ def measure_commit(n: int = 200) -> dict[str, Any]:
     recipe of the per-layer space's size) recorded into a fresh SQLite archive."""
     import numpy as np
 
-    from evomerge.archive import Archive, Evaluation
     from evomerge.genes import Gene
+    from evomerge.run.archive import Archive, Evaluation
 
     genes = [Gene(f"g{i}") for i in range(24)]
     recipe = "method: dare_ties\nsources:\n" + "".join(

@@ -85,8 +85,8 @@ class _Judge:
     items are confirmation's own (``confirm._Scorer``)."""
 
     def __init__(self, exp: dict[str, Any], zoo: Path) -> None:
-        from evomerge.confirm import _Scorer
         from evomerge.experiment import Experiment
+        from evomerge.run.confirm import _Scorer
         from evomerge.workers.local import load_objectives
 
         self.experiment = experiment = Experiment.parse(exp)
@@ -113,7 +113,7 @@ class _Judge:
 
 
 def _search(exp: dict[str, Any], zoo: Path, work: Path) -> dict[str, Any]:
-    from evomerge import search
+    from evomerge.run import loop as search
 
     path = work / f"{exp['name']}-{exp['seed']}.yaml"
     path.write_text(yaml.safe_dump(exp))
@@ -154,7 +154,7 @@ def _search(exp: dict[str, Any], zoo: Path, work: Path) -> dict[str, Any]:
 
 def _uniform(exp: dict[str, Any], zoo: Path) -> dict[str, Any]:
     """The grid's best on the search's item subsets (the objectives' metric), judged held out."""
-    from evomerge.confirm import _Scorer
+    from evomerge.run.confirm import _Scorer
 
     judge = _Judge(exp, zoo)
     experiment = judge.experiment

@@ -207,8 +207,8 @@ def demo(
     DARE-TIES merges of its experts, print the Pareto front and export the knee recipe."""
     import shutil
 
-    from evomerge import search
-    from evomerge.export import export
+    from evomerge.run import loop as search
+    from evomerge.run.export import export
     from evomerge.zoo import build_zoo
 
     t0 = time.perf_counter()
@@ -226,7 +226,7 @@ def demo(
     _print_front(run_dir, limit=10)
     knee = s.archive.knee()
     if knee is not None and knee.recipe:
-        from evomerge.confirm import confirm
+        from evomerge.run.confirm import confirm
 
         export(knee, out / "recipe.yaml", force=True)  # the demo rewrites its own output
         confirmed = confirm(run_dir, trials=[knee.number or 0], zoo=zoo, log=console.print)
@@ -305,9 +305,9 @@ def run(
     zoo: Annotated[Path, typer.Option(help="Where zoo: paths point")] = DEFAULT_ZOO,
 ) -> None:
     """Launch a search. Ctrl-C stops it cleanly; `evomerge resume RUN_DIR` continues it."""
-    from evomerge import search
     from evomerge.experiment import Experiment, ExperimentError
     from evomerge.fileio import resolve_named
+    from evomerge.run import loop as search
 
     if not experiment.suffix and not experiment.exists():  # shipped in the package
         experiment = resolve_named(
@@ -332,7 +332,7 @@ def resume(
     ] = None,
 ) -> None:
     """Continue a run after Ctrl-C, a crash or a spent budget (with a larger --budget)."""
-    from evomerge import search
+    from evomerge.run import loop as search
 
     try:
         s, total = search.reopen(
@@ -349,7 +349,7 @@ def resume(
 @_friendly
 def status(run_dir: Annotated[Path, typer.Argument(help="A run directory")]) -> None:
     """Summarize a run (also while it runs)."""
-    from evomerge.search import summary
+    from evomerge.run.loop import summary
 
     info = summary(run_dir)
     t = Table(title=f"run {run_dir}", show_header=False)
@@ -385,10 +385,10 @@ def status(run_dir: Annotated[Path, typer.Argument(help="A run directory")]) -> 
             t.add_row("throughput", f"{w['evaluations_per_hour']:,.0f} evaluations/hour")
         t.add_row("pool updated", f"{time.time() - w['updated']:.0f}s ago")
     t.add_row("engine rebuilds", f"{info['rebuilds']} (recipes of a new depth)")
-    from evomerge.archive import Archive
-    from evomerge.confirm import estimator_error
+    from evomerge.run.confirm import estimator_error
+    from evomerge.run.run_dir import open_archive
 
-    archive = Archive.open(run_dir)
+    archive = open_archive(run_dir)
     for kind, items in (("holdout", "held-out"), ("full", "all")):
         for name, e in estimator_error(archive, kind).items():
             t.add_row(
@@ -502,11 +502,11 @@ def export(
 ) -> None:
     """Export one evaluated recipe: our YAML, mergekit YAML, or a materialized HF checkpoint
     (with a model card and recipe.yaml): the model the search scored."""
-    from evomerge.archive import Archive
-    from evomerge.export import export as write
-    from evomerge.export import parse_weights, pick
+    from evomerge.run.export import export as write
+    from evomerge.run.export import parse_weights, pick
+    from evomerge.run.run_dir import open_archive
 
-    archive = Archive.open(run_dir)
+    archive = open_archive(run_dir)
     weights = parse_weights(prefer, archive.objectives) if prefer is not None else None
     ev = pick(archive, trial=trial, best=best, knee=knee, prefer=weights, where=str(run_dir), by=by)
     write(
@@ -533,7 +533,7 @@ def confirm_(
 ) -> None:
     """Score chosen recipes on the items the search never saw (experiment `holdout:`) and store
     the scores in the run's archive next to the search-time estimates; resumable."""
-    from evomerge.confirm import confirm
+    from evomerge.run.confirm import confirm
 
     if sum((bool(trial), top is not None, front)) > 1:
         raise OptionError("choose one of --trial N…, --top K, --front")

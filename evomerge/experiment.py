@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -117,7 +119,7 @@ class PromotionSpec(_Spec):
     """Multi-fidelity scoring. ``enabled: true`` (schedule ``front``): re-score on the full item
     sets a candidate whose optimistic estimate could enter the front, so the front is confirmed
     on full sets. ``schedule: successive_halving``: each batch is scored on ``rungs[0]`` items,
-    the best ``1/eta`` go on to ``rungs[1]`` items, and so on (:mod:`evomerge.search_halving`)."""
+    the best ``1/eta`` go on to ``rungs[1]`` items, and so on (:mod:`evomerge.run.halving`)."""
 
     enabled: bool = False
     margin: float = 0.0
@@ -266,8 +268,6 @@ class Experiment(_Spec):
         if tok == "base" and self.base is None:
             raise ValueError("tokenizer_source: 'base' needs `base:` set")
         if self.schedule:
-            from evomerge.space.schedule import check_stages
-
             check_stages(self.schedule)
             if self.workers.dispatch == "async":
                 raise ValueError("schedule: stages change at batch boundaries; use dispatch: batch")
@@ -373,3 +373,65 @@ class Experiment(_Spec):
         if is_unit_metric(name):
             return 0.0 if maximized(direction) else 1.0
         return None
+
+
+# ---------------------------------------------------------------------------------------------
+# coarse to fine (evomerge.run.schedule): what a schedule's stages may say
+
+STAGE_TARGETS = ("front", "knee")
+
+
+def check_stages(stages: Sequence[Mapping[str, Any]]) -> None:
+    """``until`` counts rise strictly, only the last stage has none (it runs to the end), and a
+    stage's ``optimizer`` is one evomerge knows. The last stage may instead be the budget's
+    ``last: N`` evaluations; the stage before it then needs no ``until``."""
+    last = 0
+    final = stages[-1] if stages else {}
+    tail = final.get("last")
+    if tail is not None and len(stages) < 2:
+        raise ValueError("schedule[0].last: `last` ends a schedule of at least two stages")
+    if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 1):
+        raise ValueError(
+            f"schedule[{len(stages) - 1}].last: a positive number of evaluations, got {tail!r}"
+        )
+    for i, st in enumerate(stages):
+        if "optimizer" in st:
+            _check_stage_optimizer(i, st["optimizer"])
+        if st.get("target", "front") not in STAGE_TARGETS:
+            raise ValueError(
+                f"schedule[{i}].target: one of {', '.join(STAGE_TARGETS)}, got {st['target']!r}"
+            )
+        if "last" in st and i != len(stages) - 1:
+            raise ValueError(f"schedule[{i}].last: only the last stage runs the budget's last N")
+        until = st.get("until")
+        if i == len(stages) - 1:
+            if until is not None:
+                raise ValueError(f"schedule[{i}]: the last stage runs to the end; drop `until`")
+            continue
+        if tail is not None and i == len(stages) - 2:
+            if until is not None:
+                raise ValueError(
+                    f"schedule[{i}].until: this stage runs until the last stage's `last: "
+                    f"{tail}` evaluations begin; drop `until`"
+                )
+            continue
+        if isinstance(until, bool) or not isinstance(until, int) or until <= last:
+            raise ValueError(
+                f"schedule[{i}].until: an evaluation count above the previous stage's ({last}), "
+                f"got {until!r}"
+            )
+        last = until
+
+
+def _check_stage_optimizer(i: int, spec: Any) -> None:
+    """The name only: options are checked by building the optimizer, when a run opens."""
+    from evomerge.optimize import OptimizerError, optimizer_class
+
+    if not isinstance(spec, Mapping):
+        raise ValueError(
+            f"schedule[{i}].optimizer: a mapping like {{name: nsga2, pop_size: 12}}, got {spec!r}"
+        )
+    try:
+        optimizer_class(OptimizerSpec.model_validate(spec).name)
+    except (OptimizerError, ValidationError) as e:
+        raise ValueError(f"schedule[{i}].optimizer: {e}") from None

@@ -14,11 +14,11 @@ import optuna
 import pytest
 import yaml
 
-from evomerge import search
-from evomerge.archive import Archive, Evaluation
 from evomerge.genes import Gene
 from evomerge.recipe import PerLayer, Recipe, numbers
-from evomerge.run_dir import STUDY_NAME, storage_url
+from evomerge.run import loop as search
+from evomerge.run.archive import Archive, Evaluation
+from evomerge.run.run_dir import STUDY_NAME, open_archive, storage_url
 from evomerge.zoo import SOURCES as ZOO_SOURCES
 
 GENES = [Gene(f"g{i}") for i in range(5)] + [Gene("route", 3)]
@@ -173,7 +173,7 @@ def test_dashboard_sees_metric_names_durations_recipe_values_and_the_knee(
                 else:
                     assert [t.user_attrs[f"recipe.{name}.{param}"]] == want
     assert [t.datetime_start for t in trials] == sorted(t.datetime_start for t in trials)
-    knee = Archive.open(tmp_path / "run").knee()
+    knee = open_archive(tmp_path / "run").knee()
     assert knee is not None and study.user_attrs["knee_trial"] == knee.number
     if importlib.util.find_spec("optuna_dashboard") is not None:  # an optional dev tool
         _check_dashboard_api(storage_url(tmp_path / "run"), trials)

@@ -24,10 +24,10 @@ import pytest
 import yaml
 from test_search import EXPERIMENT, _trace
 
-from evomerge import search
 from evomerge.experiment import ExperimentError
 from evomerge.optimize import OPTIMIZERS, Gene, OptimizerError, make_optimizer
-from evomerge.run_dir import STUDY_NAME, read_optimizer_state, storage_url
+from evomerge.run import loop as search
+from evomerge.run.run_dir import STUDY_NAME, read_optimizer_state, storage_url
 
 GENES = [Gene("a"), Gene("b"), Gene("layer", 3)]
 ASYNC: dict[str, Any] = {"threads": 1, "dispatch": "async"}

@@ -16,11 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from evomerge import confirm as confirm_mod
-from evomerge import search
-from evomerge.archive import Archive, ArchiveError
 from evomerge.cli import app
-from evomerge.confirm import ConfirmError, confirm, estimator_error, held_out_items
 from evomerge.evaluate.holdout import HoldoutError, split_items
 from evomerge.evaluate.scoring import score_task
 from evomerge.evaluate.select import make_engine
@@ -28,6 +24,11 @@ from evomerge.evaluate.tasks import load_task
 from evomerge.experiment import Experiment
 from evomerge.merge.materialize import merge_to_dir
 from evomerge.recipe import Recipe
+from evomerge.run import confirm as confirm_mod
+from evomerge.run import loop as search
+from evomerge.run.archive import ArchiveError
+from evomerge.run.confirm import ConfirmError, confirm, estimator_error, held_out_items
+from evomerge.run.run_dir import open_archive
 from evomerge.zoo import SOURCES as ZOO_SOURCES
 
 runner = CliRunner()
@@ -111,7 +112,7 @@ def test_held_out_items_are_never_scored_during_the_search(
     spied_run: tuple[Path, dict[str, set[str]], dict[str, list[str]]], unit_zoo: Path
 ) -> None:
     run_dir, sent, calibrated = spied_run
-    scored = Archive.open(run_dir).scored_items()
+    scored = open_archive(run_dir).scored_items()
     for label, fraction, seed in (("rev9", 0.2, 3), ("shift3", 0.3, 7)):
         pool, held = _split(unit_zoo, label, fraction, seed)
         assert held and pool and not set(pool) & set(held)
@@ -126,7 +127,7 @@ def test_held_out_items_are_never_scored_during_the_search(
         "shift3": _split(unit_zoo, "shift3", 0.3, 7)[1],
     }
     # fidelity: the share of the search's items (the first candidate was promoted to all)
-    evs = Archive.open(run_dir).evaluations
+    evs = open_archive(run_dir).evaluations
     n_pool = len(_split(unit_zoo, "rev9", 0.2, 3)[0])
     assert evs[0].fidelity["rev9"] == 1.0
     assert {e.fidelity["rev9"] for e in evs} <= {8 / n_pool, 1.0}
@@ -138,7 +139,7 @@ def test_confirm_equals_an_independent_rescore_of_the_materialized_recipe(
     tmp_path: Path,
 ) -> None:
     run_dir = _copy(spied_run[0], tmp_path)
-    archive = Archive.open(run_dir)
+    archive = open_archive(run_dir)
     knee = archive.knee()
     assert knee is not None and knee.number is not None and knee.values is not None
     [c] = confirm(run_dir, trials=[knee.number])
@@ -155,7 +156,7 @@ def test_confirm_equals_an_independent_rescore_of_the_materialized_recipe(
         assert c.estimate[label] == knee.values[i]
         assert c.gap[label] == pytest.approx(c.scores[label] - knee.values[i])
     # stored next to the trial, read back by a fresh archive
-    stored = Archive.open(run_dir).confirmations("holdout")
+    stored = open_archive(run_dir).confirmations("holdout")
     assert list(stored) == [knee.number] and stored[knee.number]["scores"] == c.scores
     # --full: every item of the task
     [f] = confirm(run_dir, trials=[knee.number], full=True)
@@ -164,9 +165,9 @@ def test_confirm_equals_an_independent_rescore_of_the_materialized_recipe(
     assert f.scores["rev9"] == pytest.approx(np.mean(list(every.values())), abs=1e-12)
     # the run's estimator error: mean |estimate − held-out score| over confirmed trials
     confirm(run_dir, top=3)
-    evs = {e.number: e for e in Archive.open(run_dir).evaluations}
-    rows = Archive.open(run_dir).confirmations("holdout")
-    err = estimator_error(Archive.open(run_dir))
+    evs = {e.number: e for e in open_archive(run_dir).evaluations}
+    rows = open_archive(run_dir).confirmations("holdout")
+    err = estimator_error(open_archive(run_dir))
     for i, label in enumerate(("rev9", "shift3")):
         gaps = [evs[n].values[i] - r["scores"][label] for n, r in rows.items()]  # type: ignore[index]
         assert err[label]["n"] == len(rows) == 3
@@ -270,13 +271,13 @@ def test_front_and_export_by_confirmed_rank_by_confirmed_scores(
     assert res.exit_code == 0, res.output
     knee = _knee(pts, numbers)
     assert f"trial {knee} " in res.output
-    assert out.read_text() == Archive.open(run_dir).trial(knee).recipe
+    assert out.read_text() == open_archive(run_dir).trial(knee).recipe
     res = runner.invoke(
         app, ["export", str(run_dir), "--best", "shift3", "--by", "confirmed", "--out", str(best)]
     )
     best_shift3 = numbers[int(np.argmax(pts[:, 1]))]
     assert f"trial {best_shift3} " in res.output
-    assert best.read_text() == Archive.open(run_dir).trial(best_shift3).recipe
+    assert best.read_text() == open_archive(run_dir).trial(best_shift3).recipe
     res = runner.invoke(app, ["front", str(run_dir), "--by", "confirmed", "--json"])
     assert res.exit_code == 0, res.output
     rows = yaml.safe_load(res.output)["front"]
@@ -311,7 +312,7 @@ def test_confirm_cut_short_resumes_without_rescoring(
     monkeypatch.setattr(confirm_mod._Scorer, "score", crashing)
     with pytest.raises(KeyboardInterrupt):
         confirm(run_dir, top=3)
-    first = Archive.open(run_dir).confirmations("holdout")
+    first = open_archive(run_dir).confirmations("holdout")
     assert len(first) == 1  # committed before the crash
     calls.clear()
 
@@ -343,7 +344,7 @@ def test_a_run_without_holdout(unit_zoo: Path, tmp_path: Path) -> None:
         promotion={"enabled": False},
         budget=4,
     )
-    archive = Archive.open(run_dir)
+    archive = open_archive(run_dir)
     assert archive.trial(0).fidelity == {"rev9": 8 / 200}  # as before holdout existed
     assert len(archive.scored_items()["rev9"]) == 8
     with pytest.raises(ConfirmError, match=r"reserved no held-out items.*--full"):

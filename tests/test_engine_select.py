@@ -15,7 +15,6 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from evomerge import search
 from evomerge.cli import app
 from evomerge.evaluate.engines import EngineError
 from evomerge.evaluate.hf import HFEngine
@@ -24,6 +23,7 @@ from evomerge.evaluate.tasks import GenerationRequest, LoglikelihoodRequest
 from evomerge.experiment import Experiment, ExperimentError
 from evomerge.merge.materialize import materialize, plan
 from evomerge.recipe import Recipe
+from evomerge.run import loop as search
 
 BASE: dict[str, Any] = {
     "name": "x",

@@ -19,16 +19,17 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
-from evomerge.archive import Archive, Evaluation
 from evomerge.cli import app
 from evomerge.errors import RecipeError
 from evomerge.evaluate.hf import HFEngine
 from evomerge.evaluate.select import load_candidate
-from evomerge.export import export, pick
 from evomerge.genes import Gene
 from evomerge.merge.materialize import open_sources
 from evomerge.model_card import front_matter
 from evomerge.recipe import Recipe
+from evomerge.run.archive import Archive, Evaluation
+from evomerge.run.export import export, pick
+from evomerge.run.run_dir import open_archive
 
 runner = CliRunner()
 TOKENS = torch.tensor([[1, 5, 9, 2, 33, 7, 14, 3], [4, 4, 20, 11, 6, 2, 9, 30]])
@@ -83,7 +84,7 @@ def _export(run: Path, out: Path, *args: str) -> object:
 def test_hf_export_has_the_logits_of_the_scored_candidate(
     run: Path, unit_zoo: Path, tmp_path: Path
 ) -> None:
-    archive = Archive.open(run)
+    archive = open_archive(run)
     ev = pick(archive, knee=True)
     res = _export(run, tmp_path / "hf", "--knee", "--format", "hf")
     assert res.exit_code == 0, res.output
@@ -109,7 +110,7 @@ def test_hf_export_has_the_logits_of_the_scored_candidate(
 
 
 def test_model_card_states_what_was_scored(run: Path, unit_zoo: Path, tmp_path: Path) -> None:
-    archive = Archive.open(run)
+    archive = open_archive(run)
     ev = archive.trial(3)
     out = tmp_path / "card"
     assert _export(run, out, "--trial", "3", "--format", "hf").exit_code == 0
@@ -145,10 +146,10 @@ def test_model_card_states_what_was_scored(run: Path, unit_zoo: Path, tmp_path: 
 def test_model_card_of_a_confirmed_trial_states_its_held_out_scores(
     run: Path, tmp_path: Path
 ) -> None:
-    from evomerge.confirm import confirmations
+    from evomerge.run.confirm import confirmations
 
-    confirmed = {c.trial: c for c in confirmations(Archive.open(run))}  # the demo confirms its knee
-    knee = Archive.open(run).knee()
+    confirmed = {c.trial: c for c in confirmations(open_archive(run))}  # the demo confirms its knee
+    knee = open_archive(run).knee()
     assert knee is not None and knee.number in confirmed
     out = tmp_path / "card"
     assert _export(run, out, "--knee", "--format", "hf").exit_code == 0
@@ -236,7 +237,7 @@ def test_mergekit_export_of_dare_warns(run: Path, tmp_path: Path) -> None:
 
 
 def _ties(run: Path) -> dict:
-    knee = yaml.safe_load(pick(Archive.open(run), knee=True).recipe)
+    knee = yaml.safe_load(pick(open_archive(run), knee=True).recipe)
     return {**knee, "method": "ties"}
 
 
@@ -294,7 +295,7 @@ def test_prefer_picks_the_best_weighted_front_member(tmp_path: Path) -> None:
 
 
 def test_prefer_on_the_command_line(run: Path, tmp_path: Path) -> None:
-    archive = Archive.open(run)
+    archive = open_archive(run)
     values = [e.values if e.ok else None for e in archive.evaluations]
     ok = [i for i, v in enumerate(values) if v is not None]
     for w in ("1,0,0", "0,0,1", "1,2,1"):

@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
-from evomerge.archive import UNIT_OBJECTIVES, Archive, Evaluation
-from evomerge.confirm import choose
 from evomerge.genes import Gene
 from evomerge.objectives import ideal_distances, ideal_point, knee_index, shortfall
+from evomerge.run.archive import UNIT_OBJECTIVES, Archive, Evaluation
+from evomerge.run.confirm import choose
 
 # maximized accuracies. Ideal point (0.80, 1.00).
 #   plain units:  A (0, 0.14) → 0.140   C (0.20, 0.03) → 0.202   B (0.30, 0) → 0.300   → A

@@ -281,9 +281,9 @@ def test_search_with_methods_runs_and_resumes_exactly(unit_zoo: Path, tmp_path: 
 
     import optuna
 
-    from evomerge import search
-    from evomerge.archive import Evaluation
-    from evomerge.run_dir import STUDY_NAME, storage_url
+    from evomerge.run import loop as search
+    from evomerge.run.archive import Evaluation
+    from evomerge.run.run_dir import STUDY_NAME, storage_url
     from evomerge.zoo import SOURCES
 
     exp = tmp_path / "exp.yaml"
@@ -335,7 +335,7 @@ def test_search_with_methods_runs_and_resumes_exactly(unit_zoo: Path, tmp_path: 
     # export: recipe YAML (same hash), hf (a loadable checkpoint), mergekit (a clear refusal)
     from transformers import AutoModelForCausalLM
 
-    from evomerge.export import export
+    from evomerge.run.export import export
 
     ev = next(e for e in s2.archive.evaluations if e.values and "layer_methods" in e.recipe)
     mixed = Recipe.from_dict(yaml.safe_load(ev.recipe))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from evomerge.optimize import Gene, Optimizer, make_optimizer
-from evomerge.run_dir import JOURNAL_FILE, append_optimizer_journal, read_optimizer_journal
+from evomerge.run.run_dir import JOURNAL_FILE, append_optimizer_journal, read_optimizer_journal
 
 GENES = [Gene(f"w{i}") for i in range(4)] + [Gene("layer", 3)]
 CASES = {

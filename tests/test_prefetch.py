@@ -12,8 +12,8 @@ import yaml
 from test_search import EXPERIMENT as SEARCH_EXPERIMENT
 from test_search import _trace
 
-from evomerge import search
 from evomerge.errors import MergeError
+from evomerge.run import loop as search
 
 # the search tests' experiment, another seed, without the once-per-run reference points
 EXPERIMENT: dict[str, Any] = {

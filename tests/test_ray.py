@@ -23,7 +23,7 @@ pytest.importorskip("ray")
 import ray
 from test_search import EXPERIMENT, _trace
 
-from evomerge import search
+from evomerge.run import loop as search
 from evomerge.workers.ray_pool import HANG_HOOK
 
 RAY = {"backend": "ray", "count": 2, "threads": 1, "resources": {"num_cpus": 1}}

@@ -218,14 +218,14 @@ def test_a_search_on_the_smollm2_zoo_confirms_what_its_exported_checkpoint_score
     exported as a checkpoint and scored by a fresh engine on those items gives the same."""
     import yaml
 
-    from evomerge import search
-    from evomerge.confirm import confirm
     from evomerge.evaluate.hf import HFEngine
     from evomerge.evaluate.scoring import score_task
     from evomerge.evaluate.tasks import load_task
     from evomerge.experiment import Experiment
-    from evomerge.export import export
     from evomerge.fileio import preset_dir
+    from evomerge.run import loop as search
+    from evomerge.run.confirm import confirm
+    from evomerge.run.export import export
     from evomerge.workers.local import load_objectives
 
     exp = yaml.safe_load((preset_dir("experiments") / "smollm2-per-layer.yaml").read_text())

@@ -18,13 +18,14 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from evomerge import search
-from evomerge.archive import Archive, Evaluation
 from evomerge.cli import app
 from evomerge.genes import Gene
 from evomerge.recipe import Recipe
-from evomerge.reference_points import REFERENCE_FILE, read_reference
 from evomerge.report import RunView, plot_front, plot_progress, plot_recipe
+from evomerge.run import loop as search
+from evomerge.run.archive import Archive, Evaluation
+from evomerge.run.reference_points import REFERENCE_FILE, read_reference
+from evomerge.run.run_dir import open_archive
 from evomerge.zoo import SOURCES as ZOO_SOURCES
 
 runner = CliRunner()
@@ -111,7 +112,7 @@ def test_reference_points_scored_with_the_runs_estimators(run: Path, unit_zoo: P
         infos is not None
         and [(o.metric, o.estimator) for o in infos] == [("token_accuracy", "subsample:8")] * 2
     )
-    archive = Archive.open(run)
+    archive = open_archive(run)
     assert len(archive) == EXPERIMENT["budget"]
     engine = make_engine("hf", unit_zoo / "base", device="cpu", dtype="float32")
     for i, name in enumerate(("rev9", "shift3")):
@@ -153,13 +154,13 @@ def test_reference_points_survive_resume_and_leave_the_search_alone(
     finally:
         s.close()
     assert (ref.read_bytes(), ref.stat().st_mtime_ns) == before
-    assert len(Archive.open(copy)) == EXPERIMENT["budget"] + 4
+    assert len(open_archive(copy)) == EXPERIMENT["budget"] + 4
 
     off = _run(tmp_path / "off", unit_zoo, reference_points=False)
     infos, points = read_reference(off)
     assert points == [] and infos is not None  # objectives still described
-    trace = [(e.recipe_hash, e.values) for e in Archive.open(off).evaluations]
-    assert trace == [(e.recipe_hash, e.values) for e in Archive.open(run).evaluations]
+    trace = [(e.recipe_hash, e.values) for e in open_archive(off).evaluations]
+    assert trace == [(e.recipe_hash, e.values) for e in open_archive(run).evaluations]
 
 
 # -- tables and JSON -----------------------------------------------------------------------------
@@ -169,7 +170,7 @@ def test_front_all_ranks_and_json(run: Path) -> None:
     res = runner.invoke(app, ["front", str(run), "--all", "--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    archive = Archive.open(run)
+    archive = open_archive(run)
     values = {e.number: e.values for e in archive.evaluations if e.ok}
     assert {r["trial"]: r["rank"] for r in data["evaluated"]} == _ranks_by_peeling(values)
     assert [o["metric"] for o in data["objective_info"]] == ["token_accuracy"] * 2
@@ -191,7 +192,7 @@ def test_front_html_holds_the_front_and_reference_points(run: Path, tmp_path: Pa
     page = (tmp_path / "f.html").read_text()
     assert not re.search(r"<script[^>]+src=", page)  # nothing fetched: plotly.js inlined
     traces = {t.get("name"): t for t in _figures(page)["front"]}
-    archive = Archive.open(run)
+    archive = open_archive(run)
     values = {e.number: e.values for e in archive.evaluations if e.ok}
     front = sorted(t for t, r in _ranks_by_peeling(values).items() if r == 1)
     assert sorted(traces["front"]["customdata"]) == front
@@ -215,7 +216,7 @@ def test_progress_hypervolume_matches_pymoo(run: Path, tmp_path: Path) -> None:
 
     plot_progress(RunView.open(run), tmp_path / "p.html")
     traces = {t["name"]: t for t in _figures((tmp_path / "p.html").read_text())["progress"]}
-    evs = Archive.open(run).evaluations
+    evs = open_archive(run).evaluations
     ref = np.zeros(2)  # token accuracy, maximized: the worst end 0 (negated: 0)
     expected = []
     for n in range(1, len(evs) + 1):
@@ -267,7 +268,7 @@ def test_progress_marks_failures_and_boxes_unbounded_objectives(tmp_path: Path) 
 
 
 def test_recipe_heatmap_shows_the_recipes_values(run: Path, tmp_path: Path) -> None:
-    archive = Archive.open(run)
+    archive = open_archive(run)
     knee = archive.knee()
     res = runner.invoke(
         app,
@@ -359,7 +360,7 @@ def test_report_page_structure(run: Path, report: Path) -> None:
     assert not re.search(r"<script[^>]+src=", page) and "cdn." not in page.lower()[:2000]
     figs = _figures(page)
     assert set(figs) == {"front", "progress", "knee-recipe"}
-    archive = Archive.open(run)
+    archive = open_archive(run)
     front = {t["name"]: t for t in figs["front"]}
     assert sorted(front["front"]["customdata"]) == sorted(e.number for e in archive.front())
     assert "uniform dare_ties" in front and "base" in front
@@ -380,11 +381,11 @@ def test_report_shows_the_held_out_confirmation(
     """A run with held-out items, its knee confirmed: the page's confirmation table holds the
     confirmed scores and the summary the estimator error, both recomputed here from the scores
     the archive stores."""
-    from evomerge.confirm import confirm
+    from evomerge.run.confirm import confirm
 
     root = tmp_path_factory.mktemp("report-holdout")
     run = _run(root, unit_zoo, holdout=0.2, budget=8, reference_points=False)
-    knee = Archive.open(run).knee()
+    knee = open_archive(run).knee()
     assert knee is not None
     (c,) = confirm(run, trials=[knee.number], zoo=unit_zoo)
     out = root / "report"
@@ -397,11 +398,11 @@ def test_report_shows_the_held_out_confirmation(
     for row in rows:
         trial, kind, objective, estimate, score = row[:5]
         assert (int(trial), kind) == (knee.number, "holdout")
-        i = Archive.open(run).objectives.index(objective)
+        i = open_archive(run).objectives.index(objective)
         assert float(estimate) == pytest.approx(knee.values[i], abs=5e-5)
         assert float(score) == pytest.approx(c.scores[objective], abs=5e-5)
     for objective in ("rev9", "shift3"):
-        gap = abs(c.scores[objective] - knee.values[Archive.open(run).objectives.index(objective)])
+        gap = abs(c.scores[objective] - knee.values[open_archive(run).objectives.index(objective)])
         assert f"estimator error {objective}</th><td>mean |estimate − held-out| {gap:.4f}" in page
 
 
@@ -443,7 +444,7 @@ def test_report_in_a_real_browser(run: Path, report: Path, tmp_path: Path) -> No
     ).stdout
     assert 'class="main-svg"' in dom  # plotly ran, with nothing fetched
     assert re.search(r'class="legendtext"[^>]*>uniform dare_ties<', dom)
-    for e in Archive.open(run).front():
+    for e in open_archive(run).front():
         assert f"data-trial={e.number}" in dom or f'data-trial="{e.number}"' in dom
     shot = tmp_path / "shot.png"
     subprocess.run(
@@ -475,8 +476,8 @@ def test_a_system_fault_while_scoring_reference_points_stops_the_run_cleanly(
 ) -> None:
     """The disk fails under the first reference point: the run stops as on a trial (status,
     reason in run.json, nothing recorded), and a resume scores them and runs the search."""
-    from evomerge import reference_points
-    from evomerge.run_dir import read_info
+    from evomerge.run import reference_points
+    from evomerge.run.run_dir import read_info
     from evomerge.workers.faults import WorkerFault
 
     real = reference_points._score
@@ -494,7 +495,7 @@ def test_a_system_fault_while_scoring_reference_points_stops_the_run_cleanly(
         s.close()
     info = read_info(tmp_path / "run")
     assert out.status == info["status"] == "stopped" and "I/O error" in info["reason"]
-    assert len(Archive.open(tmp_path / "run")) == 0
+    assert len(open_archive(tmp_path / "run")) == 0
     assert (
         not (tmp_path / "run" / REFERENCE_FILE).exists()
         or read_reference(tmp_path / "run")[1] == []

@@ -26,13 +26,13 @@ from test_search import _trace
 from test_search import _write as _search_experiment
 from typer.testing import CliRunner
 
-from evomerge import search
-from evomerge.archive import Evaluation
 from evomerge.cli import app
 from evomerge.evaluate.estimators import Estimate, EstimatorError
 from evomerge.killpoints import ENV as KILL_AT
 from evomerge.optimize import OPTIMIZERS
-from evomerge.run_dir import RunError, read_info
+from evomerge.run import loop as search
+from evomerge.run.archive import Evaluation
+from evomerge.run.run_dir import RunError, open_archive, read_info
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"optimizer": {"name": "random", "batch": 2}, "budget": 2}
@@ -142,7 +142,7 @@ def test_a_second_driver_is_refused_naming_the_holder_until_it_dies(
         [
             sys.executable,
             "-c",
-            "import sys, time; from evomerge.run_dir import lock; lock(sys.argv[1]); "
+            "import sys, time; from evomerge.run.run_dir import lock; lock(sys.argv[1]); "
             "print('locked', flush=True); time.sleep(300)",
             str(run_dir),
         ],
@@ -427,7 +427,7 @@ def _kill_then_resume(unit_zoo: Path, tmp_path: Path, uninterrupted: Path, point
     s.run(min(budget, 12))
     s.close()
     assert _trace(run_dir) == _trace(uninterrupted)  # nothing lost, nothing evaluated twice
-    ref_front = [e.recipe_hash for e in search.Archive.open(uninterrupted).front()]
+    ref_front = [e.recipe_hash for e in open_archive(uninterrupted).front()]
     assert [e.recipe_hash for e in s.archive.front()] == ref_front
     assert not list(run_dir.glob(".*.tmp"))  # the atomic write the kill cut short: swept
 

@@ -20,15 +20,15 @@ from test_runs import _cli, _env
 from test_search import EXPERIMENT, _trace, _write
 from typer.testing import CliRunner
 
-from evomerge import search
-from evomerge.archive import Archive, Evaluation
 from evomerge.cli import app
 from evomerge.experiment import Experiment, ExperimentError
 from evomerge.killpoints import ENV as KILL_AT
 from evomerge.recipe import Gradient, Recipe, at_layer, select
-from evomerge.run_dir import read_optimizer_state
+from evomerge.run import loop as search
+from evomerge.run.archive import Evaluation
+from evomerge.run.run_dir import open_archive, read_optimizer_state
+from evomerge.run.schedule import StagedSpace
 from evomerge.space import SearchSpace, SpaceError, load_space
-from evomerge.space.schedule import StagedSpace
 
 N_LAYERS = 8
 FIXTURE = HealthCheck.function_scoped_fixture
@@ -141,8 +141,8 @@ def test_stages_are_counted_in_evaluations(family: dict[str, Path]) -> None:
         [{"granularity": 4, "until": 5}, {"granularity": 2, "until": 5}, FINE],  # not rising
         [{"granularity": 4, "until": 5}, {"granularity": 1, "until": 9}],  # last has one
     ):
-        with pytest.raises(SpaceError, match="schedule"):
-            _staged(family, *bad)
+        with pytest.raises(ExperimentError, match="schedule"):
+            Experiment.parse({**_exp_data(), "schedule": bad})
     with pytest.raises(SpaceError, match=r"schedule\[1\]"):
         _staged(family, {"granularity": 4, "until": 5}, {"granularity": 0})
     with pytest.raises(ExperimentError, match="until"):
@@ -183,7 +183,7 @@ def staged_reference(unit_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def test_the_fine_stage_starts_from_the_coarse_candidates(staged_reference: Path) -> None:
-    archive = Archive.open(staged_reference)
+    archive = open_archive(staged_reference)
     evs = archive.evaluations
     assert len(archive.genes) == 2 * 3 * 4  # the archive speaks the fine space's genes
     for ev in evs[:8]:  # coarse: one value per coefficient, on every layer
@@ -262,7 +262,7 @@ def test_an_experiment_with_a_schedule_runs_end_to_end(unit_zoo: Path, tmp_path:
         app, ["run", str(path), "--run-dir", str(tmp_path / "run"), "--zoo", str(unit_zoo)]
     )
     assert res.exit_code == 0, res.output
-    evs = Archive.open(tmp_path / "run").evaluations
+    evs = open_archive(tmp_path / "run").evaluations
     assert len(evs) == 12 and all(e.ok for e in evs)
     g = np.asarray([e.genome for e in evs]).reshape(12, -1, 4)
     assert np.all(g[:4] == g[:4, :, :1])  # whole-model
@@ -392,8 +392,8 @@ def test_a_last_stage_is_counted_from_the_end_of_the_budget(family: dict[str, Pa
         ([{**FINE, "last": 3}], r"schedule\[0\]\.last"),
         ([{"granularity": 4, "until": 5}, {**FINE, "target": "best"}], r"schedule\[1\]\.target"),
     ):
-        with pytest.raises(SpaceError, match=where):
-            _staged(family, *bad)
+        with pytest.raises(ExperimentError, match=where):
+            Experiment.parse({**_exp_data(), "schedule": bad})
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ import optuna
 import pytest
 import yaml
 
-from evomerge import search
-from evomerge.archive import Evaluation
 from evomerge.errors import EvomergeError
 from evomerge.experiment import ExperimentError
-from evomerge.run_dir import ARCHIVE_FILE, EXPERIMENT_FILE, STUDY_NAME, RunError, storage_url
+from evomerge.run import loop as search
+from evomerge.run.archive import Evaluation
+from evomerge.run.run_dir import ARCHIVE_FILE, EXPERIMENT_FILE, STUDY_NAME, RunError, storage_url
 from evomerge.zoo import SOURCES as ZOO_SOURCES
 
 EXPERIMENT: dict[str, Any] = {
@@ -360,8 +360,8 @@ def test_runs_share_an_external_database(unit_zoo: Path, tmp_path: Path) -> None
 
 
 def test_archive_leaves_optuna_logging_as_it_found_it(tmp_path: Path) -> None:
-    from evomerge.archive import Archive, ArchiveError
     from evomerge.genes import Gene
+    from evomerge.run.archive import Archive, ArchiveError
 
     before = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.INFO)

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import yaml
 
-from evomerge import search
-from evomerge.archive import Evaluation
 from evomerge.experiment import Experiment, ExperimentError
+from evomerge.run import loop as search
+from evomerge.run.archive import Evaluation
+from evomerge.run.run_dir import open_archive
 from evomerge.workers.halving import keep, ranking, rung_sizes
 from evomerge.zoo import SOURCES as ZOO_SOURCES
 
@@ -42,7 +43,7 @@ def _write(tmp_path: Path, **changes: Any) -> Path:
 
 
 def _trace(run_dir: Path) -> list[tuple[Any, ...]]:
-    s = search.Archive.open(run_dir)
+    s = open_archive(run_dir)
     return [
         (e.recipe_hash, e.values, e.fidelity, e.timings.get("rung"), e.timings.get("items"))
         for e in s.evaluations
@@ -71,7 +72,7 @@ def test_promoted_are_the_top_third_by_rung_score(
     from evomerge.merge.materialize import merge_to_dir
     from evomerge.recipe import Recipe
 
-    evs = search.Archive.open(reference).evaluations
+    evs = open_archive(reference).evaluations
     tasks = [load_task(t, zoo=unit_zoo) for t in ("rev9", "shift3")]
     n = len(tasks[0].item_ids)
     sizes = rung_sizes(RUNGS, n)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from evomerge.archive import Archive, Evaluation
 from evomerge.experiment import Experiment
 from evomerge.genes import Gene
 from evomerge.report import front_table, plot_front
+from evomerge.run.archive import Archive, Evaluation
 
 
 def _exp(objectives: list[dict]) -> Experiment:

@@ -145,13 +145,13 @@ def test_search_with_tokenizer_source_scores_the_exported_model(
     import optuna
     import yaml
 
-    from evomerge import search
-    from evomerge.archive import Evaluation
     from evomerge.evaluate.estimators import make_estimator
     from evomerge.evaluate.hf import HFEngine
     from evomerge.evaluate.scoring import score_task
     from evomerge.evaluate.tasks import load_task
-    from evomerge.run_dir import STUDY_NAME, storage_url
+    from evomerge.run import loop as search
+    from evomerge.run.archive import Evaluation
+    from evomerge.run.run_dir import STUDY_NAME, storage_url
 
     exp = tmp_path / "exp.yaml"
     exp.write_text(
@@ -215,11 +215,11 @@ def test_confirming_a_run_over_different_vocabularies_scores_the_merges_vocabula
     scored on those items through a fresh engine."""
     import yaml
 
-    from evomerge import search
-    from evomerge.confirm import confirm
     from evomerge.evaluate.hf import HFEngine
     from evomerge.evaluate.scoring import score_task
     from evomerge.evaluate.tasks import load_task
+    from evomerge.run import loop as search
+    from evomerge.run.confirm import confirm
 
     exp = tmp_path / "exp.yaml"
     exp.write_text(

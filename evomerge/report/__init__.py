@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evomerge.archive import Archive
 from evomerge.report.data import Point, RunView, recipe_summary
 from evomerge.report.tables import front_json, front_rows, front_table
+from evomerge.run.archive import Archive
 
 
 def plot_front(source: RunView | Archive, path: Path) -> Path:

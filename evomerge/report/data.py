@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from evomerge.archive import Archive, Evaluation
 from evomerge.objectives import front_ranks, hypervolume, losses, maximized, reference_losses, signs
 from evomerge.recipe import Recipe, spec_values
-from evomerge.reference_points import ObjectiveInfo, ReferencePoint, read_reference
-from evomerge.run_dir import EXPERIMENT_FILE, read_info
+from evomerge.run.archive import Archive, Evaluation
+from evomerge.run.reference_points import ObjectiveInfo, ReferencePoint, read_reference
+from evomerge.run.run_dir import EXPERIMENT_FILE, open_archive, read_info
 
 
 @dataclass
@@ -47,7 +47,7 @@ class RunView:
     @classmethod
     def open(cls, run_dir: Path) -> RunView:
         run_dir = Path(run_dir)
-        archive = Archive.open(run_dir)
+        archive = open_archive(run_dir)
         infos, refs = read_reference(run_dir)
         exp: dict[str, Any] = {}
         try:

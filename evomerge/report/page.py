@@ -105,14 +105,14 @@ def recipe_page(view: RunView, trial: int, path: Path) -> Path:
 
 
 def _confirmations(view: RunView) -> list[dict[str, Any]] | None:
-    """The held-out (and full) confirmation rows of :mod:`evomerge.confirm`; None before any."""
-    from evomerge.confirm import confirmation_rows
+    """The held-out (and full) confirmation rows of :mod:`evomerge.run.confirm`; None before any."""
+    from evomerge.run.confirm import confirmation_rows
 
     return confirmation_rows(view.archive) or None
 
 
 def summary_rows(view: RunView) -> list[tuple[str, str]]:
-    from evomerge.search import failures_by_reason
+    from evomerge.run.loop import failures_by_reason
 
     info, exp = view.info, view.experiment
     evs = view.archive.evaluations
@@ -147,7 +147,7 @@ def summary_rows(view: RunView) -> list[tuple[str, str]]:
                 f"{o.direction} {o.metric or ''} · estimator {o.estimator or '-'} · {err}",
             )
         )
-    from evomerge.confirm import estimator_error
+    from evomerge.run.confirm import estimator_error
 
     for o, err in estimator_error(view.archive).items():
         rows.append(

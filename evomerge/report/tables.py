@@ -8,9 +8,9 @@ from typing import Any
 
 from rich.table import Table
 
-from evomerge.archive import Archive
 from evomerge.objectives import arrow
 from evomerge.report.data import Point, RunView
+from evomerge.run.archive import Archive
 
 
 def front_rows(source: RunView | Archive, *, all_: bool = False) -> list[dict[str, Any]]:

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from evomerge.archive import Evaluation
 from evomerge.errors import EvomergeError
 from evomerge.evaluate.calibrate import build_calibration, calibration_models
 from evomerge.evaluate.estimators import (
@@ -38,6 +37,7 @@ from evomerge.merge.chunked import serial
 from evomerge.merge.materialize import MergePlan, materialize, plan
 from evomerge.objectives import direction_of, gains, maximized
 from evomerge.recipe import Recipe
+from evomerge.run.archive import Evaluation
 from evomerge.workers.faults import classify, fault, free_memory
 from evomerge.workers.halving import Rung
 from evomerge.workers.promotion import should_promote

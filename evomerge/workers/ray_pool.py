@@ -28,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evomerge.archive import Evaluation
 from evomerge.checkpoint import ModelSource
 from evomerge.errors import EvomergeError
 from evomerge.experiment import Experiment
 from evomerge.merge.materialize import MergePlan, plan
 from evomerge.recipe import Recipe
-from evomerge.run_dir import write_workers
+from evomerge.run.archive import Evaluation
+from evomerge.run.run_dir import write_workers
 from evomerge.workers.faults import WorkerFault
 from evomerge.workers.local import load_objectives
 

@@ -35,6 +35,7 @@ from evomerge.errors import EvomergeError
 from evomerge.experiment import Experiment, ExperimentError
 from evomerge.fileio import atomic_write_bytes, atomic_write_json
 from evomerge.killpoints import kill_point
+from evomerge.run.archive import STUDY_NAME, Archive, ArchiveError
 
 RUN_FILE, EXPERIMENT_FILE, ARCHIVE_FILE, OPTIMIZER_FILE = (
     "run.json",
@@ -44,7 +45,6 @@ RUN_FILE, EXPERIMENT_FILE, ARCHIVE_FILE, OPTIMIZER_FILE = (
 )
 WORKERS_FILE = "workers.json"
 LOCK_FILE, HOLDER_FILE = "run.lock", "run.lock.json"
-STUDY_NAME = "evomerge"  # the study of a run that has its own SQLite file
 
 
 class RunError(EvomergeError):
@@ -299,3 +299,16 @@ def write_workers(run_dir: Path, stats: dict[str, Any]) -> None:
 def read_workers(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / WORKERS_FILE
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def open_archive(run_dir: Path) -> Archive:
+    """The archive of a run, read from its storage alone (no models are opened)."""
+    info = read_info(run_dir)
+    try:
+        return Archive.load(
+            storage_url(run_dir),
+            study_name=study_name(run_dir),
+            experiment_hash=info["experiment_hash"],
+        )
+    except ArchiveError as e:
+        raise ArchiveError(f"{run_dir}: {e}") from None

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evomerge.archive import Evaluation
 from evomerge.killpoints import kill_point
 from evomerge.objectives import gains
+from evomerge.run.archive import Evaluation
 from evomerge.workers.halving import Rung, keep, ranking, rung_sizes
 
 if TYPE_CHECKING:
-    from evomerge.search import Progress, Search
+    from evomerge.run.loop import Progress, Search
 
 
 def n_rungs(search: Search) -> int:

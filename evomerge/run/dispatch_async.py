@@ -26,13 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from evomerge.archive import Evaluation
 from evomerge.experiment import Experiment, ExperimentError
 from evomerge.optimize import optimizer_class
+from evomerge.run.archive import Evaluation
 from evomerge.workers.ray_pool import Job
 
 if TYPE_CHECKING:
-    from evomerge.search import Progress, Search
+    from evomerge.run.loop import Progress, Search
 
 # the optimizer proposing only recipes already evaluated this many times in a row (a space
 # smaller than the budget): the run stops, with the reason
@@ -63,7 +63,7 @@ def run_async(
 ) -> tuple[int, int, bool]:
     """Run until the archive holds ``budget`` evaluations, a signal, the deadline or failures
     in a row stop it; (new, cached, whether the time limit stopped it)."""
-    from evomerge.search import save_optimizer
+    from evomerge.run.loop import save_optimizer
 
     opt, archive = search.optimizer, search.archive
     flight: dict[str, Job] = {}  # recipe hash -> the job scoring it (its tickets in ``slots``)

@@ -5,7 +5,7 @@ selected, in part, for doing well on those items: its scores are optimistic. An 
 reserve items (``holdout: 0.2``, :mod:`evomerge.evaluate.holdout`) that no estimator, promotion
 or calibration of the search draws from; :func:`confirm` scores chosen trials on them (or, with
 ``full``, on every item) and stores each result in the run's archive next to the search-time
-estimate (:meth:`evomerge.archive.Archive.record_confirmation`), one committed row per trial, so
+estimate (:meth:`evomerge.run.archive.Archive.record_confirmation`), one committed row per trial, so
 a crash loses nothing confirmed and a second call scores only what is left.
 :func:`estimator_error` is what the run's estimates were off by.
 
@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.archive import CONFIRMATION_SETS, Archive, Evaluation
 from evomerge.errors import EvomergeError
 from evomerge.experiment import Experiment
 from evomerge.objectives import front_ranks, losses
-from evomerge.run_dir import load_experiment
+from evomerge.run.archive import CONFIRMATION_SETS, Archive, Evaluation
+from evomerge.run.run_dir import load_experiment, open_archive
 
 
 class ConfirmError(EvomergeError):
@@ -191,7 +191,7 @@ def confirm(
     run_dir = Path(run_dir)
     experiment, info = load_experiment(run_dir)
     zoo = zoo if zoo is not None else Path(info["zoo"]) if info.get("zoo") else None
-    archive = Archive.open(run_dir)
+    archive = open_archive(run_dir)
     kind = "full" if full else "holdout"
     objectives = [ob for ob in load_objectives(experiment, zoo) if ob.scored]
     ids = {ob.spec.label: _items(ob, full) for ob in objectives}

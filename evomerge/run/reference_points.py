@@ -26,7 +26,7 @@ from evomerge.objectives import unbeatable
 from evomerge.recipe import Recipe
 
 if TYPE_CHECKING:
-    from evomerge.search import Search
+    from evomerge.run.loop import Search
     from evomerge.space import SearchSpace
 
 REFERENCE_FILE = "reference_points.json"

@@ -9,7 +9,7 @@ optuna-dashboard open a run as it is, SQLite by default and any SQLAlchemy URL (
 for many machines.
 
 Each trial is committed before the optimizer hears of it (one transaction of a few inserts:
-:mod:`evomerge.trial_writer`); :meth:`Archive.lookup` serves recipes
+:mod:`evomerge.run.trial_writer`); :meth:`Archive.lookup` serves recipes
 already evaluated (same hash), so a resumed run never evaluates one twice.
 """
 
@@ -24,7 +24,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -48,13 +47,14 @@ from evomerge.objectives import (
     reference_losses,
     signs,
 )
-from evomerge.run_dir import STUDY_NAME, read_info, storage_url, study_name
-from evomerge.trial_writer import writer_for
+from evomerge.run.trial_writer import writer_for
 
 # study user attributes: every item id scored during the search, per objective; and one
 # confirmation per (set, trial), e.g. "confirmation:holdout:12"
 SCORED_ITEMS, CONFIRMATION = "scored_items", "confirmation:"
 CONFIRMATION_SETS = ("holdout", "full")
+
+STUDY_NAME = "evomerge"  # the study of a run that has its own SQLite file
 
 # what opening a storage URL raises: a bad URL or database, optuna's own, a missing DB driver
 _STORAGE_ERRORS = (SQLAlchemyError, OptunaError, ImportError)
@@ -204,16 +204,15 @@ class Archive:
         self._scored: dict[str, set[str]] | None = None
 
     @classmethod
-    def open(cls, run_dir: Path) -> Archive:
-        """The archive of a run, read from its storage alone (no models are opened): genes,
-        objectives and directions come from the study itself."""
-        info = read_info(run_dir)
-        url, name = storage_url(run_dir), study_name(run_dir)
+    def load(cls, url: str, *, study_name: str, experiment_hash: str) -> Archive:
+        """An archive as stored (no models are opened): genes, objectives and directions come
+        from the study itself. :func:`evomerge.run.run_dir.open_archive` opens a run's."""
+        name = study_name
         try:
             with _quiet():
                 study = optuna.load_study(study_name=name, storage=url)
         except KeyError:
-            raise ArchiveError(f"{run_dir}: no study {name!r} in {url} (no trial yet?)") from None
+            raise ArchiveError(f"no study {name!r} in {url} (no trial yet?)") from None
         except _STORAGE_ERRORS as e:
             raise ArchiveError(f"cannot open the run's storage {url}: {e}") from None
         trials = study.get_trials(deepcopy=False)
@@ -228,7 +227,7 @@ class Archive:
             objectives=study.user_attrs.get("objectives", []),
             directions=[d.name.lower() for d in study.directions],
             genes=genes,
-            experiment_hash=info["experiment_hash"],
+            experiment_hash=experiment_hash,
         )
 
     # -- writing -----------------------------------------------------------------------------
@@ -300,7 +299,7 @@ class Archive:
         """Commit trial ``number``'s scores on a confirmation set (``holdout``: the items the
         search never saw; ``full``: every item), next to its search-time values: one study user
         attribute per (set, trial), each its own transaction, so a crash loses none committed.
-        ``result["scores"]`` maps objectives to their confirmed values (:mod:`evomerge.confirm`
+        ``result["scores"]`` maps objectives to their confirmed values (:mod:`evomerge.run.confirm`
         writes the rest: stderr, items, fidelity, the estimate it confirms)."""
         if kind not in CONFIRMATION_SETS:
             raise ArchiveError(f"confirmation set {kind!r}: choose one of {CONFIRMATION_SETS}")

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from evomerge.archive import Archive, Evaluation
 from evomerge.errors import OutputExistsError
 from evomerge.fileio import atomic_write_text
 from evomerge.objectives import utility
 from evomerge.recipe import Recipe
-from evomerge.run_dir import RunError
+from evomerge.run.archive import Archive, Evaluation
+from evomerge.run.run_dir import RunError, open_archive
 
 EXPORT_FORMATS = ("recipe", "mergekit", "hf")
 RECIPE_FILE = "recipe.yaml"  # beside an hf export's weights: `evomerge merge recipe.yaml OUT`
@@ -205,9 +205,9 @@ def _heldout(run_dir: Path | None, ev: Evaluation) -> dict[str, float]:
     them (else nothing: the card says the trial was not confirmed)."""
     if run_dir is None or ev.number is None:
         return {}
-    from evomerge.confirm import confirmations
+    from evomerge.run.confirm import confirmations
 
-    for c in confirmations(Archive.open(run_dir), "holdout"):
+    for c in confirmations(open_archive(run_dir), "holdout"):
         if c.trial == ev.number:
             return {str(k): float(v) for k, v in c.scores.items()}
     return {}
@@ -227,11 +227,11 @@ def model_card(
     directions: list[str] = []
     if run_dir is not None:
         from evomerge.experiment import Experiment
-        from evomerge.run_dir import EXPERIMENT_FILE, read_info
+        from evomerge.run.run_dir import EXPERIMENT_FILE, read_info
 
         info = read_info(run_dir)
         experiment = Experiment.load(Path(run_dir) / EXPERIMENT_FILE)
-        archive = Archive.open(run_dir)
+        archive = open_archive(run_dir)
         objectives, directions = archive.objectives, archive.directions
     refs: dict[str, str] = dict(experiment.sources) if experiment is not None else {}
     revisions: dict[str, str] = dict(info.get("revisions") or {})

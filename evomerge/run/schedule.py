@@ -30,7 +30,7 @@ where it begins. Meant for ``target: knee``, which a user exporting the knee wan
 
 A stage that targets the knee gives its optimizer one loss: how far a candidate falls short of
 the front's ideal point (each objective's best value when the stage begins; beyond it costs
-nothing), measured as the knee's rule measures (:func:`evomerge.archive.ideal_distances`).
+nothing), measured as the knee's rule measures (:func:`evomerge.run.archive.ideal_distances`).
 A budget raised once that stage has begun keeps it to the end.
 """
 
@@ -47,67 +47,7 @@ from evomerge.space.parameters import ParametersSpace, curves_units
 
 _RESOLUTION = {"granularity", "curve"}
 _NOT_SPACE = {"until", "last", "optimizer", "target"}  # a stage's keys that are not space options
-TARGETS = ("front", "knee")
 Units = dict[Any, np.ndarray]  # (param, model, kind) → one unit value per layer
-
-
-def check_stages(stages: Sequence[Mapping[str, Any]]) -> None:
-    """``until`` counts rise strictly, only the last stage has none (it runs to the end), and a
-    stage's ``optimizer`` is one evomerge knows. The last stage may instead be the budget's
-    ``last: N`` evaluations; the stage before it then needs no ``until``."""
-    last = 0
-    final = stages[-1] if stages else {}
-    tail = final.get("last")
-    if tail is not None and len(stages) < 2:
-        raise ValueError("schedule[0].last: `last` ends a schedule of at least two stages")
-    if tail is not None and (isinstance(tail, bool) or not isinstance(tail, int) or tail < 1):
-        raise ValueError(
-            f"schedule[{len(stages) - 1}].last: a positive number of evaluations, got {tail!r}"
-        )
-    for i, st in enumerate(stages):
-        if "optimizer" in st:
-            _check_stage_optimizer(i, st["optimizer"])
-        if st.get("target", "front") not in TARGETS:
-            raise ValueError(
-                f"schedule[{i}].target: one of {', '.join(TARGETS)}, got {st['target']!r}"
-            )
-        if "last" in st and i != len(stages) - 1:
-            raise ValueError(f"schedule[{i}].last: only the last stage runs the budget's last N")
-        until = st.get("until")
-        if i == len(stages) - 1:
-            if until is not None:
-                raise ValueError(f"schedule[{i}]: the last stage runs to the end; drop `until`")
-            continue
-        if tail is not None and i == len(stages) - 2:
-            if until is not None:
-                raise ValueError(
-                    f"schedule[{i}].until: this stage runs until the last stage's `last: "
-                    f"{tail}` evaluations begin; drop `until`"
-                )
-            continue
-        if isinstance(until, bool) or not isinstance(until, int) or until <= last:
-            raise ValueError(
-                f"schedule[{i}].until: an evaluation count above the previous stage's ({last}), "
-                f"got {until!r}"
-            )
-        last = until
-
-
-def _check_stage_optimizer(i: int, spec: Any) -> None:
-    """The name only: options are checked by building the optimizer, when a run opens."""
-    from pydantic import ValidationError
-
-    from evomerge.experiment import OptimizerSpec
-    from evomerge.optimize import OptimizerError, optimizer_class
-
-    if not isinstance(spec, Mapping):
-        raise ValueError(
-            f"schedule[{i}].optimizer: a mapping like {{name: nsga2, pop_size: 12}}, got {spec!r}"
-        )
-    try:
-        optimizer_class(OptimizerSpec.model_validate(spec).name)
-    except (OptimizerError, ValidationError) as e:
-        raise ValueError(f"schedule[{i}].optimizer: {e}") from None
 
 
 class StagedSpace:
@@ -120,10 +60,7 @@ class StagedSpace:
         stages: Sequence[Mapping[str, Any]],
         **space_kw: Any,
     ) -> None:
-        try:
-            check_stages(stages)
-        except ValueError as e:
-            raise SpaceError(str(e)) from None
+        # the stages are checked where the experiment is read (Experiment.check_stages)
         self.until: list[int | None] = [st.get("until") for st in stages]
         self.last: int | None = stages[-1].get("last")
         self.targets: list[str] = [st.get("target", "front") for st in stages]

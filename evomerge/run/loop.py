@@ -1,6 +1,6 @@
 """The search loop: ask a batch, decode, evaluate (or reuse), commit, tell, checkpoint.
 
-The run directory (:mod:`evomerge.run_dir`) holds the experiment, the archive and the
+The run directory (:mod:`evomerge.run.run_dir`) holds the experiment, the archive and the
 optimizer's state after its last complete batch. Resume = restore the optimizer, ask again: a
 batch cut short re-asks the same genomes, whose finished members come back from the archive by
 recipe hash. So an interrupted and resumed run evaluates the same recipes, in the same order, as
@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.archive import Archive, ArchiveError, Evaluation
 from evomerge.experiment import Experiment, OptimizerSpec, is_unit_metric
 from evomerge.hub import resolve_sources
 from evomerge.killpoints import kill_point
@@ -28,13 +27,15 @@ from evomerge.objectives import loss, shortfall
 from evomerge.optimize import make_optimizer, optimizer_class
 from evomerge.optimize.base import Optimizer, OptimizerError
 from evomerge.recipe import Recipe
-from evomerge.run_dir import (
+from evomerge.run.archive import Archive, ArchiveError, Evaluation
+from evomerge.run.run_dir import (
     RunError,
     append_optimizer_journal,
     create,
     discard,
     load_experiment,
     lock,
+    open_archive,
     owner_alive,
     read_info,
     read_optimizer_journal,
@@ -46,8 +47,8 @@ from evomerge.run_dir import (
     update_info,
     write_optimizer_state,
 )
+from evomerge.run.schedule import StagedSpace
 from evomerge.space import SearchSpace, SpaceError, load_space
-from evomerge.space.schedule import StagedSpace
 from evomerge.workers.faults import WorkerFault
 
 
@@ -119,7 +120,7 @@ class Search:
             spec = load_space(experiment.space, experiment.space_options)
             self.space = SearchSpace(spec, **space_kw)
         if experiment.workers.dispatch == "async":  # one candidate at a time: search_async.py
-            from evomerge.search_async import check_async
+            from evomerge.run.dispatch_async import check_async
 
             check_async(experiment)
         state = read_optimizer_state(run_dir)
@@ -367,7 +368,7 @@ class Search:
         on_progress: Callable[[Progress], None] | None = None,
         on_evaluation: Callable[[Evaluation], None] | None = None,
     ) -> Outcome:
-        from evomerge.reference_points import ensure_reference_points
+        from evomerge.run.reference_points import ensure_reference_points
 
         start, new, cached = time.perf_counter(), 0, 0
         deadline = start + hours * 3600 if hours else None
@@ -388,7 +389,7 @@ class Search:
             ensure_reference_points(self)
             while len(self.archive) < budget and not self._exhausted:
                 if self.experiment.workers.dispatch == "async":  # search_async.py
-                    from evomerge.search_async import run_async
+                    from evomerge.run.dispatch_async import run_async
 
                     n_new, cached, timed_out = run_async(
                         self, budget, deadline, start, on_evaluation, on_progress
@@ -411,7 +412,7 @@ class Search:
                     status = "time limit" if timed_out else status
                     batch_left = []
                 elif self.experiment.promotion.halving:  # search_halving.py
-                    from evomerge.search_halving import halve_batch
+                    from evomerge.run.halving import halve_batch
 
                     losses, n_new, n_cached, timed_out = halve_batch(
                         self,
@@ -734,7 +735,7 @@ def reopen(
 
 def _trials(run_dir: Path) -> int:
     try:
-        return len(Archive.open(run_dir))
+        return len(open_archive(run_dir))
     except ArchiveError:  # no study yet (a shared database), or one Search will explain
         return 0
 
@@ -767,7 +768,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
     reason: the error's kind → count and the first such error's message).
     """
     info = read_info(run_dir)
-    archive = Archive.open(run_dir)
+    archive = open_archive(run_dir)
     evs = archive.evaluations
     best = {}
     for i, name in enumerate(archive.objectives):
