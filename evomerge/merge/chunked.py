@@ -18,15 +18,25 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
 
 from evomerge.merge.fused import usable
 from evomerge.merge.workspace import CPU_CHUNK
 
-if TYPE_CHECKING:
-    from evomerge.merge.methods import Params
+
+@dataclass
+class Params:
+    """Resolved parameters for one tensor: per-source lists align with ``tensors``."""
+
+    per_source: dict[str, list[float]]
+    shared: dict[str, float | bool]
+    seed: int = 0
+
+    def __getitem__(self, key: str) -> float | bool:
+        return self.shared[key]
+
 
 T = TypeVar("T")
 

@@ -33,7 +33,7 @@ from evomerge.merge import masks
 
 _DENSE = masks.SCALE  # a keep bound that keeps every element: the source is not sparsified
 _HAVE_NUMBA = importlib.util.find_spec("numba") is not None
-_SUPPORTED = (torch.bfloat16, torch.float32)
+SUPPORTED = (torch.bfloat16, torch.float32)  # the dtypes the kernels take
 
 
 def enabled() -> bool:
@@ -45,11 +45,11 @@ def usable(
 ) -> bool:
     """Whether the fused kernels take this merge: CPU, one input dtype among bf16/f32, an
     output among them, contiguous inputs."""
-    if not enabled() or out_dtype not in _SUPPORTED:
+    if not enabled() or out_dtype not in SUPPORTED:
         return False
     inputs = [*tensors, *([base] if base is not None else [])]
     dtype = inputs[0].dtype
-    return dtype in _SUPPORTED and all(
+    return dtype in SUPPORTED and all(
         t.device.type == "cpu" and t.dtype == dtype and t.is_contiguous() for t in inputs
     )
 
@@ -175,24 +175,3 @@ def _kernels() -> Any:
     from evomerge.merge import _fused_kernels
 
     return _fused_kernels
-
-
-def warm_up() -> None:
-    """Load the kernels of the common signatures now (a second or so; seconds more the first
-    time on a machine), so that a search's first candidate does not pay for it."""
-    if not enabled():
-        return
-    from evomerge.merge.chunked import merge_chunked
-    from evomerge.merge.methods import Params, get_method
-
-    x = torch.zeros(4, 4)
-    for dtype in _SUPPORTED:
-        xs = [x.to(dtype)] * 4
-        for name, extra in (("dare_ties", {"density": [0.5] * 3}), ("linear", {})):
-            method = get_method(name)
-            p = Params(
-                {"weight": [1.0] * 3, **extra},
-                {"lambda": 1.0, "normalize": False, "rescale": True},
-            )
-            base = xs[3] if method.needs_base else None
-            merge_chunked(method.kernel, xs[:3], base, p, out_dtype=dtype)  # type: ignore[arg-type]

@@ -37,7 +37,7 @@ import torch
 
 from evomerge.errors import RecipeError
 from evomerge.merge import fused, masks
-from evomerge.merge.chunked import Chunk, Kernel, merge_chunked, row_sums
+from evomerge.merge.chunked import Chunk, Kernel, Params, merge_chunked, row_sums
 from evomerge.merge.workspace import scratch
 
 
@@ -65,18 +65,6 @@ class Param:
             rng = f"{lo}{self.low if self.low is not None else '-inf'}, "
             rng += f"{self.high if self.high is not None else 'inf'}]"
             raise RecipeError(f"{where}: {self.name}={value} is outside {rng}")
-
-
-@dataclass
-class Params:
-    """Resolved parameters for one tensor: per-source lists align with ``tensors``."""
-
-    per_source: dict[str, list[float]]
-    shared: dict[str, float | bool]
-    seed: int = 0
-
-    def __getitem__(self, key: str) -> float | bool:
-        return self.shared[key]
 
 
 MergeFn = Callable[[Sequence[torch.Tensor], torch.Tensor | None, Params], torch.Tensor]
@@ -592,3 +580,21 @@ def model_stock(
     t = torch.where(singular, torch.zeros_like(c), k * c / torch.where(singular, 1, denom))
     avg = sum(ws) / k
     return (t * avg + (1 - t) * w0).reshape(shape)
+
+
+def warm_up() -> None:
+    """Load the kernels of the common signatures now (a second or so; seconds more the first
+    time on a machine), so that a search's first candidate does not pay for it."""
+    if not fused.enabled():
+        return
+    x = torch.zeros(4, 4)
+    for dtype in fused.SUPPORTED:
+        xs = [x.to(dtype)] * 4
+        for name, extra in (("dare_ties", {"density": [0.5] * 3}), ("linear", {})):
+            method = get_method(name)
+            p = Params(
+                {"weight": [1.0] * 3, **extra},
+                {"lambda": 1.0, "normalize": False, "rescale": True},
+            )
+            base = xs[3] if method.needs_base else None
+            merge_chunked(method.kernel, xs[:3], base, p, out_dtype=dtype)  # type: ignore[arg-type]
