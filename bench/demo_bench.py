@@ -46,7 +46,7 @@ def _experiment(config: str, seed: int, depth: int) -> dict[str, Any]:
 
 
 def _search(exp: dict[str, Any], zoo: Path, work: Path) -> dict[str, Any]:
-    from evomerge.run import loop as search
+    from evomerge.run import lifecycle as search
     from evomerge.run.confirm import confirm
 
     path = work / f"{exp['name']}-{exp['seed']}.yaml"

@@ -117,7 +117,7 @@ def experiment(
 
 
 def run_one(zoo: Path, exp: dict[str, Any], work: Path) -> dict[str, Any]:
-    from evomerge.run import loop as search
+    from evomerge.run import lifecycle as search
 
     path = work / f"{exp['name']}.yaml"
     path.write_text(yaml.safe_dump(exp))

@@ -233,7 +233,7 @@ def knee(values: list[list[float]]) -> int:
 
 
 def run(zoo: Path, exp: dict, work: Path) -> list[tuple[list[float], str]]:
-    from evomerge.run import loop as search
+    from evomerge.run import lifecycle as search
 
     path = work / f"{exp['name']}-{exp['seed']}.yaml"
     path.write_text(yaml.safe_dump(exp))

@@ -71,7 +71,7 @@ def run_arm(zoo: Path, exp: dict[str, Any], work: Path, answer: int = 0) -> dict
     from evomerge.evaluate.scoring import prepare, score_prepared
     from evomerge.evaluate.select import load_candidate
     from evomerge.recipe import Recipe
-    from evomerge.run import loop as search
+    from evomerge.run import lifecycle as search
 
     path = work / f"{exp['name']}-{exp['seed']}.yaml"
     path.write_text(yaml.safe_dump(exp))

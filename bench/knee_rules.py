@@ -41,7 +41,7 @@ def collect(zoo: Path, seeds: list[int], configs: list[str], out: Path, k: int) 
 
     from evomerge.checkpoint import num_layers
     from evomerge.hub import resolve_sources
-    from evomerge.run import loop as search
+    from evomerge.run import lifecycle as search
     from evomerge.run.reference_points import read_reference
     from evomerge.zoo import SOURCES
 

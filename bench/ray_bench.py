@@ -80,7 +80,7 @@ def load() -> str:
 def one(
     args: argparse.Namespace, label: str, workers: dict[str, Any], tpe: bool = False
 ) -> dict[str, Any]:
-    from evomerge.run import loop as search
+    from evomerge.run import lifecycle as search
 
     d = Path(tempfile.mkdtemp(prefix=f"raybench-{label}-"))
     exp = d / "exp.yaml"

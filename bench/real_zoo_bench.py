@@ -113,7 +113,7 @@ class _Judge:
 
 
 def _search(exp: dict[str, Any], zoo: Path, work: Path) -> dict[str, Any]:
-    from evomerge.run import loop as search
+    from evomerge.run import lifecycle as search
 
     path = work / f"{exp['name']}-{exp['seed']}.yaml"
     path.write_text(yaml.safe_dump(exp))

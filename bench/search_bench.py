@@ -80,7 +80,7 @@ def to_reach(values: list[list[float]], target: float) -> int | None:
 
 
 def run_search(zoo: Path, exp: dict, workdir: Path, *, timing: bool = False) -> dict[str, Any]:
-    from evomerge.run import loop as search
+    from evomerge.run import lifecycle as search
 
     path = workdir / f"{exp['name']}-{exp['seed']}.yaml"
     path.write_text(yaml.safe_dump(exp))

@@ -119,7 +119,7 @@ class PromotionSpec(_Spec):
     """Multi-fidelity scoring. ``enabled: true`` (schedule ``front``): re-score on the full item
     sets a candidate whose optimistic estimate could enter the front, so the front is confirmed
     on full sets. ``schedule: successive_halving``: each batch is scored on ``rungs[0]`` items,
-    the best ``1/eta`` go on to ``rungs[1]`` items, and so on (:mod:`evomerge.run.halving`)."""
+    the best ``1/eta`` go on to ``rungs[1]`` items, and so on (:mod:`evomerge.run.fidelity`)."""
 
     enabled: bool = False
     margin: float = 0.0
@@ -269,8 +269,6 @@ class Experiment(_Spec):
             raise ValueError("tokenizer_source: 'base' needs `base:` set")
         if self.schedule:
             check_stages(self.schedule)
-            if self.workers.dispatch == "async":
-                raise ValueError("schedule: stages change at batch boundaries; use dispatch: batch")
         labels = [o.label for o in self.objectives]
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:
@@ -280,12 +278,12 @@ class Experiment(_Spec):
         return self
 
     def _check_halving(self) -> None:
-        """Successive halving picks its own items per rung and halves whole batches."""
-        w = self.workers
-        if w.backend != "local" or w.dispatch != "batch":
+        """Successive halving picks its own items per rung and ranks whole batches: an
+        asynchronous run has none."""
+        if self.workers.dispatch != "batch":
             raise ValueError(
-                "promotion: successive_halving runs with `workers: {backend: local, dispatch: "
-                f"batch}}` (got backend {w.backend!r}, dispatch {w.dispatch!r})"
+                "promotion: successive_halving ranks each batch's candidates against each other; "
+                "`workers.dispatch: async` scores them one at a time: use `dispatch: batch`"
             )
         for o in self.objectives:
             if o.lmeval is not None:

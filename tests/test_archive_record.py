@@ -16,7 +16,7 @@ import yaml
 
 from evomerge.genes import Gene
 from evomerge.recipe import PerLayer, Recipe, numbers
-from evomerge.run import loop as search
+from evomerge.run import lifecycle as search
 from evomerge.run.archive import Archive, Evaluation
 from evomerge.run.run_dir import STUDY_NAME, open_archive, storage_url
 from evomerge.zoo import SOURCES as ZOO_SOURCES

@@ -26,7 +26,7 @@ from test_search import EXPERIMENT, _trace
 
 from evomerge.experiment import ExperimentError
 from evomerge.optimize import OPTIMIZERS, Gene, OptimizerError, make_optimizer
-from evomerge.run import loop as search
+from evomerge.run import lifecycle as search
 from evomerge.run.run_dir import STUDY_NAME, read_optimizer_state, storage_url
 
 GENES = [Gene("a"), Gene("b"), Gene("layer", 3)]

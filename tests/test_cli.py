@@ -126,7 +126,7 @@ def test_eval_full_and_estimated(unit_zoo: Path, tmp_path: Path, monkeypatch) ->
 
 
 def test_max_shard_size_reads_hugging_face_units(unit_zoo: Path, tmp_path: Path) -> None:
-    from evomerge.cli import _parse_size
+    from evomerge.cli.app import parse_size as _parse_size
 
     assert _parse_size("5GB") == 5 * 10**9  # decimal, as save_pretrained writes shards
     assert _parse_size("5GiB") == 5 * 2**30

@@ -25,7 +25,7 @@ from evomerge.experiment import Experiment
 from evomerge.merge.materialize import merge_to_dir
 from evomerge.recipe import Recipe
 from evomerge.run import confirm as confirm_mod
-from evomerge.run import loop as search
+from evomerge.run import lifecycle as search
 from evomerge.run.archive import ArchiveError
 from evomerge.run.confirm import ConfirmError, confirm, estimator_error, held_out_items
 from evomerge.run.run_dir import open_archive

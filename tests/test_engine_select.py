@@ -23,7 +23,7 @@ from evomerge.evaluate.tasks import GenerationRequest, LoglikelihoodRequest
 from evomerge.experiment import Experiment, ExperimentError
 from evomerge.merge.materialize import materialize, plan
 from evomerge.recipe import Recipe
-from evomerge.run import loop as search
+from evomerge.run import lifecycle as search
 
 BASE: dict[str, Any] = {
     "name": "x",

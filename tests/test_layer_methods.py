@@ -281,7 +281,7 @@ def test_search_with_methods_runs_and_resumes_exactly(unit_zoo: Path, tmp_path: 
 
     import optuna
 
-    from evomerge.run import loop as search
+    from evomerge.run import lifecycle as search
     from evomerge.run.archive import Evaluation
     from evomerge.run.run_dir import STUDY_NAME, storage_url
     from evomerge.zoo import SOURCES

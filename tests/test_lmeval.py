@@ -36,7 +36,9 @@ def test_module_imports_without_lm_eval() -> None:
 def test_missing_lm_eval_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # makes `import lm_eval` fail
     with pytest.raises(LMEvalError, match=r"evomerge\[lmeval\]"):
-        lmeval._engine_lm_class()
+        from evomerge.evaluate import lmeval_lm
+
+        lmeval_lm.engine_lm_class()
     with pytest.raises(LMEvalError, match=r"evomerge\[lmeval\]"):
         LMEvalObjective(["tiny_mc"])
 

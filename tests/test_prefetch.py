@@ -13,7 +13,7 @@ from test_search import EXPERIMENT as SEARCH_EXPERIMENT
 from test_search import _trace
 
 from evomerge.errors import MergeError
-from evomerge.run import loop as search
+from evomerge.run import lifecycle as search
 
 # the search tests' experiment, another seed, without the once-per-run reference points
 EXPERIMENT: dict[str, Any] = {

@@ -23,7 +23,7 @@ pytest.importorskip("ray")
 import ray
 from test_search import EXPERIMENT, _trace
 
-from evomerge.run import loop as search
+from evomerge.run import lifecycle as search
 from evomerge.workers.ray_pool import HANG_HOOK
 
 RAY = {"backend": "ray", "count": 2, "threads": 1, "resources": {"num_cpus": 1}}
@@ -327,3 +327,28 @@ def test_run_on_a_cluster_by_address(unit_zoo: Path, tmp_path: Path) -> None:
     assert info["workers"]["address"] == f"127.0.0.1:{port}"
     assert info["workers"]["evaluations"] == 4 + 5  # and the 5 reference points
     assert "ray actors alive" in status and "evaluations/hour" in status
+
+
+@pytest.mark.parametrize(("dispatch", "fidelity"), [("batch", "halving"), ("async", "promotion")])
+def test_ray_runs_the_local_combinations_to_the_same_archive(
+    cluster: Any, unit_zoo: Path, tmp_path: Path, dispatch: str, fidelity: str
+) -> None:
+    """Ray's dispatch under a coarse-to-fine schedule, with successive halving (each rung sent
+    to the actors, the batch committed once halved) or asynchronously with one candidate in
+    flight: the very archive of the local backend, trial for trial."""
+    from test_combinations import _experiment
+
+    runs = {}
+    for backend in ("local", "ray"):
+        data = _experiment(True, dispatch, fidelity)
+        if backend == "ray":
+            data["workers"] = {**RAY, "dispatch": dispatch, "count": 1}
+        path = tmp_path / f"{backend}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        s, budget = search.start(path, tmp_path / backend, zoo=unit_zoo)
+        try:
+            assert s.run(budget).status == "finished"
+        finally:
+            s.close()
+        runs[backend] = _trace(tmp_path / backend)
+    assert len(runs["local"]) == 8 and runs["ray"] == runs["local"]

@@ -223,7 +223,7 @@ def test_a_search_on_the_smollm2_zoo_confirms_what_its_exported_checkpoint_score
     from evomerge.evaluate.tasks import load_task
     from evomerge.experiment import Experiment
     from evomerge.fileio import preset_dir
-    from evomerge.run import loop as search
+    from evomerge.run import lifecycle as search
     from evomerge.run.confirm import confirm
     from evomerge.run.export import export
     from evomerge.workers.local import load_objectives

@@ -22,7 +22,7 @@ from evomerge.cli import app
 from evomerge.genes import Gene
 from evomerge.recipe import Recipe
 from evomerge.report import RunView, plot_front, plot_progress, plot_recipe
-from evomerge.run import loop as search
+from evomerge.run import lifecycle as search
 from evomerge.run.archive import Archive, Evaluation
 from evomerge.run.reference_points import REFERENCE_FILE, read_reference
 from evomerge.run.run_dir import open_archive

@@ -30,7 +30,7 @@ from evomerge.cli import app
 from evomerge.evaluate.estimators import Estimate, EstimatorError
 from evomerge.killpoints import ENV as KILL_AT
 from evomerge.optimize import OPTIMIZERS
-from evomerge.run import loop as search
+from evomerge.run import lifecycle as search
 from evomerge.run.archive import Evaluation
 from evomerge.run.run_dir import RunError, open_archive, read_info
 

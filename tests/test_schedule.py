@@ -1,4 +1,4 @@
-"""Coarse to fine (space/schedule.py, space/curves.py): curves decode to mergekit's piecewise-
+"""Coarse to fine (run/schedule.py, space/curves.py): curves decode to mergekit's piecewise-
 linear gradients; a coarse genome lifted into the finest stage is the same merge; a run killed
 around a stage change resumes to the uninterrupted run; an experiment with a schedule runs end to
 end through the CLI."""
@@ -24,7 +24,7 @@ from evomerge.cli import app
 from evomerge.experiment import Experiment, ExperimentError
 from evomerge.killpoints import ENV as KILL_AT
 from evomerge.recipe import Gradient, Recipe, at_layer, select
-from evomerge.run import loop as search
+from evomerge.run import lifecycle as search
 from evomerge.run.archive import Evaluation
 from evomerge.run.run_dir import open_archive, read_optimizer_state
 from evomerge.run.schedule import StagedSpace
@@ -147,8 +147,8 @@ def test_stages_are_counted_in_evaluations(family: dict[str, Path]) -> None:
         _staged(family, {"granularity": 4, "until": 5}, {"granularity": 0})
     with pytest.raises(ExperimentError, match="until"):
         Experiment.parse({**_exp_data(), "schedule": [{"granularity": 4}, FINE]})
-    with pytest.raises(ExperimentError, match="dispatch"):
-        Experiment.parse({**_exp_data(), "workers": {"dispatch": "async"}})
+    # stages end where their evaluations are spent, asynchronous dispatch included
+    Experiment.parse({**_exp_data(), "workers": {"dispatch": "async"}})
     # an experiment without a schedule hashes as it did before the key existed
     plain = {k: v for k, v in _exp_data().items() if k != "schedule"}
     assert "schedule" not in Experiment.parse(plain).model_dump(exclude_defaults=True)
@@ -449,9 +449,9 @@ def test_the_ideal_point_stays_where_the_knee_stage_began(
         past = Evaluation("past", "method: linear\n", genome, [ideal[0] + 0.05, ideal[1] - 0.1])
         s.archive.record(past)
         assert s.archive.ideal_point()[0][0] == pytest.approx(-(ideal[0] + 0.05))  # type: ignore[index]
-        assert s._losses(past) == [pytest.approx(0.1)]
+        assert s.losses_of(past) == [pytest.approx(0.1)]
         short = Evaluation("short", "method: linear\n", genome, [ideal[0] - 0.03, ideal[1] - 0.04])
-        assert s._losses(short) == [pytest.approx(0.05)]  # from the moved ideal: ≈ 0.089
+        assert s.losses_of(short) == [pytest.approx(0.05)]  # from the moved ideal: ≈ 0.089
     finally:
         s.close()
 

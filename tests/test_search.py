@@ -14,7 +14,7 @@ import yaml
 
 from evomerge.errors import EvomergeError
 from evomerge.experiment import ExperimentError
-from evomerge.run import loop as search
+from evomerge.run import lifecycle as search
 from evomerge.run.archive import Evaluation
 from evomerge.run.run_dir import ARCHIVE_FILE, EXPERIMENT_FILE, STUDY_NAME, RunError, storage_url
 from evomerge.zoo import SOURCES as ZOO_SOURCES

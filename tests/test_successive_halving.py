@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from evomerge.experiment import Experiment, ExperimentError
-from evomerge.run import loop as search
+from evomerge.run import lifecycle as search
 from evomerge.run.archive import Evaluation
 from evomerge.run.run_dir import open_archive
 from evomerge.workers.halving import keep, ranking, rung_sizes
@@ -175,8 +175,8 @@ def test_signal_between_batches_then_resume_equals_uninterrupted(
         ({"enabled": True, "rungs": [5, 9]}, {}, "belong to `schedule: successive_halving`"),
         (
             {"schedule": "successive_halving", "rungs": [5, 9]},
-            {"workers": {"backend": "ray"}},
-            "backend: local, dispatch: batch",
+            {"workers": {"dispatch": "async", "count": 1}},
+            "dispatch: async",
         ),
         (
             {"schedule": "successive_halving", "rungs": [5, 9]},

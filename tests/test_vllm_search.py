@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from evomerge.run import loop as search
+from evomerge.run import lifecycle as search
 from evomerge.zoo import SOURCES as ZOO_SOURCES
 
 pytestmark = pytest.mark.vllm

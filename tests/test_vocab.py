@@ -149,7 +149,7 @@ def test_search_with_tokenizer_source_scores_the_exported_model(
     from evomerge.evaluate.hf import HFEngine
     from evomerge.evaluate.scoring import score_task
     from evomerge.evaluate.tasks import load_task
-    from evomerge.run import loop as search
+    from evomerge.run import lifecycle as search
     from evomerge.run.archive import Evaluation
     from evomerge.run.run_dir import STUDY_NAME, storage_url
 
@@ -218,7 +218,7 @@ def test_confirming_a_run_over_different_vocabularies_scores_the_merges_vocabula
     from evomerge.evaluate.hf import HFEngine
     from evomerge.evaluate.scoring import score_task
     from evomerge.evaluate.tasks import load_task
-    from evomerge.run import loop as search
+    from evomerge.run import lifecycle as search
     from evomerge.run.confirm import confirm
 
     exp = tmp_path / "exp.yaml"

@@ -112,7 +112,7 @@ def _confirmations(view: RunView) -> list[dict[str, Any]] | None:
 
 
 def summary_rows(view: RunView) -> list[tuple[str, str]]:
-    from evomerge.run.loop import failures_by_reason
+    from evomerge.run.lifecycle import failures_by_reason
 
     info, exp = view.info, view.experiment
     evs = view.archive.evaluations

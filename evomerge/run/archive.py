@@ -22,7 +22,6 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -48,6 +47,7 @@ from evomerge.objectives import (
     signs,
 )
 from evomerge.run.trial_writer import writer_for
+from evomerge.workers.base import Evaluation
 
 # study user attributes: every item id scored during the search, per objective; and one
 # confirmation per (set, trial), e.g. "confirmation:holdout:12"
@@ -65,31 +65,6 @@ UNIT_OBJECTIVES = "unit_objectives"  # study attr: which objectives are [0, 1] s
 
 class ArchiveError(EvomergeError):
     """The run's storage cannot be opened or does not belong to this experiment."""
-
-
-@dataclass
-class Evaluation:
-    """One candidate's outcome. ``values`` follow the experiment's objective order."""
-
-    recipe_hash: str
-    recipe: str  # YAML
-    genome: list[float]
-    values: list[float] | None
-    status: str = "ok"  # ok | failed
-    error: str | None = None
-    fidelity: dict[str, float] = field(default_factory=dict)
-    stderr: dict[str, float | None] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-    worker: str = "local"
-    number: int | None = None  # the Optuna trial number once recorded
-    # item ids scored per objective (search-time only: the run keeps their union, note_scored)
-    scored_items: dict[str, list[str]] = field(default_factory=dict)
-    # when its work began (epoch seconds); unset: the commit time less ``timings["total"]``
-    started: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok" and self.values is not None
 
 
 @contextmanager

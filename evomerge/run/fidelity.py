@@ -1,6 +1,10 @@
-"""One batch under successive halving (``promotion: {schedule: successive_halving, rungs,
-eta}``): every member is scored at rung 0, the best ``1/eta`` of them (:func:`ranking`) at
-rung 1 on more items, and so on to the last rung.
+"""How many items a candidate earns. ``promotion: {enabled: true}`` is the worker's own
+(a candidate whose optimistic estimate could enter the front is re-scored on every item:
+:mod:`evomerge.workers.promotion`); this module is the batch-level policy, successive halving
+(``promotion: {schedule: successive_halving, rungs, eta}``): every member of a batch is scored
+at rung 0, the best ``1/eta`` of them (:func:`~evomerge.workers.halving.ranking`) at rung 1 on
+more items, and so on to the last rung. Each rung goes through the batch's dispatch, so it runs
+in-process or on Ray actors alike.
 
 What the archive and the optimizer get: each member's estimate at the highest rung it reached
 (its ``fidelity`` per objective, ``timings["rung"]``, and its timings summed over its rungs:
@@ -17,22 +21,19 @@ candidate error) is recorded failed and goes no further.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from evomerge.killpoints import kill_point
 from evomerge.objectives import gains
-from evomerge.run.archive import Evaluation
+from evomerge.recipe import Recipe
+from evomerge.run.dispatch import SearchLike, Stops, batch_results
+from evomerge.workers.base import Evaluation, Job
 from evomerge.workers.halving import Rung, keep, ranking, rung_sizes
 
-if TYPE_CHECKING:
-    from evomerge.run.loop import Progress, Search
 
-
-def n_rungs(search: Search) -> int:
+def n_rungs(search: SearchLike) -> int:
     """The rungs that score something new on at least one task."""
     rungs = search.experiment.promotion.rungs or []
     sizes = [len(ob.task.item_ids) for ob in getattr(search.worker, "objectives", []) if ob.task]
@@ -40,57 +41,40 @@ def n_rungs(search: Search) -> int:
 
 
 def halve_batch(
-    search: Search,
+    search: SearchLike,
     batch: list[np.ndarray],
     budget: int,
-    deadline: float | None,
-    unscored: Any,
-    on_evaluation: Callable[[Evaluation], None] | None,
-    on_progress: Callable[[Progress], None] | None,
-    start: float,
-    cached: int,
-) -> tuple[list[Any], int, int, bool]:
-    """(losses in the batch's order, ``unscored`` where a member was not reached; new; cached;
-    whether the time limit stopped it). The members halved are those the one-by-one loop would
-    score: the valid recipes of the batch, new ones up to the budget."""
+    stops: Stops,
+    done: Callable[[int, Evaluation, bool], None],
+) -> None:
+    """Halve one batch, reporting each member (``done(slot, evaluation, is_new)``) once its
+    halving is over; a batch stopped midway reports only its invalid members and commits
+    nothing else. The members halved are those the one-by-one loop would score: the valid
+    recipes of the batch, new ones up to the budget."""
     promo = search.experiment.promotion
     assert promo.rungs is not None
-    losses: list[Any] = [unscored] * len(batch)
-    n_new = n_cached = 0
-    timed_out = False
-
-    def done(i: int, ev: Evaluation, is_new: bool) -> None:
-        nonlocal n_new, n_cached
-        n_new += is_new
-        n_cached += not is_new
-        losses[i] = search._losses(ev)
-        if on_evaluation:
-            on_evaluation(ev)
-        if on_progress:
-            on_progress(search.progress(budget, cached + n_cached, start))
-
-    # members: slot -> (recipe, the archive's evaluation or None); a recipe twice in the batch
-    # is halved once (its first slot) and told at each of its slots
-    members: dict[str, tuple[int, Any, Evaluation | None]] = {}
+    # members: key -> (first slot, recipe, genome, the archive's evaluation or None); a recipe
+    # twice in the batch is halved once (its first slot) and told at each of its slots
+    members: dict[str, tuple[int, Recipe, list[float], Evaluation | None]] = {}
     twins: dict[int, str] = {}
     admitted = 0
     room = budget - len(search.archive)
     for i, g in enumerate(batch):
-        recipe, invalid, is_new = search._decode(g)
-        if recipe is None:
-            done(i, invalid, is_new)
-            room -= is_new
+        c = search.resolve(g, look_up=False)
+        if c.recipe is None:
+            assert c.invalid is not None
+            done(i, c.invalid, c.is_new)
+            room -= c.is_new
             continue
-        key = recipe.content_hash()
-        if key in members:
-            twins[i] = key
+        if c.key in members:
+            twins[i] = c.key
             continue
-        hit = search.archive.lookup(key)
+        hit = search.archive.lookup(c.key)
         if hit is None:
             if admitted >= room:
                 continue  # over the budget: not reached (the batch is not told)
             admitted += 1
-        members[key] = (i, recipe, hit)
+        members[c.key] = (i, c.recipe, c.genome, hit)
 
     results: dict[str, Evaluation] = {}
     scores: dict[str, dict[str, dict[str, float]]] = {k: {} for k in members}
@@ -98,13 +82,13 @@ def halve_batch(
     weights = [o.weight for o in search.experiment.objectives]
     last = n_rungs(search) - 1
     for r in range(last + 1):
-        scored: list[str] = []
-        for key in alive:
-            if search._stop or (deadline and time.perf_counter() > deadline):
-                timed_out = not search._stop
-                return losses, n_new, n_cached, timed_out  # nothing of the batch committed
-            i, recipe, _hit = members[key]
-            ev = search.worker.evaluate(recipe, batch[i], rung=Rung(r, promo.rungs[r], scores[key]))
+        jobs = [
+            Job(recipe, genome, [i], rung=Rung(r, promo.rungs[r], scores[key]))
+            for key in alive
+            for i, recipe, genome, _hit in [members[key]]
+        ]
+        for job, ev in batch_results(search.worker, _puller(jobs), front=lambda: [], stop=stops):
+            key = job.recipe.content_hash()
             before = results.get(key)
             if before is not None:  # the candidate's cost so far: every rung's timings added
                 for name, v in before.timings.items():
@@ -113,23 +97,28 @@ def halve_batch(
                 for label, ids in before.scored_items.items():  # every rung's items
                     ev.scored_items[label] = sorted({*ev.scored_items.get(label, ()), *ids})
             results[key] = ev
-            if ev.ok:
-                scored.append(key)
+        if stops():
+            return  # nothing of the batch committed: a resume halves it again
+        scored = [k for k in alive if results[k].ok]
         if r == last:
             break
-        values = [gains(results[k].values, search.directions) for k in scored]
+        values = [gains(results[k].values, search.directions) for k in scored]  # type: ignore[arg-type]
         order = ranking(values, weights)
         alive = [scored[j] for j in sorted(order[: keep(len(scored), promo.eta)])]
 
-    for key, (i, _recipe, hit) in sorted(members.items(), key=lambda kv: kv[1][0]):
+    for key, (i, _recipe, _genome, hit) in sorted(members.items(), key=lambda kv: kv[1][0]):
         if hit is not None:
             done(i, hit, False)
             continue
-        ev = search._commit(results[key])
+        ev = search.commit(results[key])
         kill_point("commit")
-        search._count_failure(ev)
+        search.count_failure(ev)
         done(i, ev, True)
     for i, key in twins.items():
         if key in members:
-            done(i, members[key][2] or results[key], False)
-    return losses, n_new, n_cached, timed_out
+            done(i, members[key][3] or results[key], False)
+
+
+def _puller(jobs: list[Job]) -> Callable[[], Job | None]:
+    it = iter(jobs)
+    return lambda: next(it, None)

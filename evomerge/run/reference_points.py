@@ -24,9 +24,10 @@ from evomerge.fileio import atomic_write_json, read_json
 from evomerge.merge.methods import get_method
 from evomerge.objectives import unbeatable
 from evomerge.recipe import Recipe
+from evomerge.run.dispatch import SearchLike, batch_results
+from evomerge.workers.base import Job
 
 if TYPE_CHECKING:
-    from evomerge.run.loop import Search
     from evomerge.space import SearchSpace
 
 REFERENCE_FILE = "reference_points.json"
@@ -118,7 +119,7 @@ def uniform_recipe(space: SearchSpace) -> Recipe | None:
     )
 
 
-def objective_infos(search: Search) -> list[ObjectiveInfo]:
+def objective_infos(search: SearchLike) -> list[ObjectiveInfo]:
     out = []
     for spec, ob, d, ref in zip(
         search.experiment.objectives,
@@ -133,7 +134,7 @@ def objective_infos(search: Search) -> list[ObjectiveInfo]:
     return out
 
 
-def ensure_reference_points(search: Search) -> None:
+def ensure_reference_points(search: SearchLike) -> None:
     """Score the reference points unless the run already has them (or does not want them).
     Not trials: outside the archive, the budget and the optimizer. Called as a run starts and
     as it resumes; a run killed while scoring them scores them again on resume."""
@@ -176,21 +177,18 @@ def ensure_reference_points(search: Search) -> None:
     )
 
 
-def _score(search: Search, recipes: list[Recipe]) -> list[Any]:
+def _score(search: SearchLike, recipes: list[Recipe]) -> list[Any]:
     """The reference models through the run's worker (a Ray pool: all at once), never promoted:
     the front they are given is a point no estimate can beat, so each is scored as a fresh
     candidate's first rung is."""
     unbeaten = [unbeatable(search.directions)]
-    worker = search.worker
-    if getattr(worker, "concurrent", False):
-        from evomerge.workers.ray_pool import Job
-
-        jobs = [Job(r, [], [i]) for i, r in enumerate(recipes)]
-        out: list[Any] = [None] * len(jobs)
-        for job, ev in worker.run(jobs, front=lambda: unbeaten, stop=lambda: False):
-            out[job.slots[0]] = ev
-        return out
-    return [worker.evaluate(r, [], unbeaten) for r in recipes]
+    jobs = iter([Job(r, [], [i]) for i, r in enumerate(recipes)])
+    out: list[Any] = [None] * len(recipes)
+    for job, ev in batch_results(
+        search.worker, lambda: next(jobs, None), front=lambda: unbeaten, stop=lambda: False
+    ):
+        out[job.slots[0]] = ev
+    return out
 
 
 def _read_raw(path: Path) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from evomerge.errors import EvomergeError
 from evomerge.experiment import Experiment, ExperimentError
 from evomerge.fileio import atomic_write_bytes, atomic_write_json
 from evomerge.killpoints import kill_point
+from evomerge.optimize.base import Optimizer
 from evomerge.run.archive import STUDY_NAME, Archive, ArchiveError
 
 RUN_FILE, EXPERIMENT_FILE, ARCHIVE_FILE, OPTIMIZER_FILE = (
@@ -291,11 +292,6 @@ def owner_alive(info: dict[str, Any]) -> bool:
     return True
 
 
-def write_workers(run_dir: Path, stats: dict[str, Any]) -> None:
-    """The worker pool's live state (actors, utilization, in flight), for ``evomerge status``."""
-    atomic_write_json(Path(run_dir) / WORKERS_FILE, stats)
-
-
 def read_workers(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / WORKERS_FILE
     return json.loads(path.read_text()) if path.exists() else None
@@ -312,3 +308,27 @@ def open_archive(run_dir: Path) -> Archive:
         )
     except ArchiveError as e:
         raise ArchiveError(f"{run_dir}: {e}") from None
+
+
+def save_optimizer(run_dir: Path, optimizer: Optimizer) -> None:
+    """The optimizer's checkpoint: its new journal records appended (durably), then its state,
+    which needs them, written over the last."""
+    state, records = optimizer.checkpoint()
+    append_optimizer_journal(run_dir, optimizer.journal_length - len(records), records)
+    write_optimizer_state(run_dir, state)
+
+
+def claim_study(archive: Archive, run_dir: Path, storage: str) -> None:
+    """One driver per study: a shared database's study is this run directory's alone (two
+    drivers telling one optimizer apart would each miss the other's results)."""
+    ours = f"{socket.gethostname()}:{Path(run_dir).resolve()}"
+    theirs = archive.study.user_attrs.get("driver")
+    if theirs is None:
+        archive.study.set_user_attr("driver", ours)
+    elif theirs != ours:
+        raise RunError(
+            f"the study {study_name(run_dir)!r} in {storage} belongs to the run "
+            f"{theirs}; several drivers feeding one study are not supported. Resume that run "
+            "directory (`workers: {backend: ray, count: N}` spreads it over many GPUs), or "
+            "change the experiment's name or seed for a study of its own"
+        )

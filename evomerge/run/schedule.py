@@ -30,7 +30,7 @@ where it begins. Meant for ``target: knee``, which a user exporting the knee wan
 
 A stage that targets the knee gives its optimizer one loss: how far a candidate falls short of
 the front's ideal point (each objective's best value when the stage begins; beyond it costs
-nothing), measured as the knee's rule measures (:func:`evomerge.run.archive.ideal_distances`).
+nothing), measured as the knee's rule measures (:func:`evomerge.objectives.ideal_distances`).
 A budget raised once that stage has begun keeps it to the end.
 """
 

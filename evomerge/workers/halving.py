@@ -1,7 +1,7 @@
 """Successive halving across fidelities: which items a rung scores, and who goes on.
 
 Search policy, like :mod:`evomerge.workers.promotion`: the worker scores a candidate at the
-rung it is asked for (:class:`Rung`), the search (:mod:`evomerge.run.halving`) ranks a
+rung it is asked for (:class:`Rung`), the search (:mod:`evomerge.run.fidelity`) ranks a
 batch's candidates at each rung and keeps the best ``1/eta``. Rung ``r`` scores the first
 ``rungs[r]`` items of one seeded permutation of the task's items (a ``subsample:K`` selection,
 so rungs are nested and a promoted candidate only scores the items it has not scored yet).

@@ -32,12 +32,12 @@ from evomerge.evaluate.select import RecipeEngine, load_candidate
 from evomerge.evaluate.tasks import Task, load_task
 from evomerge.experiment import Experiment, ObjectiveSpec
 from evomerge.killpoints import kill_point
-from evomerge.merge import fused
 from evomerge.merge.chunked import serial
 from evomerge.merge.materialize import MergePlan, materialize, plan
+from evomerge.merge.methods import warm_up
 from evomerge.objectives import direction_of, gains, maximized
 from evomerge.recipe import Recipe
-from evomerge.run.archive import Evaluation
+from evomerge.workers.base import Evaluation
 from evomerge.workers.faults import classify, fault, free_memory
 from evomerge.workers.halving import Rung
 from evomerge.workers.promotion import should_promote
@@ -172,7 +172,7 @@ class LocalWorker:
             not isinstance(self.engine, RecipeEngine) and torch.device(w.device).type == "cpu"
         )
         if tensor_cpu:
-            fused.warm_up()  # the merge kernels' one-off load: not the first candidate's cost
+            warm_up()  # the merge kernels' one-off load: not the first candidate's cost
         self.prefetches = tensor_cpu and (
             w.prefetch
             if w.prefetch is not None

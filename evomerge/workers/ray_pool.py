@@ -24,18 +24,18 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evomerge.checkpoint import ModelSource
 from evomerge.errors import EvomergeError
 from evomerge.experiment import Experiment
+from evomerge.fileio import atomic_write_json
 from evomerge.merge.materialize import MergePlan, plan
 from evomerge.recipe import Recipe
-from evomerge.run.archive import Evaluation
-from evomerge.run.run_dir import write_workers
+from evomerge.workers.base import Evaluation, Job
 from evomerge.workers.faults import WorkerFault
+from evomerge.workers.halving import Rung
 from evomerge.workers.local import load_objectives
 
 # a test hook: the first candidate that finds DIR/hang hangs (until its actor is killed)
@@ -47,16 +47,6 @@ _STATS_EVERY_S = 1.0  # workers.json is rewritten at most this often (and on eve
 
 class RayPoolError(EvomergeError):
     """The Ray pool cannot start (no Ray, no cluster, actors that cannot be placed or built)."""
-
-
-@dataclass
-class Job:
-    """One candidate to score; ``slots`` are its places in the batch (duplicates share a job)."""
-
-    recipe: Recipe
-    genome: list[float]
-    slots: list[int] = field(default_factory=list)
-    attempts: int = 0
 
 
 class _Actor:
@@ -76,8 +66,14 @@ class _Actor:
         return {"pid": os.getpid(), "host": socket.gethostname(), "evomerge": evomerge.__file__}
 
     def evaluate(
-        self, recipe: Recipe, genome: Sequence[float], front: Sequence[Sequence[float]]
-    ) -> Evaluation:
+        self,
+        recipe: Recipe,
+        genome: Sequence[float],
+        front: Sequence[Sequence[float]],
+        rung: Rung | None = None,
+    ) -> Evaluation | tuple[Evaluation, dict[str, dict[str, float]]]:
+        """The evaluation; at a successive-halving ``rung``, with the candidate's item scores so
+        far (the driver's copy of ``rung.scores`` is not the one extended here)."""
         hook = os.environ.get(HANG_HOOK)
         if hook:
             try:
@@ -86,7 +82,9 @@ class _Actor:
                 pass
             else:
                 time.sleep(3600)
-        return self.worker.evaluate(recipe, genome, front)
+        if rung is None:
+            return self.worker.evaluate(recipe, genome, front)
+        return self.worker.evaluate(recipe, genome, front, rung=rung), rung.scores
 
 
 def _failed(job: Job, worker: str, error: str, timings: dict[str, float]) -> Evaluation:
@@ -115,7 +113,7 @@ class RayPool:
         *,
         zoo: Path | None = None,
         log: Callable[[str], None] = lambda _: None,
-        run_dir: Path | None = None,
+        stats_file: Path | None = None,
     ) -> None:
         try:
             import ray
@@ -123,7 +121,7 @@ class RayPool:
             raise RayPoolError(
                 "workers.backend: ray needs Ray: pip install 'evomerge[ray]'"
             ) from None
-        self._ray, self.log, self.run_dir = ray, log, run_dir
+        self._ray, self.log, self.stats_file = ray, log, stats_file
         w = self.spec = experiment.workers
         # the driver plans and orients objectives itself: headers and task files only
         self.objectives = load_objectives(experiment, zoo)
@@ -230,7 +228,7 @@ class RayPool:
                     queue.append(job)
                 i, job = idle.popleft(), queue.popleft()
                 job.attempts += 1
-                ref = self.actors[i].evaluate.remote(job.recipe, job.genome, front())
+                ref = self.actors[i].evaluate.remote(job.recipe, job.genome, front(), job.rung)
                 now = time.perf_counter()
                 self._first = self._first or now
                 flight[ref] = (job, i, now)
@@ -282,6 +280,10 @@ class RayPool:
                         )
                     else:
                         idle.append(i)
+                        if job.rung is not None:  # the rung's item scores come back with it
+                            ev, scores = ev
+                            job.rung.scores.clear()
+                            job.rung.scores.update(scores)
                         ev.timings["dispatch"] = max(0.0, now - t0 - ev.timings.get("total", 0.0))
                     # the actor works on the next candidate while this one is committed (a
                     # job of the batch; ``more`` is asked once this result has been told)
@@ -369,10 +371,10 @@ class RayPool:
 
     def _save(self, *, force: bool = False) -> None:
         now = time.perf_counter()
-        if self.run_dir is None or (not force and now - self._saved < _STATS_EVERY_S):
+        if self.stats_file is None or (not force and now - self._saved < _STATS_EVERY_S):
             return
         self._saved = now
-        write_workers(self.run_dir, self.stats())
+        atomic_write_json(self.stats_file, self.stats())  # for `evomerge status`
 
     def close(self) -> None:
         """Stop the actors (and the local cluster this pool started)."""
