@@ -77,6 +77,7 @@ test-vllm:
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports  # the layering contract in pyproject.toml: downward imports, no circles
 
 # Every table of BENCHMARKS.md, as there (hours on 2 CPU cores: run it on a quiet machine; the
 # zoos are built first). vLLM's rows need `make test-vllm`'s venv.

@@ -1,9 +1,8 @@
-"""What every estimator shares: the ``Estimator`` base class, its result (``Estimate``) and error,
-the checks on item sets and scores, the two estimators that need no calibration (``full``,
-``subsample:K``) and ``make_estimator``, which turns a spec from an experiment file into one.
-
-The calibrated estimators (:mod:`.anchors`, :mod:`.irt`) add themselves to the table of names
-when the package is imported, so this module needs none of them.
+"""What every estimator shares: the ``Estimator`` base class, its result (``Estimate``), the
+registry of names and ``make_estimator``, which turns a spec from an experiment file into one.
+The checks on item sets and scores are :mod:`.items`; the estimators themselves
+(:mod:`.sampling`: ``full``, ``subsample:K``; :mod:`.anchors`, :mod:`.irt`) add themselves to
+the registry when the package is imported, so this module needs none of them.
 """
 
 from __future__ import annotations
