@@ -126,16 +126,18 @@ def test_genomes_respect_bounds_and_integer_genes(name: str) -> None:
     assert all(len(set(ints[:, k])) >= 2 for k in range(ints.shape[1]))
 
 
-def test_optimizer_on_integer_only_and_tiny_gene_sets() -> None:
-    for name in sorted(OPTIMIZERS):
-        if isinstance(_param(name), type(pytest.param(None))):  # a library is absent
-            continue
-        for genes in ([Gene("only", 2)], [Gene("a")]):
-            opt = make_optimizer(name, genes, 1, seed=1, options=TEST_OPTIONS.get(name))
-            for _ in range(4):  # pymoo runs out of unseen offspring here: immigrants come in
-                batch = opt.ask()
-                assert all(x.shape == (1,) for x in batch)
-                opt.tell(batch, [[float(x[0])] for x in batch])
+@pytest.mark.parametrize("name", NAMES)
+def test_optimizer_on_integer_only_and_tiny_gene_sets(name: str) -> None:
+    for genes in ([Gene("only", 2)], [Gene("a")]):
+        opt = make_optimizer(name, genes, _m(name), seed=1, options=TEST_OPTIONS.get(name))
+        for _ in range(4):  # pymoo runs out of unseen offspring here: immigrants come in
+            batch = opt.ask()
+            assert batch and all(x.shape == (1,) for x in batch)
+            if genes[0].choices:  # an integer gene: one of its two choices
+                assert all(float(x[0]) in (0.0, 1.0) for x in batch)
+            else:
+                assert all(0.0 <= float(x[0]) <= 1.0 for x in batch)
+            opt.tell(batch, [[float(x[0])] * _m(name) for x in batch])
 
 
 # -- learning --------------------------------------------------------------------------------

@@ -59,7 +59,20 @@ class Bound(_Spec):
         return self.low + float(u) * (self.high - self.low)
 
     def unit(self, v: float) -> float:
-        return min(1.0, max(0.0, (float(v) - self.low) / (self.high - self.low)))
+        """The unit value whose :meth:`value` is ``v`` (clamped to the range): the float that
+        gives ``v`` back exactly where one does, so a recipe encoded and decoded again is the
+        same recipe, hash included (0.55 in [0.1, 1] is not 0.5 to the last bit)."""
+        v = float(v)
+        u = min(1.0, max(0.0, (v - self.low) / (self.high - self.low)))
+        for _ in range(8):  # a few ulps at most
+            got = self.value(u)
+            if got == v or not 0.0 < u < 1.0:
+                break
+            step = math.nextafter(u, math.inf if got < v else -math.inf)
+            if abs(self.value(step) - v) >= abs(got - v):
+                break
+            u = step
+        return u
 
 
 # ---------------------------------------------------------------------------------------------
