@@ -135,6 +135,32 @@ def test_tokenizer_source_values(pair: dict[str, Path], value: str, match: str |
             _recipe(pair, ["add1"], tokenizer_source=value)
 
 
+def _union_run(pair: dict[str, Path], tmp_path: Path, **changes: object) -> Path:
+    """An experiment file searching base, add1 and rev9x with the union vocabulary."""
+    import yaml
+
+    exp = tmp_path / "exp.yaml"
+    data = {
+        "name": "unit-vocab",
+        "sources": {n: str(pair[n]) for n in ("base", "add1", "rev9x")},
+        "base": "base",
+        "tokenizer_source": "union",
+        "space": "dare_ties-per-layer",
+        "space_options": {"granularity": 2},
+        "objectives": [
+            {"task": "rev9", "estimator": "subsample:8"},
+            {"task": "add1", "estimator": "subsample:8"},
+        ],
+        "optimizer": {"name": "nsga2", "pop_size": 4},
+        "budget": 6,
+        "seed": 3,
+        "workers": {"threads": 1},
+        **changes,
+    }
+    exp.write_text(yaml.safe_dump(data))
+    return exp
+
+
 def test_search_with_tokenizer_source_scores_the_exported_model(
     pair: dict[str, Path], unit_zoo: Path, tmp_path: Path
 ) -> None:
@@ -155,27 +181,7 @@ def test_search_with_tokenizer_source_scores_the_exported_model(
     from evomerge.run.archive import Evaluation
     from evomerge.run.run_dir import STUDY_NAME, storage_url
 
-    exp = tmp_path / "exp.yaml"
-    exp.write_text(
-        yaml.safe_dump(
-            {
-                "name": "unit-vocab",
-                "sources": {n: str(pair[n]) for n in ("base", "add1", "rev9x")},
-                "base": "base",
-                "tokenizer_source": "union",
-                "space": "dare_ties-per-layer",
-                "space_options": {"granularity": 2},
-                "objectives": [
-                    {"task": "rev9", "estimator": "subsample:8"},
-                    {"task": "add1", "estimator": "subsample:8"},
-                ],
-                "optimizer": {"name": "nsga2", "pop_size": 4},
-                "budget": 6,
-                "seed": 3,
-                "workers": {"threads": 1},
-            }
-        )
-    )
+    exp = _union_run(pair, tmp_path)
 
     def trace(run: Path) -> list[tuple[str, tuple[float, ...]]]:
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run))
@@ -223,24 +229,16 @@ def test_confirming_a_run_over_different_vocabularies_scores_the_merges_vocabula
     from evomerge.run import lifecycle as search
     from evomerge.run.confirm import confirm
 
-    exp = tmp_path / "exp.yaml"
-    exp.write_text(
-        yaml.safe_dump(
-            {
-                "name": "unit-vocab-confirm",
-                "sources": {n: str(pair[n]) for n in ("base", "add1", "rev9x")},
-                "base": "base",
-                "tokenizer_source": "union",
-                "space": "dare_ties-per-layer",
-                "space_options": {"granularity": 4},
-                "objectives": [{"task": "rev9", "estimator": "subsample:8"}],
-                "optimizer": {"name": "random"},
-                "holdout": 0.25,
-                "budget": 2,
-                "seed": 5,
-                "workers": {"threads": 1},
-            }
-        )
+    exp = _union_run(
+        pair,
+        tmp_path,
+        name="unit-vocab-confirm",
+        space_options={"granularity": 4},
+        objectives=[{"task": "rev9", "estimator": "subsample:8"}],
+        optimizer={"name": "random"},
+        holdout=0.25,
+        budget=2,
+        seed=5,
     )
     s, budget = search.start(exp, tmp_path / "run", zoo=unit_zoo)
     try:

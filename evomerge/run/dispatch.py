@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -118,19 +118,20 @@ def evaluate(worker: Any, job: Job, front: list[list[float]]) -> Evaluation:
 
 def batch_results(
     worker: Any,
-    pull: Callable[[], Job | None],
+    jobs: Iterable[Job],
     *,
     front: Callable[[], list[list[float]]],
     stop: Callable[[], bool],
 ) -> Iterator[tuple[Job, Evaluation]]:
-    """(job, evaluation) for each job pulled: in-process one at a time, each pulled after the
-    last was yielded (and so committed); on a concurrent worker (Ray) every job pulled first,
-    then all sent at once, each result yielded as it arrives. Nothing new is sent once
-    ``stop()``; what is in flight is awaited."""
+    """(job, evaluation) for each job: in-process one at a time, each drawn from ``jobs`` after
+    the last was yielded (and so committed: ``jobs`` may be a lazy walk over a batch); on a
+    concurrent worker (Ray) every job drawn first, then all sent at once, each result yielded as
+    it arrives. Nothing new is sent once ``stop()``; what is in flight is awaited."""
     if getattr(worker, "concurrent", False):
-        yield from worker.run(list(iter(pull, None)), front=front, stop=stop)
+        yield from worker.run(list(jobs), front=front, stop=stop)
         return
-    while not stop() and (job := pull()) is not None:
+    pending = iter(jobs)
+    while not stop() and (job := next(pending, None)) is not None:
         yield job, evaluate(worker, job, front())
 
 

@@ -87,7 +87,7 @@ def halve_batch(
             for key in alive
             for i, recipe, genome, _hit in [members[key]]
         ]
-        for job, ev in batch_results(search.worker, _puller(jobs), front=lambda: [], stop=stops):
+        for job, ev in batch_results(search.worker, jobs, front=lambda: [], stop=stops):
             key = job.recipe.content_hash()
             before = results.get(key)
             if before is not None:  # the candidate's cost so far: every rung's timings added
@@ -117,8 +117,3 @@ def halve_batch(
     for i, key in twins.items():
         if key in members:
             done(i, members[key][3] or results[key], False)
-
-
-def _puller(jobs: list[Job]) -> Callable[[], Job | None]:
-    it = iter(jobs)
-    return lambda: next(it, None)

@@ -457,8 +457,7 @@ class Search:
         else:
             flight: dict[str, Job] = {}
             jobs = self._jobs(batch, budget, stops, member, flight)
-            pull = lambda: next(jobs, None)  # noqa: E731
-            for job, ev in batch_results(self.worker, pull, front=self.front_values, stop=stops):
+            for job, ev in batch_results(self.worker, jobs, front=self.front_values, stop=stops):
                 ev = self.commit(ev)
                 kill_point("commit")
                 del flight[job.recipe.content_hash()]

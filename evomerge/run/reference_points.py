@@ -182,11 +182,9 @@ def _score(search: SearchLike, recipes: list[Recipe]) -> list[Any]:
     the front they are given is a point no estimate can beat, so each is scored as a fresh
     candidate's first rung is."""
     unbeaten = [unbeatable(search.directions)]
-    jobs = iter([Job(r, [], [i]) for i, r in enumerate(recipes)])
+    jobs = [Job(r, [], [i]) for i, r in enumerate(recipes)]
     out: list[Any] = [None] * len(recipes)
-    for job, ev in batch_results(
-        search.worker, lambda: next(jobs, None), front=lambda: unbeaten, stop=lambda: False
-    ):
+    for job, ev in batch_results(search.worker, jobs, front=lambda: unbeaten, stop=lambda: False):
         out[job.slots[0]] = ev
     return out
 
