@@ -233,7 +233,7 @@ class Experiment(_Spec):
     base: str | None = None
     space: str | dict[str, Any]
     space_options: dict[str, Any] = Field(default_factory=dict)
-    # coarse to fine (space/schedule.py): stages of space-option overrides, each but the last
+    # coarse to fine (run/schedule.py): stages of space-option overrides, each but the last
     # with `until: N` evaluations; empty: the one space throughout
     schedule: list[dict[str, Any]] = Field(default_factory=list)
     objectives: list[ObjectiveSpec] = Field(min_length=1)
@@ -398,6 +398,19 @@ def check_stages(stages: Sequence[Mapping[str, Any]]) -> None:
         if st.get("target", "front") not in STAGE_TARGETS:
             raise ValueError(
                 f"schedule[{i}].target: one of {', '.join(STAGE_TARGETS)}, got {st['target']!r}"
+            )
+        radius = st.get("radius")
+        if radius is not None and (
+            isinstance(radius, bool) or not isinstance(radius, int | float) or not 0 < radius < 1
+        ):
+            raise ValueError(
+                f"schedule[{i}].radius: a trust region's half-width in unit genes, between 0 "
+                f"and 1, got {radius!r}"
+            )
+        if radius is not None and i == 0:
+            raise ValueError(
+                "schedule[0].radius: a trust region is centred on the knee of the stages "
+                "before it; the first stage has none"
             )
         if "last" in st and i != len(stages) - 1:
             raise ValueError(f"schedule[{i}].last: only the last stage runs the budget's last N")

@@ -27,7 +27,7 @@ from evomerge.recipe import Gradient, Recipe, at_layer, select
 from evomerge.run import lifecycle as search
 from evomerge.run.archive import Evaluation
 from evomerge.run.run_dir import open_archive, read_optimizer_state
-from evomerge.run.schedule import StagedSpace
+from evomerge.run.schedule import StagedSpace, from_box, to_box
 from evomerge.space import SearchSpace, SpaceError, load_space
 
 N_LAYERS = 8
@@ -391,6 +391,9 @@ def test_a_last_stage_is_counted_from_the_end_of_the_budget(family: dict[str, Pa
         ([{"granularity": 2, "until": 5}, {**FINE, "last": 3}], r"schedule\[0\]\.until"),
         ([{**FINE, "last": 3}], r"schedule\[0\]\.last"),
         ([{"granularity": 4, "until": 5}, {**FINE, "target": "best"}], r"schedule\[1\]\.target"),
+        ([{"granularity": 4, "until": 5}, {**FINE, "radius": 0}], r"schedule\[1\]\.radius"),
+        ([{"granularity": 4, "until": 5}, {**FINE, "radius": 1.5}], r"schedule\[1\]\.radius"),
+        ([{"granularity": 4, "until": 5, "radius": 0.2}, FINE], r"schedule\[0\]\.radius.*knee"),
     ):
         with pytest.raises(ExperimentError, match=where):
             Experiment.parse({**_exp_data(), "schedule": bad})
@@ -480,3 +483,69 @@ def test_resume_around_the_knee_stage_equals_uninterrupted(
     exp = _write_staged(tmp_path, schedule=KNEE)
     run_dir = _crash_then_resume(exp, tmp_path / "run", unit_zoo, stop_call)
     assert _trace(run_dir) == _trace(knee_reference)
+
+
+# -- trust regions -----------------------------------------------------------------------------
+
+
+@given(
+    lo=st.floats(0.0, 0.9),
+    width=st.floats(0.01, 1.0),
+    frac=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=8),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_genome_in_the_box_has_a_trust_region_genome_to_the_last_bit(
+    lo: float, width: float, frac: list[float]
+) -> None:
+    hi = min(lo + width, 1.0)
+    box = [[lo] * len(frac), [hi] * len(frac)]
+    x = np.clip(lo + np.asarray(frac) * (hi - lo), lo, hi)
+    y = to_box(box, x)
+    assert y is not None and np.all((y >= 0.0) & (y <= 1.0))
+    assert np.array_equal(from_box(box, y), x)  # bit for bit: the archive's recipe, re-asked
+    assert to_box(box, np.append(x[:-1], hi + 1e-9)) is None  # outside: no seed
+
+
+TRUST = [{"granularity": 4, "until": 8}, {"granularity": 1, "radius": 0.1}]
+
+
+@pytest.fixture(scope="module")
+def trust_reference(unit_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("trust")
+    s, budget = search.start(_write_staged(d, schedule=TRUST), d / "run", zoo=unit_zoo)
+    assert s.run(budget).status == "finished"
+    s.close()
+    return d / "run"
+
+
+def test_a_trust_region_stage_searches_near_the_knee_of_the_stages_before(
+    trust_reference: Path, staged_reference: Path
+) -> None:
+    evs = open_archive(trust_reference).evaluations
+    assert len(evs) == 16 and len({e.recipe_hash for e in evs}) == 16
+    assert _trace(trust_reference)[:8] == _trace(staged_reference)[:8]
+    state = pickle.loads(read_optimizer_state(trust_reference))  # type: ignore[arg-type]
+    lo, hi = (np.asarray(b) for b in state["annotations"]["box"])
+    coarse = [np.asarray(e.genome) for e in evs[:8]]
+    values = np.array([e.values for e in evs[:8]])  # both skills maximized
+    beaten = [
+        any(np.all(values[j] >= values[i]) and np.any(values[j] > values[i]) for j in range(8))
+        for i in range(8)
+    ]
+    front = [i for i in range(8) if not beaten[i]]
+    # centred on a member of the coarse front, ±0.1 clipped to the unit cube
+    centres = [i for i in front if np.allclose(np.clip(coarse[i] - 0.1, 0, 1), lo, atol=1e-12)]
+    assert len(centres) == 1
+    assert hi == pytest.approx(np.clip(coarse[centres[0]] + 0.1, 0, 1), abs=1e-12)
+    fine = np.array([e.genome for e in evs[8:]])
+    assert np.all((fine >= lo - 1e-12) & (fine <= hi + 1e-12))
+    assert any(len(set(g.reshape(-1, 4)[0])) > 1 for g in fine)  # per layer, not a group
+
+
+@pytest.mark.parametrize("stop_call", [7, 8, 9, 15])
+def test_resume_around_a_trust_region_stage_equals_uninterrupted(
+    unit_zoo: Path, tmp_path: Path, trust_reference: Path, stop_call: int
+) -> None:
+    exp = _write_staged(tmp_path, schedule=TRUST)
+    run_dir = _crash_then_resume(exp, tmp_path / "run", unit_zoo, stop_call)
+    assert _trace(run_dir) == _trace(trust_reference)

@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from evomerge.experiment import Experiment, OptimizerSpec, is_unit_metric
+from evomerge.experiment import Experiment, is_unit_metric
 from evomerge.hub import resolve_sources
 from evomerge.killpoints import kill_point
 from evomerge.objectives import loss, shortfall
-from evomerge.optimize import make_optimizer, optimizer_class
-from evomerge.optimize.base import Optimizer, OptimizerError
+from evomerge.optimize.base import Optimizer
 from evomerge.recipe import Recipe
 from evomerge.run.archive import Archive, Evaluation
 from evomerge.run.dispatch import Candidate, batch_results, check_async, run_async
@@ -40,8 +39,8 @@ from evomerge.run.run_dir import (
     update_info,
     write_optimizer_state,
 )
-from evomerge.run.schedule import StagedSpace
-from evomerge.space import SearchSpace, SpaceError, load_space
+from evomerge.run.schedule import Schedule, ideal_notes
+from evomerge.space import SpaceError
 from evomerge.workers.base import Job
 from evomerge.workers.faults import WorkerFault
 
@@ -99,26 +98,16 @@ class Search:
             "tokenizer_source": experiment.tokenizer_source,
         }
         # coarse to fine: the archive, the worker and the exports see the last stage's space
-        self.staged: StagedSpace | None = None
-        self.stage = 0
-        if experiment.schedule:
-            self.staged = StagedSpace(
-                experiment.space, experiment.space_options, experiment.schedule, **space_kw
-            )
-            self.space = self.staged.final
-        else:
-            spec = load_space(experiment.space, experiment.space_options)
-            self.space = SearchSpace(spec, **space_kw)
+        self.schedule = Schedule(experiment, **space_kw)
+        self.space = self.schedule.space
         if experiment.workers.dispatch == "async":  # one candidate at a time
             check_async(experiment)
         state = read_optimizer_state(run_dir)
-        if self.staged is not None and state is not None:
-            self.stage = _stage_of(state)
-        if self.staged is not None:  # every stage's optimizer and options, before any work
-            built = [self._new_optimizer(i) for i in range(len(self.staged.spaces))]
-            self.optimizer: Optimizer = built[self.stage]
-        else:
-            self.optimizer = self._new_optimizer()
+        if self.schedule.staged is not None and state is not None:
+            self.schedule.stage = _stage_of(state)
+        # every stage's optimizer and options are checked before any work
+        built = [self.schedule.new_optimizer(i) for i in range(len(self.schedule.stages) or 1)]
+        self.optimizer: Optimizer = built[self.schedule.stage]
         owned = worker is None
         if worker is None and experiment.workers.backend == "ray":
             from evomerge.workers.ray_pool import RayPool
@@ -171,90 +160,28 @@ class Search:
             ("ask", "decode", "lookup", "commit", "tell", "checkpoint"), 0.0
         )
 
-    def _optimizer_spec(self, stage: int) -> OptimizerSpec:
-        """The optimizer of a schedule's stage: its own, or the experiment's."""
-        if self.staged is not None:
-            own = self.experiment.schedule[stage].get("optimizer")
-            if own is not None:
-                return OptimizerSpec.model_validate(own)
-        return self.experiment.optimizer
+    @property
+    def stage(self) -> int:
+        """The schedule's stage in force (0 without a schedule)."""
+        return self.schedule.stage
 
     @property
     def multi(self) -> bool:
         """Whether the optimizer in force takes every objective (else one loss: their weighted
         sum, or the distance to the ideal point in a stage that targets the knee)."""
-        return self.optimizer.multi_objective and not self._targets_knee()
-
-    def _targets_knee(self, stage: int | None = None) -> bool:
-        stage = self.stage if stage is None else stage
-        return self.staged is not None and self.staged.targets[stage] == "knee"
-
-    def _new_optimizer(self, stage: int | None = None) -> Optimizer:
-        """The optimizer over the genes of a stage (the one in force by default; unscheduled:
-        the space's)."""
-        stage = self.stage if stage is None else stage
-        space = self.staged.spaces[stage] if self.staged else self.space
-        spec = self._optimizer_spec(stage)
-        try:
-            return make_optimizer(
-                spec.name,
-                space.genes,
-                len(self.experiment.objectives)
-                if optimizer_class(spec.name).multi_objective and not self._targets_knee(stage)
-                else 1,
-                seed=self.experiment.seed,
-                options=spec.options,
-            )
-        except OptimizerError as e:
-            if self.staged is None or "optimizer" not in self.experiment.schedule[stage]:
-                raise
-            raise OptimizerError(f"schedule[{stage}].optimizer: {e}") from None
-
-    def _lift(self, genome: np.ndarray) -> np.ndarray:
-        """The optimizer's genome in the space's genes (scheduled: the last stage's)."""
-        return genome if self.staged is None else self.staged.lift(self.stage, genome)
+        return self.optimizer.multi_objective and not self.schedule.targets_knee()
 
     def _next_stage(self, budget: int) -> None:
-        """Between batches: once the archive reaches a stage's ``until`` (or the budget's
-        ``last`` evaluations begin), a fresh optimizer over the next stage's genes, seeded with
-        every candidate so far (mapped into its genes: they decode to recipes in the archive, so
-        re-asking them costs no evaluation), and its state saved at once, so a resume continues
-        in the new stage with the same seeds."""
-        assert self.staged is not None
-        stage = self.staged.stage_at(len(self.archive), budget)
-        if stage <= self.stage:
+        """Between batches: the next stage's optimizer once its stage begins, its state saved
+        at once, so a resume continues in the new stage with the same seeds."""
+        step = self.schedule.advance(self.archive, self.optimizer, budget)
+        if step is None:
             return
-        annotations = dict(self.optimizer.annotations)
-        annotations.pop("ideal", None)
-        annotations.pop("scale", None)
-        self.stage = stage
-        if self._targets_knee():  # the ideal point, fixed while the stage lasts
-            annotations.update(self._ideal_point())
-        self.optimizer = self._new_optimizer()
-        seeds, seen = [], set()
-        for ev in self.archive.evaluations:
-            if not ev.ok:
-                continue
-            g = self.staged.project(stage, np.asarray(ev.genome))
-            if g.tobytes() not in seen:
-                seen.add(g.tobytes())
-                seeds.append(g)
-        n = self.optimizer.start_from(seeds)
-        # re-asked seeds are archive hits by design: they do not count towards exhaustion
-        annotations["stale"] = annotations.get("stale", 0) - n
-        self.optimizer.annotations = {**annotations, "stage": stage}
-        self.log(f"schedule: stage {stage} after {len(self.archive)} evaluations ({n} seeds)")
+        self.optimizer, message = step
+        self.log(message)
         write_optimizer_state(self.run_dir, self.optimizer.state())
 
     # -- losses for the optimizer --------------------------------------------------------------
-    def _ideal_point(self) -> dict[str, list[float]]:
-        """What a stage that targets the knee measures by: the front's ideal point, as losses,
-        and each objective's unit (:meth:`Archive.ideal_point`); {} before any score."""
-        point = self.archive.ideal_point()
-        if point is None:
-            return {}  # set at the stage's first loss
-        return {"ideal": point[0].tolist(), "scale": point[1].tolist()}
-
     def losses_of(self, ev: Evaluation) -> list[float] | None:
         """What the optimizer in force is told of an evaluation: its losses (multi-objective),
         their weighted sum, or (a stage that targets the knee) its shortfall from the ideal
@@ -265,10 +192,10 @@ class Search:
         signed = loss(ev.values, self.directions)
         if self.multi:
             return signed
-        if self._targets_knee():
+        if self.schedule.targets_knee():
             notes = self.optimizer.annotations
             if "ideal" not in notes:
-                notes.update(self._ideal_point())
+                notes.update(ideal_notes(self.archive))
             return [float(shortfall(np.asarray(signed), notes["ideal"], notes["scale"]))]
         weights = [o.weight for o in self.experiment.objectives]
         return [float(np.dot(weights, signed))]
@@ -280,7 +207,7 @@ class Search:
         that makes no model is recorded (or found) as an invalid trial at once, no worker
         involved, and counted as a failure."""
         t0 = time.perf_counter()
-        lifted = self._lift(np.asarray(genome))
+        lifted = self.schedule.lift(genome, self.optimizer.annotations)
         try:
             recipe = self.space.decode(lifted)
         except SpaceError as e:
@@ -339,7 +266,7 @@ class Search:
 
     def stage_ends(self, evaluations: int, budget: int) -> bool:
         """Whether a schedule's next stage begins at ``evaluations``."""
-        return self.staged is not None and self.staged.stage_at(evaluations, budget) > self.stage
+        return self.schedule.stage_ends(evaluations, budget)
 
     def note_proposals(self, proposals: int, new: int) -> None:
         """The one stopping rule of a search that finds nothing new: count the proposals in a
@@ -404,7 +331,7 @@ class Search:
             ensure_reference_points(self)
             asynchronous = self.experiment.workers.dispatch == "async"
             while len(self.archive) < budget and not self._exhausted and not stops():
-                if self.staged is not None and not self._mid_ask():
+                if not self._mid_ask():
                     self._next_stage(budget)
                 if asynchronous:
                     if not run_async(self, budget, stops, done):
@@ -510,7 +437,7 @@ class Search:
         if not getattr(self.worker, "prefetches", False):
             return None
         try:
-            recipe = self.space.decode(self._lift(genome))
+            recipe = self.space.decode(self.schedule.lift(genome, self.optimizer.annotations))
         except SpaceError:
             return None
         key = recipe.content_hash()
