@@ -26,6 +26,7 @@ from evomerge.evaluate.options import EngineDtype, EngineName, engine_options
 from evomerge.fileio import read_yaml, validate
 from evomerge.hub import resolve_sources
 from evomerge.objectives import direction_of, maximized
+from evomerge.recipe import check_names
 
 # Metrics that live in [0, 1] (ours and lm-eval's): their hypervolume reference defaults to the
 # worst end, 0 maximized (1 minimized). Other metrics (log-prob, perplexity, lm-eval's
@@ -253,20 +254,7 @@ class Experiment(_Spec):
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:
-        if not self.sources:
-            raise ValueError("sources: at least one source is needed")
-        if self.base is not None and self.base not in self.sources:
-            raise ValueError(
-                f"base: {self.base!r} is not one of the sources {sorted(self.sources)}"
-            )
-        tok = self.tokenizer_source
-        if tok is not None and tok not in ("base", "union", *self.sources):
-            raise ValueError(
-                f"tokenizer_source: {tok!r} is neither 'base', 'union' nor one of the sources "
-                f"{sorted(self.sources)}"
-            )
-        if tok == "base" and self.base is None:
-            raise ValueError("tokenizer_source: 'base' needs `base:` set")
+        check_names(self.sources, self.base, self.tokenizer_source)
         if self.schedule:
             check_stages(self.schedule)
         labels = [o.label for o in self.objectives]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -246,13 +247,7 @@ class Recipe(_Frozen):
 
     @model_validator(mode="after")
     def _names_exist(self) -> Recipe:
-        if not self.sources:
-            raise ValueError("sources: at least one source is needed")
-        if self.base is not None and self.base not in self.sources:
-            raise ValueError(
-                f"base: {self.base!r} is not one of the sources {sorted(self.sources)}"
-            )
-        _check_tokenizer_source(self)
+        check_names(self.sources, self.base, self.tokenizer_source)
         for i, slot in enumerate(self.routing or []):
             if slot.source is not None and slot.source not in self.sources:
                 raise ValueError(f"routing.{i}.source: {slot.source!r} is not a source")
@@ -343,23 +338,29 @@ class Recipe(_Frozen):
         return cls.from_dict(data, origin=str(path), base_dir=path.parent)
 
 
-def _check_tokenizer_source(recipe: Recipe) -> None:
-    """mergekit's values: ``base``, ``union`` or a model (here: a source's name)."""
-    tok, names = recipe.tokenizer_source, sorted(recipe.sources)
+def check_names(sources: Collection[str], base: str | None, tokenizer_source: str | None) -> None:
+    """The names a recipe (or an experiment) gives its base and tokenizer are its sources';
+    ``tokenizer_source`` takes mergekit's values: ``base``, ``union`` or a source's name."""
+    names = sorted(sources)
+    if not names:
+        raise ValueError("sources: at least one source is needed")
+    if base is not None and base not in sources:
+        raise ValueError(f"base: {base!r} is not one of the sources {names}")
+    tok = tokenizer_source
     if tok is None:
         return
     if tok == "union":
-        if "union" in recipe.sources:
+        if "union" in sources:
             raise ValueError("tokenizer_source: 'union' is also a source's name; rename it")
     elif tok == "base":
-        if recipe.base is None:
+        if base is None:
             raise ValueError("tokenizer_source: 'base' needs `base:` set")
-        if "base" in recipe.sources and recipe.base != "base":
+        if "base" in sources and base != "base":
             raise ValueError(
                 f"tokenizer_source: 'base' is ambiguous: a source is named 'base' but the "
-                f"recipe's base is {recipe.base!r}; name the source instead"
+                f"base is {base!r}; name the source instead"
             )
-    elif tok not in recipe.sources:
+    elif tok not in sources:
         raise ValueError(
             f"tokenizer_source: {tok!r} is neither 'base', 'union' nor one of the sources {names}"
         )

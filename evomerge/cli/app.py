@@ -31,6 +31,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_ZOO = Path(os.environ.get("EVOMERGE_ZOO", Path.home() / ".cache" / "evomerge" / "zoo"))
 _DEBUG = {"on": False}  # --debug: errors raise with their traceback
 
+# the arguments many commands share, declared once
+RunDirArg = Annotated[Path, typer.Argument(help="A run directory")]
+ZooOption = Annotated[Path, typer.Option(help="Where zoo: paths point")]
+
 
 class OptionError(EvomergeError):
     """A command-line option's value cannot be used; the message names the option."""

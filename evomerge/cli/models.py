@@ -13,6 +13,7 @@ from rich.table import Table
 from evomerge.cli.app import (
     DEFAULT_ZOO,
     OptionError,
+    ZooOption,
     app,
     console,
     err,
@@ -63,7 +64,7 @@ def merge(
     out_dir: Annotated[Path, typer.Argument(help="New checkpoint directory (must not exist)")],
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
     overwrite: bool = False,
-    zoo: Annotated[Path, typer.Option(help="Where zoo: paths point")] = DEFAULT_ZOO,
+    zoo: ZooOption = DEFAULT_ZOO,
     allow_pickle: Annotated[bool, typer.Option(help="Read .bin pickle weights (unsafe)")] = False,
     max_shard_size: Annotated[str, typer.Option(help="e.g. 5GB, 500MB")] = "5GB",
 ) -> None:
@@ -94,7 +95,7 @@ def merge(
 def convert(
     config: Annotated[Path, typer.Argument(help="An evomerge recipe or a mergekit YAML")],
     to: Annotated[str, typer.Option(help="recipe or mergekit")] = "mergekit",
-    zoo: Annotated[Path, typer.Option(help="Where zoo: paths point")] = DEFAULT_ZOO,
+    zoo: ZooOption = DEFAULT_ZOO,
 ) -> None:
     """Print a recipe as a mergekit YAML, or a mergekit YAML as an evomerge recipe."""
     from evomerge import mergekit_yaml
@@ -120,7 +121,7 @@ def space_show(
     name: Annotated[str, typer.Argument(help="A preset (search_spaces/NAME.yaml) or a path")],
     source: Annotated[list[str], typer.Option(help="NAME=PATH (or zoo:…); repeat for every model")],
     base: Annotated[str | None, typer.Option(help="The base model's NAME")] = None,
-    zoo: Annotated[Path, typer.Option(help="Where zoo: paths point")] = DEFAULT_ZOO,
+    zoo: ZooOption = DEFAULT_ZOO,
     option: Annotated[
         list[str] | None, typer.Option(help="KEY=YAML override, e.g. granularity=2")
     ] = None,

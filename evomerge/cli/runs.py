@@ -13,6 +13,8 @@ from rich.table import Table
 from evomerge.cli.app import (
     DEFAULT_ZOO,
     OptionError,
+    RunDirArg,
+    ZooOption,
     app,
     console,
     err,
@@ -133,7 +135,7 @@ def run(
     run_dir: Annotated[Path | None, typer.Option(help="Default: runs/<experiment name>")] = None,
     budget: Annotated[int | None, typer.Option(help="Evaluations (default: the file's)")] = None,
     hours: Annotated[float | None, typer.Option(help="Stop after this long (resumable)")] = None,
-    zoo: Annotated[Path, typer.Option(help="Where zoo: paths point")] = DEFAULT_ZOO,
+    zoo: ZooOption = DEFAULT_ZOO,
 ) -> None:
     """Launch a search. Ctrl-C stops it cleanly; `evomerge resume RUN_DIR` continues it."""
     from evomerge.experiment import Experiment, ExperimentError
@@ -155,7 +157,7 @@ def run(
 @app.command()
 @friendly
 def resume(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory")],
+    run_dir: RunDirArg,
     budget: Annotated[int | None, typer.Option(help="A new total budget")] = None,
     hours: Annotated[float | None, typer.Option(help="Stop after this long (resumable)")] = None,
     experiment: Annotated[
@@ -178,7 +180,7 @@ def resume(
 
 @app.command()
 @friendly
-def status(run_dir: Annotated[Path, typer.Argument(help="A run directory")]) -> None:
+def status(run_dir: RunDirArg) -> None:
     """Summarize a run (also while it runs)."""
     from evomerge.run.lifecycle import summary
 
@@ -243,7 +245,7 @@ def _by(archive: Any, by: str) -> Any:
 @app.command()
 @friendly
 def front(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory")],
+    run_dir: RunDirArg,
     plot: Annotated[
         Path | None,
         typer.Option(help="Write a plot: FILE.png (image) or FILE.html (interactive, offline)"),
@@ -280,7 +282,7 @@ def _check_suffix(path: Path, option: str) -> None:
 @app.command()
 @friendly
 def plot(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory")],
+    run_dir: RunDirArg,
     what: Annotated[str, typer.Option(help="progress or recipe")],
     out: Annotated[Path, typer.Option(help="FILE.html (interactive, offline) or FILE.png")],
     trial: Annotated[int | None, typer.Option(help="--what recipe: which trial")] = None,
@@ -302,7 +304,7 @@ def plot(
 @app.command()
 @friendly
 def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory")],
+    run_dir: RunDirArg,
     out: Annotated[Path, typer.Option(help="Output directory (DIR/index.html)")],
 ) -> None:
     """One self-contained HTML page for a run: summary, front with reference points, progress,
@@ -315,7 +317,7 @@ def report(
 @app.command()
 @friendly
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory")],
+    run_dir: RunDirArg,
     out: Annotated[Path, typer.Option(help="Output: a file (recipe, mergekit) or a dir (hf)")],
     trial: Annotated[int | None, typer.Option(help="Trial number")] = None,
     best: Annotated[str | None, typer.Option(help="Best trial on this objective")] = None,
@@ -354,7 +356,7 @@ def export(
 @app.command("confirm")
 @friendly
 def confirm_(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory")],
+    run_dir: RunDirArg,
     trial: Annotated[list[int] | None, typer.Option(help="Trial number; repeat for more")] = None,
     top: Annotated[int | None, typer.Option(help="The K best: front by front, knee first")] = None,
     front: Annotated[bool, typer.Option(help="The Pareto front (the default)")] = False,

@@ -4,7 +4,7 @@ parameter × source (for per-model parameters) × layer group × module kind."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -197,9 +197,31 @@ class ParamGenes:
         routing: list[Slot] | None = None,
     ) -> Recipe:
         """The merge these values make (over ``routing``'s layers when given)."""
+        top, known, layer_methods = self._layout(values)
+        per_model, shared = self._specs(values, [n for n in self.bounds if n in known])
+        base = space.base if self.method.needs_base else None
+        extra = {"layer_methods": layer_methods} if layer_methods else {}
+        return space._recipe(
+            method=top,
+            base=base,
+            sources=self._sources(space, base, per_model, routing),
+            parameters={**{k: v for k, v in self.fixed.items() if k in known}, **shared},
+            routing=routing,
+            **extra,
+        )
+
+    def _layout(self, values: Mapping[Any, list[float]]) -> tuple[str, set[str], list[LayerMethod]]:
+        """The recipe's method, the parameters it takes, and its per-layer methods (none: one
+        method throughout)."""
+        return self.method.name, {*self.bounds, *self.fixed}, []
+
+    def _specs(
+        self, values: Mapping[Any, list[float]], names: Iterable[str]
+    ) -> tuple[dict[str, dict[str, ParamSpec]], dict[str, ParamSpec]]:
+        """The coefficients ``names`` as recipe parameters: per model, and shared."""
         per_model: dict[str, dict[str, ParamSpec]] = {m: {} for m in self.models}
         shared: dict[str, ParamSpec] = {}
-        for name in self.bounds:
+        for name in names:
             for owner in self._owners(name):
                 by_kind = {k: self._layer_spec(values[(name, owner, k)]) for k in self.kinds}
                 spec = by_kind[None] if self.kinds == [None] else ByModule(**by_kind)  # type: ignore[arg-type]
@@ -207,20 +229,22 @@ class ParamGenes:
                     shared[name] = spec
                 else:
                     per_model[owner][name] = spec
-        base = space.base if self.method.needs_base else None
+        return per_model, shared
+
+    def _sources(
+        self,
+        space: SearchSpace,
+        base: str | None,
+        per_model: Mapping[str, dict[str, ParamSpec]],
+        routing: list[Slot] | None,
+    ) -> dict[str, dict[str, Any]]:
+        """The recipe's sources: the merged models, the base, and any model a slot routes."""
         names = set(self.models) | ({base} if base else set())
         if routing:
             names |= {s.source for s in routing if s.source}
-        sources = {
+        return {
             m: {"path": space.sources[m], "parameters": per_model.get(m, {})} for m in sorted(names)
         }
-        return space._recipe(
-            method=self.method.name,
-            base=base,
-            sources=sources,
-            parameters={**self.fixed, **shared},
-            routing=routing,
-        )
 
     def _layer_spec(self, groups: list[float]) -> ParamSpec:
         if self.curve:
@@ -387,27 +411,10 @@ class MethodGenes(ParamGenes):
             return m.name, [self.partners[int(partners[g])]]
         return m.name, []
 
-    def recipe(
-        self,
-        space: SearchSpace,
-        values: Mapping[Any, list[float]],
-        routing: list[Slot] | None = None,
-    ) -> Recipe:
+    def _layout(self, values: Mapping[Any, list[float]]) -> tuple[str, set[str], list[LayerMethod]]:
         groups = [self._group_method(values, g) for g in range(self.n_groups)]
         used = {name for name, _ in groups}
         known = {p for m in self.methods if m.name in used for p in m.param_index}
-        per_model: dict[str, dict[str, ParamSpec]] = {m: {} for m in self.models}
-        shared: dict[str, ParamSpec] = {}
-        for name in self.bounds:
-            if name not in known:
-                continue
-            for owner in self._owners(name):
-                by_kind = {k: self._layer_spec(values[(name, owner, k)]) for k in self.kinds}
-                spec = by_kind[None] if self.kinds == [None] else ByModule(**by_kind)  # type: ignore[arg-type]
-                if owner is None:
-                    shared[name] = spec
-                else:
-                    per_model[owner][name] = spec
         top = groups[0][0]
         entries: list[LayerMethod] = []
         for g, (name, models) in enumerate(groups):
@@ -419,22 +426,7 @@ class MethodGenes(ParamGenes):
                 entries[-1] = last.model_copy(update={"layers": [last.layers[0], hi]})
             else:
                 entries.append(LayerMethod(layers=[lo, hi], method=name, models=models or None))
-        base = space.base if self.method.needs_base else None
-        names = set(self.models) | ({base} if base else set())
-        if routing:
-            names |= {s.source for s in routing if s.source}
-        sources = {
-            m: {"path": space.sources[m], "parameters": per_model.get(m, {})} for m in sorted(names)
-        }
-        fixed = {k: v for k, v in self.fixed.items() if k in known}
-        return space._recipe(
-            method=top,
-            base=base,
-            sources=sources,
-            parameters={**fixed, **shared},
-            layer_methods=entries or None,
-            routing=routing,
-        )
+        return top, known, entries
 
     def encode(self, recipe: Recipe) -> np.ndarray:
         chosen, partner = [], []

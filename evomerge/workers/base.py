@@ -3,10 +3,13 @@ outcome (:class:`Evaluation`), the unit the archive records."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from evomerge.checkpoint import ModelSource
+    from evomerge.merge.materialize import MergePlan
     from evomerge.recipe import Recipe
     from evomerge.workers.halving import Rung
 
@@ -48,3 +51,20 @@ class Job:
     attempts: int = 0
     rung: Rung | None = None
     then: Recipe | None = None
+
+
+class WorkerBase:
+    """What the loop asks of every worker besides scoring: the directions of its objectives, and
+    a recipe's merge plan (which checks, before any work, that the space fits the sources)."""
+
+    objectives: Sequence[Any]
+    sources: Mapping[str, ModelSource]
+
+    @property
+    def directions(self) -> list[str]:
+        return [o.direction for o in self.objectives]
+
+    def plan(self, recipe: Recipe) -> MergePlan:
+        from evomerge.merge.materialize import plan
+
+        return plan(recipe, self.sources)

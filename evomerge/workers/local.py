@@ -33,11 +33,11 @@ from evomerge.evaluate.tasks import Task, load_task
 from evomerge.experiment import Experiment, ObjectiveSpec
 from evomerge.killpoints import kill_point
 from evomerge.merge.chunked import serial
-from evomerge.merge.materialize import MergePlan, materialize, plan
+from evomerge.merge.materialize import MergePlan, materialize
 from evomerge.merge.methods import warm_up
 from evomerge.objectives import direction_of, gains, maximized
 from evomerge.recipe import Recipe
-from evomerge.workers.base import Evaluation
+from evomerge.workers.base import Evaluation, WorkerBase
 from evomerge.workers.faults import classify, fault, free_memory
 from evomerge.workers.halving import Rung
 from evomerge.workers.promotion import should_promote
@@ -148,7 +148,7 @@ def _split(
     return pool, held
 
 
-class LocalWorker:
+class LocalWorker(WorkerBase):
     name = "local"
 
     def __init__(
@@ -210,13 +210,6 @@ class LocalWorker:
             self._prefetcher.shutdown(wait=True, cancel_futures=True)
             self._prefetcher = None
         self.resident.close()
-
-    @property
-    def directions(self) -> list[str]:
-        return [o.direction for o in self.objectives]
-
-    def plan(self, recipe: Recipe) -> MergePlan:
-        return plan(recipe, self.sources)
 
     def evaluate(
         self,

@@ -31,9 +31,8 @@ from evomerge.checkpoint import ModelSource
 from evomerge.errors import EvomergeError
 from evomerge.experiment import Experiment
 from evomerge.fileio import atomic_write_json
-from evomerge.merge.materialize import MergePlan, plan
 from evomerge.recipe import Recipe
-from evomerge.workers.base import Evaluation, Job
+from evomerge.workers.base import Evaluation, Job, WorkerBase
 from evomerge.workers.faults import WorkerFault
 from evomerge.workers.halving import Rung
 from evomerge.workers.local import load_objectives
@@ -100,7 +99,7 @@ def _failed(job: Job, worker: str, error: str, timings: dict[str, float]) -> Eva
     )
 
 
-class RayPool:
+class RayPool(WorkerBase):
     """``workers.count`` actors on a Ray cluster, driven by the search loop."""
 
     name = "ray"
@@ -190,13 +189,6 @@ class RayPool:
         self._saved = 0.0
 
     # -- what the search loop asks of every worker ---------------------------------------------
-    @property
-    def directions(self) -> list[str]:
-        return [o.direction for o in self.objectives]
-
-    def plan(self, recipe: Recipe) -> MergePlan:
-        return plan(recipe, self.sources)
-
     # -- dispatch ------------------------------------------------------------------------------
     def run(
         self,

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -269,6 +270,19 @@ def _save(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, path: Path
     save_tokenizer(tokenizer, path)
 
 
+def measured_report(plan: Any, training: dict[str, object], **fields: Any) -> ZooReport:
+    """A zoo's report, stamped now: the plan it was trained and scored by (with ``training``'s
+    extras and the thread count, which sets the speed), and the library versions."""
+    return ZooReport(
+        built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        eval_items=plan.eval_items,
+        eval_batch_size=plan.eval_batch_size,
+        training={**asdict(plan), **training, "threads": torch.get_num_threads()},
+        versions=_versions(),
+        **fields,
+    )
+
+
 def _versions() -> dict[str, str]:
     import transformers
 
@@ -329,24 +343,18 @@ def _build_into(
         scores[name] = _score(engine, scored)
     log("evaluated base, experts and their uniform average")
 
-    training: dict[str, object] = asdict(p)
-    training["base_mixture"] = base_plan.weights
-    training["threads"] = torch.get_num_threads()
-    report = ZooReport(
+    report = measured_report(
+        p,
+        {"base_mixture": base_plan.weights},
         preset=preset_name,
         seed=seed,
         arch=arch,
-        built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         build_seconds=round(time.perf_counter() - t0, 2),
         skills=list(SKILLS),
         cross_tasks=list(CROSS_TASKS),
         tasks=tasks,
         models=models,
-        eval_items=p.eval_items,
-        eval_batch_size=p.eval_batch_size,
         scores=scores,
-        training=training,
-        versions=_versions(),
     )
     atomic_write_text(work / "README.md", _readme(report))
     # The report goes last: its presence marks a complete zoo.
@@ -370,6 +378,14 @@ def _readme(report: ZooReport) -> str:
             for name, t in report.tasks.items()
         ),
         "",
+        *scores_section(report),
+    ]
+    return "\n".join(lines)
+
+
+def scores_section(report: ZooReport) -> list[str]:
+    """The README's score table: every model on every task, as the report measured them."""
+    return [
         "Scores (exact match, teacher-forced token accuracy):",
         "",
         "```",
@@ -377,7 +393,6 @@ def _readme(report: ZooReport) -> str:
         "```",
         "",
     ]
-    return "\n".join(lines)
 
 
 def _matches(path: Path, preset: str, seed: int, arch: str) -> ZooReport | None:

@@ -9,7 +9,6 @@ step.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from evomerge.zoo.chat_skills import training_pairs
+from evomerge.zoo.train import optimizer_step
 
 IGNORE = -100
 
@@ -120,14 +120,7 @@ def fine_tune(
         for group in opt.param_groups:
             group["lr"] = plan.lr * _lr_factor(plan, step)
         batch = collate(tokenizer, training_pairs(skill, seed, step, plan.batch_size))
-        loss = answer_loss(model, *batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{skill}: loss is {value} at step {step}")
+        value = optimizer_step(model, opt, answer_loss(model, *batch), skill, step)
         if step >= plan.steps - max(1, plan.steps // 10):
             tail.append(value)
         done = step + 1

@@ -13,12 +13,11 @@ killed build continues where it stopped. ``zoo.json`` is written last and marks 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,8 +34,9 @@ from evomerge.zoo.build import (
     ZooReport,
     _matches,
     _quiet_and_threaded,
-    _versions,
     average_state_dicts,
+    measured_report,
+    scores_section,
     zoo_is_built,
 )
 from evomerge.zoo.chat_skills import CHAT_SKILLS, chat_items
@@ -165,14 +165,12 @@ def build_real_zoo(
 
         scores = _scores(out_dir, models, tasks, p, state, say)
 
-    training: dict[str, object] = asdict(p)
-    training["threads"] = torch.get_num_threads()
-    training["gguf"] = gguf.name
-    report = ZooReport(
+    report = measured_report(
+        p,
+        {"gguf": gguf.name},
         preset=name,
         seed=seed,
         arch="llama",
-        built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         build_seconds=round(elapsed + time.perf_counter() - t0, 2),
         skills=list(CHAT_SKILLS),
         cross_tasks=[],
@@ -187,11 +185,7 @@ def build_real_zoo(
             for s, items in tasks.items()
         },
         models=models,
-        eval_items=p.eval_items,
-        eval_batch_size=p.eval_batch_size,
         scores=scores,
-        training=training,
-        versions=_versions(),
     )
     problems = zoo_checks(report)
     for problem in problems:
@@ -290,12 +284,7 @@ def _readme(report: ZooReport, problems: list[str]) -> str:
         "Skills:",
         *(f"- `{name}`: {t.description}" for name, t in report.tasks.items()),
         "",
-        "Scores (exact match, teacher-forced token accuracy):",
-        "",
-        "```",
-        report.table(),
-        "```",
-        "",
+        *scores_section(report),
         *(["Checks that failed:", *(f"- {p}" for p in problems), ""] if problems else []),
     ]
     return "\n".join(lines)

@@ -120,6 +120,21 @@ def collate(pairs: Sequence[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tenso
     return ids, targets
 
 
+def optimizer_step(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, loss: torch.Tensor, label: str, step: int
+) -> float:
+    """One step with the gradient clipped to norm 1; the loss, which must be finite (a
+    diverging run stops at the step that diverged, not after its expert is written)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{label}: loss is {value} at step {step}")
+    return value
+
+
 def answer_loss(model: PreTrainedModel, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the answer (and eos) tokens of a batch."""
     logits = model(input_ids=ids).logits
@@ -153,15 +168,8 @@ def train(
     report_every = max(1, plan.steps // 5)
     for step in range(plan.steps):
         ids, targets = collate(sample_mixture(plan.weights, plan.batch_size, g))
-        loss = answer_loss(model, ids, targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        value = optimizer_step(model, opt, answer_loss(model, ids, targets), label, step)
         sched.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{label}: loss is {value} at step {step}")
         if step >= plan.steps - max(1, plan.steps // 10):
             tail.append(value)
         if log and ((step + 1) % report_every == 0 or step + 1 == plan.steps):
