@@ -130,6 +130,12 @@ def _load_builtins() -> None:
         importlib.import_module(module)
 
 
+def builtin_methods() -> list[str]:
+    """The names of evomerge's own merge methods (plugins' are found on lookup)."""
+    _load_builtins()
+    return sorted(n for n, m in METHODS.items() if m.fn.__module__.startswith("evomerge."))
+
+
 def get_method(name: str) -> Method:
     if name not in METHODS:
         _load_builtins()
