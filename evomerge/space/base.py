@@ -64,15 +64,22 @@ class Bound(_Spec):
         same recipe, hash included (0.55 in [0.1, 1] is not 0.5 to the last bit)."""
         v = float(v)
         u = min(1.0, max(0.0, (v - self.low) / (self.high - self.low)))
-        for _ in range(8):  # a few ulps at most
-            got = self.value(u)
-            if got == v or not 0.0 < u < 1.0:
-                break
-            step = math.nextafter(u, math.inf if got < v else -math.inf)
-            if abs(self.value(step) - v) >= abs(got - v):
-                break
-            u = step
-        return u
+        return exact_inverse(self.value, v, u)
+
+
+def exact_inverse(f: Callable[[float], float], v: float, u: float) -> float:
+    """The float within a few ulps of ``u`` (a first guess in [0, 1], ``f`` increasing) whose
+    image is exactly ``v`` where one is, else the nearest found: a genome decoded, encoded and
+    decoded again is the same recipe to the last bit."""
+    for _ in range(8):
+        got = f(u)
+        if got == v or not 0.0 < u < 1.0:
+            break
+        step = math.nextafter(u, math.inf if got < v else -math.inf)
+        if abs(f(step) - v) >= abs(got - v):
+            break
+        u = step
+    return u
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,14 @@ from pydantic import Field
 
 from evomerge.genes import Gene
 from evomerge.recipe import Recipe, Slot
-from evomerge.space.base import Bound, SearchSpace, SpaceError, SpaceSpec, register_kind
+from evomerge.space.base import (
+    Bound,
+    SearchSpace,
+    SpaceError,
+    SpaceSpec,
+    exact_inverse,
+    register_kind,
+)
 
 
 class RoutingSpec(SpaceSpec):
@@ -128,7 +135,7 @@ class RouteGenes:
                 if scale is None:
                     out.append(1.0 if hit else 0.0)
                 else:
-                    out.append(0.5 + scale.unit(s) / 2 if hit else 0.25)
+                    out.append(_included(scale, s) if hit else 0.25)
             else:
                 out.append(1.0 if hit else 0.0)
                 if scale is not None:
@@ -139,3 +146,13 @@ class RouteGenes:
                 "space's slot order"
             )
         return np.asarray(out)
+
+
+def _included(scale: Bound, s: float) -> float:
+    """The structured gene of an included slot of scale ``s``: in [½, 1], exactly the one that
+    decodes to ``s`` where one does (the decode's 2u − 1 loses the last bit of ``unit(s) / 2``)."""
+
+    def decoded(u: float) -> float:
+        return scale.value(min(1.0, max(0.0, 2 * u - 1)))
+
+    return max(0.5, exact_inverse(decoded, s, 0.5 + scale.unit(s) / 2))
