@@ -2,13 +2,17 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from models import make_family
+from models import make_family, unit_real_preset
+
+# the shared search helpers assert too: their failures explained as a test's are
+pytest.register_assert_rewrite("unit_experiment")
 
 
 @pytest.fixture(scope="session")
@@ -40,20 +44,21 @@ def unit_zoo_qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def smollm2_unit_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The SmolLM2 zoo's layout and code paths on the model's first 2 layers, 2 training steps
     per expert: the real zoo's experiments and tasks run on it (its figures mean nothing)."""
-    from evomerge.zoo.chat_skills import CHAT_SKILLS
-    from evomerge.zoo.real import RealPreset, build_real_zoo
+    from evomerge.zoo.real import build_real_zoo
 
-    preset = RealPreset(
-        steps=dict.fromkeys(CHAT_SKILLS, 2),
-        batch_size=2,
-        warmup=1,
-        held_out=40,
-        eval_items=3,
-        eval_batch_size=3,
-    )
     d = tmp_path_factory.mktemp("zoo-smollm2") / "zoo"
-    build_real_zoo(d, preset=preset, num_layers=2, threads=1)
+    build_real_zoo(d, preset=unit_real_preset(held_out=40), num_layers=2, threads=1)
     return d
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[None]:
+    """One local Ray cluster for a module's in-process runs (2 logical CPUs, no dashboard);
+    the tests that ask for it skip where Ray is not installed."""
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

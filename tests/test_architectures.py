@@ -7,9 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-import torch
-from models import make_model
-from transformers import AutoConfig, AutoModelForCausalLM
+from models import SMALL, make_model, save_initial
 
 from evomerge import architectures
 from evomerge.architectures import LLAMA, ModuleKind, architecture_of, register_architecture
@@ -18,22 +16,9 @@ from evomerge.errors import RecipeError
 from evomerge.merge.materialize import plan
 from evomerge.recipe import Recipe
 
-SMALL = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=50,
-    max_position_embeddings=32,
-)
-
 
 def _save(model_type: str, path: Path, **extra: object) -> Path:
-    config = AutoConfig.for_model(model_type, **{**SMALL, **extra})
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    return path
+    return save_initial(model_type, path, **{**SMALL, **extra})
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "qwen2", "qwen3"])

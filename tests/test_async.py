@@ -13,16 +13,13 @@ import os
 import pickle
 import signal
 import sqlite3
-import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 import pytest
-import yaml
-from test_search import EXPERIMENT, _trace
+from test_search import _trace, _write
 
 from evomerge.experiment import ExperimentError
 from evomerge.optimize import OPTIMIZERS, Gene, OptimizerError, make_optimizer
@@ -33,21 +30,6 @@ GENES = [Gene("a"), Gene("b"), Gene("layer", 3)]
 ASYNC: dict[str, Any] = {"threads": 1, "dispatch": "async"}
 RAY: dict[str, Any] = {**ASYNC, "backend": "ray", "count": 2, "resources": {"num_cpus": 1}}
 TPE: dict[str, Any] = {"name": "optuna-tpe", "n_startup_trials": 4}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Any:
-    """One local Ray cluster for the module's in-process runs (2 logical CPUs, no dashboard)."""
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def _write(tmp_path: Path, name: str = "exp.yaml", **changes: Any) -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump({**EXPERIMENT, **changes}))
-    return path
 
 
 ASYNCHRONOUS = [
@@ -179,15 +161,6 @@ def test_two_actors_spend_exactly_the_budget(
     assert all(0 < a["utilization"] <= 1 for a in w["actors"])
 
 
-def _wait_for(condition: Any, timeout: float = 240) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 @pytest.mark.slow
 def test_driver_sigkilled_resumes_without_loss_or_repeat(
     cluster: Any, unit_zoo: Path, tmp_path: Path
@@ -195,29 +168,15 @@ def test_driver_sigkilled_resumes_without_loss_or_repeat(
     """`evomerge run` (its own local cluster) SIGKILLed with one candidate hung on an actor and
     others committed: the checkpoint holds the candidates in flight as pending tickets; resume
     scores those not committed (the same genomes) and ends with exactly `budget` recipes."""
-    from test_ray import _cli, _env, _kill_session
+    from test_ray import _hang_one, _kill_session, _start_driver, _wait_for
 
-    from evomerge.workers.ray_pool import HANG_HOOK
-
-    run_dir, hook = tmp_path / "run", tmp_path / "hook"
-    hook.mkdir()
-    exp = _write(tmp_path, optimizer=TPE, workers=RAY)
-    log = (tmp_path / "driver.log").open("wb")
-    proc = subprocess.Popen(
-        _cli("run", str(exp), "--run-dir", str(run_dir), "--zoo", str(unit_zoo)),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**_env(), HANG_HOOK: str(hook)},
-        start_new_session=True,
-    )
+    run_dir = tmp_path / "run"
+    proc = _start_driver(_write(tmp_path, optimizer=TPE, workers=RAY), unit_zoo, tmp_path)
     try:
         # optimizer.pkl: written after the first ask, once the archive's tables exist
         assert _wait_for(lambda: (run_dir / "optimizer.pkl").exists() or proc.poll() is not None)
         assert _wait_for(lambda: _committed(run_dir) >= 3 or proc.poll() is not None)
-        (hook / "hang").touch()  # the next candidate sent hangs; the other actor goes on
-        assert _wait_for(lambda: any(hook.glob("hung-*")) or proc.poll() is not None)
-        time.sleep(2)
-        assert proc.poll() is None, (tmp_path / "driver.log").read_text()
+        _hang_one(proc, tmp_path)  # the next candidate sent hangs; the other actor goes on
     finally:
         _kill_session(proc)
     before = {t.user_attrs["hash"] for t in _exactly_once(run_dir, _committed(run_dir))}

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from models import SMALL, save_initial
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM
 
 from evomerge.checkpoint import (
     CheckpointWriter,
@@ -20,15 +21,6 @@ from evomerge.checkpoint import (
 )
 from evomerge.errors import CheckpointError, IncompatibleSourcesError, OutputExistsError
 
-SMALL = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=50,
-    max_position_embeddings=32,
-)
 ARCHS = {
     "llama": dict(SMALL, tie_word_embeddings=False),
     "llama_tied": dict(SMALL, tie_word_embeddings=True),
@@ -37,23 +29,12 @@ ARCHS = {
     "gemma": dict(SMALL, head_dim=8),
     "phi3": dict(SMALL, pad_token_id=0),
     "gpt2": dict(n_embd=32, n_layer=2, n_head=4, vocab_size=50, n_positions=32),
-    "gpt_neox": dict(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        vocab_size=50,
-        max_position_embeddings=32,
-    ),
+    "gpt_neox": {k: v for k, v in SMALL.items() if k != "num_key_value_heads"},
 }
 
 
 def _save(arch: str, path: Path) -> Path:
-    model_type = "llama" if arch == "llama_tied" else arch
-    config = AutoConfig.for_model(model_type, **ARCHS[arch])
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    return path
+    return save_initial("llama" if arch == "llama_tied" else arch, path, **ARCHS[arch])
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))

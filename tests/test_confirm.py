@@ -15,6 +15,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
+from unit_experiment import experiment, run_to_the_end, write_experiment
 
 from evomerge.cli import app
 from evomerge.evaluate.holdout import HoldoutError, split_items
@@ -25,47 +26,31 @@ from evomerge.experiment import Experiment
 from evomerge.merge.materialize import merge_to_dir
 from evomerge.recipe import Recipe
 from evomerge.run import confirm as confirm_mod
-from evomerge.run import lifecycle as search
 from evomerge.run.archive import ArchiveError
 from evomerge.run.confirm import ConfirmError, confirm, estimator_error, held_out_items
 from evomerge.run.run_dir import open_archive
-from evomerge.zoo import SOURCES as ZOO_SOURCES
 
 runner = CliRunner()
-EXPERIMENT: dict[str, Any] = {
-    "name": "unit-holdout",
-    "sources": dict(ZOO_SOURCES),
-    "base": "base",
-    "space": "dare_ties-per-layer",
-    "space_options": {"granularity": 2},
-    "objectives": [
+EXPERIMENT: dict[str, Any] = experiment(
+    "unit-holdout",
+    objectives=[
         {"task": "rev9", "estimator": "subsample:8"},
         # its own fraction and seed; anchor: calibrated on the search's items only
         {"task": "shift3", "estimator": "anchor:8", "holdout": {"fraction": 0.3, "seed": 7}},
     ],
-    "optimizer": {"name": "nsga2", "pop_size": 4},
-    "budget": 8,
-    "seed": 3,
-    "holdout": 0.2,
+    budget=8,
+    holdout=0.2,
     # the first candidate is always promoted: it is scored on every item the search may see
-    "promotion": {"enabled": True},
-    "workers": {"threads": 1},
-}
+    promotion={"enabled": True},
+)
 
 
 def _write(d: Path, **changes: Any) -> Path:
-    path = d / "exp.yaml"
-    path.write_text(yaml.safe_dump({**EXPERIMENT, **changes}))
-    return path
+    return write_experiment(d, EXPERIMENT, **changes)
 
 
 def _run(d: Path, zoo: Path, **changes: Any) -> Path:
-    s, budget = search.start(_write(d, **changes), d / "run", zoo=zoo)
-    try:
-        assert s.run(budget).status == "finished"
-    finally:
-        s.close()
-    return d / "run"
+    return run_to_the_end(_write(d, **changes), d / "run", zoo)
 
 
 @pytest.fixture(scope="module")

@@ -276,35 +276,15 @@ def test_space_refusals(family: dict[str, Path]) -> None:
 
 # -- a search -------------------------------------------------------------------------------------
 def test_search_with_methods_runs_and_resumes_exactly(unit_zoo: Path, tmp_path: Path) -> None:
-    import os
-    import signal
 
     import optuna
+    from unit_experiment import experiment, signal_at, write_experiment
 
     from evomerge.run import lifecycle as search
-    from evomerge.run.archive import Evaluation
     from evomerge.run.run_dir import STUDY_NAME, storage_url
-    from evomerge.zoo import SOURCES
 
-    exp = tmp_path / "exp.yaml"
-    exp.write_text(
-        yaml.safe_dump(
-            {
-                "name": "unit-methods",
-                "sources": dict(SOURCES),
-                "base": "base",
-                "space": "methods-per-layer",
-                "space_options": {"granularity": 2},
-                "objectives": [
-                    {"task": "rev9", "estimator": "subsample:8"},
-                    {"task": "shift3", "estimator": "subsample:8"},
-                ],
-                "optimizer": {"name": "nsga2", "pop_size": 4},
-                "budget": 9,
-                "seed": 3,
-                "workers": {"threads": 1},
-            }
-        )
+    exp = write_experiment(
+        tmp_path, experiment("unit-methods", space="methods-per-layer", budget=9)
     )
 
     def trace(run: Path) -> list[tuple[str, str, tuple[float, ...] | None]]:
@@ -318,11 +298,7 @@ def test_search_with_methods_runs_and_resumes_exactly(unit_zoo: Path, tmp_path: 
     assert s.run(budget).status == "finished"
     s, budget = search.start(exp, tmp_path / "b", zoo=unit_zoo)
 
-    def interrupt(ev: Evaluation) -> None:
-        if ev.number == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    assert s.run(budget, on_evaluation=interrupt).status == "interrupted"
+    assert s.run(budget, on_evaluation=signal_at(5)).status == "interrupted"
     s2, budget2 = search.reopen(tmp_path / "b")
     assert s2.run(budget2).status == "finished"
     ref = trace(tmp_path / "a")

@@ -35,6 +35,12 @@ def _recipe(family: dict[str, Path], method: str = "task_arithmetic", **kw: obje
     return Recipe.from_dict(data)
 
 
+def _reading(r: Recipe, name: str, path: Path) -> Recipe:
+    """``r`` with source ``name`` read from ``path``: an edited copy of that checkpoint."""
+    source = r.sources[name].model_copy(update={"path": str(path)})
+    return r.model_copy(update={"sources": {**r.sources, name: source}})
+
+
 def _load(d: Path) -> dict[str, torch.Tensor]:
     return {k: v for f in d.glob("*.safetensors") for k, v in load_file(f).items()}
 
@@ -154,12 +160,7 @@ def test_incompatible_sources(family: dict[str, Path], tmp_path: Path) -> None:
     state = load_file(odd / "model.safetensors")
     state["model.layers.1.self_attn.o_proj.weight"] = torch.zeros(32, 16)
     save_file(state, odd / "model.safetensors")
-    r = _recipe(family)
-    r = r.model_copy(
-        update={
-            "sources": {**r.sources, "ft1": r.sources["ft1"].model_copy(update={"path": str(odd)})}
-        }
-    )
+    r = _reading(_recipe(family), "ft1", odd)
     with pytest.raises(IncompatibleSourcesError, match=r"o_proj.weight.*\[32, 32\].*\[32, 16\]"):
         plan(r)
     del state["model.layers.1.self_attn.o_proj.weight"]
@@ -174,12 +175,7 @@ def test_nan_in_a_source_tensor(family: dict[str, Path], tmp_path: Path) -> None
     state = load_file(bad / "model.safetensors")
     state["model.layers.1.mlp.up_proj.weight"][3, 4] = float("nan")
     save_file(state, bad / "model.safetensors")
-    r = _recipe(family)
-    r = r.model_copy(
-        update={
-            "sources": {**r.sources, "ft0": r.sources["ft0"].model_copy(update={"path": str(bad)})}
-        }
-    )
+    r = _reading(_recipe(family), "ft0", bad)
     with pytest.raises(MergeError, match=r"'model.layers.1.mlp.up_proj.weight' of source 'ft0'"):
         merge_to_dir(r, tmp_path / "out")
     assert not (tmp_path / "out").exists()

@@ -47,6 +47,13 @@ def _fam(family: dict[str, Path], models: dict[str, dict]) -> dict:
     }
 
 
+def _weights_only(method: str) -> dict:
+    """A case merging ft0 and ft1 at weights 0.7 and 0.5, nothing else set: the linear
+    variants of DARE and DELLA, which share it."""
+    models = {"ft0": {"weight": 0.7}, "ft1": {"weight": 0.5}}
+    return dict(method=method, base="base", models=models, parameters={})
+
+
 CASES = {
     "linear": dict(
         method="linear",
@@ -107,12 +114,7 @@ CASES = {
         models={"ft0": {"weight": 0.7, "density": 0.3}, "ft1": {"weight": 0.5, "density": 0.6}},
         parameters={"rescale": True},
     ),
-    "dare_linear": dict(
-        method="dare_linear",
-        base="base",
-        models={"ft0": {"weight": 0.7}, "ft1": {"weight": 0.5}},
-        parameters={},
-    ),
+    "dare_linear": _weights_only("dare_linear"),
     "della": dict(
         method="della",
         base="base",
@@ -122,12 +124,7 @@ CASES = {
         },
         parameters={"lambda": 0.9},
     ),
-    "della_linear": dict(
-        method="della_linear",
-        base="base",
-        models={"ft0": {"weight": 0.7}, "ft1": {"weight": 0.5}},
-        parameters={},
-    ),
+    "della_linear": _weights_only("della_linear"),
     "nearswap": dict(
         method="nearswap", base="base", models={"ft0": {}}, parameters={"t": [0.001, 0.01]}
     ),

@@ -9,7 +9,6 @@ import pickle
 import re
 import subprocess
 import sys
-from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -18,9 +17,19 @@ from evomerge.errors import EvomergeError
 from evomerge.optimize import ALIASES, OPTIMIZERS, Gene, Optimizer, OptimizerError, make_optimizer
 from evomerge.optimize.base import penalty, update_worst
 from evomerge.optimize.cmaes import CMAES
-
-GENES = [Gene(f"w{i}") for i in range(4)] + [Gene("layer", 3), Gene("method", 3)]
-N_REAL = 4
+from evomerge.testing.optimizers import (
+    GENES,
+    N_REAL,
+    check_bounds,
+    check_determinism,
+    check_failures,
+    check_global_rng,
+    check_resume,
+    check_tiny_gene_sets,
+    same,
+    toy_loss,
+)
+from evomerge.testing.optimizers import drive as _drive
 
 # Small settings so every optimizer reaches its model-based phase within a few batches. The GP
 # fits a model per suggestion (~0.3 s, ~1 s with two objectives on a loaded 2-core machine), so
@@ -63,49 +72,9 @@ def _make(name: str, n_objectives: int | None = None, seed: int = 7) -> Optimize
     return make_optimizer(name, GENES, m, seed=seed, options=TEST_OPTIONS.get(name))
 
 
-def toy_loss(x: np.ndarray, m: int) -> list[float]:
-    """Two mildly conflicting spheres; integer genes have a best choice each."""
-    ints = 0.05 * abs(x[N_REAL] - 2) + 0.05 * abs(x[N_REAL + 1] - 1)
-    f1 = float(np.sum((x[:N_REAL] - 0.3) ** 2) + ints)
-    f2 = float(np.sum((x[:N_REAL] - 0.45) ** 2) + ints)
-    return [f1, f2][:m]
-
-
-def _drive(
-    opt: Optimizer, m: int, batches: range, between: Callable[[], object] | None = None
-) -> list[list[np.ndarray]]:
-    """Ask/tell ``batches``; batch 1 has a None, a NaN and an inf loss (failures)."""
-    asks = []
-    for j in batches:
-        genomes = opt.ask()
-        asks.append(genomes)
-        if between is not None:
-            between()
-        losses: list[list[float] | None] = [toy_loss(x, m) for x in genomes]
-        if j == 1:
-            losses[0] = None
-            losses[-1] = [math.nan] * m
-            if len(losses) > 2:
-                losses[1] = [math.inf] * m
-        opt.tell(genomes, losses)
-    return asks
-
-
 @functools.cache
 def _trajectory(name: str) -> list[list[np.ndarray]]:
     return _drive(_make(name), _m(name), range(_batches(name)))
-
-
-def _same(a: list[list[np.ndarray]], b: list[list[np.ndarray]]) -> bool:
-    if [len(x) for x in a] != [len(y) for y in b]:
-        return False
-    pairs = zip([u for x in a for u in x], [v for y in b for v in y], strict=True)
-    return all(np.array_equal(u, v) for u, v in pairs)
-
-
-def _noise() -> None:
-    np.random.seed(12345)
-    np.random.rand(17)
 
 
 # -- bounds and integers ---------------------------------------------------------------------
@@ -115,29 +84,12 @@ def _noise() -> None:
 def test_genomes_respect_bounds_and_integer_genes(name: str) -> None:
     asks = _trajectory(name)
     assert len(asks) == _batches(name) and all(asks)
-    asks = asks + _learning_run(name)[0]
-    genomes = np.stack([x for batch in asks for x in batch])
-    assert genomes.dtype == np.float64 and genomes.shape[1] == len(GENES)
-    reals, ints = genomes[:, :N_REAL], genomes[:, N_REAL:]
-    assert np.all((reals >= 0) & (reals <= 1))
-    assert np.all(ints == np.round(ints)) and np.all((ints >= 0) & (ints <= 2))
-    assert not np.any(np.signbit(genomes)), "no -0.0 in genomes"
-    # Integer genes are searched, not frozen at their start value.
-    assert all(len(set(ints[:, k])) >= 2 for k in range(ints.shape[1]))
+    check_bounds(asks + _learning_run(name)[0])
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_optimizer_on_integer_only_and_tiny_gene_sets(name: str) -> None:
-    for genes in ([Gene("only", 2)], [Gene("a")]):
-        opt = make_optimizer(name, genes, _m(name), seed=1, options=TEST_OPTIONS.get(name))
-        for _ in range(4):  # pymoo runs out of unseen offspring here: immigrants come in
-            batch = opt.ask()
-            assert batch and all(x.shape == (1,) for x in batch)
-            if genes[0].choices:  # an integer gene: one of its two choices
-                assert all(float(x[0]) in (0.0, 1.0) for x in batch)
-            else:
-                assert all(0.0 <= float(x[0]) <= 1.0 for x in batch)
-            opt.tell(batch, [[float(x[0])] * _m(name) for x in batch])
+    check_tiny_gene_sets(name, _m(name), TEST_OPTIONS.get(name))
 
 
 # -- learning --------------------------------------------------------------------------------
@@ -178,56 +130,21 @@ def test_optimizer_improves_on_toy_problem(name: str) -> None:
 # -- exact resume ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("j", [0, 1, 2])
 @pytest.mark.parametrize("name", NAMES)
-def test_resume_is_bit_identical(name: str, j: int) -> None:
-    m = _m(name)
-    first = _make(name)
-    asks = _drive(first, m, range(j), between=_noise)
-    state = first.state()
-    _noise()
-    resumed = _make(name)
-    resumed.restore(state)
-    asks += _drive(resumed, m, range(j, _batches(name)), between=_noise)
-    assert _same(asks, _trajectory(name))
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_resume_with_a_batch_pending(name: str) -> None:
-    m = _m(name)
-    first = _make(name)
-    asks = _drive(first, m, range(2))
-    asked = first.ask()
-    assert first.pending is not None and _same([first.pending], [asked])
-    resumed = _make(name)
-    resumed.restore(first.state())
-    with pytest.raises(OptimizerError, match=r"ask\(\) called twice"):
-        resumed.ask()
-    pending = resumed.pending  # what a resumed search loop evaluates first
-    assert pending is not None and _same([pending], [asked])
-    resumed.tell(pending, [toy_loss(x, m) for x in pending])
-    assert resumed.pending is None
-    asks += [pending, *_drive(resumed, m, range(3, _batches(name)))]
-    assert _same(asks, _trajectory(name))
+def test_resume_is_bit_identical(name: str) -> None:
+    """After any batch, and with a batch pending, numpy's global generator disturbed between."""
+    reference = check_resume(name, _m(name), TEST_OPTIONS.get(name), _batches(name))
+    assert same(reference, _trajectory(name))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_global_numpy_rng_is_left_alone(name: str) -> None:
-    np.random.seed(99)
-    expected = np.random.rand(3)
-    np.random.seed(99)
-    opt = _make(name)
-    _drive(opt, _m(name), range(2))
-    opt.restore(opt.state())
-    assert np.array_equal(np.random.rand(3), expected)
+    check_global_rng(name, _m(name), TEST_OPTIONS.get(name))
 
 
 def test_same_seed_same_asks_other_seed_other_asks() -> None:
     for name in ("random", "cma", "nsga2", "optuna-tpe"):
-        a = _drive(_make(name, seed=5), _m(name), range(2))
-        b = _drive(_make(name, seed=5), _m(name), range(2))
-        c = _drive(_make(name, seed=6), _m(name), range(2))
-        assert _same(a, b) and not _same(a, c), name
+        check_determinism(name, _m(name), TEST_OPTIONS.get(name))
 
 
 def test_gp_two_objectives() -> None:
@@ -238,7 +155,7 @@ def test_gp_two_objectives() -> None:
     _drive(b, 2, range(1))
     resumed = make_optimizer("optuna-gp", GENES, 2, seed=1, options=options)
     resumed.restore(b.state())
-    assert _same(asks[1:], _drive(resumed, 2, range(1, 2)))
+    assert same(asks[1:], _drive(resumed, 2, range(1, 2)))
 
 
 # -- cma specifics ---------------------------------------------------------------------------
@@ -295,20 +212,7 @@ def test_cma_x0_and_alias() -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_failed_candidates_are_survived(name: str) -> None:
-    m = _m(name)
-    opt = _make(name, seed=11)
-    genomes = opt.ask()
-    opt.tell(genomes, [None] * len(genomes))  # a whole batch fails before any loss is known
-    genomes = opt.ask()
-    losses: list[list[float] | None] = [
-        None if i % 3 == 0 else toy_loss(x, m) for i, x in enumerate(genomes)
-    ]
-    losses[-1] = [math.nan] + [0.0] * (m - 1)  # one NaN component fails the candidate
-    opt.tell(genomes, losses)
-    for _ in range(2):
-        genomes = opt.ask()
-        assert genomes
-        opt.tell(genomes, [toy_loss(x, m) for x in genomes])
+    check_failures(name, _m(name), TEST_OPTIONS.get(name))
 
 
 def test_penalty_is_worse_than_every_finite_loss() -> None:
@@ -535,7 +439,7 @@ def test_state_from_other_library_versions_is_refused_before_unpickling(
             _make(name).restore(fake)
     again = _make(name)
     again.restore(opt.state())  # the same versions: resumes
-    assert _same([again.ask()], [opt.ask()])
+    assert same([again.ask()], [opt.ask()])
 
 
 def test_states_written_before_versions_were_kept_still_resume() -> None:
@@ -548,7 +452,7 @@ def test_states_written_before_versions_were_kept_still_resume() -> None:
     )
     again = _make("cma")
     again.restore(old)
-    assert _same([again.pending or []], [pending])
+    assert same([again.pending or []], [pending])
 
 
 def test_importing_the_package_loads_no_optimizer_library() -> None:

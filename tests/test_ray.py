@@ -21,7 +21,8 @@ import yaml
 pytest.importorskip("ray")
 
 import ray
-from test_search import EXPERIMENT, _trace
+from test_search import _trace, _write
+from unit_experiment import failing_della
 
 from evomerge.run import lifecycle as search
 from evomerge.workers.ray_pool import HANG_HOOK
@@ -30,22 +31,8 @@ RAY = {"backend": "ray", "count": 2, "threads": 1, "resources": {"num_cpus": 1}}
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _write(tmp_path: Path, name: str = "exp.yaml", **changes: Any) -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump({**EXPERIMENT, **changes}))
-    return path
-
-
 def _ray_exp(tmp_path: Path, **workers: Any) -> Path:
     return _write(tmp_path, "ray.yaml", workers={**RAY, **workers})
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Any:
-    """One local Ray cluster for the module's in-process runs (2 logical CPUs, no dashboard)."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -190,14 +177,7 @@ def test_hung_candidate_is_timed_out(
 def test_failures_in_a_row_stop_the_run(unit_zoo: Path, tmp_path: Path) -> None:
     """A run whose candidates keep failing stops with the reason (local backend: the rule is
     the loop's); resume goes on."""
-    exp = _write(
-        tmp_path,
-        space="della-per-layer",
-        space_options={"granularity": 4, "genes": {"weight": [0, 1], "density": [0.02, 0.98]}},
-        optimizer={"name": "random", "batch": 4},
-        budget=8,
-        workers={"threads": 1, "max_failures": 1},
-    )
+    exp = _write(tmp_path, **failing_della(), workers={"threads": 1, "max_failures": 1})
     s, budget = search.start(exp, tmp_path / "run", zoo=unit_zoo)
     out = s.run(budget)
     assert out.status == "failing" and out.evaluations < 8
@@ -235,31 +215,43 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
+def _start_driver(exp: Path, zoo: Path, tmp_path: Path) -> subprocess.Popen[bytes]:
+    """`evomerge run` of ``exp`` into tmp_path/run in a session of its own (``_kill_session``
+    takes it and its cluster whole), its actors hanging on tmp_path/hook, its log driver.log."""
+    (tmp_path / "hook").mkdir()
+    log = (tmp_path / "driver.log").open("wb")
+    return subprocess.Popen(
+        _cli("run", str(exp), "--run-dir", str(tmp_path / "run"), "--zoo", str(zoo)),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**_env(), HANG_HOOK: str(tmp_path / "hook")},
+        start_new_session=True,
+    )
+
+
+def _hang_one(proc: subprocess.Popen[bytes], tmp_path: Path) -> None:
+    """Hang the next candidate sent (the other actor goes on) and check the driver outlives
+    it: what a kill then finds is a run held with that candidate in flight."""
+    hook = tmp_path / "hook"
+    (hook / "hang").touch()
+    assert _wait_for(lambda: any(hook.glob("hung-*")) or proc.poll() is not None)
+    time.sleep(2)
+    assert proc.poll() is None, (tmp_path / "driver.log").read_text()
+
+
 @pytest.mark.slow
 def test_driver_sigkilled_mid_batch_resumes_to_the_same_archive(
     cluster: Any, unit_zoo: Path, tmp_path: Path, local_reference: Path
 ) -> None:
     """`evomerge run` on its own local cluster, SIGKILLed (driver and cluster) while a batch
     after the first is in flight; `resume` ends with the archive of an uninterrupted run."""
-    run_dir, hook = tmp_path / "run", tmp_path / "hook"
-    hook.mkdir()
-    exp = _ray_exp(tmp_path)
-    log = (tmp_path / "driver.log").open("wb")
-    proc = subprocess.Popen(
-        _cli("run", str(exp), "--run-dir", str(run_dir), "--zoo", str(unit_zoo)),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**_env(), HANG_HOOK: str(hook)},
-        start_new_session=True,
-    )
+    run_dir = tmp_path / "run"
+    proc = _start_driver(_ray_exp(tmp_path), unit_zoo, tmp_path)
     try:
         # once the first batch is told, a candidate of a later batch hangs: the run is held
         # mid-batch, with the other actor's results committed around it
         assert _wait_for(lambda: (run_dir / "optimizer.pkl").exists() or proc.poll() is not None)
-        (hook / "hang").touch()
-        assert _wait_for(lambda: any(hook.glob("hung-*")) or proc.poll() is not None)
-        time.sleep(2)
-        assert proc.poll() is None, (tmp_path / "driver.log").read_text()
+        _hang_one(proc, tmp_path)
     finally:
         _kill_session(proc)
     done = len(_trace(run_dir))

@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from models import unit_real_preset
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -162,16 +163,9 @@ def test_chat_task_renders_through_the_tokenizer_template(converted):
 
 def test_a_killed_zoo_build_continues_where_it_stopped(tmp_path):
     from evomerge.zoo.build import load_zoo_report, zoo_is_built
-    from evomerge.zoo.real import RealPreset, build_real_zoo
+    from evomerge.zoo.real import build_real_zoo
 
-    preset = RealPreset(
-        steps=dict.fromkeys(CHAT_SKILLS, 2),
-        batch_size=2,
-        warmup=1,
-        held_out=12,
-        eval_items=3,
-        eval_batch_size=3,
-    )
+    preset = unit_real_preset(held_out=12)
     out = tmp_path / "zoo"
     said: list[str] = []
 

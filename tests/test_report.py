@@ -17,46 +17,24 @@ import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
+from unit_experiment import experiment, one_gene_archive, run_to_the_end, write_experiment
 
 from evomerge.cli import app
-from evomerge.genes import Gene
 from evomerge.recipe import Recipe
 from evomerge.report import RunView, plot_front, plot_progress, plot_recipe
 from evomerge.run import lifecycle as search
-from evomerge.run.archive import Archive, Evaluation
+from evomerge.run.archive import Evaluation
 from evomerge.run.reference_points import REFERENCE_FILE, read_reference
 from evomerge.run.run_dir import open_archive
-from evomerge.zoo import SOURCES as ZOO_SOURCES
 
 runner = CliRunner()
 
-EXPERIMENT: dict[str, Any] = {
-    "name": "unit-report",
-    "sources": dict(ZOO_SOURCES),
-    "base": "base",
-    "space": "dare_ties-per-layer",
-    "space_options": {"granularity": 2},
-    "objectives": [
-        {"task": "rev9", "estimator": "subsample:8"},
-        {"task": "shift3", "estimator": "subsample:8"},
-    ],
-    "optimizer": {"name": "nsga2", "pop_size": 4},
-    "budget": 12,
-    "seed": 3,
-    "workers": {"threads": 1},
-}
+EXPERIMENT: dict[str, Any] = experiment("unit-report")
 
 
 def _run(root: Path, zoo: Path, **changes: Any) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    exp = root / "exp.yaml"
-    exp.write_text(yaml.safe_dump({**EXPERIMENT, **changes}))
-    s, budget = search.start(exp, root / "run", zoo=zoo)
-    try:
-        assert s.run(budget).status == "finished"
-    finally:
-        s.close()
-    return root / "run"
+    return run_to_the_end(write_experiment(root, EXPERIMENT, **changes), root / "run", zoo)
 
 
 @pytest.fixture(scope="session")
@@ -233,13 +211,7 @@ def test_progress_marks_failures_and_boxes_unbounded_objectives(tmp_path: Path) 
     """Failed trials are marked; with no reference the box is the run's worst values."""
     from pymoo.indicators.hv import HV
 
-    archive = Archive(
-        f"sqlite:///{tmp_path / 'a.db'}",
-        objectives=["ppl", "lp"],
-        directions=["minimize", "maximize"],
-        genes=[Gene("g")],
-        experiment_hash="x",
-    )
+    archive = one_gene_archive(tmp_path, ppl="minimize", lp="maximize")
     rows = [(5.0, -2.0), None, (3.0, -3.0), (8.0, -1.0), None, (4.0, -1.5)]
     for i, r in enumerate(rows):
         archive.record(
@@ -308,13 +280,7 @@ def test_routing_recipe_as_slot_diagram(tmp_path: Path) -> None:
             ],
         }
     )
-    archive = Archive(
-        f"sqlite:///{tmp_path / 'a.db'}",
-        objectives=["x"],
-        directions=["maximize"],
-        genes=[Gene("g")],
-        experiment_hash="x",
-    )
+    archive = one_gene_archive(tmp_path, x="maximize")
     archive.record(Evaluation("h0", recipe.to_yaml(), [0.5], [1.0]))
     page = plot_recipe(archive, 0, tmp_path / "r.html").read_text()
     slots = next(t for t in _figures(page)["recipe"] if t["name"] == "routing")
@@ -326,13 +292,7 @@ def test_routing_recipe_as_slot_diagram(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("k", "kind"), [(3, "splom"), (4, "parcoords")])
 def test_more_objectives(tmp_path: Path, k: int, kind: str) -> None:
     names = [f"o{i}" for i in range(k)]
-    archive = Archive(
-        f"sqlite:///{tmp_path / 'a.db'}",
-        objectives=names,
-        directions=["maximize"] * k,
-        genes=[Gene("g")],
-        experiment_hash="x",
-    )
+    archive = one_gene_archive(tmp_path, **dict.fromkeys(names, "maximize"))
     rng = np.random.default_rng(0)
     for i in range(8):
         archive.record(Evaluation(f"h{i}", "", [0.1], list(rng.random(k))))
@@ -486,8 +446,7 @@ def test_a_system_fault_while_scoring_reference_points_stops_the_run_cleanly(
         raise WorkerFault("I/O error twice (OSError: [Errno 5] Input/output error)")
 
     monkeypatch.setattr(reference_points, "_score", failing)
-    exp = tmp_path / "exp.yaml"
-    exp.write_text(yaml.safe_dump({**EXPERIMENT, "budget": 4}))
+    exp = write_experiment(tmp_path, EXPERIMENT, budget=4)
     s, budget = search.start(exp, tmp_path / "run", zoo=unit_zoo)
     try:
         out = s.run(budget)

@@ -25,6 +25,7 @@ from test_hub import _cache_repo
 from test_search import _trace
 from test_search import _write as _search_experiment
 from typer.testing import CliRunner
+from unit_experiment import tiny_layers_space
 
 from evomerge.cli import app
 from evomerge.evaluate.estimators import Estimate, EstimatorError
@@ -185,17 +186,7 @@ def test_resume_of_a_finished_run_says_nothing_to_do_and_exits_0(
 
 
 def _tiny_space(tmp_path: Path) -> Path:
-    return _write(
-        tmp_path,
-        space="layers",
-        space_options={"allow_merge": False, "models": ["rev9"], "genes": {}},  # 2⁴ genomes
-        optimizer={"name": "random", "batch": 8},
-        objectives=[
-            {"task": "rev9", "estimator": "subsample:4"},
-            {"cost": "params", "reference": 2e6},
-        ],
-        budget=40,
-    )
+    return _write(tmp_path, **tiny_layers_space(), budget=40)  # 2⁴ genomes
 
 
 def _guarded(s: search.Search, budget: int, **kw: Any) -> search.Outcome:

@@ -3,7 +3,6 @@ failed candidates recorded, the archive readable by Optuna, and bad run director
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -11,35 +10,25 @@ from typing import Any
 import optuna
 import pytest
 import yaml
+from unit_experiment import (
+    crash_at,
+    experiment,
+    failing_della,
+    signal_at,
+    tiny_layers_space,
+    write_experiment,
+)
 
 from evomerge.errors import EvomergeError
 from evomerge.experiment import ExperimentError
 from evomerge.run import lifecycle as search
-from evomerge.run.archive import Evaluation
 from evomerge.run.run_dir import ARCHIVE_FILE, EXPERIMENT_FILE, STUDY_NAME, RunError, storage_url
-from evomerge.zoo import SOURCES as ZOO_SOURCES
 
-EXPERIMENT: dict[str, Any] = {
-    "name": "unit-search",
-    "sources": dict(ZOO_SOURCES),
-    "base": "base",
-    "space": "dare_ties-per-layer",
-    "space_options": {"granularity": 2},
-    "objectives": [
-        {"task": "rev9", "estimator": "subsample:8"},
-        {"task": "shift3", "estimator": "subsample:8"},
-    ],
-    "optimizer": {"name": "nsga2", "pop_size": 4},
-    "budget": 12,
-    "seed": 3,
-    "workers": {"threads": 1},
-}
+EXPERIMENT: dict[str, Any] = experiment("unit-search")
 
 
 def _write(tmp_path: Path, name: str = "exp.yaml", **changes: Any) -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump({**EXPERIMENT, **changes}))
-    return path
+    return write_experiment(tmp_path, EXPERIMENT, name, **changes)
 
 
 def _trace(run_dir: Path) -> list[tuple[str, tuple[float, ...] | None]]:
@@ -69,13 +58,8 @@ def test_signal_then_resume_equals_uninterrupted(
 ) -> None:
     run_dir = tmp_path / "run"
     s, budget = search.start(_write(tmp_path), run_dir, zoo=unit_zoo)
-
-    def interrupt(ev: Evaluation) -> None:
-        if ev.number == stop_at:
-            os.kill(os.getpid(), sig)  # the real signal, through the real handler
-
     before = {x: signal.getsignal(x) for x in (signal.SIGINT, signal.SIGTERM)}
-    out = s.run(budget, on_evaluation=interrupt)
+    out = s.run(budget, on_evaluation=signal_at(stop_at, sig))  # the real signal and handler
     assert out.status == "interrupted" and out.evaluations == stop_at + 1
     assert {x: signal.getsignal(x) for x in before} == before  # the caller's handlers restored
     s2, budget2 = search.reopen(run_dir)
@@ -91,12 +75,8 @@ def test_crash_then_resume_equals_uninterrupted(
     run_dir = tmp_path / "run"
     s, budget = search.start(_write(tmp_path), run_dir, zoo=unit_zoo)
 
-    def crash(ev: Evaluation) -> None:
-        if ev.number == 9:
-            raise RuntimeError("power cut")
-
     with pytest.raises(RuntimeError, match="power cut"):
-        s.run(budget, on_evaluation=crash)
+        s.run(budget, on_evaluation=crash_at(9))
     assert len(_trace(run_dir)) == 10  # committed before anything else happened
     s2, budget2 = search.reopen(run_dir)
     s2.run(budget2)
@@ -141,13 +121,7 @@ def test_failed_candidates_are_recorded_and_do_not_stop_the_run(
     unit_zoo: Path, tmp_path: Path
 ) -> None:
     # DELLA needs density ± epsilon inside (0, 1): candidates outside fail in the merge planner.
-    path = _write(
-        tmp_path,
-        space="della-per-layer",
-        space_options={"granularity": 4, "genes": {"weight": [0, 1], "density": [0.02, 0.98]}},
-        optimizer={"name": "random", "batch": 4},
-        budget=8,
-    )
+    path = _write(tmp_path, **failing_della())
     s, budget = search.start(path, tmp_path / "run", zoo=unit_zoo)
     out = s.run(budget)
     assert out.status == "finished" and out.evaluations == 8
@@ -164,13 +138,7 @@ def test_cached_recipes_are_not_evaluated_again(unit_zoo: Path, tmp_path: Path) 
     # from the archive, not from the engine, and are not counted as evaluations
     path = _write(
         tmp_path,
-        space="layers",
-        space_options={"allow_merge": False, "models": ["rev9"], "genes": {}},  # 2⁴ recipes
-        optimizer={"name": "random", "batch": 8},
-        objectives=[
-            {"task": "rev9", "estimator": "subsample:4"},
-            {"cost": "params", "reference": 2e6},
-        ],
+        **tiny_layers_space(),  # 2⁴ recipes
         budget=10,
         reference_points=False,  # engine calls counted here are the trials' alone
     )
@@ -237,12 +205,7 @@ def test_every_optimizer_family_resumes_exactly(
     s, budget = search.start(exp, tmp_path / "a", zoo=unit_zoo)
     s.run(budget)
     s, budget = search.start(exp, tmp_path / "b", zoo=unit_zoo)
-
-    def interrupt(ev: Evaluation) -> None:
-        if ev.number == 5:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    assert s.run(budget, on_evaluation=interrupt).status == "interrupted"
+    assert s.run(budget, on_evaluation=signal_at(5)).status == "interrupted"
     s2, budget2 = search.reopen(tmp_path / "b")
     s2.run(budget2)
     assert _trace(tmp_path / "b") == _trace(tmp_path / "a")

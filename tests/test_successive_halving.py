@@ -4,42 +4,31 @@ follow the schedule's formula; a crashed or interrupted run resumes to the same 
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import yaml
+from unit_experiment import crash_at, experiment, signal_at, write_experiment
 
 from evomerge.experiment import Experiment, ExperimentError
 from evomerge.run import lifecycle as search
-from evomerge.run.archive import Evaluation
 from evomerge.run.run_dir import open_archive
 from evomerge.workers.halving import keep, ranking, rung_sizes
-from evomerge.zoo import SOURCES as ZOO_SOURCES
 
 RUNGS, ETA, POP = [4, 12, 100], 3, 6
-EXPERIMENT: dict[str, Any] = {
-    "name": "unit-halving",
-    "sources": dict(ZOO_SOURCES),
-    "base": "base",
-    "space": "dare_ties-per-layer",
-    "space_options": {"granularity": 2},
-    "objectives": [{"task": "rev9"}, {"task": "shift3"}],
-    "optimizer": {"name": "nsga2", "pop_size": POP},
-    "budget": 2 * POP,
-    "seed": 3,
-    "workers": {"threads": 1},
-    "promotion": {"schedule": "successive_halving", "rungs": RUNGS, "eta": ETA},
-}
+EXPERIMENT: dict[str, Any] = experiment(
+    "unit-halving",
+    objectives=[{"task": "rev9"}, {"task": "shift3"}],
+    optimizer={"name": "nsga2", "pop_size": POP},
+    budget=2 * POP,
+    promotion={"schedule": "successive_halving", "rungs": RUNGS, "eta": ETA},
+)
 
 
 def _write(tmp_path: Path, **changes: Any) -> Path:
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump({**EXPERIMENT, **changes}))
-    return path
+    return write_experiment(tmp_path, EXPERIMENT, **changes)
 
 
 def _trace(run_dir: Path) -> list[tuple[Any, ...]]:
@@ -132,12 +121,8 @@ def test_crash_while_committing_then_resume_equals_uninterrupted(
     run_dir = tmp_path / "run"
     s, budget = search.start(_write(tmp_path), run_dir, zoo=unit_zoo)
 
-    def crash(ev: Evaluation) -> None:
-        if ev.number == POP + 2:
-            raise RuntimeError("power cut")
-
     with pytest.raises(RuntimeError, match="power cut"):
-        s.run(budget, on_evaluation=crash)
+        s.run(budget, on_evaluation=crash_at(POP + 2))
     assert len(_trace(run_dir)) == POP + 3
     s2, budget2 = search.reopen(run_dir)
     assert s2.run(budget2).status == "finished"
@@ -150,11 +135,7 @@ def test_signal_between_batches_then_resume_equals_uninterrupted(
     run_dir = tmp_path / "run"
     s, budget = search.start(_write(tmp_path), run_dir, zoo=unit_zoo)
 
-    def interrupt(ev: Evaluation) -> None:
-        if ev.number == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    out = s.run(budget, on_evaluation=interrupt)
+    out = s.run(budget, on_evaluation=signal_at(1))
     assert out.status == "interrupted" and out.evaluations == POP  # the batch is committed whole
     s2, budget2 = search.reopen(run_dir)
     assert s2.run(budget2).status == "finished"

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from unit_experiment import one_gene_archive
 
 from evomerge.experiment import Experiment
-from evomerge.genes import Gene
 from evomerge.report import front_table, plot_front
-from evomerge.run.archive import Archive, Evaluation
+from evomerge.run.archive import Evaluation
 
 
 def _exp(objectives: list[dict]) -> Experiment:
@@ -37,13 +37,7 @@ def test_default_references_follow_the_metric_and_direction() -> None:
 
 
 def test_front_and_hypervolume_of_perplexity_and_logprob(tmp_path: Path) -> None:
-    archive = Archive(
-        f"sqlite:///{tmp_path / 'a.db'}",
-        objectives=["ppl", "lp"],
-        directions=["minimize", "maximize"],
-        genes=[Gene("g")],
-        experiment_hash="x",
-    )
+    archive = one_gene_archive(tmp_path, ppl="minimize", lp="maximize")
     points = [(3.0, -1.0), (5.0, -0.5), (4.0, -2.0), (30.0, -3.0)]
     for i, (ppl, lp) in enumerate(points):
         archive.record(Evaluation(f"h{i}", "method: linear\n", [i / 4], [ppl, lp]))

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from unit_experiment import experiment, write_experiment
 
 from evomerge.run import lifecycle as search
-from evomerge.zoo import SOURCES as ZOO_SOURCES
 
 pytestmark = pytest.mark.vllm
 
@@ -33,26 +32,19 @@ def _experiment(engine: str) -> dict[str, Any]:
             "gpu_memory_utilization": 0.1,  # on CPU: the share of host RAM
             "kv_cache_space_gb": 1,
         }
-    return {
-        "name": f"vllm-search-{engine}",
-        "sources": dict(ZOO_SOURCES),
-        "base": "base",
-        "space": "dare_ties-per-layer",
-        "space_options": {"granularity": 2},
-        "objectives": [
+    return experiment(
+        f"vllm-search-{engine}",
+        objectives=[
             {"task": "rev9", "estimator": "subsample:16"},
             {"task": "shift3", "estimator": "subsample:16"},
         ],
-        "optimizer": {"name": "nsga2", "pop_size": 4},
-        "budget": BUDGET,
-        "seed": 3,
-        "workers": workers,
-    }
+        budget=BUDGET,
+        workers=workers,
+    )
 
 
 def _run(engine: str, zoo: Path, tmp: Path) -> list[Any]:
-    path = tmp / f"{engine}.yaml"
-    path.write_text(yaml.safe_dump(_experiment(engine)))
+    path = write_experiment(tmp, _experiment(engine), f"{engine}.yaml")
     s, budget = search.start(path, tmp / engine, zoo=zoo)
     try:
         out = s.run(budget)

@@ -137,28 +137,19 @@ def test_tokenizer_source_values(pair: dict[str, Path], value: str, match: str |
 
 def _union_run(pair: dict[str, Path], tmp_path: Path, **changes: object) -> Path:
     """An experiment file searching base, add1 and rev9x with the union vocabulary."""
-    import yaml
+    from unit_experiment import experiment, write_experiment
 
-    exp = tmp_path / "exp.yaml"
-    data = {
-        "name": "unit-vocab",
-        "sources": {n: str(pair[n]) for n in ("base", "add1", "rev9x")},
-        "base": "base",
-        "tokenizer_source": "union",
-        "space": "dare_ties-per-layer",
-        "space_options": {"granularity": 2},
-        "objectives": [
+    data = experiment(
+        "unit-vocab",
+        sources={n: str(pair[n]) for n in ("base", "add1", "rev9x")},
+        tokenizer_source="union",
+        objectives=[
             {"task": "rev9", "estimator": "subsample:8"},
             {"task": "add1", "estimator": "subsample:8"},
         ],
-        "optimizer": {"name": "nsga2", "pop_size": 4},
-        "budget": 6,
-        "seed": 3,
-        "workers": {"threads": 1},
-        **changes,
-    }
-    exp.write_text(yaml.safe_dump(data))
-    return exp
+        budget=6,
+    )
+    return write_experiment(tmp_path, data, **changes)
 
 
 def test_search_with_tokenizer_source_scores_the_exported_model(
@@ -167,18 +158,16 @@ def test_search_with_tokenizer_source_scores_the_exported_model(
     """A search over sources with different vocabularies: it resumes exactly, every candidate is
     a union-vocabulary merge, and the checkpoint exported from the archive scores as recorded
     (the resident engine held the merges' vocabulary)."""
-    import os
-    import signal
 
     import optuna
     import yaml
+    from unit_experiment import signal_at
 
     from evomerge.evaluate.estimators import make_estimator
     from evomerge.evaluate.hf import HFEngine
     from evomerge.evaluate.scoring import score_task
     from evomerge.evaluate.tasks import load_task
     from evomerge.run import lifecycle as search
-    from evomerge.run.archive import Evaluation
     from evomerge.run.run_dir import STUDY_NAME, storage_url
 
     exp = _union_run(pair, tmp_path)
@@ -191,11 +180,7 @@ def test_search_with_tokenizer_source_scores_the_exported_model(
     assert s.run(budget).status == "finished"
     s, budget = search.start(exp, tmp_path / "b", zoo=unit_zoo)
 
-    def interrupt(ev: Evaluation) -> None:
-        if ev.number == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    assert s.run(budget, on_evaluation=interrupt).status == "interrupted"
+    assert s.run(budget, on_evaluation=signal_at(2)).status == "interrupted"
     s2, budget2 = search.reopen(tmp_path / "b")
     s2.run(budget2)
     assert trace(tmp_path / "b") == trace(tmp_path / "a") and len(trace(tmp_path / "a")) == 6

@@ -19,17 +19,17 @@ from evomerge.merge.methods import Method, get_method
 from evomerge.recipe import Recipe
 
 # a real (if tiny) Llama: the tensor names, shapes and layer structure of a checkpoint
-LLAMA: dict[str, Any] = dict(
-    model_type="llama",
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=64,
-    max_position_embeddings=64,
-    tie_word_embeddings=False,
-)
+LLAMA: dict[str, Any] = {
+    "model_type": "llama",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 3,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 64,
+    "max_position_embeddings": 64,
+    "tie_word_embeddings": False,
+}
 State = dict[str, torch.Tensor]
 
 

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from evomerge.optimize import Gene, Optimizer, optimizer_class
+from evomerge.optimize import Gene, Optimizer, OptimizerError, optimizer_class
 
 # four real genes and two integer ones: the shape of a space with routing or method choices
 GENES = [Gene(f"w{i}") for i in range(4)] + [Gene("layer", 3), Gene("method", 3)]
@@ -121,6 +121,12 @@ def check_resume(
     asked = first.ask()
     resumed = build(optimizer, m, options=options)
     resumed.restore(first.state())
+    try:
+        resumed.ask()
+    except OptimizerError:
+        pass  # the batch asked before the state was saved must be told first
+    else:
+        raise AssertionError("a restored optimizer with a batch pending asked another")
     pending = resumed.pending  # what a resumed search loop evaluates first
     assert pending is not None and same([pending], [asked]), "the pending batch is lost"
     resumed.tell(pending, [toy_loss(x, m) for x in pending])
