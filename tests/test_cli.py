@@ -159,3 +159,24 @@ def test_debug_option_shows_the_traceback(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "Traceback" not in res.output
     res = runner.invoke(app, ["--debug", "merge", str(bad), str(tmp_path / "o")])
     assert res.exit_code != 0 and type(res.exception).__name__ == "RecipeError"
+
+
+def test_boolean_options_read_as_flags_in_help() -> None:
+    """Every boolean option of every command shows as a flag, with no value type (typer's own
+    --help aside)."""
+    import typer.main
+
+    group = typer.main.get_command(app)
+    commands = []
+    for name, cmd in group.commands.items():  # type: ignore[attr-defined]
+        subs = getattr(cmd, "commands", None)
+        commands += [[name, sub] for sub in subs] if subs else [[name]]
+    flags = 0
+    for words in commands:
+        res = runner.invoke(app, [*words, "--help"], env={"COLUMNS": "120"})
+        assert res.exit_code == 0, (words, res.output)
+        for line in res.output.splitlines():
+            if "<bool>" in line:
+                assert "--help" in line, (words, line)
+        flags += res.output.count("--json") + res.output.count("--force")
+    assert flags >= 3  # the commands' flags were seen: front --json, zoo build / export --force

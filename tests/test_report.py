@@ -161,6 +161,29 @@ def test_front_all_ranks_and_json(run: Path) -> None:
     assert res.exit_code == 0 and "rank" in res.output
 
 
+def _table_trials(output: str) -> list[str]:
+    """The trial cells of a front table's rows, in order (the reference points' rows aside)."""
+    return re.findall(r"^\s*[│|]?\s*(\d+(?: knee)?)\s*[│|]", output, flags=re.MULTILINE)
+
+
+def test_front_table_knee_first_in_80_columns(run: Path) -> None:
+    data = json.loads(runner.invoke(app, ["front", str(run), "--json"]).output)["front"]
+    (knee,) = [r["trial"] for r in data if r["knee"]]
+    res = runner.invoke(app, ["front", str(run)], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    assert max(map(len, res.output.splitlines())) <= 80
+    trials = _table_trials(res.output)
+    assert trials[0] == f"{knee} knee" and len(trials) == len(data)
+    assert "items scored:" in res.output and "hash: its first 8 digits" in res.output
+    by_trial = _table_trials(runner.invoke(app, ["front", str(run), "--sort", "trial"]).output)
+    assert [int(t.split()[0]) for t in by_trial] == sorted(r["trial"] for r in data)
+    by_rev9 = _table_trials(runner.invoke(app, ["front", str(run), "--sort", "rev9"]).output)
+    best_first = sorted(data, key=lambda r: (-r["rev9"], r["trial"]))
+    assert [int(t.split()[0]) for t in by_rev9] == [r["trial"] for r in best_first]
+    bad = runner.invoke(app, ["front", str(run), "--sort", "nope"])
+    assert bad.exit_code == 2 and "--sort nope" in bad.output and "rev9" in bad.output
+
+
 # -- plots ---------------------------------------------------------------------------------------
 
 

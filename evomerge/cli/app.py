@@ -31,6 +31,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_ZOO = Path(os.environ.get("EVOMERGE_ZOO", Path.home() / ".cache" / "evomerge" / "zoo"))
 _DEBUG = {"on": False}  # --debug: errors raise with their traceback
 
+
+def flag(*decls: str, help: str) -> Any:
+    """A boolean option shown as a flag in --help (typer would add a ``<bool>`` type to it)."""
+    return typer.Option(*decls, help=help, metavar="")
+
+
 # the arguments many commands share, declared once
 RunDirArg = Annotated[Path, typer.Argument(help="A run directory")]
 ZooOption = Annotated[Path, typer.Option(help="Where zoo: paths point")]
@@ -42,7 +48,7 @@ class OptionError(EvomergeError):
 
 @app.callback()
 def _main(
-    debug: Annotated[bool, typer.Option(help="Show tracebacks instead of one-line errors")] = False,
+    debug: Annotated[bool, flag(help="Show tracebacks instead of one-line errors")] = False,
 ) -> None:
     _DEBUG["on"] = debug
     quiet_libraries()

@@ -17,6 +17,7 @@ from evomerge.cli.app import (
     app,
     console,
     err,
+    flag,
     friendly,
     key_values,
     parse_size,
@@ -39,7 +40,7 @@ def zoo_build(
     ] = "default",
     seed: int = 0,
     arch: Annotated[str, typer.Option(help="Model family: llama or qwen2")] = "llama",
-    force: Annotated[bool, typer.Option(help="Rebuild even if a matching zoo is there")] = False,
+    force: Annotated[bool, flag(help="Rebuild even if a matching zoo is there")] = False,
 ) -> None:
     """Build a zoo: a base model and one expert per skill, as HF checkpoints, with a report."""
     from evomerge.zoo import build_zoo
@@ -63,9 +64,9 @@ def merge(
     config: Annotated[Path, typer.Argument(help="An evomerge recipe or a mergekit YAML")],
     out_dir: Annotated[Path, typer.Argument(help="New checkpoint directory (must not exist)")],
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N")] = "cpu",
-    overwrite: bool = False,
+    overwrite: Annotated[bool, flag(help="Replace an existing output directory")] = False,
     zoo: ZooOption = DEFAULT_ZOO,
-    allow_pickle: Annotated[bool, typer.Option(help="Read .bin pickle weights (unsafe)")] = False,
+    allow_pickle: Annotated[bool, flag(help="Read .bin pickle weights (unsafe)")] = False,
     max_shard_size: Annotated[str, typer.Option(help="e.g. 5GB, 500MB")] = "5GB",
 ) -> None:
     """Materialize a recipe into a Hugging Face checkpoint."""
@@ -125,7 +126,7 @@ def space_show(
     option: Annotated[
         list[str] | None, typer.Option(help="KEY=YAML override, e.g. granularity=2")
     ] = None,
-    genes: Annotated[bool, typer.Option(help="List every gene")] = True,
+    genes: Annotated[bool, flag(help="List every gene")] = True,
 ) -> None:
     """Print a search space's genome size and genes for these sources."""
 

@@ -18,6 +18,7 @@ from evomerge.cli.app import (
     app,
     console,
     err,
+    flag,
     friendly,
 )
 from evomerge.errors import naming
@@ -34,7 +35,7 @@ def demo(
     budget: Annotated[
         int | None, typer.Option(help="Evaluations (default: the experiment's)")
     ] = None,
-    fresh: Annotated[bool, typer.Option(help="Discard a previous demo run first")] = True,
+    fresh: Annotated[bool, flag(help="Discard a previous demo run first")] = True,
 ) -> None:
     """The main job: build the tiny zoo (cached), run a multi-objective search over per-layer
     DARE-TIES merges of its experts, print the Pareto front and export the knee recipe."""
@@ -250,14 +251,19 @@ def front(
         Path | None,
         typer.Option(help="Write a plot: FILE.png (image) or FILE.html (interactive, offline)"),
     ] = None,
-    json_: Annotated[bool, typer.Option("--json", help="Print the front as JSON")] = False,
+    json_: Annotated[bool, flag("--json", help="Print the front as JSON")] = False,
     by: Annotated[str, typer.Option(help=_BY_HELP)] = "estimate",
     all_: Annotated[
-        bool, typer.Option("--all", help="Every evaluated recipe, with its front rank")
+        bool, flag("--all", help="Every evaluated recipe, with its front rank")
     ] = False,
+    sort: Annotated[
+        str,
+        typer.Option(help="knee (first, then nearest the ideal point), trial, or an objective"),
+    ] = "knee",
 ) -> None:
-    """The Pareto front of a run (every recipe once, at the fidelity it was scored at), with
-    the reference points (base, sources, uniform merge) scored as the run started."""
+    """The Pareto front of a run (every recipe once, at the fidelity it was scored at), the
+    knee first, with the reference points (base, sources, uniform merge) scored as the run
+    started."""
     from evomerge.report import RunView, front_json, front_table, plot_front
 
     view = RunView.open(run_dir)
@@ -268,7 +274,11 @@ def front(
     else:
         scores = " by confirmed scores" if by == "confirmed" else ""
         title = f"{'Evaluated recipes' if all_ else 'Pareto front'} of {view.run_name}{scores}"
-        console.print(front_table(view, title=title, all_=all_))
+        try:
+            table = front_table(view, title=title, all_=all_, sort=sort)
+        except ValueError as e:
+            raise OptionError(f"--sort {sort}: {str(e).removeprefix('sort: ')}") from None
+        console.print(table)
     if plot is not None:
         _check_suffix(plot, "--plot")
         console.print(f"plot → {plot_front(view, plot)}")
@@ -321,7 +331,7 @@ def export(
     out: Annotated[Path, typer.Option(help="Output: a file (recipe, mergekit) or a dir (hf)")],
     trial: Annotated[int | None, typer.Option(help="Trial number")] = None,
     best: Annotated[str | None, typer.Option(help="Best trial on this objective")] = None,
-    knee: Annotated[bool, typer.Option(help="The front's knee point")] = False,
+    knee: Annotated[bool, flag(help="The front's knee point")] = False,
     prefer: Annotated[
         str | None,
         typer.Option(
@@ -330,7 +340,7 @@ def export(
         ),
     ] = None,
     format: Annotated[str, typer.Option(help="recipe, mergekit or hf")] = "recipe",
-    force: Annotated[bool, typer.Option(help="Replace an existing --out")] = False,
+    force: Annotated[bool, flag(help="Replace an existing --out")] = False,
     by: Annotated[str, typer.Option(help=f"--best/--knee ranked by: {_BY_HELP}")] = "estimate",
 ) -> None:
     """Export one evaluated recipe: our YAML, mergekit YAML, or a materialized HF checkpoint
@@ -359,9 +369,9 @@ def confirm_(
     run_dir: RunDirArg,
     trial: Annotated[list[int] | None, typer.Option(help="Trial number; repeat for more")] = None,
     top: Annotated[int | None, typer.Option(help="The K best: front by front, knee first")] = None,
-    front: Annotated[bool, typer.Option(help="The Pareto front (the default)")] = False,
-    full: Annotated[bool, typer.Option(help="Score every item, not the held-out ones")] = False,
-    again: Annotated[bool, typer.Option(help="Score trials already confirmed again")] = False,
+    front: Annotated[bool, flag(help="The Pareto front (the default)")] = False,
+    full: Annotated[bool, flag(help="Score every item, not the held-out ones")] = False,
+    again: Annotated[bool, flag(help="Score trials already confirmed again")] = False,
     zoo: Annotated[Path | None, typer.Option(help="Where zoo: paths point (the run's)")] = None,
 ) -> None:
     """Score chosen recipes on the items the search never saw (experiment `holdout:`) and store

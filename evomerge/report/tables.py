@@ -50,8 +50,7 @@ def _fmt(v: float, decimals: int = 4) -> str:
     return f"{v:.4g}" if abs(v) >= 1e4 else f"{v:.{decimals}f}"
 
 
-def _with_error(v: float, se: float | None) -> str:
-    return _fmt(v) if se is None else f"{_fmt(v)} ± {_fmt(se)}"
+SORTS = ("knee", "trial")  # or an objective's name: best first
 
 
 def front_table(
@@ -60,20 +59,17 @@ def front_table(
     *,
     all_: bool = False,
     limit: int | None = None,
+    sort: str = "knee",
 ) -> Table:
-    """The front as a terminal table. ``limit``: the ``limit`` members nearest the ideal point,
-    knee first, in 80 columns (shares of items scored that every row shares and the hashes'
-    tails go to the caption), with a line saying how many members the front has."""
+    """The front (``all_``: every recipe, with its front rank) as a terminal table in 80
+    columns: the knee first and in bold, then by distance to the ideal point (``sort``: by
+    trial, or by an objective, best first); a share of items scored that every row shares and
+    the hashes' tails go to the caption. ``limit``: only the first ``limit`` rows."""
     view = RunView.of(source)
-    rows = front_rows(view, all_=all_)
-    compact = limit is not None
-    if compact:
-        by_number = {e.number: e for e in view.archive.evaluations}
-        distance = view.archive.ideal_distances([by_number[r["trial"]] for r in rows])
-        order = sorted(range(len(rows)), key=lambda i: (not rows[i]["knee"], distance[i]))
-        rows = [rows[i] for i in order[:limit]]
-    items = {_items(r["fidelity"]) for r in rows}
-    shared_items = compact and len(items) == 1
+    rows = _sorted(view, front_rows(view, all_=all_), sort)
+    shown = rows if limit is None else rows[:limit]
+    items = {_items(r["fidelity"]) for r in shown}
+    shared_items = len(items) == 1
     t = Table(title=title)
     t.add_column("trial", justify="right")
     if all_:
@@ -83,30 +79,47 @@ def front_table(
     if not shared_items:
         t.add_column("items scored")
     t.add_column("hash")
-    cell = _compact if compact else _with_error
-    for row in rows:
+    for row in shown:
         t.add_row(
-            f"{row['trial']}{(' knee' if compact else ' (knee)') if row['knee'] else ''}",
+            f"{row['trial']}{' knee' if row['knee'] else ''}",
             *([str(row["rank"])] if all_ else []),
-            *[cell(row[n], row["stderr"].get(n)) for n in view.names],
+            *[_compact(row[n], row["stderr"].get(n)) for n in view.names],
             *([] if shared_items else [_items(row["fidelity"])]),
-            row["hash"][:8] if compact else row["hash"],
+            row["hash"][:8],
+            style="bold" if row["knee"] else None,
         )
     for p in view.reference_points() if not all_ else []:
         t.add_row(
             f"[dim]{p.label}[/]",
-            *[f"[dim]{cell(v, s)}[/]" for v, s in zip(p.values, p.stderr, strict=True)],
+            *[f"[dim]{_compact(v, s)}[/]" for v, s in zip(p.values, p.stderr, strict=True)],
             *([] if shared_items else ["[dim]reference[/]"]),
             "",
         )
-    if compact:
-        members = len(view.archive.front())
-        shown = (
-            f"the {len(rows)} nearest the ideal point, knee first" if members > len(rows) else "all"
-        )
-        scored = f"; items scored: {items.pop()}" if shared_items else ""
-        t.caption = f"{members} members on the front, {shown}{scored}; dim: reference points"
+    what = "recipes" if all_ else "members on the front"
+    order = {"knee": "knee first, then nearest the ideal point", "trial": "by trial"}.get(
+        sort, f"best {sort} first"
+    )
+    count = f"the first {len(shown)} of {len(rows)}" if len(shown) < len(rows) else len(rows)
+    scored = f"; items scored: {items.pop()}" if shared_items else ""
+    dim = "" if all_ else "; dim: reference points"
+    t.caption = f"{count} {what}, {order}{scored}; hash: its first 8 digits{dim}"
     return t
+
+
+def _sorted(view: RunView, rows: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
+    """Rows in the order ``sort`` asks (see :func:`front_table`)."""
+    if sort == "trial":
+        return sorted(rows, key=lambda r: r["trial"])
+    if sort in view.names:
+        sign = 1.0 if view.archive.directions[view.names.index(sort)] == "minimize" else -1.0
+        return sorted(rows, key=lambda r: (sign * r[sort], r["trial"]))
+    if sort != "knee":
+        known = ", ".join([*SORTS, *view.names])
+        raise ValueError(f"sort: one of {known}, got {sort!r}")
+    by_number = {e.number: e for e in view.archive.evaluations}
+    distance = view.archive.ideal_distances([by_number[r["trial"]] for r in rows])
+    order = sorted(range(len(rows)), key=lambda i: (not rows[i]["knee"], distance[i]))
+    return [rows[i] for i in order]
 
 
 def _compact(v: float, se: float | None) -> str:
