@@ -184,6 +184,32 @@ def test_front_table_knee_first_in_80_columns(run: Path) -> None:
     assert bad.exit_code == 2 and "--sort nope" in bad.output and "rev9" in bad.output
 
 
+def test_the_headline_puts_the_knee_beside_the_references(run: Path) -> None:
+    """Against the stored scores: the archive's knee and reference_points.json."""
+    from evomerge.report.headline import headline
+
+    knee = open_archive(run).knee()
+    assert knee is not None and knee.values is not None
+    _, points = read_reference(run)
+    found = headline(RunView.open(run))
+    assert found is not None
+    point, rows = found
+    assert point.trial == knee.number and point.values == knee.values
+    assert [c.label for c in rows] == [p.label for p in points if p.values is not None]
+    names = ["rev9", "shift3"]
+    for c, p in zip(rows, points, strict=True):
+        assert c.values == p.values
+        want = [k - v for k, v in zip(knee.values, p.values, strict=True)]  # type: ignore[arg-type]
+        assert c.differences == pytest.approx(want)
+        se = [(knee.stderr[n] ** 2 + p.stderr[n] ** 2) ** 0.5 for n in names]  # type: ignore[operator]
+        assert c.errors == pytest.approx(se)
+    res = runner.invoke(app, ["status", str(run)], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    assert f"The knee (trial {knee.number}) against the references" in res.output
+    assert all(p.label in res.output for p in points)
+    assert max(map(len, res.output.splitlines())) <= 80
+
+
 # -- plots ---------------------------------------------------------------------------------------
 
 

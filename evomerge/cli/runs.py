@@ -182,7 +182,8 @@ def resume(
 @app.command()
 @friendly
 def status(run_dir: RunDirArg) -> None:
-    """Summarize a run (also while it runs)."""
+    """Summarize a run (also while it runs): the knee against the base, each source and the
+    uniform merge first, then the run's state."""
     from evomerge.run.lifecycle import summary
 
     info = summary(run_dir)
@@ -230,6 +231,12 @@ def status(run_dir: RunDirArg) -> None:
                 f"{e['mae']:.4f} mean |estimate − score on {items} items| over {e['n']:.0f} "
                 f"confirmed (bias {e['bias']:+.4f}, max {e['max']:.4f})",
             )
+    from evomerge.report import RunView
+    from evomerge.report.headline import headline_table
+
+    first = headline_table(RunView.open(run_dir))  # the question users bring: what to take
+    if first is not None:
+        console.print(first)
     console.print(t)
 
 
