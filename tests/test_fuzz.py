@@ -221,3 +221,25 @@ def _only_our_errors_strict(kind: str, text: str) -> None:
         path = Path(d) / f"{kind}.yaml"
         path.write_text(text)
         _load(kind, path)
+
+
+def test_the_uniform_merge_is_one_value_per_parameter(spaces: list[SearchSpace]) -> None:
+    """``SearchSpace.uniform()``, the reference point beside every front: in each space every
+    merged model has, for each parameter, one value on every layer and module (the same for all
+    models), inside the space's bounds; no routing."""
+    from evomerge.recipe import spec_values
+
+    for sp in spaces:
+        recipe = sp.uniform()
+        assert recipe is not None and recipe.routing is None, sp.spec.kind
+        per_name: dict[str, set[float]] = {}
+        for src in recipe.sources.values():
+            for param, spec in src.parameters.items():
+                per_name.setdefault(param, set()).update(spec_values(spec))
+        assert per_name, sp.spec.kind
+        for param, values in per_name.items():
+            assert len(values) == 1, (sp.spec.kind, param, values)
+            bounds = getattr(getattr(sp, "params", None), "bounds", {})
+            if param in bounds:
+                (v,) = values
+                assert bounds[param].low <= v <= bounds[param].high, (sp.spec.kind, param, v)

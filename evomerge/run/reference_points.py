@@ -17,11 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from evomerge.errors import EvomergeError
 from evomerge.fileio import atomic_write_json, read_json
-from evomerge.merge.methods import get_method
 from evomerge.objectives import unbeatable
 from evomerge.recipe import Recipe
 from evomerge.run.dispatch import SearchLike, batch_results
@@ -79,44 +76,10 @@ def reference_recipes(space: SearchSpace, base: str | None) -> dict[str, tuple[s
         if dtype:
             data["dtype"] = dtype
         out[name] = ("base" if name == base else "source", Recipe.model_validate(data))
-    uniform = uniform_recipe(space)
+    uniform = space.uniform()
     if uniform is not None:
         out[f"uniform {uniform.method}"] = ("uniform", uniform)
     return out
-
-
-def uniform_recipe(space: SearchSpace) -> Recipe | None:
-    """The space's method with every searched parameter alike for every model and layer: the
-    method's default where the space's bounds allow it, else the bounds' middle (a routing space:
-    the linear average of its models). None where the space merges nothing."""
-    params = getattr(space, "params", None)
-    if params is not None and getattr(params, "methods", None):
-        # a method per group: every group the first method, its parameters as below (the
-        # others' are inactive genes: the middle)
-        first = params.methods[0].param_index
-        x = np.zeros(len(params.genes))
-        for i, (name, _owner, _g, _kind) in enumerate(params.keys):
-            b, d = params.bounds[name], getattr(first.get(name), "default", None)
-            x[i] = b.unit(float(d)) if isinstance(d, int | float) and b.low <= d <= b.high else 0.5
-        return params.recipe(space, params.values(x))  # type: ignore[no-any-return]
-    if params is not None:
-        method = get_method(params.method.name)
-        values = {}
-        for name, owner, _g, kind in params.keys:
-            b = params.bounds[name]
-            d = method.param_index[name].default
-            v = float(d) if isinstance(d, int | float) and b.low <= d <= b.high else b.value(0.5)
-            values.setdefault((name, owner, kind), []).append(v)
-        return params.recipe(space, values)  # type: ignore[no-any-return]
-    route = getattr(space, "route", None)
-    if route is None:
-        return None
-    models = [n for n in route.names if n in space.sources]
-    return space._recipe(
-        method="linear",
-        sources={m: {"path": space.sources[m], "parameters": {"weight": 1.0}} for m in models},
-        parameters={"normalize": True},
-    )
 
 
 def objective_infos(search: SearchLike) -> list[ObjectiveInfo]:

@@ -240,6 +240,12 @@ class SearchSpace(ABC):
             raise SpaceError("the space has no models to search over")
         return out
 
+    def uniform(self) -> Recipe | None:
+        """The uniform merge this space holds: its method with every searched parameter alike
+        for every model and layer (a reference point beside the search's front); None where the
+        space merges nothing."""
+        return None
+
     def _recipe(self, **fields: Any) -> Recipe:
         data = {**fields, "seed": self.seed}
         if self.dtype:

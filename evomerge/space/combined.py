@@ -37,3 +37,6 @@ class CombinedSpace(SearchSpace):
 
     def encode(self, recipe: Recipe) -> np.ndarray:
         return np.concatenate([self.params.encode(recipe), self.route.encode(recipe)])
+
+    def uniform(self) -> Recipe:
+        return self.params.uniform(self)  # every layer merged alike, no routing

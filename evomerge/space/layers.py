@@ -73,3 +73,6 @@ class LayersSpace(SearchSpace):
                 raise SpaceError(f"layer {la}: operation {op!r} is not in this space")
             ops.append(float(self.ops.index(op)))
         return np.concatenate([np.asarray(ops), self.params.encode(recipe)])
+
+    def uniform(self) -> Recipe:
+        return self.params.uniform(self)  # every layer merged alike, none removed or taken

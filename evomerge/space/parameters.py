@@ -75,6 +75,9 @@ class ParametersSpace(SearchSpace):
     def encode(self, recipe: Recipe) -> np.ndarray:
         return self.params.encode(recipe)
 
+    def uniform(self) -> Recipe:
+        return self.params.uniform(self)
+
 
 def _group_label(g: int, gran: int, n_layers: int) -> str:
     lo, hi = g * gran, min(n_layers, (g + 1) * gran) - 1
@@ -214,6 +217,16 @@ class ParamGenes:
         """The recipe's method, the parameters it takes, and its per-layer methods (none: one
         method throughout)."""
         return self.method.name, {*self.bounds, *self.fixed}, []
+
+    def uniform(self, space: SearchSpace) -> Recipe:
+        """Every coefficient alike for every model and layer: the method's default where the
+        bounds allow it, else the bounds' middle."""
+        values: Values = {}
+        for name, owner, _g, kind in self.keys:
+            b, d = self.bounds[name], self.method.param_index[name].default
+            v = float(d) if isinstance(d, int | float) and b.low <= d <= b.high else b.value(0.5)
+            values.setdefault((name, owner, kind), []).append(v)
+        return self.recipe(space, values)
 
     def _specs(
         self, values: Mapping[Any, list[float]], names: Iterable[str]
@@ -403,6 +416,16 @@ class MethodGenes(ParamGenes):
         out[("@method", None, None)] = [float(c) for c in chosen]
         out[("@partner", None, None)] = [float(p) for p in partner]
         return out
+
+    def uniform(self, space: SearchSpace) -> Recipe:
+        """Every group the first method, its parameters as :meth:`ParamGenes.uniform` sets them
+        (the other methods' parameters are inactive genes: the middle)."""
+        first = self.methods[0].param_index
+        x = np.zeros(len(self.genes))
+        for i, (name, _owner, _g, _kind) in enumerate(self.keys):
+            b, d = self.bounds[name], getattr(first.get(name), "default", None)
+            x[i] = b.unit(float(d)) if isinstance(d, int | float) and b.low <= d <= b.high else 0.5
+        return self.recipe(space, self.values(x))
 
     def _group_method(self, values: Mapping[Any, list[float]], g: int) -> tuple[str, list[str]]:
         m = self.methods[int(values[("@method", None, None)][g])]

@@ -65,6 +65,15 @@ class RoutingSpace(SearchSpace):
     def encode(self, recipe: Recipe) -> np.ndarray:
         return self.route.encode(recipe)
 
+    def uniform(self) -> Recipe:
+        """The routed models' linear average (no routing)."""
+        models = [n for n in self.route.names if n in self.sources]
+        return self._recipe(
+            method="linear",
+            sources={m: {"path": self.sources[m], "parameters": {"weight": 1.0}} for m in models},
+            parameters={"normalize": True},
+        )
+
 
 class RouteGenes:
     """Sakana's slots: a fixed order of (model, layer) repeated; include + conditional scale.
