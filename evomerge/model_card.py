@@ -168,7 +168,7 @@ def render(facts: CardFacts) -> str:
     ]
     for s in facts.sources:
         where = {"hub": "Hugging Face hub", "zoo": "evomerge tiny zoo", "local": "local path"}
-        role = " (base)" if s.name == facts.base else ""
+        role = " (base)" if s.name == facts.base and s.name != "base" else ""
         lines.append(
             f"| {s.name}{role} | `{s.ref}` ({where[s.kind]}) | {s.revision or '—'} "
             f"| {s.license or 'not stated'} |"
@@ -190,8 +190,8 @@ def render(facts: CardFacts) -> str:
     ]
     for o in facts.objectives:
         lines.append(
-            f"| {o.name} | {o.direction} | {o.value:.6g} | {_num(o.stderr)} | "
-            f"{_num(o.fidelity)} | {o.estimator or '—'} | {_num(o.heldout)} |"
+            f"| {o.name} | {o.direction} | {o.value:.4f} | {_num(o.stderr)} | "
+            f"{_share(o.fidelity)} | {o.estimator or '—'} | {_num(o.heldout)} |"
         )
     lines += ["", "## Reproduce", "", "```sh", *facts.commands, "```"]
     if facts.notes:
@@ -201,7 +201,12 @@ def render(facts: CardFacts) -> str:
 
 
 def _num(v: float | None) -> str:
-    return "—" if v is None else f"{v:.6g}"
+    return "—" if v is None else f"{v:.4f}"
+
+
+def _share(v: float | None) -> str:
+    """A share of items, as the rest of evomerge shows it (9 %, not 0.0932256)."""
+    return "—" if v is None else f"{v:.0%}" if v >= 0.01 else f"{v:.1%}"
 
 
 def objective_facts(

@@ -141,6 +141,11 @@ def test_model_card_states_what_was_scored(run: Path, unit_zoo: Path, tmp_path: 
     for secret in (str(tmp_path), str(unit_zoo), str(run.parent)):
         assert secret not in text and secret not in (out / "recipe.yaml").read_text()
     assert Recipe.from_dict(yaml.safe_load((out / "recipe.yaml").read_text())).method == "dare_ties"
+    # the body, for people: scores to 4 decimals, shares of items in %, the base named once
+    for name, v in zip(archive.objectives, ev.values, strict=True):
+        share = ev.fidelity[name]
+        assert f"| {name} | maximize | {v:.4f} |" in text and f"| {share:.0%} |" in text
+    assert "| base | `zoo:base`" in text and "base (base)" not in text
 
 
 def test_model_card_of_a_confirmed_trial_states_its_held_out_scores(
