@@ -516,3 +516,24 @@ def test_a_system_fault_while_scoring_reference_points_stops_the_run_cleanly(
         s.close()
     labels = {p.label for p in read_reference(tmp_path / "run")[1]}
     assert {"base", "rev9", "shift3", "add1"} <= labels
+
+
+def test_status_splits_the_time_per_evaluation(run: Path) -> None:
+    """The wall time of the run and its parts, per evaluation, from what the run recorded: the
+    worker's timings per trial, the loop's in run.json when it stopped."""
+    from evomerge.run.lifecycle import summary
+    from evomerge.run.run_dir import read_info
+
+    info, evs = read_info(run), open_archive(run).evaluations
+    split = summary(run)["time_split"]
+    n = len(evs)
+    scoring = sum(v for e in evs for k, v in e.timings.items() if k.startswith("score:"))
+    scoring += sum(e.timings.get("estimate", 0.0) for e in evs)
+    assert split["scoring"] == pytest.approx(scoring / n)
+    loop = info["loop_seconds"]
+    assert split["optimizer"] == pytest.approx((loop["ask"] + loop["tell"]) / n)
+    assert split["wall"] == pytest.approx(info["wall_seconds"] / n)
+    parts = split["scoring"] + split["merge"] + split["optimizer"] + split["commit"]
+    assert 0 < parts <= split["wall"]  # the parts are inside the wall time, not beside it
+    res = runner.invoke(app, ["status", str(run)], env={"COLUMNS": "120"})
+    assert f"{split['wall']:.2f}s: scoring {split['scoring']:.2f}s" in res.output

@@ -201,8 +201,11 @@ def status(run_dir: RunDirArg) -> None:
     t.add_row("front size", str(info["front_size"]))
     for name, (value, number) in info["best"].items():
         t.add_row(f"best {name}", f"{value:.4f} (trial {number})")
-    if info["seconds_per_evaluation"] is not None:
-        t.add_row("time per evaluation", f"{info['seconds_per_evaluation']:.2f}s")
+    split = info.get("time_split")
+    if split:
+        wall = f"{split['wall']:.2f}s: " if "wall" in split else ""
+        parts = ", ".join(f"{k} {v:.2f}s" for k, v in split.items() if k != "wall")
+        t.add_row("time per evaluation", f"{wall}{parts}")
     if info.get("reason") and info.get("status") != "stopped":
         t.add_row("stopped because", str(info["reason"]))
     w = info.get("workers")

@@ -152,11 +152,40 @@ def failures_by_reason(evs: list[Evaluation]) -> dict[str, tuple[int, str]]:
     return dict(sorted(groups.items(), key=lambda kv: -kv[1][0]))
 
 
+_MERGE = ("plan", "prefetch_wait", "merge", "swap", "load", "rebuild")
+_LOOP = {"optimizer": ("ask", "tell"), "commit": ("commit", "checkpoint", "decode", "lookup")}
+
+
+def time_split(evs: list[Evaluation], info: dict[str, Any]) -> dict[str, float] | None:
+    """Seconds per evaluation: ``wall`` (every run of the directory, over the evaluations it
+    holds), ``scoring`` and ``merge`` (the worker's), ``optimizer`` and ``commit`` (the loop's,
+    recorded when a run stops); None before an evaluation."""
+    if not evs:
+        return None
+    n = len(evs)
+    out = {
+        "scoring": sum(v for e in evs for k, v in e.timings.items() if _scoring(k)) / n,
+        "merge": sum(e.timings.get(k, 0.0) for e in evs for k in _MERGE) / n,
+    }
+    loop = info.get("loop_seconds")
+    if loop:
+        for part, keys in _LOOP.items():
+            out[part] = sum(loop.get(k, 0.0) for k in keys) / n
+    if info.get("wall_seconds"):
+        out["wall"] = info["wall_seconds"] / n
+    return out
+
+
+def _scoring(key: str) -> bool:
+    return key.startswith("score:") or key == "estimate"
+
+
 def summary(run_dir: Path) -> dict[str, Any]:
     """A run's state from its files alone (works while it runs: SQLite allows a reader).
 
     ``run.json``'s fields, plus ``trials``, ``failed``, ``objectives``, ``front_size``,
     ``best`` (objective → (value, trial)), ``seconds_per_evaluation`` (None before the first),
+    ``time_split`` (:func:`time_split`),
     ``rebuilds`` (engine models built because a recipe changed the depth: with vLLM each is a
     new engine), ``stale`` (the run says it is running but its process is gone), ``workers``
     (a Ray run's pool as last written: actors alive, each one's utilization, in flight, retries,
@@ -180,6 +209,7 @@ def summary(run_dir: Path) -> dict[str, Any]:
         front_size=len(archive.front()),
         best=best,
         seconds_per_evaluation=sum(secs) / len(secs) if secs else None,
+        time_split=time_split(evs, info),
         rebuilds=int(sum(e.timings.get("rebuilds", 0.0) for e in evs)),
         stale=info.get("status") == "running" and not owner_alive(info),
         workers=read_workers(run_dir),

@@ -30,6 +30,7 @@ from evomerge.run.fidelity import halve_batch
 from evomerge.run.run_dir import (
     WORKERS_FILE,
     claim_study,
+    read_info,
     read_optimizer_journal,
     read_optimizer_state,
     save_optimizer,
@@ -159,6 +160,7 @@ class Search:
         self.loop_timings: dict[str, float] = dict.fromkeys(
             ("ask", "decode", "lookup", "commit", "tell", "checkpoint"), 0.0
         )
+        self._timings_saved: dict[str, float] = {}  # what run.json holds of them
 
     @property
     def stage(self) -> int:
@@ -353,10 +355,23 @@ class Search:
             updated=time.time(),
             reason=reason,
             traceback=self._fault.detail if self._fault else None,
+            **self._spent(time.perf_counter() - start),
         )
         return Outcome(
             self.run_dir, status, len(self.archive), counts["new"], self.archive.front(), reason
         )
+
+    def _spent(self, wall: float) -> dict[str, Any]:
+        """The loop's own seconds (``loop_seconds``: ask, tell, commit…) and the wall time of
+        every run of this directory, summed over resumes, for ``evomerge status``."""
+        before = read_info(self.run_dir)
+        was = before.get("loop_seconds") or {}
+        out = {
+            k: was.get(k, 0.0) + v - self._timings_saved.get(k, 0.0)
+            for k, v in self.loop_timings.items()
+        }
+        self._timings_saved = dict(self.loop_timings)
+        return {"loop_seconds": out, "wall_seconds": before.get("wall_seconds", 0.0) + wall}
 
     def _mid_ask(self) -> bool:
         """The optimizer holds candidates asked and not told (a batch cut short, tickets in
