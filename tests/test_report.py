@@ -471,7 +471,25 @@ def test_plot_options_refused_clearly(run: Path, tmp_path: Path) -> None:
     res = runner.invoke(
         app, ["plot", str(run), "--what", "recipe", "--out", str(tmp_path / "x.html")]
     )
-    assert res.exit_code == 2 and "--trial" in res.output
+    assert res.exit_code == 0, res.output  # no --trial: the knee's recipe
+    knee = open_archive(run).knee()
+    assert knee is not None
+    res = runner.invoke(
+        app,
+        [
+            "plot",
+            str(run),
+            "--what",
+            "recipe",
+            "--trial",
+            str(knee.number),
+            "--out",
+            str(tmp_path / "k.html"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    default, explicit = ((tmp_path / f).read_text() for f in ("x.html", "k.html"))
+    assert _figures(default) == _figures(explicit) and _figures(default)
     res = runner.invoke(
         app, ["plot", str(run), "--what", "nope", "--out", str(tmp_path / "x.html")]
     )

@@ -305,7 +305,9 @@ def plot(
     run_dir: RunDirArg,
     what: Annotated[str, typer.Option(help="progress or recipe")],
     out: Annotated[Path, typer.Option(help="FILE.html (interactive, offline) or FILE.png")],
-    trial: Annotated[int | None, typer.Option(help="--what recipe: which trial")] = None,
+    trial: Annotated[
+        int | None, typer.Option(help="--what recipe: which trial (default: the knee)")
+    ] = None,
 ) -> None:
     """Plot a run's progress (hypervolume and best per objective over evaluations, failures
     marked) or one trial's recipe (per-layer coefficients; routing as a slot diagram)."""
@@ -314,9 +316,12 @@ def plot(
     _check_suffix(out, "--out")
     if what not in ("progress", "recipe"):
         raise OptionError(f"--what {what!r}: choose progress or recipe")
-    if what == "recipe" and trial is None:
-        raise OptionError("--what recipe needs --trial N")
     view = RunView.open(run_dir)
+    if what == "recipe" and trial is None:  # the recipe a user exports by default: the knee's
+        knee = view.archive.knee()
+        if knee is None:
+            raise OptionError("--what recipe: the run has no knee yet; name one with --trial N")
+        trial = knee.number
     path = plot_progress(view, out) if what == "progress" else plot_recipe(view, trial, out)  # type: ignore[arg-type]
     console.print(f"{what} → {path}")
 
