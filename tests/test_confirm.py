@@ -139,7 +139,7 @@ def test_confirm_equals_an_independent_rescore_of_the_materialized_recipe(
         assert c.scores[label] == pytest.approx(np.mean([scores[h] for h in held]), abs=1e-12)
         assert c.items[label] == len(held) and c.fidelity[label] == len(held) / 200
         assert c.estimate[label] == knee.values[i]
-        assert c.gap[label] == pytest.approx(c.scores[label] - knee.values[i])
+        assert c.optimism[label] == pytest.approx(knee.values[i] - c.scores[label])
     # stored next to the trial, read back by a fresh archive
     stored = open_archive(run_dir).confirmations("holdout")
     assert list(stored) == [knee.number] and stored[knee.number]["scores"] == c.scores
@@ -157,9 +157,11 @@ def test_confirm_equals_an_independent_rescore_of_the_materialized_recipe(
         gaps = [evs[n].values[i] - r["scores"][label] for n, r in rows.items()]  # type: ignore[index]
         assert err[label]["n"] == len(rows) == 3
         assert err[label]["mae"] == pytest.approx(np.mean(np.abs(gaps)))
-        assert err[label]["bias"] == pytest.approx(np.mean(gaps))
-    res = runner.invoke(app, ["status", str(run_dir)])
+        assert err[label]["optimism"] == pytest.approx(np.mean(gaps))
+    res = runner.invoke(app, ["status", str(run_dir)], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "estimator error rev9" in res.output
+    # one name and one sign: estimate − score, in status as in confirm's own table
+    assert f"optimism {err['rev9']['optimism']:+.4f}: the mean estimate − score" in res.output
     assert f"{err['rev9']['mae']:.4f}" in res.output
 
 

@@ -232,7 +232,8 @@ def status(run_dir: RunDirArg) -> None:
             t.add_row(
                 f"estimator error {name}",
                 f"{e['mae']:.4f} mean |estimate − score on {items} items| over {e['n']:.0f} "
-                f"confirmed (bias {e['bias']:+.4f}, max {e['max']:.4f})",
+                f"confirmed (optimism {e['optimism']:+.4f}: the mean estimate − score; "
+                f"max {e['max']:.4f})",
             )
     from evomerge.report import RunView
     from evomerge.report.headline import headline_table
@@ -403,7 +404,7 @@ def confirm_(
 
 def _confirmation_table(results: list[Any], title: str) -> Table:
     t = Table(title=title)
-    for col in ("trial", "objective", "estimate", "on items", "score ± stderr", "gap"):
+    for col in ("trial", "objective", "estimate", "on items", "score ± stderr", "optimism"):
         t.add_column(col, justify="left" if col == "objective" else "right")
     for c in results:
         for o in c.scores:
@@ -414,6 +415,7 @@ def _confirmation_table(results: list[Any], title: str) -> Table:
                 f"{c.estimate[o]:.4f} ({c.estimate_fidelity[o]:.0%})",
                 f"{c.items[o]} {'held-out' if c.kind == 'holdout' else 'all'}",
                 f"{c.scores[o]:.4f}" + ("" if se is None else f" ±{se:.4f}"),
-                f"{c.gap[o]:+.4f}",
+                f"{c.optimism[o]:+.4f}",
             )
+    t.caption = "optimism: the search-time estimate − the score on these items"
     return t

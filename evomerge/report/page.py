@@ -153,7 +153,8 @@ def summary_rows(view: RunView) -> list[tuple[str, str]]:
         rows.append(
             (
                 f"estimator error {o}",
-                f"mean |estimate − held-out| {err['mae']:.4f}, bias {err['bias']:+.4f}, "
+                f"mean |estimate − held-out| {err['mae']:.4f}, optimism "
+                f"{err['optimism']:+.4f} (the mean estimate − held-out score), "
                 f"max {err['max']:.4f} over {err['n']:.0f} confirmed trial(s)",
             )
         )
@@ -195,6 +196,10 @@ def report_page(view: RunView, out_dir: Path) -> Path:
             for r in confirmed
         )
         page.raw(f"<table class=confirm><tr>{head}</tr>{body}</table>")
+        page.text(
+            "optimism: the search-time estimate − the confirmed score (positive: the search "
+            "saw the trial better than it is, on a maximized objective)."
+        )
     else:
         page.text(
             f"Not confirmed: `evomerge confirm {view.run_dir}` scores the front on held-out items."

@@ -38,7 +38,9 @@ class ConfirmError(EvomergeError):
 class Confirmation:
     """One trial scored exactly on a confirmation set (``holdout`` or ``full``), per scored
     objective, next to its search-time estimate. ``fidelity``: the share of the task's items
-    the set holds; ``gap`` = score − estimate (positive: the estimate was pessimistic)."""
+    the set holds; ``optimism`` = estimate − score, evomerge's one name and sign for how far
+    a search-time estimate was off (positive: the search saw the trial better than it is, on a
+    maximized objective)."""
 
     trial: int
     kind: str
@@ -52,8 +54,8 @@ class Confirmation:
     seconds: float
 
     @property
-    def gap(self) -> dict[str, float]:
-        return {o: self.scores[o] - self.estimate[o] for o in self.scores}
+    def optimism(self) -> dict[str, float]:
+        return {o: self.estimate[o] - self.scores[o] for o in self.scores}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -270,17 +272,17 @@ def confirmations(archive: Archive, kind: str = "holdout") -> list[Confirmation]
 
 def estimator_error(archive: Archive, kind: str = "holdout") -> dict[str, dict[str, float]]:
     """What the search's estimates were off by, per scored objective, over the trials confirmed
-    on set ``kind``: ``mae`` (mean |estimate − confirmed score|), ``bias`` (mean estimate −
-    confirmed: positive, the search was optimistic on a maximized objective), ``max`` (the
-    largest |gap|) and ``n`` (trials). Empty before any confirmation."""
+    on set ``kind``: ``mae`` (mean |estimate − confirmed score|), ``optimism`` (the mean of
+    estimate − confirmed score, :attr:`Confirmation.optimism`), ``max`` (the largest
+    |estimate − confirmed score|) and ``n`` (trials). Empty before any confirmation."""
     gaps: dict[str, list[float]] = {}
     for c in confirmations(archive, kind):
-        for o, g in c.gap.items():
-            gaps.setdefault(o, []).append(-g)
+        for o, g in c.optimism.items():
+            gaps.setdefault(o, []).append(g)
     return {
         o: {
             "mae": float(np.mean(np.abs(g))),
-            "bias": float(np.mean(g)),
+            "optimism": float(np.mean(g)),
             "max": float(np.max(np.abs(g))),
             "n": float(len(g)),
         }
@@ -290,7 +292,8 @@ def estimator_error(archive: Archive, kind: str = "holdout") -> dict[str, dict[s
 
 def confirmation_rows(archive: Archive) -> list[dict[str, Any]]:
     """One flat row per confirmed trial and objective, held-out set first, then full: what a
-    report's table shows (trial, set, objective, estimate, confirmed score ± stderr, items, gap)."""
+    report's table shows (trial, set, objective, estimate, confirmed score ± stderr, items,
+    optimism)."""
     rows: list[dict[str, Any]] = []
     for kind in CONFIRMATION_SETS:
         for c in confirmations(archive, kind):
@@ -304,7 +307,7 @@ def confirmation_rows(archive: Archive) -> list[dict[str, Any]]:
                         "confirmed": score,
                         "stderr": c.stderr.get(o),
                         "items": c.items.get(o),
-                        "gap": c.gap[o],
+                        "optimism": c.optimism[o],
                     }
                 )
     return rows
