@@ -7,12 +7,12 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
+from evomerge.cli.options import flag
 from evomerge.errors import EvomergeError
 
 app = typer.Typer(
@@ -28,18 +28,7 @@ console = Console()
 err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
-DEFAULT_ZOO = Path(os.environ.get("EVOMERGE_ZOO", Path.home() / ".cache" / "evomerge" / "zoo"))
 _DEBUG = {"on": False}  # --debug: errors raise with their traceback
-
-
-def flag(*decls: str, help: str) -> Any:
-    """A boolean option shown as a flag in --help (typer would add a ``<bool>`` type to it)."""
-    return typer.Option(*decls, help=help, metavar="")
-
-
-# the arguments many commands share, declared once
-RunDirArg = Annotated[Path, typer.Argument(help="A run directory")]
-ZooOption = Annotated[Path, typer.Option(help="Where zoo: paths point")]
 
 
 class OptionError(EvomergeError):

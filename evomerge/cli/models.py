@@ -11,19 +11,17 @@ import typer
 from rich.table import Table
 
 from evomerge.cli.app import (
-    DEFAULT_ZOO,
     OptionError,
-    ZooOption,
     app,
     console,
     err,
-    flag,
     friendly,
     key_values,
     parse_size,
     space_app,
     zoo_app,
 )
+from evomerge.cli.options import DEFAULT_ZOO, ZooOption, flag
 from evomerge.errors import naming
 
 

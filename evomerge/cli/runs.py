@@ -10,17 +10,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from evomerge.cli.app import (
-    DEFAULT_ZOO,
-    OptionError,
-    RunDirArg,
-    ZooOption,
-    app,
-    console,
-    err,
-    flag,
-    friendly,
-)
+from evomerge.cli.app import OptionError, app, console, err, friendly
+from evomerge.cli.options import DEFAULT_ZOO, RunDirArg, ZooOption, flag
 from evomerge.errors import naming
 from evomerge.fileio import preset_dir
 
