@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -70,3 +70,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "heavy" in item.keywords or "[optuna-botorch" in item.nodeid:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def console_width(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], None]:
+    """Sets the CLI console's width for one test: rich reads COLUMNS once, when the console is
+    built, so an ``env={"COLUMNS": …}`` per invoke does not reach it everywhere."""
+    from evomerge.cli.app import console
+
+    def set_width(columns: int) -> None:
+        monkeypatch.setattr(console, "_width", columns)
+
+    return set_width

@@ -6,6 +6,7 @@ confirm cut short resumes, and a run without holdout says so."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +123,7 @@ def test_confirm_equals_an_independent_rescore_of_the_materialized_recipe(
     spied_run: tuple[Path, dict[str, set[str]], dict[str, list[str]]],
     unit_zoo: Path,
     tmp_path: Path,
+    console_width: Callable[[int], None],
 ) -> None:
     run_dir = _copy(spied_run[0], tmp_path)
     archive = open_archive(run_dir)
@@ -158,7 +160,8 @@ def test_confirm_equals_an_independent_rescore_of_the_materialized_recipe(
         assert err[label]["n"] == len(rows) == 3
         assert err[label]["mae"] == pytest.approx(np.mean(np.abs(gaps)))
         assert err[label]["optimism"] == pytest.approx(np.mean(gaps))
-    res = runner.invoke(app, ["status", str(run_dir)], env={"COLUMNS": "200"})
+    console_width(200)
+    res = runner.invoke(app, ["status", str(run_dir)])
     assert res.exit_code == 0 and "estimator error rev9" in res.output
     # one name and one sign: estimate − score, in status as in confirm's own table
     assert f"optimism {err['rev9']['optimism']:+.4f}: the mean estimate − score" in res.output

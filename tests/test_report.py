@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,10 +167,13 @@ def _table_trials(output: str) -> list[str]:
     return re.findall(r"^\s*[│|]?\s*(\d+(?: knee)?)\s*[│|]", output, flags=re.MULTILINE)
 
 
-def test_front_table_knee_first_in_80_columns(run: Path) -> None:
+def test_front_table_knee_first_in_80_columns(
+    run: Path, console_width: Callable[[int], None]
+) -> None:
     data = json.loads(runner.invoke(app, ["front", str(run), "--json"]).output)["front"]
     (knee,) = [r["trial"] for r in data if r["knee"]]
-    res = runner.invoke(app, ["front", str(run)], env={"COLUMNS": "80"})
+    console_width(80)
+    res = runner.invoke(app, ["front", str(run)])
     assert res.exit_code == 0, res.output
     assert max(map(len, res.output.splitlines())) <= 80
     trials = _table_trials(res.output)
@@ -184,7 +188,9 @@ def test_front_table_knee_first_in_80_columns(run: Path) -> None:
     assert bad.exit_code == 2 and "--sort nope" in bad.output and "rev9" in bad.output
 
 
-def test_the_headline_puts_the_knee_beside_the_references(run: Path) -> None:
+def test_the_headline_puts_the_knee_beside_the_references(
+    run: Path, console_width: Callable[[int], None]
+) -> None:
     """Against the stored scores: the archive's knee and reference_points.json."""
     from evomerge.report.headline import headline
 
@@ -203,7 +209,8 @@ def test_the_headline_puts_the_knee_beside_the_references(run: Path) -> None:
         assert c.differences == pytest.approx(want)
         se = [(knee.stderr[n] ** 2 + p.stderr[n] ** 2) ** 0.5 for n in names]  # type: ignore[operator]
         assert c.errors == pytest.approx(se)
-    res = runner.invoke(app, ["status", str(run)], env={"COLUMNS": "80"})
+    console_width(80)
+    res = runner.invoke(app, ["status", str(run)])
     assert res.exit_code == 0, res.output
     assert f"The knee (trial {knee.number}) against the references" in res.output
     assert all(p.label in res.output for p in points)
@@ -536,7 +543,9 @@ def test_a_system_fault_while_scoring_reference_points_stops_the_run_cleanly(
     assert {"base", "rev9", "shift3", "add1"} <= labels
 
 
-def test_status_splits_the_time_per_evaluation(run: Path) -> None:
+def test_status_splits_the_time_per_evaluation(
+    run: Path, console_width: Callable[[int], None]
+) -> None:
     """The wall time of the run and its parts, per evaluation, from what the run recorded: the
     worker's timings per trial, the loop's in run.json when it stopped."""
     from evomerge.run.lifecycle import summary
@@ -553,5 +562,6 @@ def test_status_splits_the_time_per_evaluation(run: Path) -> None:
     assert split["wall"] == pytest.approx(info["wall_seconds"] / n)
     parts = split["scoring"] + split["merge"] + split["optimizer"] + split["commit"]
     assert 0 < parts <= split["wall"]  # the parts are inside the wall time, not beside it
-    res = runner.invoke(app, ["status", str(run)], env={"COLUMNS": "120"})
+    console_width(160)
+    res = runner.invoke(app, ["status", str(run)])
     assert f"{split['wall']:.2f}s: scoring {split['scoring']:.2f}s" in res.output
