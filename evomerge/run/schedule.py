@@ -57,7 +57,7 @@ from evomerge.experiment import Experiment, OptimizerSpec
 from evomerge.optimize import make_optimizer, optimizer_class
 from evomerge.optimize.base import Optimizer, OptimizerError
 from evomerge.space import curves
-from evomerge.space.base import SearchSpace, SpaceError, load_space
+from evomerge.space.base import SearchSpace, SpaceError, exact_inverse, load_space
 from evomerge.space.parameters import ParametersSpace, curves_units
 
 if TYPE_CHECKING:
@@ -300,15 +300,8 @@ def to_box(box: Sequence[Sequence[float]], x: np.ndarray) -> np.ndarray | None:
         return None
     width = hi - lo
     y = np.clip(np.divide(x - lo, width, out=np.zeros_like(x), where=width > 0), 0.0, 1.0)
-    for i in np.flatnonzero(from_box(box, y) != x):
-        for step in range(1, 5):  # the exact quotient is within a few ulps
-            for cand in (y[i] + step * np.spacing(y[i]), y[i] - step * np.spacing(y[i])):
-                if 0.0 <= cand <= 1.0 and lo[i] + cand * width[i] == x[i]:
-                    y[i] = cand
-                    break
-            else:
-                continue
-            break
-        else:
+    for i in np.flatnonzero(from_box(box, y) != x):  # the exact quotient is a few ulps away
+        y[i] = exact_inverse(lambda u, i=i: lo[i] + u * width[i], x[i], y[i])
+        if lo[i] + y[i] * width[i] != x[i]:
             return None
     return y
