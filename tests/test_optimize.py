@@ -17,18 +17,8 @@ from evomerge.errors import EvomergeError
 from evomerge.optimize import ALIASES, OPTIMIZERS, Gene, Optimizer, OptimizerError, make_optimizer
 from evomerge.optimize.base import penalty, update_worst
 from evomerge.optimize.cmaes import CMAES
-from evomerge.testing.optimizers import (
-    GENES,
-    N_REAL,
-    check_bounds,
-    check_determinism,
-    check_failures,
-    check_global_rng,
-    check_resume,
-    check_tiny_gene_sets,
-    same,
-    toy_loss,
-)
+from evomerge.testing import optimizers as kit
+from evomerge.testing.optimizers import GENES, N_REAL, same, toy_loss
 from evomerge.testing.optimizers import drive as _drive
 
 # Small settings so every optimizer reaches its model-based phase within a few batches. The GP
@@ -84,12 +74,12 @@ def _trajectory(name: str) -> list[list[np.ndarray]]:
 def test_genomes_respect_bounds_and_integer_genes(name: str) -> None:
     asks = _trajectory(name)
     assert len(asks) == _batches(name) and all(asks)
-    check_bounds(asks + _learning_run(name)[0])
+    kit.check_bounds(asks + _learning_run(name)[0])
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_optimizer_on_integer_only_and_tiny_gene_sets(name: str) -> None:
-    check_tiny_gene_sets(name, _m(name), TEST_OPTIONS.get(name))
+    kit.check_tiny_gene_sets(name, _m(name), TEST_OPTIONS.get(name))
 
 
 # -- learning --------------------------------------------------------------------------------
@@ -133,18 +123,18 @@ def test_optimizer_improves_on_toy_problem(name: str) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_resume_is_bit_identical(name: str) -> None:
     """After any batch, and with a batch pending, numpy's global generator disturbed between."""
-    reference = check_resume(name, _m(name), TEST_OPTIONS.get(name), _batches(name))
+    reference = kit.check_resume(name, _m(name), TEST_OPTIONS.get(name), _batches(name))
     assert same(reference, _trajectory(name))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_global_numpy_rng_is_left_alone(name: str) -> None:
-    check_global_rng(name, _m(name), TEST_OPTIONS.get(name))
+    kit.check_global_rng(name, _m(name), TEST_OPTIONS.get(name))
 
 
 def test_same_seed_same_asks_other_seed_other_asks() -> None:
     for name in ("random", "cma", "nsga2", "optuna-tpe"):
-        check_determinism(name, _m(name), TEST_OPTIONS.get(name))
+        kit.check_determinism(name, _m(name), TEST_OPTIONS.get(name))
 
 
 def test_gp_two_objectives() -> None:
@@ -212,7 +202,7 @@ def test_cma_x0_and_alias() -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_failed_candidates_are_survived(name: str) -> None:
-    check_failures(name, _m(name), TEST_OPTIONS.get(name))
+    kit.check_failures(name, _m(name), TEST_OPTIONS.get(name))
 
 
 def test_penalty_is_worse_than_every_finite_loss() -> None:

@@ -295,22 +295,15 @@ def test_progress_marks_failures_and_boxes_unbounded_objectives(tmp_path: Path) 
     assert failed["customdata"] == [1, 4]
 
 
+def _plot_recipe(run: Path, out: Path, *options: str) -> Any:
+    """``evomerge plot RUN --what recipe --out OUT [options]``, through the CLI."""
+    return runner.invoke(app, ["plot", str(run), "--what", "recipe", "--out", str(out), *options])
+
+
 def test_recipe_heatmap_shows_the_recipes_values(run: Path, tmp_path: Path) -> None:
     archive = open_archive(run)
     knee = archive.knee()
-    res = runner.invoke(
-        app,
-        [
-            "plot",
-            str(run),
-            "--what",
-            "recipe",
-            "--trial",
-            str(knee.number),
-            "--out",
-            str(tmp_path / "r.html"),
-        ],
-    )
+    res = _plot_recipe(run, tmp_path / "r.html", "--trial", str(knee.number))
     assert res.exit_code == 0, res.output
     traces = {t["name"]: t for t in _figures((tmp_path / "r.html").read_text())["recipe"]}
     raw = yaml.safe_load(knee.recipe)  # the per_layer lists as stored, no resolver involved
@@ -475,25 +468,11 @@ def test_report_in_a_real_browser(run: Path, report: Path, tmp_path: Path) -> No
 
 
 def test_plot_options_refused_clearly(run: Path, tmp_path: Path) -> None:
-    res = runner.invoke(
-        app, ["plot", str(run), "--what", "recipe", "--out", str(tmp_path / "x.html")]
-    )
+    res = _plot_recipe(run, tmp_path / "x.html")
     assert res.exit_code == 0, res.output  # no --trial: the knee's recipe
     knee = open_archive(run).knee()
     assert knee is not None
-    res = runner.invoke(
-        app,
-        [
-            "plot",
-            str(run),
-            "--what",
-            "recipe",
-            "--trial",
-            str(knee.number),
-            "--out",
-            str(tmp_path / "k.html"),
-        ],
-    )
+    res = _plot_recipe(run, tmp_path / "k.html", "--trial", str(knee.number))
     assert res.exit_code == 0, res.output
     default, explicit = ((tmp_path / f).read_text() for f in ("x.html", "k.html"))
     assert _figures(default) == _figures(explicit) and _figures(default)
