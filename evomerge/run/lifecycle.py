@@ -184,8 +184,8 @@ def summary(run_dir: Path) -> dict[str, Any]:
     """A run's state from its files alone (works while it runs: SQLite allows a reader).
 
     ``run.json``'s fields, plus ``trials``, ``failed``, ``objectives``, ``front_size``,
-    ``best`` (objective → (value, trial)), ``seconds_per_evaluation`` (None before the first),
-    ``time_split`` (:func:`time_split`),
+    ``best`` (objective → (value, trial)), ``time_split`` (:func:`time_split`: seconds per
+    evaluation, None before the first),
     ``rebuilds`` (engine models built because a recipe changed the depth: with vLLM each is a
     new engine), ``stale`` (the run says it is running but its process is gone), ``workers``
     (a Ray run's pool as last written: actors alive, each one's utilization, in flight, retries,
@@ -200,7 +200,6 @@ def summary(run_dir: Path) -> dict[str, Any]:
         b = archive.best(name)
         if b is not None and b.values is not None:
             best[name] = (b.values[i], b.number)
-    secs = [e.timings.get("total", 0.0) for e in evs]
     info.update(
         trials=len(evs),
         failed=sum(not e.ok for e in evs),
@@ -208,7 +207,6 @@ def summary(run_dir: Path) -> dict[str, Any]:
         objectives=archive.objectives,
         front_size=len(archive.front()),
         best=best,
-        seconds_per_evaluation=sum(secs) / len(secs) if secs else None,
         time_split=time_split(evs, info),
         rebuilds=int(sum(e.timings.get("rebuilds", 0.0) for e in evs)),
         stale=info.get("status") == "running" and not owner_alive(info),
