@@ -43,6 +43,17 @@ class ObjectiveFact:
 
 
 @dataclass(frozen=True)
+class ComparisonFact:
+    """A reference model (the base, a source, the uniform merge) against the exported trial:
+    its score per objective and trial − it, ± the difference's standard error."""
+
+    label: str
+    values: Sequence[float]
+    differences: Sequence[float]
+    errors: Sequence[float | None]
+
+
+@dataclass(frozen=True)
 class CardFacts:
     recipe_yaml: str  # the portable recipe (sources as in `sources`)
     recipe_hash: str  # the hash the run scored the recipe under
@@ -55,6 +66,10 @@ class CardFacts:
     version: str
     commands: Sequence[str]
     notes: Sequence[str] = field(default_factory=tuple)
+    role: str = ""  # which member it is and why: "the knee: …", "the best on X", …
+    comparison: Sequence[ComparisonFact] = field(default_factory=tuple)
+    comparison_basis: str = ""  # on which items the comparison was scored
+    local_name: str = "MODEL_DIR"  # the exported directory, for the usage snippet
 
 
 def source_fact(
@@ -152,14 +167,34 @@ def render(facts: CardFacts) -> str:
         ],
         "reproduce": list(facts.commands),
     }
+    title = f"{facts.run}: trial {facts.trial}" + (
+        f", {facts.role.split(':')[0]}" if facts.role else ""
+    )
     lines = [
         "---",
         yaml.safe_dump(meta, sort_keys=False).rstrip(),
         "---",
-        "# Merged model",
+        f"# {title}",
         "",
-        f"Made by evomerge {facts.version}: trial {facts.trial} of run "
-        f"`{facts.run}`, a `{facts.method}` merge (recipe hash `{facts.recipe_hash}`).",
+        f"A `{facts.method}` merge made by evomerge {facts.version}: trial {facts.trial} of run "
+        f"`{facts.run}` (recipe hash `{facts.recipe_hash}`)."
+        + (f" It is {facts.role}." if facts.role else ""),
+        "",
+    ]
+    if facts.comparison:
+        lines += _comparison(facts)
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        f'path = "{facts.local_name}"  # this directory, or its Hub id once uploaded',
+        "model = AutoModelForCausalLM.from_pretrained(path)",
+        "tokenizer = AutoTokenizer.from_pretrained(path)",
+        'inputs = tokenizer("Hello", return_tensors="pt")',
+        "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=20)[0]))",
+        "```",
         "",
         "## Sources",
         "",
@@ -196,8 +231,60 @@ def render(facts: CardFacts) -> str:
     lines += ["", "## Reproduce", "", "```sh", *facts.commands, "```"]
     if facts.notes:
         lines += ["", *facts.notes]
-    lines += ["", "## Recipe", "", "```yaml", facts.recipe_yaml.rstrip(), "```", ""]
+    lines += [
+        "",
+        "## Recipe",
+        "",
+        "Values rounded to 6 decimals; `recipe.yaml` beside this card holds them exactly.",
+        "",
+        "```yaml",
+        rounded(facts.recipe_yaml).rstrip(),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
+
+
+def _comparison(facts: CardFacts) -> list[str]:
+    """The trial against the base, each source and the uniform merge, per objective."""
+    names = [o.name for o in facts.objectives]
+    lines = [
+        "## Against the models it was made from",
+        "",
+        "| | "
+        + " | ".join(f"{n} ({o.direction})" for n, o in zip(names, facts.objectives, strict=True))
+        + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for c in facts.comparison:
+        cells = [
+            f"{v:.4f} (Δ {d:+.4f}" + ("" if e is None else f" ± {e:.4f}") + ")"
+            for v, d, e in zip(c.values, c.differences, c.errors, strict=True)
+        ]
+        lines.append(f"| {c.label} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Each reference's score and Δ = this model's score − the reference's, ± the "
+        f"difference's standard error; {facts.comparison_basis}.",
+        "",
+    ]
+    return lines
+
+
+def rounded(recipe_yaml: str, decimals: int = 6) -> str:
+    """A recipe for reading: every float rounded (a gene decoded to 0.9999999999999999 reads
+    1.0); the exact recipe stays in recipe.yaml."""
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, float):
+            return round(x, decimals)
+        if isinstance(x, dict):
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        return x
+
+    return yaml.safe_dump(walk(yaml.safe_load(recipe_yaml)), sort_keys=False)
 
 
 def _num(v: float | None) -> str:

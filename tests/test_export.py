@@ -135,7 +135,10 @@ def test_model_card_states_what_was_scored(run: Path, unit_zoo: Path, tmp_path: 
         "shift3": "zoo:experts/shift3",
         "add1": "zoo:experts/add1",
     }
-    assert f"evomerge export {run.name} --trial 3 --format hf --out card" in evo["reproduce"]
+    assert any(
+        c.startswith("evomerge export RUN_DIR --trial 3 --format hf --out OUT_DIR")
+        for c in evo["reproduce"]
+    )
     assert any(c.startswith("evomerge merge recipe.yaml") for c in evo["reproduce"])
     # no directory of this machine: the sources are zoo names, not paths
     for secret in (str(tmp_path), str(unit_zoo), str(run.parent)):
@@ -146,6 +149,57 @@ def test_model_card_states_what_was_scored(run: Path, unit_zoo: Path, tmp_path: 
         share = ev.fidelity[name]
         assert f"| {name} | maximize | {v:.4f} |" in text and f"| {share:.0%} |" in text
     assert "| base | `zoo:base`" in text and "base (base)" not in text
+    # a usage snippet that loads this very directory; the recipe for reading, rounded
+    snippet = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'path = "card"' in snippet and "from_pretrained(path)" in snippet
+    shown = yaml.safe_load(text.split("```yaml\n", 1)[1].split("```", 1)[0])
+    exact = yaml.safe_load((out / "recipe.yaml").read_text())
+    _assert_rounded(shown, exact)
+
+
+def _assert_rounded(shown: object, exact: object) -> None:
+    """The card's recipe is the exact one with every float to 6 decimals, nothing else changed."""
+    if isinstance(exact, float):
+        assert isinstance(shown, float) and shown == round(exact, 6)
+    elif isinstance(exact, dict):
+        assert isinstance(shown, dict) and list(shown) == list(exact)
+        for k in exact:
+            _assert_rounded(shown[k], exact[k])
+    elif isinstance(exact, list):
+        assert isinstance(shown, list) and len(shown) == len(exact)
+        for a, b in zip(shown, exact, strict=True):
+            _assert_rounded(a, b)
+    else:
+        assert shown == exact
+
+
+def test_the_knees_card_says_it_is_the_knee_and_compares_it(run: Path, tmp_path: Path) -> None:
+    """The demo confirmed its knee (and so the references): the card's comparison is on
+    held-out items, each cell recomputed from the archive's and reference_points.json's
+    stored scores."""
+    from evomerge.run.confirm import confirmations
+    from evomerge.run.reference_points import read_reference
+
+    archive = open_archive(run)
+    knee = archive.knee()
+    assert knee is not None
+    (c,) = [c for c in confirmations(archive) if c.trial == knee.number]
+    out = tmp_path / "knee"
+    assert _export(run, out, "--knee", "--format", "hf").exit_code == 0
+    text = (out / "README.md").read_text()
+    title = next(line for line in text.splitlines() if line.startswith("# "))
+    assert f"trial {knee.number}, the knee" in title
+    assert "nearest the ideal point" in text
+    table = text.split("## Against the models it was made from", 1)[1].split("\n\n")[1]
+    rows = {r.split(" | ")[0].strip("| "): r for r in table.splitlines()[2:]}
+    _, points = read_reference(run)
+    assert set(rows) == {p.label for p in points}
+    for p in points:
+        held = p.confirmed["holdout"]["scores"]
+        for name in archive.objectives:
+            d = c.scores[name] - held[name]
+            assert f"{held[name]:.4f} (Δ {d:+.4f}" in rows[p.label]
+    assert "held-out items the search never saw" in text
 
 
 def test_model_card_of_a_confirmed_trial_states_its_held_out_scores(

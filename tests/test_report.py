@@ -198,8 +198,8 @@ def test_the_headline_puts_the_knee_beside_the_references(
     assert knee is not None and knee.values is not None
     _, points = read_reference(run)
     found = headline(RunView.open(run))
-    assert found is not None
-    point, rows = found
+    assert found is not None and found.basis == "search"  # nothing confirmed
+    point, rows = found.trial, found.rows
     assert point.trial == knee.number and point.values == knee.values
     assert [c.label for c in rows] == [p.label for p in points if p.values is not None]
     names = ["rev9", "shift3"]
@@ -212,9 +212,65 @@ def test_the_headline_puts_the_knee_beside_the_references(
     console_width(80)
     res = runner.invoke(app, ["status", str(run)])
     assert res.exit_code == 0, res.output
-    assert f"The knee (trial {knee.number}) against the references" in res.output
+    assert f"The knee (trial {knee.number}) against the references, search" in res.output
     assert all(p.label in res.output for p in points)
     assert max(map(len, res.output.splitlines())) <= 80
+
+
+def test_the_headline_on_held_out_items_once_confirmed(
+    unit_zoo: Path, tmp_path_factory: pytest.TempPathFactory, console_width: Callable[[int], None]
+) -> None:
+    """`confirm` scores the references on the knee's held-out items; the headline then compares
+    on those alone. A source's held-out score is checked against the source's own checkpoint,
+    opened by transformers and scored on the same items (no merge on that path)."""
+    from evomerge.evaluate.hf import HFEngine
+    from evomerge.evaluate.scoring import score_task
+    from evomerge.experiment import Experiment
+    from evomerge.report.headline import headline
+    from evomerge.run.confirm import confirm
+    from evomerge.workers.local import load_objectives
+
+    root = tmp_path_factory.mktemp("headline-holdout")
+    run = _run(root, unit_zoo, holdout=0.2, budget=8)
+    knee = open_archive(run).knee()
+    assert knee is not None
+    assert headline(RunView.open(run)).basis == "search"  # type: ignore[union-attr]
+    (c,) = confirm(run, trials=[knee.number], zoo=unit_zoo)
+    found = headline(RunView.open(run))
+    assert found is not None and found.basis == "held-out"
+    names = open_archive(run).objectives
+    assert found.trial.values == [c.scores[n] for n in names]
+    _, points = read_reference(run)
+    for row, p in zip(found.rows, points, strict=True):
+        held = p.confirmed["holdout"]["scores"]
+        assert row.values == [held[n] for n in names]
+        assert row.differences == pytest.approx([c.scores[n] - held[n] for n in names])
+    experiment = Experiment.load(run / "experiment.yaml")
+    objectives = [ob for ob in load_objectives(experiment, unit_zoo) if ob.scored]
+    engine = HFEngine(unit_zoo / "experts" / "rev9", dtype="float32")
+    (rev9,) = [r for r in found.rows if r.label == "rev9"]
+    for ob, v in zip(objectives, rev9.values, strict=True):
+        direct = score_task(engine, ob.whole_task, ob.held_out).scores
+        assert v == pytest.approx(float(np.mean(list(direct.values()))), abs=1e-6)
+    # a second confirm scores nothing again, and the report and status say held-out
+    assert "reference points" not in "".join(
+        _log_of(lambda log: confirm(run, zoo=unit_zoo, trials=[knee.number], log=log))
+    )
+    console_width(120)
+    res = runner.invoke(app, ["status", str(run)])
+    assert "against the references, held-out" in res.output
+    out = root / "report"
+    assert runner.invoke(app, ["report", str(run), "--out", str(out)]).exit_code == 0
+    page = (out / "index.html").read_text()
+    table = page.split("<table class=headline>", 1)[1].split("</table>", 1)[0]
+    assert f"knee (trial {knee.number})" in table and all(p.label in table for p in points)
+    assert f"evomerge export {run} --knee --format hf --out merged" in page
+
+
+def _log_of(call: Callable[[Callable[[str], None]], Any]) -> list[str]:
+    lines: list[str] = []
+    call(lines.append)
+    return lines
 
 
 # -- plots ---------------------------------------------------------------------------------------

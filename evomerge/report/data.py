@@ -146,6 +146,12 @@ class RunView:
         evs = self.archive.front() if front_only else [e for e in self.archive.evaluations if e.ok]
         return [self.trial_point(e, ranks, k) for e in sorted(evs, key=lambda e: e.number or 0)]
 
+    def shown_references(self) -> list[ReferencePoint]:
+        """The reference points scored on every objective (the ones drawn and compared)."""
+        return [
+            r for r in self.references if r.values is not None and len(r.values) == len(self.names)
+        ]
+
     def reference_points(self) -> list[Point]:
         return [
             Point(

@@ -162,10 +162,56 @@ def summary_rows(view: RunView) -> list[tuple[str, str]]:
     return rows
 
 
+def _headline_section(page: _Page, view: RunView) -> None:
+    """The knee against the base, each source and the uniform merge, and what to do next."""
+    from evomerge.report.headline import cells, headline
+
+    found = headline(view)
+    if found is None:
+        page.text("No knee yet, or no reference points: nothing to compare.")
+        return
+    k = found.trial
+    head = "".join(f"<th>{html.escape(view.axis_label(i))}</th>" for i in range(len(view.names)))
+    knee = "".join(
+        f"<td>{v:.4f}" + ("" if se is None else f" ±{se:.4f}") + "</td>"
+        for v, se in zip(k.values, k.stderr, strict=True)
+    )
+    rows = "".join(
+        f"<tr><th>{html.escape(c.label)}</th>"
+        + "".join(f"<td>{html.escape(x)}</td>" for x in cells(c))
+        + "</tr>"
+        for c in found.rows
+    )
+    page.raw(
+        f"<table class=headline><tr><th></th>{head}</tr>"
+        f"<tr class=knee><th>knee (trial {k.trial})</th>{knee}</tr>{rows}</table>"
+    )
+    page.text(found.caption)
+    run = view.run_dir if view.run_dir is not None else "RUN_DIR"
+    page.raw(
+        "<p>To take it: <code>"
+        + html.escape(f"evomerge export {run} --knee --format hf --out merged")
+        + "</code> (a checkpoint with its model card)"
+        + (
+            ""
+            if found.basis == "held-out"
+            else "; first, <code>"
+            + html.escape(f"evomerge confirm {run}")
+            + "</code> scores it and the references on held-out items"
+        )
+        + ".</p>"
+    )
+
+
 def report_page(view: RunView, out_dir: Path) -> Path:
-    """``out_dir/index.html``: summary, front with reference points, progress, the knee's
-    coefficients, the held-out confirmation."""
+    """``out_dir/index.html``: the knee against the references, summary, front with reference
+    points, progress, the knee's coefficients, the held-out confirmation."""
     page = _Page(f"evomerge run report: {view.run_name}")
+    knee = view.archive.knee()
+    page.heading(
+        "The knee against what you had" + (f": trial {knee.number}" if knee is not None else "")
+    )
+    _headline_section(page, view)
     page.heading("Summary")
     cells = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
@@ -177,7 +223,6 @@ def report_page(view: RunView, out_dir: Path) -> Path:
     _front_section(page, view)
     page.heading("Progress")
     page.figure(progress_figure(view), "progress")
-    knee = view.archive.knee()
     page.heading("The knee's recipe" + (f" (trial {knee.number})" if knee else ""))
     if knee is not None and knee.recipe:
         recipe = trial_recipe(view, int(knee.number or 0))

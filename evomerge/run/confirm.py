@@ -208,7 +208,8 @@ def confirm(
         raise ConfirmError(f"{run_dir}: no evaluated recipe to confirm yet")
     done = archive.confirmations(kind)
     todo = [e for e in chosen if again or e.number not in done]
-    if todo:
+    refs = _references_todo(run_dir, kind, again)
+    if todo or refs:
         sources = experiment.resolved_sources(zoo, info.get("revisions"))
         scorer = _Scorer(experiment, sources, objectives, ids)
         try:
@@ -220,9 +221,36 @@ def confirm(
                 c = _confirmation(archive, ev, kind, scores, ids, totals, time.perf_counter() - t0)
                 archive.record_confirmation(ev.number, kind, c.to_dict())
                 done[ev.number] = c.to_dict()
+            if refs:
+                log(f"scoring the {len(refs)} reference points on the same items")
+                _confirm_references(run_dir, kind, refs, scorer)
         finally:
             scorer.close()
     return [Confirmation.from_dict(e.number or 0, kind, done[e.number or 0]) for e in chosen]
+
+
+def _references_todo(run_dir: Path, kind: str, again: bool) -> list[Any]:
+    """The reference points (base, sources, uniform merge) not yet scored on set ``kind``: the
+    headline compares the knee with them on the same items."""
+    from evomerge.run.reference_points import read_reference
+
+    _, points = read_reference(run_dir)
+    return [p for p in points if p.ok and p.recipe and (again or kind not in p.confirmed)]
+
+
+def _confirm_references(run_dir: Path, kind: str, points: list[Any], scorer: _Scorer) -> None:
+    """Score each reference point and store the lot in ``reference_points.json`` (five or so
+    small merges: one write, after the last)."""
+    from evomerge.run.reference_points import record_reference_confirmations
+
+    results = {}
+    for p in points:
+        scores = scorer.score(p.recipe)
+        results[p.label] = (
+            {o: v for o, (v, _) in scores.items()},
+            {o: se for o, (_, se) in scores.items()},
+        )
+    record_reference_confirmations(run_dir, kind, results)
 
 
 def _items(ob: Any, full: bool) -> list[str]:

@@ -194,12 +194,6 @@ def _version() -> str:
         return "unknown"
 
 
-def _shown(path: Path) -> str:
-    """A path as a command in the card shows it: as typed when relative, else only its name
-    (the card never names this machine's directories)."""
-    return str(path) if not path.is_absolute() else path.name
-
-
 def _heldout(run_dir: Path | None, ev: Evaluation) -> dict[str, float]:
     """``ev``'s scores on the items the search never saw, where ``evomerge confirm`` measured
     them (else nothing: the card says the trial was not confirmed)."""
@@ -211,6 +205,26 @@ def _heldout(run_dir: Path | None, ev: Evaluation) -> dict[str, float]:
         if c.trial == ev.number:
             return {str(k): float(v) for k, v in c.scores.items()}
     return {}
+
+
+def _standing(run_dir: Path, ev: Evaluation) -> tuple[str, list[Any], str]:
+    """Which member ``ev`` is and why, and the run's reference points against it."""
+    from evomerge import model_card as mc
+    from evomerge.run.reference_points import read_reference
+    from evomerge.run.standing import HELD_OUT, role, standing
+
+    archive = open_archive(run_dir)
+    found = standing(archive, read_reference(run_dir)[1], trial=ev.number)
+    if found is None:
+        return role(archive, ev), [], ""
+    rows = [mc.ComparisonFact(c.label, c.values, c.differences, c.errors) for c in found.rows]
+    basis = (
+        "every score on held-out items the search never saw (`evomerge confirm`)"
+        if found.basis == HELD_OUT
+        else "scores as the search measured them (this trial on the items its estimator drew, "
+        "the references on the run's own item subsets), not confirmed on held-out items"
+    )
+    return role(archive, ev), rows, basis
 
 
 def model_card(
@@ -255,16 +269,16 @@ def model_card(
     )
     run = f"{experiment.name}-{info['experiment_hash']}" if experiment is not None else "unknown"
     zoo = " --zoo ZOO_DIR" if any(f.kind == "zoo" for f in facts) else ""
-    commands = [
-        f"evomerge merge {RECIPE_FILE} OUT_DIR{zoo}  # from this directory",
-    ]
-    if run_dir is not None:
-        commands.insert(
-            0,
-            f"evomerge export {_shown(Path(run_dir))} --trial {ev.number} --format hf "
-            f"--out {_shown(out)}",
-        )
+    commands = [f"evomerge merge {RECIPE_FILE} OUT_DIR{zoo}  # from this directory"]
     notes = ["`ZOO_DIR`: the tiny zoo's directory (`evomerge zoo build`)."] if zoo else []
+    role, comparison, basis = "", [], ""
+    if run_dir is not None:
+        commands.append(
+            f"evomerge export RUN_DIR --trial {ev.number} --format hf --out OUT_DIR"
+            "  # from the search's run directory"
+        )
+        notes.append(f"`RUN_DIR`: the directory of run `{run}`, where it ran.")
+        role, comparison, basis = _standing(run_dir, ev)
     card = mc.render(
         mc.CardFacts(
             recipe_yaml=portable,
@@ -278,6 +292,10 @@ def model_card(
             version=_version(),
             commands=commands,
             notes=notes,
+            role=role,
+            comparison=comparison,
+            comparison_basis=basis,
+            local_name=out.name,
         )
     )
     return portable, card

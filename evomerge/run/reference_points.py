@@ -46,6 +46,9 @@ class ReferencePoint:
     fidelity: dict[str, float] = field(default_factory=dict)
     stderr: dict[str, float | None] = field(default_factory=dict)
     error: str | None = None
+    # set → {"scores": {objective: value}, "stderr": {objective: se}}: scored by `evomerge
+    # confirm` on the same items as the run's trials (held-out or every item)
+    confirmed: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -157,6 +160,20 @@ def _read_raw(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ReferenceError(f"{path}: not a mapping")
     return data
+
+
+def record_reference_confirmations(
+    run_dir: Path, kind: str, results: dict[str, tuple[dict[str, float], dict[str, float | None]]]
+) -> None:
+    """Store reference points' scores on confirmation set ``kind`` (label → (scores, stderr)),
+    atomically, keeping everything else the file holds."""
+    path = Path(run_dir) / REFERENCE_FILE
+    data = _read_raw(path)
+    for p in data.get("points") or []:
+        if p.get("label") in results:
+            scores, stderr = results[p["label"]]
+            p.setdefault("confirmed", {})[kind] = {"scores": scores, "stderr": stderr}
+    atomic_write_json(path, data)
 
 
 def read_reference(run_dir: Path) -> tuple[list[ObjectiveInfo] | None, list[ReferencePoint]]:
