@@ -57,7 +57,8 @@ def test_status_and_front(demo_run: Path, tmp_path: Path) -> None:
         assert res.exit_code == 0, res.output
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     page = (tmp_path / "f.html").read_text()
-    assert "Plotly.newPlot" in page and "<script src=" not in page  # plotly.js inlined
+    assert "Plotly.newPlot" in page and '<script charset="utf-8" src="plotly.min.js">' in page
+    assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000  # beside it: offline
 
 
 def test_export_formats(demo_run: Path, unit_zoo: Path, tmp_path: Path) -> None:

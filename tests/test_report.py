@@ -51,6 +51,28 @@ def _figures(page: str) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def _offline(page_path: Path) -> None:
+    """The page's only script file is plotly.min.js beside it, the installed plotly's own
+    bundle (no CDN, no network); inline, the page itself stays small."""
+    from plotly.offline import get_plotlyjs
+
+    page = page_path.read_text()
+    assert re.findall(r"<script[^>]+src=\"([^\"]+)\"", page) == ["plotly.min.js"]
+    assert (page_path.parent / "plotly.min.js").read_text() == get_plotlyjs()
+    assert "cdn." not in page.lower() and len(page.encode()) < 1_000_000
+
+
+def _layouts(page: str) -> dict[str, dict[str, Any]]:
+    """Every plotly figure's layout in a page, by div id."""
+    out = {}
+    for m in re.finditer(r'Plotly\.newPlot\(\s*"([^"]+)",\s*', page):
+        dec = json.JSONDecoder()
+        _, end = dec.raw_decode(page, m.end())
+        rest = page[end:].lstrip(", \n")
+        out[m.group(1)], _ = dec.raw_decode(rest)
+    return out
+
+
 def _losses(values: list[list[float]]) -> np.ndarray:
     return -np.asarray(values, dtype=float)  # both objectives maximized
 
@@ -279,16 +301,30 @@ def _log_of(call: Callable[[Callable[[str], None]], Any]) -> list[str]:
 def test_front_html_holds_the_front_and_reference_points(run: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["front", str(run), "--plot", str(tmp_path / "f.html")])
     assert res.exit_code == 0, res.output
+    _offline(tmp_path / "f.html")
     page = (tmp_path / "f.html").read_text()
-    assert not re.search(r"<script[^>]+src=", page)  # nothing fetched: plotly.js inlined
     traces = {t.get("name"): t for t in _figures(page)["front"]}
     archive = open_archive(run)
     values = {e.number: e.values for e in archive.evaluations if e.ok}
     front = sorted(t for t, r in _ranks_by_peeling(values).items() if r == 1)
     assert sorted(traces["front"]["customdata"]) == front
     assert traces["knee"]["customdata"] == [archive.knee().number]
-    for label in ("base", "add1", "rev9", "shift3", "uniform dare_ties"):
+    labels = ("base", "add1", "rev9", "shift3", "uniform dare_ties")
+    for label in labels:
         assert traces[label]["text"] == [label]
+    # each reference told apart without a hover: its own marker and colour
+    looks = {(traces[x]["marker"]["symbol"], traces[x]["marker"]["color"]) for x in labels}
+    assert len(looks) == len(labels) and len({c for _, c in looks}) == len(labels)
+    assert "<h1>Pareto front of" in page and "title" not in _layouts(page)["front"]
+    # the hover says what sets a member apart: each source's mean weight and density
+    raw = yaml.safe_load(archive.trial(front[0]).recipe)
+    hov = traces["front"]["hovertext"][traces["front"]["customdata"].index(front[0])]
+    merged = {m: src for m, src in raw["sources"].items() if isinstance(src, dict)}
+    assert len(merged) == 3  # the experts (the base, a bare path, sets nothing)
+    for m, src in merged.items():
+        for param in ("weight", "density"):
+            mean = float(np.mean(src["parameters"][param]["per_layer"]))
+            assert re.search(rf"{param}: .*{m} . {mean:.2f}", hov), (param, m, hov)
     t0 = front[0]
     i = traces["front"]["customdata"].index(t0)
     assert traces["front"]["x"][i] == values[t0][0] and traces["front"]["y"][i] == values[t0][1]
@@ -316,6 +352,21 @@ def test_progress_hypervolume_matches_pymoo(run: Path, tmp_path: Path) -> None:
     assert traces["hypervolume"]["y"] == pytest.approx(expected, rel=1e-12)
     best = [max(e.values[0] for e in evs[:n] if e.ok) for n in range(1, len(evs) + 1)]
     assert traces["best rev9"]["y"] == pytest.approx(best)
+    # the best mean and the knee's mean so far: the knee recomputed by peeling each prefix
+    means = [max(np.mean(e.values) for e in evs[:n] if e.ok) for n in range(1, len(evs) + 1)]
+    assert traces["best mean"]["y"] == pytest.approx(means)
+    knees = []
+    for n in range(1, len(evs) + 1):
+        vals = {e.number: e.values for e in evs[:n] if e.ok}
+        front = np.array([vals[t] for t, r in sorted(_ranks_by_peeling(vals).items()) if r == 1])
+        ideal = front.max(axis=0)  # accuracies: one common unit, the knee's rule
+        knees.append(float(np.mean(front[np.argmin(np.linalg.norm(ideal - front, axis=1))])))
+    assert traces["knee's mean"]["y"] == pytest.approx(knees)
+    _, points = read_reference(run)
+    for p in points:
+        assert traces[f"{p.label} (mean)"]["y"][0] == pytest.approx(np.mean(p.values))
+    page = (tmp_path / "p.html").read_text()
+    assert "hypervolume (reference point: rev9 0, shift3 0)" in page
     assert plot_progress(RunView.open(run), tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -369,7 +420,36 @@ def test_recipe_heatmap_shows_the_recipes_values(run: Path, tmp_path: Path) -> N
             column = [row[col] for row in t["z"]]
             assert column == pytest.approx(raw["sources"][m]["parameters"][param]["per_layer"])
     assert traces["lambda"]["z"] == [[1.0]] * 4
+    # one colour scale per parameter, its bounds (DARE-TIES: density in (0, 1]; weight and
+    # lambda unbounded: [0, 1] widened to the values), each with its colour bar
+    assert (traces["density"]["zmin"], traces["density"]["zmax"]) == (0.0, 1.0)
+    weights = [v for row in traces["weight"]["z"] for v in row]
+    assert traces["weight"]["zmin"] == min(0.0, *weights)
+    assert traces["weight"]["zmax"] == max(1.0, *weights)
+    assert all(t.get("showscale", True) and "colorbar" in t for t in traces.values())
     assert plot_recipe(archive, knee.number, tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_progress_marks_the_stage_boundaries(tmp_path: Path) -> None:
+    """The schedule's `until` and `last: N` (of the run's budget) as dashed lines, named."""
+    archive = one_gene_archive(tmp_path, a="maximize", b="maximize")
+    for i in range(12):
+        archive.record(Evaluation(f"s{i}", "", [0.1], [i / 12, 1 - i / 12]))
+    schedule = [{"granularity": 4, "until": 4}, {"curve": 2, "until": 8}, {"granularity": 1}]
+    schedule.append({"granularity": 1, "target": "knee", "last": 2})
+    view = RunView(archive, RunView.of(archive).objectives, experiment={"schedule": schedule})
+    view.info = {"budget": 12}
+    assert view.stage_starts() == [
+        (4, "stage 1 (curve 2)"),
+        (8, "stage 2 (granularity 1)"),
+        (10, "stage 3 (granularity 1, target knee)"),
+    ]
+    page = plot_progress(view, tmp_path / "p.html").read_text()
+    shapes = _layouts(page)["progress"]["shapes"]
+    assert sorted({sh["x0"] for sh in shapes}) == [3.5, 7.5, 9.5]  # on every panel
+    assert len(shapes) == 3 * 4  # hypervolume, mean, a, b
+    assert "stage 3 (granularity 1, target knee)" in page
+    assert plot_progress(view, tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_routing_recipe_as_slot_diagram(tmp_path: Path) -> None:
@@ -421,8 +501,8 @@ def report(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_report_page_structure(run: Path, report: Path) -> None:
+    _offline(report)
     page = report.read_text()
-    assert not re.search(r"<script[^>]+src=", page) and "cdn." not in page.lower()[:2000]
     figs = _figures(page)
     assert set(figs) == {"front", "progress", "knee-recipe"}
     archive = open_archive(run)

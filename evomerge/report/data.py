@@ -11,7 +11,15 @@ from typing import Any
 import numpy as np
 import yaml
 
-from evomerge.objectives import front_ranks, hypervolume, losses, maximized, reference_losses, signs
+from evomerge.objectives import (
+    front_ranks,
+    hypervolume,
+    knee_index,
+    losses,
+    maximized,
+    reference_losses,
+    signs,
+)
 from evomerge.recipe import Recipe, spec_values
 from evomerge.run.archive import Archive, Evaluation
 from evomerge.run.reference_points import ObjectiveInfo, ReferencePoint, read_reference
@@ -31,6 +39,7 @@ class Point:
     kind: str = "trial"  # trial | base | source | uniform
     knee: bool = False
     rank: int | None = None  # 1 = the Pareto front
+    profile: str = ""  # what sets it apart: each parameter's mean per source, as bars
 
 
 @dataclass
@@ -136,6 +145,7 @@ class RunView:
             recipe_summary(e.recipe),
             knee=e.number == knee,
             rank=ranks.get(int(e.number or 0)),
+            profile=recipe_profile(e.recipe),
         )
 
     def points(self, *, front_only: bool = False) -> list[Point]:
@@ -162,6 +172,7 @@ class RunView:
                 [_num(r.fidelity.get(n)) for n in self.names],
                 recipe_summary(r.recipe),
                 kind=r.kind,
+                profile=recipe_profile(r.recipe),
             )
             for r in self.references
             if r.values is not None and len(r.values) == len(self.names)
@@ -182,6 +193,10 @@ class RunView:
         front: np.ndarray = np.empty((0, len(self.names)))
         lowest = np.full(len(self.names), np.inf)  # the best loss so far, per objective
         current = 0.0
+        mean_best: list[float | None] = []  # the best mean over the objectives so far
+        knee_mean: list[float | None] = []  # the mean of the knee of the front so far
+        top, knee_now = -np.inf, None
+        common = self.archive.common_unit
         for e in evs:
             if e.ok:
                 loss = self.losses([e.values])  # type: ignore[list-item]
@@ -189,17 +204,45 @@ class RunView:
                     keep = ~np.all(loss <= front, axis=1)
                     front = np.vstack([front[keep], loss])
                     current = hypervolume(front, ref)
+                    knee_now = float(np.mean(-front[knee_index(front, common_unit=common)]))
                 lowest = np.minimum(lowest, loss[0])
+                top = max(top, float(np.mean(e.values)))  # type: ignore[arg-type]
             hv.append(current)
             for i, low in enumerate(lowest):
                 best[i].append(None if np.isinf(low) else float(low * sign[i]))
-        return {
+            mean_best.append(None if np.isinf(top) else top)
+            knee_mean.append(knee_now)
+        out: dict[str, Any] = {
             "trial": [e.number for e in evs],
             "hypervolume": hv,
             "best": dict(zip(self.names, best, strict=True)),
             "failed": [e.number for e in evs if not e.ok],
             "reference": [float(r * s) for r, s in zip(ref, sign, strict=True)],
         }
+        if all(maximized(d) for d in self.directions):  # a mean of scores means something
+            out["mean_best"], out["knee_mean"] = mean_best, knee_mean
+        return out
+
+    def stage_starts(self) -> list[tuple[int, str]]:
+        """(evaluations done, stage) where each coarse-to-fine stage after the first begins, as
+        the experiment's ``schedule:`` sets them (``until``; ``last: N`` of the run's budget)."""
+        stages = self.experiment.get("schedule") or []
+        if not isinstance(stages, list) or len(stages) < 2:
+            return []
+        out: list[tuple[int, str]] = []
+        for i, st in enumerate(stages[:-1]):
+            if isinstance(st, dict) and isinstance(st.get("until"), int):
+                out.append((st["until"], _stage_name(i + 1, stages[i + 1])))
+        last = stages[-1].get("last") if isinstance(stages[-1], dict) else None
+        budget = self.info.get("budget", self.experiment.get("budget"))
+        if isinstance(last, int) and isinstance(budget, int):
+            out.append((budget - last, _stage_name(len(stages) - 1, stages[-1])))
+        return sorted(out)
+
+    def hv_reference_text(self, reference: Sequence[float]) -> str:
+        """The hypervolume's reference point (``progress()["reference"]``) in the objectives'
+        own terms."""
+        return ", ".join(f"{n} {r:.4g}" for n, r in zip(self.names, reference, strict=True))
 
     def hv_reference(self, ok_values: Sequence[Sequence[float]]) -> np.ndarray:
         """The hypervolume reference in loss space (minimized)."""
@@ -208,8 +251,77 @@ class RunView:
         )
 
 
+_REF_COLOURS = ["#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+_SOURCE_SYMBOLS = [("diamond", "D"), ("triangle-up", "^"), ("pentagon", "p"), ("hexagon", "h")]
+_SOURCE_SYMBOLS += [("triangle-down", "v"), ("star-diamond", "d")]
+
+
+@dataclass(frozen=True)
+class RefStyle:
+    """How one reference point is drawn, the same in plotly (``symbol``) and matplotlib
+    (``marker``): a marker and a colour of its own, so each is told apart without a hover."""
+
+    symbol: str
+    marker: str
+    colour: str
+
+
+def reference_styles(points: Sequence[Point]) -> dict[str, RefStyle]:
+    """label → style: the base a square, the uniform merge a cross, each source its own shape;
+    every reference its own colour."""
+    out, n = {}, 0
+    for i, p in enumerate(points):
+        colour = _REF_COLOURS[i % len(_REF_COLOURS)]
+        if p.kind == "base":
+            out[p.label] = RefStyle("square", "s", colour)
+        elif p.kind == "uniform":
+            out[p.label] = RefStyle("cross", "P", colour)
+        else:
+            symbol, marker = _SOURCE_SYMBOLS[n % len(_SOURCE_SYMBOLS)]
+            out[p.label] = RefStyle(symbol, marker, colour)
+            n += 1
+    return out
+
+
+def _stage_name(i: int, stage: Any) -> str:
+    keys = ", ".join(
+        f"{k} {v}"
+        for k, v in (stage.items() if isinstance(stage, dict) else [])
+        if k in ("granularity", "curve", "target", "radius")
+    )
+    return f"stage {i}" + (f" ({keys})" if keys else "")
+
+
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def recipe_profile(text: str) -> str:
+    """Per parameter, each source's mean value over the numbers the recipe writes (its layers,
+    curve points or rules), as a bar: what tells one front member from another in a hover."""
+    if not text:
+        return ""
+    try:
+        r = Recipe.from_dict(yaml.safe_load(text))
+    except Exception:
+        return ""
+    means: dict[str, dict[str, float]] = {}
+    for name, src in r.sources.items():
+        for param, spec in src.parameters.items():
+            vals = spec_values(spec)
+            if vals:
+                means.setdefault(param, {})[name] = float(np.mean(vals))
+    lines = []
+    for param, per in means.items():
+        hi = max(1.0, *per.values())
+        cells = [
+            f"{name} {_BARS[min(7, max(0, int(v / hi * 8)))]} {v:.2f}" for name, v in per.items()
+        ]
+        lines.append(f"{param}: " + " · ".join(cells))
+    return "<br>".join(lines)
 
 
 def recipe_summary(text: str) -> str:

@@ -1,5 +1,6 @@
-"""Self-contained HTML pages: plotly's JavaScript inlined once per page (no network needed to
-open them), tables under the figures, written atomically."""
+"""HTML pages that open offline: plotly's JavaScript (4.6 MB, 98 % of a page that inlines it)
+written once as ``plotly.min.js`` beside the pages, which load it by a relative path, so a
+report's pages share one copy; tables under the figures; written atomically."""
 
 from __future__ import annotations
 
@@ -28,8 +29,11 @@ tr.knee{background:#ffe9e9;font-weight:600}.note{color:#666;font-size:.85em}
 """
 
 
+PLOTLY_JS = "plotly.min.js"
+
+
 class _Page:
-    """Sections of one page; the first figure brings plotly.js, the others reuse it."""
+    """Sections of one page; its figures load plotly.js from the file beside it."""
 
     def __init__(self, title: str) -> None:
         self.title, self.parts, self._js = title, [f"<h1>{html.escape(title)}</h1>"], False
@@ -47,7 +51,7 @@ class _Page:
         self.parts.append(
             fig.to_html(
                 full_html=False,
-                include_plotlyjs=not self._js,  # inlined, never a CDN <script src>
+                include_plotlyjs="directory" if not self._js else False,  # never a CDN
                 div_id=div_id,
                 config={"displaylogo": False, "responsive": True},
             )
@@ -55,6 +59,8 @@ class _Page:
         self._js = True
 
     def write(self, path: Path) -> Path:
+        if self._js:
+            write_plotly_js(Path(path).parent)
         body = "\n".join(self.parts)
         atomic_write_text(
             path,
@@ -63,6 +69,18 @@ class _Page:
             f"<body>{body}</body></html>\n",
         )
         return Path(path)
+
+
+def write_plotly_js(directory: Path) -> Path:
+    """``directory/plotly.min.js``, the bundle of the installed plotly, unless it is there."""
+    from plotly.offline import get_plotlyjs
+
+    path = Path(directory) / PLOTLY_JS
+    js = get_plotlyjs()
+    if not path.is_file() or path.stat().st_size != len(js.encode()) or path.read_text() != js:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, js)
+    return path
 
 
 def _front_section(page: _Page, view: RunView) -> None:

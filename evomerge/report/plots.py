@@ -11,11 +11,11 @@ from plotly.subplots import make_subplots
 
 from evomerge.objectives import arrow, maximized
 from evomerge.recipe import Recipe
-from evomerge.report.data import Point, RunView
-from evomerge.report.recipes import layer_panels, routing_slots
+from evomerge.report.data import Point, RunView, reference_styles
+from evomerge.report.recipes import layer_panels, panel_bounds, routing_slots
 
 _GREY, _FRONT, _KNEE, _REF = "#b0b0b0", "#1f77b4", "#d62728", "#2ca02c"
-_REF_SYMBOLS = {"base": "square", "source": "diamond", "uniform": "cross"}
+_MEAN = "#ff7f0e"
 
 
 def hover(view: RunView, p: Point) -> str:
@@ -27,6 +27,8 @@ def hover(view: RunView, p: Point) -> str:
         items = f" ({fid:.0%} of items)" if fid is not None else ""
         lines.append(f"{name} = {v:.4f}{err}{items}")
     lines.append(p.summary)
+    if p.profile:
+        lines.append(p.profile)
     return "<br>".join(lines)
 
 
@@ -44,8 +46,7 @@ def front_figure(view: RunView) -> go.Figure:
         fig = _front_splom(view, evaluated, front, refs)
     else:
         fig = _front_parcoords(view, evaluated, refs)
-    fig.update_layout(
-        title=f"Pareto front of {view.run_name}<br><sup>{view.scoring()}</sup>",
+    fig.update_layout(  # the page's heading names the run: no title here to say it twice
         template="plotly_white",
         height=560,
         legend={"orientation": "h", "y": -0.15},
@@ -123,14 +124,15 @@ def _front_2d(
         )
     add(front, "front", {"color": _FRONT, "size": 10})
     add([p for p in front if p.knee], "knee", {"color": _KNEE, "size": 18, "symbol": "star"})
+    styles = reference_styles(refs)
     for p in refs:
         add(
             [p],
             p.label,
             {
-                "color": _REF,
+                "color": styles[p.label].colour,
                 "size": 12,
-                "symbol": _REF_SYMBOLS.get(p.kind, "circle"),
+                "symbol": styles[p.label].symbol,
                 "line": {"width": 1, "color": "black"},
             },
             mode="markers+text",
@@ -171,14 +173,15 @@ def _front_splom(
     add([p for p in evaluated if p.rank != 1], "evaluated", {"color": _GREY, "size": 6})
     add(front, "front", {"color": _FRONT, "size": 9})
     add([p for p in front if p.knee], "knee", {"color": _KNEE, "size": 16, "symbol": "star"})
-    for p in refs:  # one trace each: the legend names them
+    styles = reference_styles(refs)
+    for p in refs:  # one trace each, its own marker: the legend names them
         add(
             [p],
             f"reference: {p.label}",
             {
-                "color": _REF,
+                "color": styles[p.label].colour,
                 "size": 11,
-                "symbol": _REF_SYMBOLS.get(p.kind, "circle"),
+                "symbol": styles[p.label].symbol,
                 "line": {"width": 1, "color": "black"},
             },
         )
@@ -229,15 +232,23 @@ def _front_parcoords(view: RunView, evaluated: list[Point], refs: list[Point]) -
 
 
 def progress_figure(view: RunView) -> go.Figure:
-    """Hypervolume and the best value of each objective over evaluations; failures marked."""
+    """Over evaluations: the hypervolume (its reference point stated), the best mean score and
+    the mean of the knee so far beside the reference models' means, the best of each objective;
+    failures and the coarse-to-fine stage boundaries marked."""
     prog = view.progress()
+    means = "mean_best" in prog
     k = len(view.names)
+    rows = 1 + int(means) + k
     fig = make_subplots(
-        rows=1 + k,
+        rows=rows,
         cols=1,
         shared_xaxes=True,
-        vertical_spacing=0.04,
-        subplot_titles=["hypervolume", *[f"best {n}" for n in view.names]],
+        vertical_spacing=0.05,
+        subplot_titles=[
+            f"hypervolume (reference point: {view.hv_reference_text(prog['reference'])})",
+            *(["mean over the objectives: the best so far and the knee's"] if means else []),
+            *[f"best {n}" for n in view.names],
+        ],
     )
     x = prog["trial"]
     fig.add_trace(
@@ -266,7 +277,41 @@ def progress_figure(view: RunView) -> go.Figure:
             row=1,
             col=1,
         )
+    refs = view.reference_points()
+    styles = reference_styles(refs)
+    if means:
+        for key, name, colour in (
+            ("mean_best", "best mean", _MEAN),
+            ("knee_mean", "knee's mean", _KNEE),
+        ):
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=prog[key],
+                    name=name,
+                    customdata=x,
+                    mode="lines",
+                    line={"shape": "hv", "color": colour},
+                ),
+                row=2,
+                col=1,
+            )
+        for r in refs:  # a legend entry each: labels on the lines would overlap
+            m = sum(r.values) / len(r.values)
+            fig.add_trace(
+                go.Scatter(
+                    x=[x[0], x[-1]] if x else [],
+                    y=[m, m],
+                    name=f"{r.label} (mean)",
+                    mode="lines",
+                    line={"dash": "dot", "color": styles[r.label].colour, "width": 1},
+                    hovertemplate=f"{r.label}: mean {m:.4f}<extra></extra>",
+                ),
+                row=2,
+                col=1,
+            )
     for i, name in enumerate(view.names):
+        row = 2 + int(means) + i
         fig.add_trace(
             go.Scatter(
                 x=x,
@@ -275,25 +320,45 @@ def progress_figure(view: RunView) -> go.Figure:
                 customdata=x,
                 mode="lines",
                 line={"shape": "hv"},
+                showlegend=False,
             ),
-            row=2 + i,
+            row=row,
             col=1,
         )
-        for r in view.reference_points():
-            fig.add_hline(
-                y=r.values[i],
-                line={"dash": "dot", "color": _REF, "width": 1},
-                annotation_text=r.label,
-                annotation_font_size=9,
-                row=2 + i,
+        for r in refs:
+            fig.add_trace(
+                go.Scatter(
+                    x=[x[0], x[-1]] if x else [],
+                    y=[r.values[i], r.values[i]],
+                    name=r.label,
+                    legendgroup=r.label,
+                    showlegend=False,
+                    mode="lines",
+                    line={"dash": "dot", "color": styles[r.label].colour, "width": 1},
+                    hovertemplate=f"{r.label}: {r.values[i]:.4f}<extra></extra>",
+                ),
+                row=row,
                 col=1,
             )
-    fig.update_xaxes(title="evaluation (trial)", row=1 + k, col=1)
+    for start, label in view.stage_starts():
+        fig.add_vline(x=start - 0.5, line={"dash": "dash", "color": "#555", "width": 1})
+        fig.add_annotation(
+            x=start - 0.5,
+            y=1.0,
+            xref="x",
+            yref="paper",
+            text=label,
+            showarrow=False,
+            textangle=-90,
+            xanchor="right",
+            yanchor="top",
+            font={"size": 9, "color": "#555"},
+        )
+    fig.update_xaxes(title="evaluation (trial)", row=rows, col=1)
     fig.update_layout(
-        title=f"Progress of {view.run_name}",
         template="plotly_white",
-        height=220 * (1 + k),
-        showlegend=False,
+        height=230 * rows,
+        legend={"orientation": "h", "y": -0.06},
     )
     return fig
 
@@ -312,6 +377,8 @@ def recipe_figure(recipe: Recipe, num_layers: int, title: str) -> go.Figure:
         horizontal_spacing=0.06,
     )
     for c, p in enumerate(panels, start=1):
+        lo, hi = panel_bounds(recipe, p)
+        domain = fig.get_subplot(1, c).xaxis.domain
         fig.add_trace(
             go.Heatmap(
                 z=p.values,
@@ -319,7 +386,9 @@ def recipe_figure(recipe: Recipe, num_layers: int, title: str) -> go.Figure:
                 y=[f"L{la}" for la in range(len(p.values))],
                 name=p.title,
                 colorscale="Viridis",
-                showscale=False,
+                zmin=lo,
+                zmax=hi,
+                colorbar={"x": domain[1] + 0.003, "thickness": 8, "len": 0.9, "xpad": 0},
                 texttemplate="%{z:.2f}",
                 hovertemplate=f"{p.title}<br>%{{x}} · %{{y}}: %{{z:.4f}}<extra></extra>",
             ),

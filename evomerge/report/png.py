@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from evomerge.recipe import Recipe
-from evomerge.report.data import Point, RunView
-from evomerge.report.recipes import layer_panels, routing_slots
-
-_MARKERS = {"base": "s", "source": "D", "uniform": "P"}
+from evomerge.report.data import Point, RunView, reference_styles
+from evomerge.report.recipes import layer_panels, panel_bounds, routing_slots
 
 
 def _plt() -> Any:
@@ -42,6 +40,7 @@ def front_png(view: RunView, path: Path) -> Path:
     pts = view.points()
     front = [p for p in pts if p.rank == 1]
     refs = view.reference_points()
+    styles = reference_styles(refs)
     for ax, (i, j) in zip(axes[0], pairs, strict=True):
         _scatter(ax, [p for p in pts if p.rank != 1], i, j, color="0.75", label="evaluated")
         _scatter(ax, front, i, j, color="C0", label="front")
@@ -54,8 +53,9 @@ def front_png(view: RunView, path: Path) -> Path:
                 [r],
                 i,
                 j,
-                color="C2",
-                marker=_MARKERS.get(r.kind, "o"),
+                color=styles[r.label].colour,
+                marker=styles[r.label].marker,
+                label=r.label,
                 s=45,
                 edgecolors="black",
                 linewidths=0.6,
@@ -89,10 +89,15 @@ def _scale(set_scale: Any, pts: Sequence[Point], i: int) -> None:
 
 
 def progress_png(view: RunView, path: Path) -> Path:
+    """The progress page's panels as an image: hypervolume (its reference point in the
+    label), best mean and the knee's mean beside the references' means, the best of each
+    objective; stage boundaries dashed."""
     plt = _plt()
     prog = view.progress()
+    means = "mean_best" in prog
     k = len(view.names)
-    fig, axes = plt.subplots(1 + k, 1, figsize=(6.5, 2.0 * (1 + k)), sharex=True, squeeze=False)
+    n = 1 + int(means) + k
+    fig, axes = plt.subplots(n, 1, figsize=(7.5, 2.1 * n), sharex=True, squeeze=False)
     x = prog["trial"]
     ax = axes[0][0]
     ax.step(x, prog["hypervolume"], where="post", color="C0")
@@ -104,14 +109,45 @@ def progress_png(view: RunView, path: Path) -> Path:
         color="C3",
         label="failed",
     )
-    ax.set_ylabel("hypervolume")
+    ax.set_ylabel("hypervolume", fontsize=8)
+    ax.set_title(f"reference point: {view.hv_reference_text(prog['reference'])}", fontsize=8)
+    refs = view.reference_points()
+    styles = reference_styles(refs)
+    if means:
+        a = axes[1][0]
+        for key, name, colour in (("mean_best", "best mean", "C1"), ("knee_mean", "knee", "C3")):
+            ys = [float("nan") if v is None else v for v in prog[key]]
+            a.step(x, ys, where="post", color=colour, label=name)
+        for r in refs:
+            a.axhline(
+                sum(r.values) / len(r.values),
+                ls=":",
+                lw=1,
+                color=styles[r.label].colour,
+                label=r.label,
+            )
+        a.set_ylabel("mean score", fontsize=8)
+        a.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     for i, name in enumerate(view.names):
-        a = axes[1 + i][0]
+        a = axes[1 + int(means) + i][0]
         ys = [float("nan") if v is None else v for v in prog["best"][name]]
         a.step(x, ys, where="post", color=f"C{1 + i}")
-        for r in view.reference_points():
-            a.axhline(r.values[i], ls=":", lw=0.8, color="C2")
+        for r in refs:
+            a.axhline(r.values[i], ls=":", lw=0.8, color=styles[r.label].colour)
         a.set_ylabel(f"best {name}", fontsize=8)
+    for start, label in view.stage_starts():
+        for row in axes:
+            row[0].axvline(start - 0.5, ls="--", lw=0.8, color="0.35")
+        axes[0][0].annotate(
+            label,
+            (start - 0.5, 1.0),
+            xycoords=("data", "axes fraction"),
+            fontsize=6,
+            rotation=90,
+            ha="right",
+            va="top",
+            color="0.35",
+        )
     axes[-1][0].set_xlabel("evaluation (trial)")
     fig.suptitle(f"Progress of {view.run_name}", fontsize=9)
     fig.tight_layout()
@@ -126,7 +162,8 @@ def recipe_png(recipe: Recipe, num_layers: int, title: str, path: Path) -> Path:
     fig, axes = plt.subplots(1, n, figsize=(2.6 * n + 1, 0.3 * num_layers + 2), squeeze=False)
     for ax, p in zip(axes[0], panels, strict=False):
         z = [[float("nan") if v is None else v for v in row] for row in p.values]
-        im = ax.imshow(z, aspect="auto", cmap="viridis")
+        lo, hi = panel_bounds(recipe, p)
+        im = ax.imshow(z, aspect="auto", cmap="viridis", vmin=lo, vmax=hi)
         ax.set_xticks(range(len(p.sources)), p.sources, rotation=45, fontsize=7)
         ax.set_yticks(range(len(z)), [f"L{la}" for la in range(len(z))], fontsize=7)
         ax.set_title(p.title, fontsize=9)

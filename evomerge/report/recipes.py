@@ -111,3 +111,21 @@ def routing_slots(recipe: Recipe) -> list[tuple[int, str, int, float]]:
         (i, s.source or "merged", s.layer, float(s.scale))
         for i, s in enumerate(recipe.routing or [])
     ]
+
+
+def panel_bounds(recipe: Recipe, panel: Panel) -> tuple[float, float]:
+    """A panel's colour scale: its parameter's bounds as the merge method states them (density
+    and t in [0, 1]…), so equal colours mean equal values across panels; where the method
+    states none (weight, lambda), [0, 1] widened to the values drawn."""
+    from evomerge.merge.registry import get_method
+
+    name = panel.title.split(" [")[0]
+    try:
+        params = {q.name: q for q in get_method(recipe.method).params}
+    except Exception:  # a method this version does not know: the fallback scale
+        params = {}
+    q = params.get(name)
+    vals = [v for row in panel.values for v in row if v is not None]
+    lo = q.low if q is not None and q.low is not None else min([0.0, *vals])
+    hi = q.high if q is not None and q.high is not None else max([1.0, *vals])
+    return float(lo), float(hi)

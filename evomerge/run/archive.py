@@ -349,6 +349,11 @@ class Archive:
             raise ArchiveError(f"hypervolume: {e}") from None
         return hypervolume(self._losses(front), ref)
 
+    @property
+    def common_unit(self) -> bool:
+        """Whether every objective is a score on one common [0, 1] scale (the knee's unit)."""
+        return self._common_unit
+
     def knee(self) -> Evaluation | None:
         """The front's compromise: the member closest to the ideal point (:func:`knee_index`;
         ties: the earliest trial)."""
