@@ -90,13 +90,18 @@ def test_the_fast_insert_writes_what_add_trial_writes(tmp_path: Path) -> None:
     for a, b in zip(got, want.trials, strict=True):
         assert (a.number, a.state, a.values, a.params) == (b.number, b.state, b.values, b.params)
         assert a.distributions == b.distributions and a.user_attrs == b.user_attrs
+        assert a.system_attrs == b.system_attrs
         assert (a.datetime_start, a.datetime_complete) == (b.datetime_start, b.datetime_complete)
     # and against what was recorded, independently of both
     assert got[1].state == optuna.trial.TrialState.FAIL and got[1].values is None
     assert got[0].values == _evaluation(0).values and got[3].values == _evaluation(3).values
     assert got[2].state == optuna.trial.TrialState.FAIL  # a non-finite score is a failure
-    assert got[0].params["route"] == 0 and got[3].params["route"] == 0
-    assert got[0].params["g0"] == pytest.approx(_evaluation(0).genome[0], rel=1e-12)
+    assert got[0].params["gene:route"] == 0 and got[3].params["gene:route"] == 0
+    assert got[0].params["gene:g0"] == pytest.approx(_evaluation(0).genome[0], rel=1e-12)
+    # the exact genome and the full recipe kept where optuna-dashboard does not list them
+    assert got[0].system_attrs["evomerge:genome"] == _evaluation(0).genome
+    assert got[0].system_attrs["evomerge:recipe"] == _evaluation(0).recipe
+    assert "genome" not in got[0].user_attrs and "recipe" not in got[0].user_attrs
     # reopened, the archive serves the same evaluations
     again = _archive(tmp_path / "a.db")
     assert [e.recipe_hash for e in again.evaluations] == ["r0", "r1", "r2", "r3"]
@@ -185,7 +190,7 @@ def test_dashboard_sees_metric_names_durations_recipe_values_and_the_knee(
         assert t.datetime_start <= begin + slack and end <= t.datetime_complete + slack
         assert t.datetime_complete <= nxt + slack, (t.number, t.datetime_complete, nxt)
         assert t.datetime_complete >= t.datetime_start
-        recipe = Recipe.from_dict(yaml.safe_load(t.user_attrs["recipe"]))
+        recipe = Recipe.from_dict(yaml.safe_load(t.system_attrs["evomerge:recipe"]))
         for name, src in recipe.sources.items():
             for param, spec in src.parameters.items():
                 want = [round(v, 4) for v in numbers(spec)]  # type: ignore[arg-type]

@@ -290,7 +290,7 @@ def test_search_with_methods_runs_and_resumes_exactly(unit_zoo: Path, tmp_path: 
     def trace(run: Path) -> list[tuple[str, str, tuple[float, ...] | None]]:
         study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(run))
         return [
-            (t.user_attrs["hash"], t.user_attrs.get("recipe", ""), tuple(t.values or ()))
+            (t.user_attrs["hash"], t.system_attrs["evomerge:recipe"], tuple(t.values or ()))
             for t in study.get_trials(deepcopy=False)
         ]
 

@@ -370,6 +370,27 @@ def export(
     console.print(f"trial {ev.number} ({ev.recipe_hash}) → {out} [{format}]")
 
 
+@app.command()
+@friendly
+def dashboard(
+    run_dir: RunDirArg,
+    host: Annotated[str, typer.Option(help="Address to serve on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to serve on")] = 8080,
+    notes_only: Annotated[bool, flag(help="Write the notes and exit")] = False,
+) -> None:
+    """Open the run in optuna-dashboard (`pip install 'evomerge[dashboard]'`), with notes:
+    the knee against the references on the study's page, each front member's recipe on its
+    trial's page."""
+    from evomerge.run.dashboard import serve, write_notes
+
+    if notes_only:
+        notes = write_notes(run_dir)
+        console.print(f"{run_dir}: notes on the study and {len(notes)} trials")
+        return
+    console.print(f"optuna-dashboard on http://{host}:{port} (Ctrl-C stops it)")
+    serve(run_dir, host=host, port=port)
+
+
 @app.command("confirm")
 @friendly
 def confirm_(

@@ -52,6 +52,19 @@ from evomerge.workers.base import Evaluation
 # study user attributes: every item id scored during the search, per objective; and one
 # confirmation per (set, trial), e.g. "confirmation:holdout:12"
 SCORED_ITEMS, CONFIRMATION = "scored_items", "confirmation:"
+# kept for evomerge in system attrs, which optuna-dashboard does not list: the full recipe and
+# the exact genome of a trial, the ids of every item scored (runs from before read user attrs)
+RECIPE_ATTR, GENOME_ATTR = "evomerge:recipe", "evomerge:genome"
+SCORED_ATTR = "evomerge:scored_items"
+GENE_PREFIX = "gene:"  # a parameter of the study is a unit gene, not a recipe value
+
+
+def param_name(gene: str) -> str:
+    """The study's name for a gene (``gene:add1.density.L0``): optuna-dashboard lists it
+    beside the recipe's values (``recipe.add1.density``), which it is not."""
+    return GENE_PREFIX + gene
+
+
 CONFIRMATION_SETS = ("holdout", "full")
 
 STUDY_NAME = "evomerge"  # the study of a run that has its own SQLite file
@@ -85,7 +98,7 @@ def recipe_attrs(recipe_yaml: str) -> dict[str, Any]:
     """The recipe's values as short user attrs, one per source and parameter
     (``recipe.rev9.weight.per_layer``: a list per layer, 4 decimals; ``recipe.lambda``), so
     optuna-dashboard shows the decoded recipe next to the raw genes; paths and the seed are
-    left out (the full YAML is the ``recipe`` attr)."""
+    left out (the full YAML is kept in the system attr ``evomerge:recipe``)."""
     try:
         tree = yaml.load(recipe_yaml, Loader=_YAML_LOADER) if recipe_yaml else None
     except yaml.YAMLError:
@@ -116,7 +129,7 @@ def recipe_attrs(recipe_yaml: str) -> dict[str, Any]:
 
 def _distributions(genes: Sequence[Gene]) -> dict[str, BaseDistribution]:
     return {
-        g.name: FloatDistribution(0.0, 1.0)
+        param_name(g.name): FloatDistribution(0.0, 1.0)
         if g.choices is None
         else IntDistribution(0, g.choices - 1)
         for g in genes
@@ -193,7 +206,10 @@ class Archive:
         trials = study.get_trials(deepcopy=False)
         dists = trials[0].distributions if trials else {}
         genes = [
-            Gene(g, int(d.high) + 1 if isinstance(d, IntDistribution) else None)
+            Gene(
+                g.removeprefix(GENE_PREFIX),
+                int(d.high) + 1 if isinstance(d, IntDistribution) else None,
+            )
             for g, d in dists.items()
         ]
         return cls(
@@ -212,20 +228,19 @@ class Archive:
         total = ev.timings.get("total")
         started = ev.started if ev.started is not None else finished - (total or 0.0)
         params = {
-            g.name: (float(v) if g.choices is None else round(v))
+            param_name(g.name): (float(v) if g.choices is None else round(v))
             for g, v in zip(self.genes, ev.genome, strict=True)
         }
         attrs: dict[str, Any] = {
             "hash": ev.recipe_hash,
-            "recipe": ev.recipe,
             "status": ev.status,
             "fidelity": ev.fidelity,
             "stderr": ev.stderr,
             "timings": ev.timings,
             "worker": ev.worker,
-            "genome": [float(v) for v in ev.genome],
             **recipe_attrs(ev.recipe),
         }
+        hidden = {RECIPE_ATTR: ev.recipe, GENOME_ATTR: [float(v) for v in ev.genome]}
         if ev.error:
             attrs["error"] = ev.error
         ok = ev.ok and all(math.isfinite(v) for v in ev.values or [])
@@ -239,7 +254,7 @@ class Archive:
             params=params,
             distributions=self._dists,
             user_attrs=attrs,
-            system_attrs={},
+            system_attrs=hidden,
             intermediate_values={},
             trial_id=-1,
         )
@@ -268,7 +283,8 @@ class Archive:
             grown |= len(seen) > n
         self._scored = have
         if grown:
-            self.study.set_user_attr(SCORED_ITEMS, {k: sorted(v) for k, v in sorted(have.items())})
+            ids = {k: sorted(v) for k, v in sorted(have.items())}
+            self.study._storage.set_study_system_attr(self.study._study_id, SCORED_ATTR, ids)
 
     def record_confirmation(self, number: int, kind: str, result: Mapping[str, Any]) -> None:
         """Commit trial ``number``'s scores on a confirmation set (``holdout``: the items the
@@ -299,11 +315,11 @@ class Archive:
         return number
 
     def _from_trial(self, t: FrozenTrial) -> Evaluation:
-        a = t.user_attrs
+        a, hidden = t.user_attrs, t.system_attrs
         return Evaluation(
             recipe_hash=a.get("hash", f"trial{t.number}"),
-            recipe=a.get("recipe", ""),
-            genome=list(a.get("genome", [])),
+            recipe=hidden.get(RECIPE_ATTR, a.get("recipe", "")),
+            genome=list(hidden.get(GENOME_ATTR, a.get("genome", []))),
             values=list(t.values) if t.state == TrialState.COMPLETE and t.values else None,
             status="ok" if t.state == TrialState.COMPLETE else "failed",
             error=a.get("error"),
@@ -395,10 +411,16 @@ class Archive:
             raise ArchiveError(f"no trial {number}; the run has trials 0…{len(self._evals) - 1}")
         return self._evals[number]
 
+    def _system_attrs(self) -> dict[str, Any]:
+        # optuna 5 dropped Study.system_attrs; its storages keep the call
+        return self.study._storage.get_study_system_attrs(self.study._study_id)
+
     def scored_items(self) -> dict[str, set[str]]:
         """Objective → every item id the search has scored on it (``note_scored``), read from
         the storage: a held-out item must never be among them."""
-        stored = self.study.user_attrs.get(SCORED_ITEMS, {})
+        stored = self._system_attrs().get(SCORED_ATTR)
+        if stored is None:  # a run from before the ids moved to the system attrs
+            stored = self.study.user_attrs.get(SCORED_ITEMS, {})
         return {k: set(v) for k, v in stored.items()}
 
     def confirmations(self, kind: str = "holdout") -> dict[int, dict[str, Any]]:
