@@ -112,7 +112,9 @@ def test_the_served_study_shows_the_notes(run: Path) -> None:
         if studies is None:
             proc.terminate()
             pytest.fail(f"the dashboard did not start: {proc.communicate(timeout=30)[0]!r}")
-        (sid,) = [s["study_id"] for s in studies["study_summaries"] if s["study_name"] == STUDY_NAME]
+        (sid,) = [
+            s["study_id"] for s in studies["study_summaries"] if s["study_name"] == STUDY_NAME
+        ]
         detail = _get(f"http://127.0.0.1:{port}/api/studies/{sid}")
         knee = open_archive(run).knee()
         assert knee is not None

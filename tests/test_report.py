@@ -552,7 +552,10 @@ def test_report_shows_the_held_out_confirmation(
 
 
 def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.environ.get("EVOMERGE_BROWSER_REQUIRED"):  # CI installs it
+        pytest.fail("EVOMERGE_BROWSER_REQUIRED is set and no chromium binary is on PATH")
+    return found
 
 
 _FLAGS = [
@@ -567,31 +570,47 @@ _FLAGS = [
 ]
 
 
-@pytest.mark.skipif(_chromium() is None, reason="no chromium binary")
-def test_report_in_a_real_browser(run: Path, report: Path, tmp_path: Path) -> None:
-    """Chromium opens the page offline: plotly draws (its SVG is in the DOM with the reference
-    labels), the front's trial ids are there, and the screenshot is not blank."""
-    from PIL import Image
-
+def _browser(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
     base = [
-        _chromium(),
+        str(_chromium()),
         *_FLAGS,
         f"--user-data-dir={tmp_path / 'profile'}",
         "--virtual-time-budget=8000",
     ]
-    env = {**os.environ, "HOME": str(tmp_path)}
-    dom = subprocess.run(
-        [*base, "--dump-dom", report.as_uri()],
+    return base, {**os.environ, "HOME": str(tmp_path)}
+
+
+def _dom(page: Path, tmp_path: Path) -> str:
+    base, env = _browser(tmp_path)
+    return subprocess.run(
+        [*base, "--dump-dom", page.as_uri()],
         capture_output=True,
         text=True,
         timeout=120,
         env=env,
     ).stdout
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium binary")
+def test_report_in_a_real_browser(run: Path, report: Path, tmp_path: Path) -> None:
+    """Chromium opens the page offline: plotly (loaded from the file beside the page) draws,
+    its SVG in the DOM with the reference names; the headline table names the knee and every
+    reference; the front's trial ids are there; the screenshot is not blank."""
+    from PIL import Image
+
+    dom = _dom(report, tmp_path)
     assert 'class="main-svg"' in dom  # plotly ran, with nothing fetched
-    assert re.search(r'class="legendtext"[^>]*>uniform dare_ties<', dom)
+    _, points = read_reference(run)
+    for p in points:
+        assert re.search(rf'class="legendtext"[^>]*>{re.escape(p.label)}<', dom), p.label
+    knee = open_archive(run).knee()
+    headline = dom.split('<table class="headline">', 1)[1].split("</table>", 1)[0]
+    assert f"knee (trial {knee.number})" in headline
+    assert all(f"<th>{p.label}</th>" in headline for p in points)
     for e in open_archive(run).front():
         assert f"data-trial={e.number}" in dom or f'data-trial="{e.number}"' in dom
     shot = tmp_path / "shot.png"
+    base, env = _browser(tmp_path)
     subprocess.run(
         [*base, "--window-size=1200,1600", f"--screenshot={shot}", report.as_uri()],
         capture_output=True,
@@ -601,6 +620,11 @@ def test_report_in_a_real_browser(run: Path, report: Path, tmp_path: Path) -> No
     )
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape == (1600, 1200) and pixels.std() > 10
+    # the progress page on its own: the references' means named in its legend
+    page = plot_progress(RunView.open(run), tmp_path / "pages" / "progress.html")
+    dom = _dom(page, tmp_path)
+    assert 'class="main-svg"' in dom and ">knee's mean<" in dom
+    assert all(f">{p.label} (mean)<" in dom for p in points)
 
 
 def test_plot_options_refused_clearly(run: Path, tmp_path: Path) -> None:

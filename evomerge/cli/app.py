@@ -15,14 +15,43 @@ from rich.console import Console
 from evomerge.cli.options import flag
 from evomerge.errors import EvomergeError
 
-app = typer.Typer(
+
+def _as_flag(option: Any) -> Any:
+    """--help shown as the flag it is (typer types it ``<bool>`` otherwise)."""
+    if option is not None:
+        option.metavar = ""
+    return option
+
+
+class _Command(typer.core.TyperCommand):
+    def get_help_option(self, ctx: Any) -> Any:
+        return _as_flag(super().get_help_option(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    def get_help_option(self, ctx: Any) -> Any:
+        return _as_flag(super().get_help_option(ctx))
+
+
+class _Typer(typer.Typer):
+    """A Typer app whose commands and groups show --help as a flag."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(cls=_Group, **kw)
+
+    def command(self, *args: Any, **kw: Any) -> Any:
+        kw.setdefault("cls", _Command)
+        return super().command(*args, **kw)
+
+
+app = _Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Evolutionary and black-box optimization of LLM merge recipes.",
 )
-zoo_app = typer.Typer(no_args_is_help=True, help="The tiny synthetic model zoo.")
+zoo_app = _Typer(no_args_is_help=True, help="The tiny synthetic model zoo.")
 app.add_typer(zoo_app, name="zoo")
-space_app = typer.Typer(no_args_is_help=True, help="Search spaces (search_spaces/*.yaml).")
+space_app = _Typer(no_args_is_help=True, help="Search spaces (search_spaces/*.yaml).")
 app.add_typer(space_app, name="space")
 console = Console()
 err = Console(stderr=True)
