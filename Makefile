@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ZOO ?= .cache/zoo
 
-.PHONY: setup demo test test-latest lock test-vllm lint bench clean
+.PHONY: setup demo test test-latest lock test-vllm lint bench docs clean
 
 # What `make` installs is pinned: constraints.txt holds the versions the suite passed with
 # (`make lock` rewrites it, on purpose). pyproject.toml keeps the ranges users install from.
@@ -106,6 +106,26 @@ bench: setup
 	$(BIN)/python bench/ray_bench.py --zoo .cache/zoo-unit --preset unit --budget 64 --k 20 --promotion --no-local --actors --async-actors 2
 	test ! -x $(VVENV)/bin/python || $(VLLM_ENV) $(VVENV)/bin/python bench/vllm_swap.py --candidates 8 --restarts 2
 	test ! -x $(VVENV)/bin/python || $(VLLM_ENV) $(VVENV)/bin/python bench/engine_search.py --items 100 2000 --budget 12
+
+# The demo's pages in docs/demo and the README's screenshots, from the demo's run (`make demo`):
+# the report, each plot as HTML (one plotly.min.js beside them) and PNG, and Chromium's
+# screenshots of the pages.
+DEMO_RUN ?= runs/demo
+CHROMIUM = chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+  --disable-background-networking --disable-component-update --disable-sync \
+  --user-data-dir=$$(mktemp -d) --virtual-time-budget=8000 --hide-scrollbars
+docs: setup
+	rm -rf docs/demo && mkdir -p docs/demo
+	$(BIN)/evomerge report $(DEMO_RUN) --out docs/demo
+	$(BIN)/evomerge front $(DEMO_RUN) --plot docs/demo/front.html
+	$(BIN)/evomerge front $(DEMO_RUN) --plot docs/demo/front.png
+	$(BIN)/evomerge plot $(DEMO_RUN) --what progress --out docs/demo/progress.html
+	$(BIN)/evomerge plot $(DEMO_RUN) --what progress --out docs/demo/progress.png
+	$(BIN)/evomerge plot $(DEMO_RUN) --what recipe --out docs/demo/recipe.html
+	$(BIN)/evomerge plot $(DEMO_RUN) --what recipe --out docs/demo/recipe.png
+	$(CHROMIUM) --window-size=1100,900 --screenshot=docs/demo/report.png file://$(CURDIR)/docs/demo/index.html
+	$(CHROMIUM) --window-size=1100,640 --screenshot=docs/demo/front-page.png file://$(CURDIR)/docs/demo/front.html
+	$(CHROMIUM) --window-size=1100,1000 --screenshot=docs/demo/progress-page.png file://$(CURDIR)/docs/demo/progress.html
 
 clean:
 	rm -rf $(VENV) $(LVENV) .cache
