@@ -80,7 +80,7 @@ def test_the_fast_insert_writes_what_add_trial_writes(tmp_path: Path) -> None:
                 params=t.params,
                 distributions=t.distributions,
                 user_attrs=t.user_attrs,
-                system_attrs={},
+                system_attrs=t.system_attrs,
                 intermediate_values={},
                 trial_id=-1,
             )

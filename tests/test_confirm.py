@@ -29,6 +29,7 @@ from evomerge.recipe import Recipe
 from evomerge.run import confirm as confirm_mod
 from evomerge.run.archive import ArchiveError
 from evomerge.run.confirm import ConfirmError, confirm, estimator_error, held_out_items
+from evomerge.run.reference_points import read_reference
 from evomerge.run.run_dir import open_archive
 
 runner = CliRunner()
@@ -312,7 +313,10 @@ def test_confirm_cut_short_resumes_without_rescoring(
 
     monkeypatch.setattr(confirm_mod._Scorer, "score", counted)
     results = confirm(run_dir, top=3)
-    assert len(calls) == 2 and len(results) == 3
+    _, points = read_reference(run_dir)  # scored once, on the same items, after the trials
+    assert len(calls) == 2 + len(points) and len(results) == 3
+    assert calls[2:] == [p.recipe for p in points]
+    assert all("holdout" in p.confirmed for p in read_reference(run_dir)[1])
     n = next(iter(first))
     assert next(c for c in results if c.trial == n).scores == first[n]["scores"]
     calls.clear()
