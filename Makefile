@@ -125,7 +125,8 @@ docs: setup
 	$(BIN)/evomerge plot $(DEMO_RUN) --what recipe --out docs/demo/recipe.png
 	$(CHROMIUM) --window-size=1100,900 --screenshot=docs/demo/report.png file://$(CURDIR)/docs/demo/index.html
 	$(CHROMIUM) --window-size=1100,640 --screenshot=docs/demo/front-page.png file://$(CURDIR)/docs/demo/front.html
-	$(CHROMIUM) --window-size=1100,1000 --screenshot=docs/demo/progress-page.png file://$(CURDIR)/docs/demo/progress.html
+	$(CHROMIUM) --window-size=1100,1300 --screenshot=docs/demo/progress-page.png file://$(CURDIR)/docs/demo/progress.html
+	$(CHROMIUM) --window-size=1100,500 --screenshot=docs/demo/recipe-page.png file://$(CURDIR)/docs/demo/recipe.html
 
 clean:
 	rm -rf $(VENV) $(LVENV) .cache

@@ -117,7 +117,7 @@ def trial_recipe(view: RunView, trial: int) -> Recipe:
 def recipe_page(view: RunView, trial: int, path: Path) -> Path:
     recipe = trial_recipe(view, trial)
     page = _Page(f"Recipe of trial {trial} of {view.run_name}")
-    page.figure(recipe_figure(recipe, recipe_depth(recipe), page.title), "recipe")
+    page.figure(recipe_figure(recipe, recipe_depth(recipe), None), "recipe")  # h1 names it
     page.raw(f"<pre>{html.escape(recipe.to_yaml())}</pre>")
     return page.write(path)
 

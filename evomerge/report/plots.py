@@ -280,9 +280,9 @@ def progress_figure(view: RunView) -> go.Figure:
     refs = view.reference_points()
     styles = reference_styles(refs)
     if means:
-        for key, name, colour in (
-            ("mean_best", "best mean", _MEAN),
-            ("knee_mean", "knee's mean", _KNEE),
+        for key, name, colour, width in (
+            ("mean_best", "best mean", _MEAN, 5),  # wide: the knee's often runs along it
+            ("knee_mean", "knee's mean", _KNEE, 2),
         ):
             fig.add_trace(
                 go.Scatter(
@@ -291,7 +291,7 @@ def progress_figure(view: RunView) -> go.Figure:
                     name=name,
                     customdata=x,
                     mode="lines",
-                    line={"shape": "hv", "color": colour},
+                    line={"shape": "hv", "color": colour, "width": width},
                 ),
                 row=2,
                 col=1,
@@ -363,7 +363,7 @@ def progress_figure(view: RunView) -> go.Figure:
     return fig
 
 
-def recipe_figure(recipe: Recipe, num_layers: int, title: str) -> go.Figure:
+def recipe_figure(recipe: Recipe, num_layers: int, title: str | None) -> go.Figure:
     """A heatmap of per-layer coefficients (layers × sources, one panel per parameter); a
     routed recipe adds its slot diagram (output position × source, colour: input scale)."""
     panels = layer_panels(recipe, num_layers)

@@ -115,9 +115,12 @@ def progress_png(view: RunView, path: Path) -> Path:
     styles = reference_styles(refs)
     if means:
         a = axes[1][0]
-        for key, name, colour in (("mean_best", "best mean", "C1"), ("knee_mean", "knee", "C3")):
+        for key, name, colour, lw in (
+            ("mean_best", "best mean", "C1", 4.0),  # wide: the knee's often runs along it
+            ("knee_mean", "knee", "C3", 1.5),
+        ):
             ys = [float("nan") if v is None else v for v in prog[key]]
-            a.step(x, ys, where="post", color=colour, label=name)
+            a.step(x, ys, where="post", color=colour, label=name, lw=lw)
         for r in refs:
             a.axhline(
                 sum(r.values) / len(r.values),
