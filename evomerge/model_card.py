@@ -69,6 +69,7 @@ class CardFacts:
     role: str = ""  # which member it is and why: "the knee: …", "the best on X", …
     comparison: Sequence[ComparisonFact] = field(default_factory=tuple)
     comparison_basis: str = ""  # on which items the comparison was scored
+    compared: Sequence[float] = field(default_factory=tuple)  # this model's scores there
     local_name: str = "MODEL_DIR"  # the exported directory, for the usage snippet
 
 
@@ -256,6 +257,12 @@ def _comparison(facts: CardFacts) -> list[str]:
         + " |",
         "|---|" + "---|" * len(names),
     ]
+    if facts.compared:
+        lines.append(
+            f"| **this model (trial {facts.trial})** | "
+            + " | ".join(f"**{v:.4f}**" for v in facts.compared)
+            + " |"
+        )
     for c in facts.comparison:
         cells = [
             f"{v:.4f} (Δ {d:+.4f}" + ("" if e is None else f" ± {e:.4f}") + ")"

@@ -193,6 +193,8 @@ def test_the_knees_card_says_it_is_the_knee_and_compares_it(run: Path, tmp_path:
     table = text.split("## Against the models it was made from", 1)[1].split("\n\n")[1]
     rows = {r.split(" | ")[0].strip("| "): r for r in table.splitlines()[2:]}
     _, points = read_reference(run)
+    mine = rows.pop(f"**this model (trial {knee.number})**")
+    assert all(f"**{c.scores[n]:.4f}**" in mine for n in archive.objectives)
     assert set(rows) == {p.label for p in points}
     for p in points:
         held = p.confirmed["holdout"]["scores"]

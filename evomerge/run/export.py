@@ -207,7 +207,7 @@ def _heldout(run_dir: Path | None, ev: Evaluation) -> dict[str, float]:
     return {}
 
 
-def _standing(run_dir: Path, ev: Evaluation) -> tuple[str, list[Any], str]:
+def _standing(run_dir: Path, ev: Evaluation) -> tuple[str, list[Any], str, list[float]]:
     """Which member ``ev`` is and why, and the run's reference points against it."""
     from evomerge import model_card as mc
     from evomerge.run.reference_points import read_reference
@@ -216,7 +216,7 @@ def _standing(run_dir: Path, ev: Evaluation) -> tuple[str, list[Any], str]:
     archive = open_archive(run_dir)
     found = standing(archive, read_reference(run_dir)[1], trial=ev.number)
     if found is None:
-        return role(archive, ev), [], ""
+        return role(archive, ev), [], "", []
     rows = [mc.ComparisonFact(c.label, c.values, c.differences, c.errors) for c in found.rows]
     basis = (
         "every score on held-out items the search never saw (`evomerge confirm`)"
@@ -224,7 +224,7 @@ def _standing(run_dir: Path, ev: Evaluation) -> tuple[str, list[Any], str]:
         else "scores as the search measured them (this trial on the items its estimator drew, "
         "the references on the run's own item subsets), not confirmed on held-out items"
     )
-    return role(archive, ev), rows, basis
+    return role(archive, ev), rows, basis, found.trial.values
 
 
 def model_card(
@@ -271,14 +271,14 @@ def model_card(
     zoo = " --zoo ZOO_DIR" if any(f.kind == "zoo" for f in facts) else ""
     commands = [f"evomerge merge {RECIPE_FILE} OUT_DIR{zoo}  # from this directory"]
     notes = ["`ZOO_DIR`: the tiny zoo's directory (`evomerge zoo build`)."] if zoo else []
-    role, comparison, basis = "", [], ""
+    role, comparison, basis, compared = "", [], "", []
     if run_dir is not None:
         commands.append(
             f"evomerge export RUN_DIR --trial {ev.number} --format hf --out OUT_DIR"
             "  # from the search's run directory"
         )
         notes.append(f"`RUN_DIR`: the directory of run `{run}`, where it ran.")
-        role, comparison, basis = _standing(run_dir, ev)
+        role, comparison, basis, compared = _standing(run_dir, ev)
     card = mc.render(
         mc.CardFacts(
             recipe_yaml=portable,
@@ -295,6 +295,7 @@ def model_card(
             role=role,
             comparison=comparison,
             comparison_basis=basis,
+            compared=compared,
             local_name=out.name,
         )
     )
