@@ -21,6 +21,7 @@ from unit_experiment import (
 
 from evomerge.errors import EvomergeError
 from evomerge.experiment import ExperimentError
+from evomerge.recipe import Recipe
 from evomerge.run import lifecycle as search
 from evomerge.run.run_dir import ARCHIVE_FILE, EXPERIMENT_FILE, STUDY_NAME, RunError, storage_url
 
@@ -102,7 +103,8 @@ def test_optuna_loads_the_run_and_its_best_trials_are_our_front(reference: Path)
     ours = sorted(e.number for e in s.archive.front())
     assert ours and sorted(t.number for t in study.best_trials) == ours
     t = study.trials[0]
-    assert set(t.user_attrs) >= {"hash", "recipe", "fidelity", "timings", "worker", "status"}
+    assert set(t.user_attrs) >= {"hash", "fidelity", "timings", "worker", "status"}
+    assert Recipe.from_dict(yaml.safe_load(t.system_attrs["evomerge:recipe"]))  # kept there
     assert t.user_attrs["fidelity"] == {"rev9": 8 / 200, "shift3": 8 / 200}  # 8 of 200 items
     assert {"merge", "swap", "score:rev9", "total"} <= set(t.user_attrs["timings"])
     # the area the front dominates above (0, 0), both objectives maximized: a sweep by hand
