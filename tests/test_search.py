@@ -97,6 +97,33 @@ def test_budget_can_grow_on_resume_and_spent_budget_is_refused(
     assert _trace(run_dir) == _trace(reference)
 
 
+@pytest.mark.parametrize("damage", ["deleted", "emptied"])
+def test_resume_refuses_a_run_whose_archive_lost_its_trials(
+    reference: Path, tmp_path: Path, damage: str
+) -> None:
+    """A deleted or emptied archive.db: resume refuses, naming the archive, before anything is
+    scored or written (it would otherwise start over as if nothing had run)."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference, run_dir)
+    for f in run_dir.glob(f"{ARCHIVE_FILE}*"):
+        if damage == "deleted" or f.name != ARCHIVE_FILE:
+            f.unlink()
+    if damage == "emptied":
+        (run_dir / ARCHIVE_FILE).write_bytes(b"")
+
+    def files() -> dict[str, bytes]:  # the run lock's holder file aside: taken, then released
+        return {f.name: f.read_bytes() for f in run_dir.iterdir() if "lock" not in f.name}
+
+    before = files()
+    with pytest.raises(
+        RunError, match=r"archive .*archive\.db\) holds 0 trials, but the run had 12"
+    ):
+        search.reopen(run_dir, budget=16)
+    assert files() == before  # nothing written: no fresh archive, run.json as it was
+
+
 def test_optuna_loads_the_run_and_its_best_trials_are_our_front(reference: Path) -> None:
     study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(reference))
     s, _ = search.reopen(reference, budget=13)  # opens the archive as the loop does

@@ -13,6 +13,9 @@ from evomerge.experiment import Experiment
 from evomerge.run.archive import Archive, ArchiveError, Evaluation
 from evomerge.run.loop import Outcome, Progress, Search
 from evomerge.run.run_dir import (
+    ARCHIVE_FILE,
+    JOURNAL_FILE,
+    OPTIMIZER_FILE,
     RunError,
     create,
     discard,
@@ -100,6 +103,7 @@ def reopen(
         experiment, info = load_experiment(run_dir, experiment_file)
         total = budget or info["budget"]
         done = _trials(run_dir)
+        _check_archive_kept(run_dir, info, done)
         if info.get("status") == "exhausted":
             raise NothingToDo(
                 f"{run_dir}: nothing to do — its search space is exhausted ({done} distinct "
@@ -129,7 +133,28 @@ def reopen(
     return search, total
 
 
+def _check_archive_kept(run_dir: Path, info: dict[str, Any], done: int) -> None:
+    """Refuse a run whose archive lost trials it had: resuming would score again from nothing
+    while the optimizer's checkpoint remembers what it was told (and the run's results would
+    be gone without a word). ``run.json`` records the evaluations a run had when it last
+    stopped; an optimizer checkpoint means some were told."""
+    recorded = int(info.get("evaluations") or 0)
+    told = any((Path(run_dir) / f).exists() for f in (OPTIMIZER_FILE, JOURNAL_FILE))
+    if done < recorded or (done == 0 and told):
+        from evomerge.run.run_dir import storage_url
+
+        had = f"{recorded} evaluations (run.json)" if recorded else "an optimizer checkpoint"
+        raise RunError(
+            f"{run_dir}: its archive ({storage_url(run_dir)}) holds {done} trials, but the run "
+            f"had {had}: the archive is missing or damaged. Restore it from a copy, or start "
+            "a new run directory (resuming now would start over, without the trials it had)"
+        )
+
+
 def _trials(run_dir: Path) -> int:
+    db = Path(run_dir) / ARCHIVE_FILE
+    if not read_info(run_dir).get("storage") and (not db.exists() or db.stat().st_size == 0):
+        return 0  # opening it would write an empty archive's tables
     try:
         return len(open_archive(run_dir))
     except ArchiveError:  # no study yet (a shared database), or one Search will explain
