@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -42,10 +42,10 @@ class ObjectiveFact:
     heldout: float | None = None  # the confirmed score on held-out items, where confirmed
 
 
-@dataclass(frozen=True)
-class ComparisonFact:
-    """A reference model (the base, a source, the uniform merge) against the exported trial:
-    its score per objective and trial − it, ± the difference's standard error."""
+class ComparisonRow(Protocol):
+    """A reference model (the base, a source, the uniform merge) against a trial: its score per
+    objective and trial − it, ± the difference's standard error
+    (:class:`evomerge.run.standing.Comparison` is one)."""
 
     label: str
     values: Sequence[float]
@@ -67,8 +67,8 @@ class CardFacts:
     commands: Sequence[str]
     notes: Sequence[str] = field(default_factory=tuple)
     role: str = ""  # which member it is and why: "the knee: …", "the best on X", …
-    comparison: Sequence[ComparisonFact] = field(default_factory=tuple)
-    comparison_basis: str = ""  # on which items the comparison was scored
+    comparison: Sequence[ComparisonRow] = field(default_factory=tuple)
+    comparison_caption: str = ""  # what Δ is, and on which items both sides were scored
     compared: Sequence[float] = field(default_factory=tuple)  # this model's scores there
     local_name: str = "MODEL_DIR"  # the exported directory, for the usage snippet
 
@@ -248,33 +248,38 @@ def render(facts: CardFacts) -> str:
 
 def _comparison(facts: CardFacts) -> list[str]:
     """The trial against the base, each source and the uniform merge, per objective."""
-    names = [o.name for o in facts.objectives]
-    lines = [
+    mine = f"this model (trial {facts.trial})"
+    return [
         "## Against the models it was made from",
         "",
-        "| | "
-        + " | ".join(f"{n} ({o.direction})" for n, o in zip(names, facts.objectives, strict=True))
-        + " |",
-        "|---|" + "---|" * len(names),
+        *comparison_table(
+            [f"{o.name} ({o.direction})" for o in facts.objectives],
+            (mine, facts.compared) if facts.compared else None,
+            facts.comparison,
+        ),
+        "",
+        facts.comparison_caption,
+        "",
     ]
-    if facts.compared:
-        lines.append(
-            f"| **this model (trial {facts.trial})** | "
-            + " | ".join(f"**{v:.4f}**" for v in facts.compared)
-            + " |"
-        )
-    for c in facts.comparison:
+
+
+def comparison_table(
+    headers: Sequence[str],
+    mine: tuple[str, Sequence[float]] | None,
+    rows: Sequence[ComparisonRow],
+) -> list[str]:
+    """A Markdown table: a column per objective, the chosen model's row in bold (``mine``:
+    its label and scores), then each reference's score and Δ ± its error."""
+    lines = ["| | " + " | ".join(headers) + " |", "|---|" + "---|" * len(headers)]
+    if mine is not None:
+        label, values = mine
+        lines.append(f"| **{label}** | " + " | ".join(f"**{v:.4f}**" for v in values) + " |")
+    for c in rows:
         cells = [
             f"{v:.4f} (Δ {d:+.4f}" + ("" if e is None else f" ± {e:.4f}") + ")"
             for v, d, e in zip(c.values, c.differences, c.errors, strict=True)
         ]
         lines.append(f"| {c.label} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"Each reference's score and Δ = this model's score − the reference's, ± the "
-        f"difference's standard error; {facts.comparison_basis}.",
-        "",
-    ]
     return lines
 
 

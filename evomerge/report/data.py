@@ -136,16 +136,17 @@ class RunView:
 
     def trial_point(self, e: Evaluation, ranks: dict[int, int], knee: int | None) -> Point:
         assert e.values is not None
+        summary, profile = describe(e.recipe)
         return Point(
             f"trial {e.number}",
             e.number,
             list(e.values),
             [_num(e.stderr.get(n)) for n in self.names],
             [_num(e.fidelity.get(n)) for n in self.names],
-            recipe_summary(e.recipe),
+            summary,
             knee=e.number == knee,
             rank=ranks.get(int(e.number or 0)),
-            profile=recipe_profile(e.recipe),
+            profile=profile,
         )
 
     def points(self, *, front_only: bool = False) -> list[Point]:
@@ -156,27 +157,25 @@ class RunView:
         evs = self.archive.front() if front_only else [e for e in self.archive.evaluations if e.ok]
         return [self.trial_point(e, ranks, k) for e in sorted(evs, key=lambda e: e.number or 0)]
 
-    def shown_references(self) -> list[ReferencePoint]:
-        """The reference points scored on every objective (the ones drawn and compared)."""
-        return [
-            r for r in self.references if r.values is not None and len(r.values) == len(self.names)
-        ]
-
     def reference_points(self) -> list[Point]:
-        return [
-            Point(
-                r.label,
-                None,
-                list(r.values),
-                [_num(r.stderr.get(n)) for n in self.names],
-                [_num(r.fidelity.get(n)) for n in self.names],
-                recipe_summary(r.recipe),
-                kind=r.kind,
-                profile=recipe_profile(r.recipe),
+        out = []
+        for r in self.references:
+            if r.values is None or len(r.values) != len(self.names):
+                continue
+            summary, profile = describe(r.recipe)
+            out.append(
+                Point(
+                    r.label,
+                    None,
+                    list(r.values),
+                    [_num(r.stderr.get(n)) for n in self.names],
+                    [_num(r.fidelity.get(n)) for n in self.names],
+                    summary,
+                    kind=r.kind,
+                    profile=profile,
+                )
             )
-            for r in self.references
-            if r.values is not None and len(r.values) == len(self.names)
-        ]
+        return out
 
     # -- progress -----------------------------------------------------------------------------
     def progress(self) -> dict[str, Any]:
@@ -204,7 +203,8 @@ class RunView:
                     keep = ~np.all(loss <= front, axis=1)
                     front = np.vstack([front[keep], loss])
                     current = hypervolume(front, ref)
-                    knee_now = float(np.mean(-front[knee_index(front, common_unit=common)]))
+                    knee = front[knee_index(front, common_unit=common)]
+                    knee_now = float(np.mean(knee * sign))  # losses back to values
                 lowest = np.minimum(lowest, loss[0])
                 top = max(top, float(np.mean(e.values)))  # type: ignore[arg-type]
             hv.append(current)
@@ -299,15 +299,27 @@ def _num(v: Any) -> float | None:
 _BARS = "▁▂▃▄▅▆▇█"
 
 
-def recipe_profile(text: str) -> str:
-    """Per parameter, each source's mean value over the numbers the recipe writes (its layers,
-    curve points or rules), as a bar: what tells one front member from another in a hover."""
+def describe(text: str) -> tuple[str, str]:
+    """A recipe's one-line summary (:func:`recipe_summary`) and its profile (each source's
+    mean value per parameter, as bars: what tells one front member from another in a hover),
+    from one parse."""
     if not text:
-        return ""
+        return "(no recipe)", ""
     try:
         r = Recipe.from_dict(yaml.safe_load(text))
-    except Exception:
-        return ""
+    except Exception:  # a recipe this version cannot read still gets a row
+        return "(unreadable recipe)", ""
+    return _summary(r), _profile(r)
+
+
+def recipe_summary(text: str) -> str:
+    """One line: the method, its models, each parameter's range, the routing's length."""
+    return describe(text)[0]
+
+
+def _profile(r: Recipe) -> str:
+    """Per parameter, each source's mean over the numbers the recipe writes (its layers, curve
+    points or rules)."""
     means: dict[str, dict[str, float]] = {}
     for name, src in r.sources.items():
         for param, spec in src.parameters.items():
@@ -324,14 +336,7 @@ def recipe_profile(text: str) -> str:
     return "<br>".join(lines)
 
 
-def recipe_summary(text: str) -> str:
-    """One line: the method, its models, each parameter's range, the routing's length."""
-    if not text:
-        return "(no recipe)"
-    try:
-        r = Recipe.from_dict(yaml.safe_load(text))
-    except Exception:  # a recipe this version cannot read still gets a row
-        return "(unreadable recipe)"
+def _summary(r: Recipe) -> str:
     parts = [r.method, f"{len(r.model_names)} model{'s' * (len(r.model_names) != 1)}"]
     if r.base:
         parts[-1] += f" on {r.base}"

@@ -183,6 +183,7 @@ def summary_rows(view: RunView) -> list[tuple[str, str]]:
 def _headline_section(page: _Page, view: RunView) -> None:
     """The knee against the base, each source and the uniform merge, and what to do next."""
     from evomerge.report.headline import cells, headline
+    from evomerge.run.standing import HELD_OUT
 
     found = headline(view)
     if found is None:
@@ -212,7 +213,7 @@ def _headline_section(page: _Page, view: RunView) -> None:
         + "</code> (a checkpoint with its model card)"
         + (
             ""
-            if found.basis == "held-out"
+            if found.basis == HELD_OUT
             else "; first, <code>"
             + html.escape(f"evomerge confirm {run}")
             + "</code> scores it and the references on held-out items"

@@ -18,6 +18,7 @@ class Panel:
     title: str
     sources: list[str]
     values: list[list[float | None]]
+    param: str  # the parameter it shows (its bounds colour the heatmap)
 
 
 def recipe_depth(recipe: Recipe, default: int | None = None) -> int:
@@ -79,6 +80,7 @@ def layer_panels(recipe: Recipe, num_layers: int) -> list[Panel]:
                         [_value(specs[s], kind, la, num_layers) for s in owners]
                         for la in range(num_layers)
                     ],
+                    name,
                 )
             )
     for name, spec in recipe.parameters.items():
@@ -91,6 +93,7 @@ def layer_panels(recipe: Recipe, num_layers: int) -> list[Panel]:
                     title,
                     ["all"],
                     [[_value(spec, kind, la, num_layers)] for la in range(num_layers)],
+                    name,
                 )
             )
     return panels
@@ -119,12 +122,11 @@ def panel_bounds(recipe: Recipe, panel: Panel) -> tuple[float, float]:
     states none (weight, lambda), [0, 1] widened to the values drawn."""
     from evomerge.merge.registry import get_method
 
-    name = panel.title.split(" [")[0]
     try:
         params = {q.name: q for q in get_method(recipe.method).params}
     except Exception:  # a method this version does not know: the fallback scale
         params = {}
-    q = params.get(name)
+    q = params.get(panel.param)
     vals = [v for row in panel.values for v in row if v is not None]
     lo = q.low if q is not None and q.low is not None else min([0.0, *vals])
     hi = q.high if q is not None and q.high is not None else max([1.0, *vals])

@@ -283,8 +283,7 @@ class Archive:
             grown |= len(seen) > n
         self._scored = have
         if grown:
-            ids = {k: sorted(v) for k, v in sorted(have.items())}
-            self.study._storage.set_study_system_attr(self.study._study_id, SCORED_ATTR, ids)
+            self.set_system_attr(SCORED_ATTR, {k: sorted(v) for k, v in sorted(have.items())})
 
     def record_confirmation(self, number: int, kind: str, result: Mapping[str, Any]) -> None:
         """Commit trial ``number``'s scores on a confirmation set (``holdout``: the items the
@@ -411,14 +410,20 @@ class Archive:
             raise ArchiveError(f"no trial {number}; the run has trials 0…{len(self._evals) - 1}")
         return self._evals[number]
 
-    def _system_attrs(self) -> dict[str, Any]:
-        # optuna 5 dropped Study.system_attrs; its storages keep the call
+    # optuna 5 dropped Study.system_attrs and set_system_attr; its storages keep both calls
+    # (Study._storage, as trial_writer.py uses it; tests/test_dashboard.py reads them back)
+    def system_attrs(self) -> dict[str, Any]:
+        """The study's system attributes: evomerge's own records, which optuna-dashboard does
+        not list (:data:`SCORED_ATTR`, the dashboard's notes)."""
         return self.study._storage.get_study_system_attrs(self.study._study_id)
+
+    def set_system_attr(self, key: str, value: Any) -> None:
+        self.study._storage.set_study_system_attr(self.study._study_id, key, value)
 
     def scored_items(self) -> dict[str, set[str]]:
         """Objective → every item id the search has scored on it (``note_scored``), read from
         the storage: a held-out item must never be among them."""
-        stored = self._system_attrs().get(SCORED_ATTR)
+        stored = self.system_attrs().get(SCORED_ATTR)
         if stored is None:  # a run from before the ids moved to the system attrs
             stored = self.study.user_attrs.get(SCORED_ITEMS, {})
         return {k: set(v) for k, v in stored.items()}

@@ -14,9 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from evomerge.errors import EvomergeError
+from evomerge.model_card import comparison_table, rounded
 from evomerge.run.archive import Archive, Evaluation
 from evomerge.run.reference_points import read_reference
-from evomerge.run.run_dir import open_archive
+from evomerge.run.run_dir import open_archive, storage_url
 from evomerge.run.standing import Standing, role, standing
 
 NOTED_ATTR = "evomerge:noted"  # study system attr: the trials given a note
@@ -50,9 +51,10 @@ def write_notes(run_dir: Path) -> dict[int, str]:
     knee = archive.knee()
     found = standing(archive, read_reference(run_dir)[1])
     save_note(study, study_note(run_dir, archive, knee, found))
+    # save_note takes a live optuna.Trial, built from the storage's trial id (FrozenTrial's
+    # private _trial_id: tests/test_dashboard.py reads every note back, so a rename fails there)
     ids = {t.number: t._trial_id for t in study.get_trials(deepcopy=False)}
-    storage = study._storage
-    before = storage.get_study_system_attrs(study._study_id).get(NOTED_ATTR, [])
+    before = archive.system_attrs().get(NOTED_ATTR, [])
     notes: dict[int, str] = {}
     for ev in front:
         notes[int(ev.number or 0)] = trial_note(archive, ev, knee)
@@ -64,7 +66,7 @@ def write_notes(run_dir: Path) -> dict[int, str]:
             )
     for n, text in notes.items():
         save_note(optuna.trial.Trial(study, ids[n]), text)
-    storage.set_study_system_attr(study._study_id, NOTED_ATTR, sorted(notes))
+    archive.set_system_attr(NOTED_ATTR, sorted(notes))
     return notes
 
 
@@ -79,22 +81,8 @@ def study_note(
             "objective at once). Its trial note holds its recipe.",
         ]
     if found is not None:
-        names = archive.objectives
-        lines += [
-            "",
-            "| | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names),
-            f"| **knee (trial {found.trial.trial})** | "
-            + " | ".join(f"**{v:.4f}**" for v in found.trial.values)
-            + " |",
-        ]
-        for c in found.rows:
-            cells = [
-                f"{v:.4f} (Δ {d:+.4f}" + ("" if e is None else f" ± {e:.4f}") + ")"
-                for v, d, e in zip(c.values, c.differences, c.errors, strict=True)
-            ]
-            lines.append(f"| {c.label} | " + " | ".join(cells) + " |")
-        lines += ["", found.caption]
+        mine = (f"knee (trial {found.trial.trial})", found.trial.values)
+        lines += ["", *comparison_table(archive.objectives, mine, found.rows), "", found.caption]
     lines += [
         "",
         "To take it: `evomerge export " + str(run_dir) + " --knee --format hf --out merged`",
@@ -106,8 +94,6 @@ def study_note(
 
 
 def trial_note(archive: Archive, ev: Evaluation, knee: Evaluation | None) -> str:
-    from evomerge.model_card import rounded
-
     is_knee = knee is not None and knee.number == ev.number
     head = f"## ★ The knee: trial {ev.number}" if is_knee else f"## Trial {ev.number}"
     scores = ", ".join(
@@ -134,4 +120,4 @@ def serve(run_dir: Path, *, host: str, port: int) -> None:
     write_notes(run_dir)
     from optuna_dashboard import run_server
 
-    run_server(open_archive(Path(run_dir)).study._storage, host=host, port=port)
+    run_server(storage_url(Path(run_dir)), host=host, port=port)

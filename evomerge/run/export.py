@@ -194,37 +194,11 @@ def _version() -> str:
         return "unknown"
 
 
-def _heldout(run_dir: Path | None, ev: Evaluation) -> dict[str, float]:
+def _heldout(archive: Archive, ev: Evaluation) -> dict[str, float]:
     """``ev``'s scores on the items the search never saw, where ``evomerge confirm`` measured
     them (else nothing: the card says the trial was not confirmed)."""
-    if run_dir is None or ev.number is None:
-        return {}
-    from evomerge.run.confirm import confirmations
-
-    for c in confirmations(open_archive(run_dir), "holdout"):
-        if c.trial == ev.number:
-            return {str(k): float(v) for k, v in c.scores.items()}
-    return {}
-
-
-def _standing(run_dir: Path, ev: Evaluation) -> tuple[str, list[Any], str, list[float]]:
-    """Which member ``ev`` is and why, and the run's reference points against it."""
-    from evomerge import model_card as mc
-    from evomerge.run.reference_points import read_reference
-    from evomerge.run.standing import HELD_OUT, role, standing
-
-    archive = open_archive(run_dir)
-    found = standing(archive, read_reference(run_dir)[1], trial=ev.number)
-    if found is None:
-        return role(archive, ev), [], "", []
-    rows = [mc.ComparisonFact(c.label, c.values, c.differences, c.errors) for c in found.rows]
-    basis = (
-        "every score on held-out items the search never saw (`evomerge confirm`)"
-        if found.basis == HELD_OUT
-        else "scores as the search measured them (this trial on the items its estimator drew, "
-        "the references on the run's own item subsets), not confirmed on held-out items"
-    )
-    return role(archive, ev), rows, basis, found.trial.values
+    found = archive.confirmations("holdout").get(int(ev.number)) if ev.number is not None else None
+    return {str(k): float(v) for k, v in found["scores"].items()} if found else {}
 
 
 def model_card(
@@ -236,6 +210,7 @@ def model_card(
     from evomerge import model_card as mc
 
     experiment: Any = None
+    archive: Archive | None = None
     info: dict[str, Any] = {}
     objectives: list[str] = []
     directions: list[str] = []
@@ -265,20 +240,25 @@ def model_card(
         estimators=estimators,
         fidelity=ev.fidelity,
         stderr=ev.stderr,
-        heldout=_heldout(run_dir, ev),
+        heldout=_heldout(archive, ev) if archive is not None else {},
     )
     run = f"{experiment.name}-{info['experiment_hash']}" if experiment is not None else "unknown"
     zoo = " --zoo ZOO_DIR" if any(f.kind == "zoo" for f in facts) else ""
     commands = [f"evomerge merge {RECIPE_FILE} OUT_DIR{zoo}  # from this directory"]
     notes = ["`ZOO_DIR`: the tiny zoo's directory (`evomerge zoo build`)."] if zoo else []
-    role, comparison, basis, compared = "", [], "", []
-    if run_dir is not None:
+    found, role = None, ""
+    if run_dir is not None and archive is not None:
+        from evomerge.run.reference_points import read_reference
+        from evomerge.run.standing import role as role_of
+        from evomerge.run.standing import standing
+
         commands.append(
             f"evomerge export RUN_DIR --trial {ev.number} --format hf --out OUT_DIR"
             "  # from the search's run directory"
         )
         notes.append(f"`RUN_DIR`: the directory of run `{run}`, where it ran.")
-        role, comparison, basis, compared = _standing(run_dir, ev)
+        role = role_of(archive, ev)
+        found = standing(archive, read_reference(run_dir)[1], trial=ev.number)
     card = mc.render(
         mc.CardFacts(
             recipe_yaml=portable,
@@ -293,9 +273,9 @@ def model_card(
             commands=commands,
             notes=notes,
             role=role,
-            comparison=comparison,
-            comparison_basis=basis,
-            compared=compared,
+            comparison=found.rows if found else (),
+            comparison_caption=found.caption if found else "",
+            compared=found.trial.values if found else (),
             local_name=out.name,
         )
     )

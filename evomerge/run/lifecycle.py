@@ -25,6 +25,7 @@ from evomerge.run.run_dir import (
     owner_alive,
     read_info,
     read_workers,
+    storage_url,
     unlock,
     update_info,
 )
@@ -102,7 +103,7 @@ def reopen(
     try:
         experiment, info = load_experiment(run_dir, experiment_file)
         total = budget or info["budget"]
-        done = _trials(run_dir)
+        done = _trials(run_dir, info)
         _check_archive_kept(run_dir, info, done)
         if info.get("status") == "exhausted":
             raise NothingToDo(
@@ -141,8 +142,6 @@ def _check_archive_kept(run_dir: Path, info: dict[str, Any], done: int) -> None:
     recorded = int(info.get("evaluations") or 0)
     told = any((Path(run_dir) / f).exists() for f in (OPTIMIZER_FILE, JOURNAL_FILE))
     if done < recorded or (done == 0 and told):
-        from evomerge.run.run_dir import storage_url
-
         had = f"{recorded} evaluations (run.json)" if recorded else "an optimizer checkpoint"
         raise RunError(
             f"{run_dir}: its archive ({storage_url(run_dir)}) holds {done} trials, but the run "
@@ -151,9 +150,9 @@ def _check_archive_kept(run_dir: Path, info: dict[str, Any], done: int) -> None:
         )
 
 
-def _trials(run_dir: Path) -> int:
+def _trials(run_dir: Path, info: dict[str, Any]) -> int:
     db = Path(run_dir) / ARCHIVE_FILE
-    if not read_info(run_dir).get("storage") and (not db.exists() or db.stat().st_size == 0):
+    if not info.get("storage") and (not db.exists() or db.stat().st_size == 0):
         return 0  # opening it would write an empty archive's tables
     try:
         return len(open_archive(run_dir))

@@ -54,7 +54,7 @@ class Standing:
     @property
     def caption(self) -> str:
         on = (
-            "on the held-out items (`evomerge confirm`), which chose nothing"
+            "every score on held-out items the search never saw (`evomerge confirm`)"
             if self.basis == HELD_OUT
             else "as the search saw them (the references on its own item subsets); "
             "`evomerge confirm` scores both on held-out items"
